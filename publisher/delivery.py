@@ -1,0 +1,244 @@
+"""The network boundary: a small ``Sender`` interface and its Telegram implementation.
+
+Everything python-telegram-bot raises is translated here into a ``SendError`` subclass that
+says what the dispatcher needs to know: was the message posted, provably not posted, or
+maybe posted. No token ever leaves this module inside an error message.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Protocol
+
+import httpx
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from telegram import error as tg_error
+from telegram.constants import ParseMode
+from telegram.request import HTTPXRequest
+
+from publisher.errors import DeliveryError
+from publisher.logs import redact_text, secret_variants
+from publisher.messages import Button
+
+log = logging.getLogger(__name__)
+
+# What Telegram answers when it cannot fetch or use a photo URL.
+PHOTO_ERRORS = (
+    "wrong file identifier/http url specified",
+    "failed to get http url content",
+    "wrong type of the web page content",
+    "wrong file identifier",
+    "photo_invalid_dimensions",
+    "image_process_failed",
+)
+ENTITY_ERROR = "can't parse entities"
+
+
+class SendError(DeliveryError):
+    """A send did not end in a posted message. ``reason`` is safe to log and store."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotSent(SendError):
+    """Provably not posted: the request never left, or Telegram answered with an error."""
+
+
+class Ambiguous(SendError):
+    """The request may have been posted: a timeout or a connection lost after it left."""
+
+
+class RateLimited(SendError):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"Telegram asked to wait {retry_after:g} s (429)")
+        self.retry_after = retry_after
+
+
+class ChatMigrated(SendError):
+    def __init__(self, new_chat_id: str) -> None:
+        super().__init__(f"the chat moved to {new_chat_id}")
+        self.new_chat_id = new_chat_id
+
+
+class PhotoRejected(SendError):
+    """Telegram refused the photo (URL not fetchable, not an image); text can still go."""
+
+
+class EntitiesRejected(SendError):
+    """Telegram could not parse our HTML: a bug in rendering; plain text can still go."""
+
+
+class Rejected(SendError):
+    """A 400 answer about this message: retrying the same request cannot help."""
+
+
+class ChatForbidden(SendError):
+    """403: the bot was removed from the chat or is not allowed to post there."""
+
+
+class Unauthorized(SendError):
+    """The bot token was refused: nothing can be sent until the operator fixes it."""
+
+
+class Sender(Protocol):
+    """Posts rendered messages; raises ``SendError`` subclasses; returns the message id."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send_photo(
+        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
+    ) -> int: ...
+
+    async def send_text(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        html: bool,
+        buttons: Sequence[Sequence[Button]],
+        preview_url: str | None,
+    ) -> int: ...
+
+
+class TelegramSender:
+    """``Sender`` over the Bot API through python-telegram-bot, at any Bot API base URL."""
+
+    def __init__(self, token: str, base_url: str, timeout: float = 20.0) -> None:
+        self._token = token
+        request = HTTPXRequest(
+            connection_pool_size=8,
+            connect_timeout=min(timeout, 10.0),
+            read_timeout=timeout,
+            write_timeout=timeout,
+            pool_timeout=min(timeout, 10.0),
+        )
+        self._bot = Bot(token, base_url=base_url, request=request)
+        self._started = False
+
+    async def start(self) -> None:
+        try:
+            await self._bot.initialize()  # getMe: proves the token and the URL early
+        except tg_error.TelegramError as exc:
+            raise self._translate(exc) from None
+        self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            await self._bot.shutdown()
+            self._started = False
+
+    async def send_photo(
+        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
+    ) -> int:
+        try:
+            message = await self._bot.send_photo(
+                chat_id=chat_id,
+                photo=photo_url,
+                caption=caption_html,
+                parse_mode=ParseMode.HTML,
+                reply_markup=_keyboard(buttons),
+            )
+        except tg_error.TelegramError as exc:
+            raise self._translate(exc, photo=True) from None
+        return message.message_id
+
+    async def send_text(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        html: bool,
+        buttons: Sequence[Sequence[Button]],
+        preview_url: str | None,
+    ) -> int:
+        preview = (
+            LinkPreviewOptions(url=preview_url, prefer_large_media=True)
+            if preview_url
+            else LinkPreviewOptions(is_disabled=True)
+        )
+        try:
+            message = await self._bot.send_message(
+                chat_id=chat_id,
+                text=text,
+                parse_mode=ParseMode.HTML if html else None,
+                reply_markup=_keyboard(buttons),
+                link_preview_options=preview,
+            )
+        except tg_error.TelegramError as exc:
+            raise self._translate(exc) from None
+        return message.message_id
+
+    def _translate(self, exc: tg_error.TelegramError, *, photo: bool = False) -> SendError:
+        """PTB's exception to ours. Order matters: TimedOut and BadRequest are NetworkErrors."""
+        reason = self._redact(exc.message)
+        match exc:
+            case tg_error.RetryAfter():
+                return RateLimited(_retry_after_seconds(exc))
+            case tg_error.ChatMigrated():
+                return ChatMigrated(str(exc.new_chat_id))
+            case tg_error.InvalidToken():
+                return Unauthorized(f"the bot token was refused: {reason}")
+            case tg_error.Forbidden():
+                return ChatForbidden(reason)
+            case tg_error.TimedOut():
+                return self._timed_out(exc, reason)
+            case tg_error.BadRequest():
+                return _bad_request(reason, photo=photo)
+            case tg_error.NetworkError():
+                return self._network_error(exc, reason)
+        return NotSent(f"{type(exc).__name__}: {reason}")
+
+    def _timed_out(self, exc: tg_error.TimedOut, reason: str) -> SendError:
+        cause = exc.__cause__
+        if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return NotSent(f"timed out before the request left ({type(cause).__name__})")
+        return Ambiguous(f"no answer in time ({type(cause).__name__ if cause else reason})")
+
+    def _network_error(self, exc: tg_error.NetworkError, reason: str) -> SendError:
+        cause = exc.__cause__
+        if cause is None:
+            return NotSent(f"Telegram answered with an error: {reason}")  # 5xx, proxy pages
+        if isinstance(cause, httpx.ConnectError | httpx.UnsupportedProtocol | httpx.InvalidURL):
+            return NotSent(f"cannot connect: {type(cause).__name__}")
+        return Ambiguous(f"connection lost after sending: {type(cause).__name__}")
+
+    def _redact(self, text: str) -> str:
+        return redact_text(text, secret_variants(self._token))
+
+
+def _bad_request(reason: str, *, photo: bool) -> SendError:
+    lowered = reason.lower()
+    if photo and any(marker in lowered for marker in PHOTO_ERRORS):
+        return PhotoRejected(reason)
+    if ENTITY_ERROR in lowered:
+        return EntitiesRejected(reason)
+    if "chat not found" in lowered:
+        return ChatForbidden(reason)
+    return Rejected(reason)
+
+
+def _retry_after_seconds(exc: tg_error.RetryAfter) -> float:
+    # PTB 22 warns on the public int attribute while it migrates to timedelta.
+    value = getattr(exc, "_retry_after", None)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = exc.retry_after
+    return plain.total_seconds() if isinstance(plain, timedelta) else float(plain)
+
+
+def _keyboard(buttons: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
+    rows = [
+        [InlineKeyboardButton(text=button.text, url=button.url) for button in row]
+        for row in buttons
+        if row
+    ]
+    return InlineKeyboardMarkup(rows) if rows else None

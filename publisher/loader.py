@@ -1,0 +1,421 @@
+"""Loading: article files (YAML front matter) into clean, validated ``Article`` values.
+
+The loader knows nothing of feeds or Telegram. A bad file never stops a load: it becomes a
+``Problem`` with a one-line reason, and every other file still goes through.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import ftfy
+import yaml
+
+from publisher.errors import ArticleError
+from publisher.models import Article, Image, Provider, Related, article_id
+
+try:
+    from yaml import CSafeLoader as YamlLoader
+
+    LOADER_NAME = "libyaml"
+except ImportError:  # pragma: no cover - depends on how PyYAML was built
+    from yaml import SafeLoader as YamlLoader  # type: ignore[assignment]
+
+    LOADER_NAME = "pure-python"
+
+ARTICLE_SUFFIXES = (".txt", ".md")
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024
+REQUIRED_FIELDS = ("title", "webUrl", "publishedDateTime")
+
+# Characters XML 1.0 forbids (C0 controls but tab/newline/return, lone surrogates, U+FFFE/F).
+_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Repair mojibake and HTML entities, but keep the author's typography (curly quotes, widths).
+_FTFY = ftfy.TextFixerConfig(uncurl_quotes=False, fix_character_width=False)
+_FRONT_MATTER_FENCE = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
+_FRONT_MATTER_END = re.compile(r"^(?:---|\.\.\.)[ \t]*\r?$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A file that could not be used, and why, in one line."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(slots=True)
+class LoadResult:
+    articles: list[Article] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files_read: int = 0
+    parsed: int = 0  # files actually parsed (the rest came from the cache)
+
+
+FileKey = tuple[int, int, int]  # size, mtime in ns, inode
+Progress = Callable[[int, int], None]
+
+
+class Loader:
+    """Loads a folder of articles, re-parsing only files whose size, mtime or inode changed."""
+
+    def __init__(self, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+        self.max_file_bytes = max_file_bytes
+        self._cache: dict[Path, tuple[FileKey, Article | Problem]] = {}
+
+    def load(self, directory: Path, progress: Progress | None = None) -> LoadResult:
+        result = LoadResult()
+        if not directory.is_dir():
+            raise ArticleError(f"articles folder not found: {directory}")
+        paths = list(iter_article_files(directory))
+        fresh: dict[Path, tuple[FileKey, Article | Problem]] = {}
+        for index, path in enumerate(paths, 1):
+            outcome = self._load_one(path, fresh, result)
+            if isinstance(outcome, Problem):
+                result.problems.append(outcome)
+            else:
+                result.articles.append(outcome)
+            if progress is not None:
+                progress(index, len(paths))
+        result.files_read = len(paths)
+        self._cache = fresh  # forget deleted files
+        return result
+
+    def _load_one(
+        self,
+        path: Path,
+        fresh: dict[Path, tuple[FileKey, Article | Problem]],
+        result: LoadResult,
+    ) -> Article | Problem:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            return Problem(path, f"cannot read: {exc.strerror or exc}")
+        key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] == key:
+            fresh[path] = cached
+            return cached[1]
+        outcome = load_file(path, self.max_file_bytes, size=stat.st_size)
+        result.parsed += 1
+        fresh[path] = (key, outcome)
+        return outcome
+
+
+def load_articles(
+    directory: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, progress: Progress | None = None
+) -> LoadResult:
+    """Load every article file under ``directory`` once (no cache kept)."""
+    return Loader(max_file_bytes).load(directory, progress)
+
+
+def iter_article_files(directory: Path) -> Iterator[Path]:
+    """Article files under ``directory`` in a stable order; hidden files and folders skipped."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            Path(root, name)
+            for name in files
+            if name.endswith(ARTICLE_SUFFIXES) and not name.startswith(".")
+        )
+    yield from sorted(found)
+
+
+def load_file(path: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, size: int | None = None
+              ) -> Article | Problem:
+    """One file to an Article, or a Problem naming what is wrong with it. Never raises."""
+    try:
+        if size is not None and size > max_file_bytes:
+            raise ArticleError(_too_large(size, max_file_bytes))
+        with path.open("rb") as handle:
+            data = handle.read(max_file_bytes + 1)
+        if len(data) > max_file_bytes:
+            raise ArticleError(_too_large(len(data), max_file_bytes))
+        return parse_article(data, source_path=str(path))
+    except ArticleError as exc:
+        return Problem(path, str(exc))
+    except OSError as exc:
+        return Problem(path, f"cannot read: {exc.strerror or exc}")
+    except RecursionError:
+        return Problem(path, "malformed YAML: nested too deeply")
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"file too large ({size:,} bytes; the limit is {limit:,})"
+
+
+def parse_article(data: bytes, source_path: str = "") -> Article:
+    """Bytes of an article file to an Article; raises ArticleError with a one-line reason."""
+    text = _decode(data)
+    if not text.strip():
+        raise ArticleError("empty file")
+    front_matter = _front_matter(text)
+    record = _parse_yaml(front_matter)
+    return build_article(record, source_path=source_path)
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ArticleError(
+            f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _front_matter(text: str) -> str:
+    opening = _FRONT_MATTER_FENCE.match(text)
+    if opening is None:
+        raise ArticleError("no front matter: the file must start with a '---' line")
+    closing = _FRONT_MATTER_END.search(text, opening.end())
+    if closing is None:
+        raise ArticleError("front matter is not closed: no second '---' line")
+    return text[opening.end() : closing.start()]
+
+
+def _parse_yaml(front_matter: str) -> Mapping[str, Any]:
+    try:
+        record = yaml.load(front_matter, Loader=YamlLoader)
+    except yaml.MarkedYAMLError as exc:
+        raise ArticleError(f"malformed YAML: {_describe_yaml_error(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ArticleError(f"malformed YAML: {_one_line(str(exc))}") from None
+    if record is None:
+        raise ArticleError("empty front matter")
+    if not isinstance(record, dict):
+        raise ArticleError(
+            f"front matter must be a mapping of fields, not a {_yaml_kind(record)}"
+        )
+    return record
+
+
+def _describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
+    problem = exc.problem or exc.context or "invalid syntax"
+    mark = exc.problem_mark or exc.context_mark
+    # +2: the mark counts from 0 inside the front matter, which starts on the file's line 2.
+    where = f" (line {mark.line + 2}, column {mark.column + 1})" if mark is not None else ""
+    return _one_line(problem) + where
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Record -> Article
+
+
+def build_article(record: Mapping[str, Any], source_path: str = "") -> Article:
+    """A parsed front-matter mapping to a clean Article (``secured`` is never read)."""
+    missing = [name for name in REQUIRED_FIELDS if _is_blank(record.get(name))]
+    if missing:
+        raise ArticleError("missing required field" + ("s " if len(missing) > 1 else " ")
+                           + ", ".join(missing))
+    title = clean_text(record["title"])
+    if not title:
+        raise ArticleError("title is empty after cleaning")
+    url = _article_url(record["webUrl"])
+    provider = _provider(record.get("provider"))
+    return Article(
+        id=article_id(url),
+        title=title,
+        url=url,
+        published_at=parse_datetime(record["publishedDateTime"], "publishedDateTime"),
+        excerpt=clean_text(record.get("excerpt")),
+        provider=provider,
+        topics=_topics(record.get("topics")),
+        images=_images(record.get("images"), base_url=url),
+        related=_related(record.get("related"), base_url=url),
+        quality=_integer(record.get("quality"), "quality"),
+        heat=_integer(record.get("heat"), "heat"),
+        published=_boolean(record.get("published"), "published"),
+        type=clean_text(record.get("type")) or "article",
+        amp_url=absolute_http_url(record.get("ampWebUrl"), base_url=url) or "",
+        source_path=source_path,
+    )
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def clean_text(value: Any) -> str:
+    """Plain text fit for XML and Telegram: mojibake repaired, controls removed, spaces folded."""
+    if value is None or isinstance(value, dict | list):
+        return ""
+    text = _XML_INVALID.sub("", value if isinstance(value, str) else str(value))
+    if not text.isascii() or "&" in text:
+        text = ftfy.fix_text(text, _FTFY)
+    return " ".join(text.split())
+
+
+def _article_url(value: Any) -> str:
+    url = absolute_http_url(value)
+    if url is None:
+        raise ArticleError(f"webUrl is not an absolute http(s) URL: {_preview(value)}")
+    return url
+
+
+def absolute_http_url(value: Any, base_url: str | None = None) -> str | None:
+    """An absolute http(s) URL, resolving a relative one against ``base_url``; else None."""
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if not url or _XML_INVALID.search(url) or any(ch.isspace() for ch in url):
+        return None
+    if base_url is not None:
+        url = urljoin(base_url, url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+def _preview(value: Any, limit: int = 80) -> str:
+    text = _one_line(repr(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_datetime(value: Any, name: str) -> datetime:
+    """ISO 8601 (or a YAML timestamp) to an aware UTC datetime; no zone means UTC."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime.combine(value, time())
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ArticleError(f"{name} is not an ISO 8601 date: {_preview(value)}") from None
+    else:
+        raise ArticleError(f"{name} is not an ISO 8601 date: {_preview(value)}")
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _integer(value: Any, name: str) -> int:
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool):
+        raise ArticleError(f"{name} is not a number: {_preview(value)}")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ArticleError(f"{name} is not a number: {_preview(value)}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ArticleError(f"{name} is not a number: {_preview(value)}")
+    return round(number)
+
+
+def _boolean(value: Any, name: str) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no"):
+        return value.strip().lower() in ("true", "yes")
+    raise ArticleError(f"{name} must be true or false, not {_preview(value)}")
+
+
+def _provider(value: Any) -> Provider:
+    if isinstance(value, str):
+        return Provider(name=clean_text(value))
+    if not isinstance(value, dict):
+        return Provider(name="")
+    domain = clean_text(value.get("domain")).lower()
+    if domain and not re.fullmatch(r"[a-z0-9.-]+(?::\d+)?", domain):
+        domain = ""  # never build a link from a domain that is not one
+    return Provider(name=clean_text(value.get("name")), domain=domain)
+
+
+def _topics(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    topics: list[str] = []
+    for item in items:
+        topic = clean_text(item) if isinstance(item, str | int | float) else ""
+        if topic and topic not in topics:
+            topics.append(topic)
+    return tuple(topics)
+
+
+def _images(value: Any, base_url: str) -> tuple[Image, ...]:
+    return tuple(image for item in _mappings(value) if (image := _image(item, base_url)))
+
+
+def _image(item: Mapping[str, Any], base_url: str) -> Image | None:
+    url = absolute_http_url(item.get("url"), base_url=base_url)
+    if url is None:
+        return None
+    return Image(
+        url=url,
+        width=_dimension(item.get("width")),
+        height=_dimension(item.get("height")),
+        title=clean_text(item.get("title")),
+    )
+
+
+def _dimension(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _related(value: Any, base_url: str) -> tuple[Related, ...]:
+    related: list[Related] = []
+    for item in _mappings(value):
+        url = absolute_http_url(item.get("webUrl"), base_url=base_url)
+        title = clean_text(item.get("title"))
+        if url is None or not title:
+            continue
+        images = _images(item.get("images"), base_url=url)
+        try:
+            quality: int | None = _integer(item.get("quality"), "quality")
+        except ArticleError:
+            quality = None
+        related.append(
+            Related(
+                title=title,
+                url=url,
+                excerpt=clean_text(item.get("excerpt")),
+                provider=_provider(item.get("provider")),
+                quality=quality,
+                image=images[0] if images else None,
+            )
+        )
+    return tuple(related)
+
+
+def _mappings(value: Any) -> Iterable[Mapping[str, Any]]:
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, dict)]
+    return []

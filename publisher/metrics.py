@@ -1,0 +1,78 @@
+"""Prometheus metrics of a running service, in their own registry."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from publisher.loader import LOADER_NAME
+
+if TYPE_CHECKING:
+    from publisher.dispatch import PushReport
+    from publisher.pipeline import LoadReport
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reported_problems: set[Path] = set()
+        self._last_success: dict[str, float] = {}
+        gauge = self._gauge
+        self.loaded = gauge("publisher_articles_loaded", "Article files that loaded cleanly.")
+        self.bad = gauge("publisher_articles_bad", "Article files rejected by the loader.")
+        self.selected = gauge("publisher_articles_selected", "Articles selected for publishing.")
+        self.messages = Counter(
+            "publisher_messages", "Messages by chat and outcome.", ["chat", "outcome"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "publisher_rate_limited", "429 answers from Telegram.", ["chat"],
+            registry=self.registry,
+        )
+        self.job_runs = Counter(
+            "publisher_job_runs", "Job runs by job and result.", ["job", "result"],
+            registry=self.registry,
+        )
+        since = Gauge(
+            "publisher_seconds_since_last_success",
+            "Seconds since the job last succeeded (-1: never).", ["job"], registry=self.registry,
+        )
+        for job in ("build", "push"):
+            since.labels(job).set_function(lambda job=job: self._seconds_since(job))
+        info = Gauge("publisher_loader_info", "YAML loader in use.", ["loader"],
+                     registry=self.registry)
+        info.labels(LOADER_NAME).set(1)
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, registry=self.registry)
+
+    def _seconds_since(self, job: str) -> float:
+        last = self._last_success.get(job)
+        return -1.0 if last is None else time.time() - last
+
+    def observe_load(self, loaded: LoadReport) -> None:
+        self.loaded.set(len(loaded.load.articles))
+        self.bad.set(len(loaded.load.problems))
+        self.selected.set(len(loaded.selected))
+
+    def observe_push(self, report: PushReport) -> None:
+        for chat, chat_report in report.chats.items():
+            for outcome in ("sent", "failed", "uncertain", "skipped"):
+                count = getattr(chat_report, outcome)
+                if count:
+                    self.messages.labels(chat, outcome).inc(count)
+            if chat_report.rate_limited:
+                self.rate_limited.labels(chat).inc(chat_report.rate_limited)
+
+    def job_succeeded(self, job: str) -> None:
+        self._last_success[job] = time.time()
+        self.job_runs.labels(job, "ok").inc()
+
+    def job_failed(self, job: str) -> None:
+        self.job_runs.labels(job, "error").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

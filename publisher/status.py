@@ -1,0 +1,58 @@
+"""``publisher status``: what the ledger says, for an operator at a terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from publisher.config import Config
+from publisher.state import FAILED, STATES, UNCERTAIN, SQLiteStore, sqlite_path
+
+
+def render_status(config: Config, config_path: Path | None) -> str:
+    path = sqlite_path(config.state.url)
+    if not path.exists():
+        return f"No state yet ({path}): nothing has been pushed."
+    store = SQLiteStore.open(config.state.url, readonly=True)
+    try:
+        return "\n".join(_sections(store, config_path))
+    finally:
+        store.close()
+
+
+def _sections(store: SQLiteStore, config_path: Path | None) -> list[str]:
+    lines = [f"State: {store.path}", ""]
+    runs = store.last_runs()
+    for kind in ("build", "push"):
+        run = runs.get(kind)
+        if run is None:
+            lines.append(f"Last {kind}: never")
+            continue
+        outcome = "ok" if run.ok else "FAILED"
+        details = ", ".join(
+            f"{key} {value}" for key, value in run.summary.items() if key != "errors" and value
+        )
+        lines.append(f"Last {kind}: {run.finished_at} {outcome} ({details})")
+        for chat, error in (run.summary.get("errors") or {}).items():
+            lines.append(f"  error in {chat}: {error}")
+    lines += ["", "Posts per chat:"]
+    counts = store.counts()
+    if not counts:
+        lines.append("  none yet")
+    for chat, by_state in counts.items():
+        cells = ", ".join(f"{state} {by_state[state]}" for state in STATES if state in by_state)
+        lines.append(f"  {chat}: {cells}")
+    failed = store.deliveries([FAILED], limit=10)
+    if failed:
+        lines += ["", "Recent failures:"]
+        lines += [f"  {d.updated_at} {d.chat_id} {d.title!r}: {d.reason}" for d in failed]
+    uncertain = store.deliveries([UNCERTAIN], limit=50)
+    if uncertain:
+        config_flag = f" -c {config_path}" if config_path else ""
+        lines += ["", "Uncertain (may or may not have been posted; check the channel):"]
+        for d in uncertain:
+            lines.append(f"  {d.chat_id} {d.article_id} {d.title!r} ({d.reason})")
+        lines.append(
+            f"  To post them again: publisher resend{config_flag} --all  "
+            f"(or name article ids)"
+        )
+    return lines
