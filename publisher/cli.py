@@ -229,8 +229,8 @@ def push(ctx: Context, dry_run: bool) -> None:
         f"skipped {summary['skipped']} ({summary['new']} new in the ledger) "
         f"in {summary['seconds']:.2f} s."
     )
-    for chat, error in outcome.report.errors.items():
-        click.echo(f"Error: {chat}: {redact_text(error)}", err=True)
+    for error in outcome.report.errors.values():
+        click.echo(f"Error: {redact_text(error)}", err=True)
     if not outcome.report.ok:
         sys.exit(1)
 

@@ -8,12 +8,16 @@ maybe posted. No token ever leaves this module inside an error message.
 from __future__ import annotations
 
 import logging
-import warnings
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Protocol
 
 import httpx
+
+# Opt in to PTB's timedelta durations now; the int form warns (and fails tests) since 22.2.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
 from telegram import error as tg_error
 from telegram.constants import ParseMode
@@ -88,7 +92,8 @@ class Unauthorized(SendError):
 class Sender(Protocol):
     """Posts rendered messages; raises ``SendError`` subclasses; returns the message id."""
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Prepare the connection; idempotent. Raises SendError when Telegram is unusable."""
 
     async def close(self) -> None: ...
 
@@ -112,27 +117,39 @@ class TelegramSender:
 
     def __init__(self, token: str, base_url: str, timeout: float = 20.0) -> None:
         self._token = token
-        request = HTTPXRequest(
-            connection_pool_size=8,
-            connect_timeout=min(timeout, 10.0),
-            read_timeout=timeout,
-            write_timeout=timeout,
-            pool_timeout=min(timeout, 10.0),
+        self._requests = tuple(
+            HTTPXRequest(
+                connection_pool_size=size,
+                connect_timeout=min(timeout, 10.0),
+                read_timeout=timeout,
+                write_timeout=timeout,
+                pool_timeout=min(timeout, 10.0),
+            )
+            for size in (8, 1)
         )
-        self._bot = Bot(token, base_url=base_url, request=request)
+        self._bot = Bot(
+            token, base_url=base_url, request=self._requests[0],
+            get_updates_request=self._requests[1],
+        )
         self._started = False
 
     async def start(self) -> None:
+        """Idempotent; the first call asks getMe, proving the token and the URL."""
+        if self._started:
+            return
         try:
-            await self._bot.initialize()  # getMe: proves the token and the URL early
+            await self._bot.initialize()
         except tg_error.TelegramError as exc:
             raise self._translate(exc) from None
         self._started = True
 
     async def close(self) -> None:
+        """Close the HTTP clients, also when ``start`` failed half-way (PTB would not)."""
         if self._started:
             await self._bot.shutdown()
             self._started = False
+        for request in self._requests:
+            await request.shutdown()
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
@@ -177,7 +194,7 @@ class TelegramSender:
 
     def _translate(self, exc: tg_error.TelegramError, *, photo: bool = False) -> SendError:
         """PTB's exception to ours. Order matters: TimedOut and BadRequest are NetworkErrors."""
-        reason = self._redact(exc.message)
+        reason = self._redact(_first_line(exc.message))
         match exc:
             case tg_error.RetryAfter():
                 return RateLimited(_retry_after_seconds(exc))
@@ -203,14 +220,22 @@ class TelegramSender:
 
     def _network_error(self, exc: tg_error.NetworkError, reason: str) -> SendError:
         cause = exc.__cause__
-        if cause is None:
-            return NotSent(f"Telegram answered with an error: {reason}")  # 5xx, proxy pages
+        if cause is None or isinstance(cause, tg_error.TelegramError):
+            # An HTTP error answer (5xx, a proxy's HTML page): the message was not posted.
+            return NotSent(f"Telegram answered with an error: {reason}")
         if isinstance(cause, httpx.ConnectError | httpx.UnsupportedProtocol | httpx.InvalidURL):
             return NotSent(f"cannot connect: {type(cause).__name__}")
         return Ambiguous(f"connection lost after sending: {type(cause).__name__}")
 
     def _redact(self, text: str) -> str:
         return redact_text(text, secret_variants(self._token))
+
+
+def _first_line(message: str, limit: int = 300) -> str:
+    """PTB appends whole response bodies (HTML error pages) to messages; keep the gist."""
+    gist = message.split(". Parsing the server response", 1)[0]
+    gist = " ".join(gist.split())
+    return gist if len(gist) <= limit else gist[: limit - 1] + "…"
 
 
 def _bad_request(reason: str, *, photo: bool) -> SendError:
@@ -225,14 +250,8 @@ def _bad_request(reason: str, *, photo: bool) -> SendError:
 
 
 def _retry_after_seconds(exc: tg_error.RetryAfter) -> float:
-    # PTB 22 warns on the public int attribute while it migrates to timedelta.
-    value = getattr(exc, "_retry_after", None)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        plain = exc.retry_after
-    return plain.total_seconds() if isinstance(plain, timedelta) else float(plain)
+    value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 def _keyboard(buttons: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:

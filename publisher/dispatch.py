@@ -33,6 +33,7 @@ from publisher.delivery import (
     RateLimited,
     Rejected,
     Sender,
+    SendError,
     Unauthorized,
 )
 from publisher.logs import event
@@ -172,9 +173,22 @@ class Dispatcher:
             event(log, logging.WARNING, "recovered_interrupted_sends", count=recovered)
         by_id = {article.id: article for article in articles}
         chats = self._store.pending_chats()
+        if chats and not await self._start_sender(chats, report):
+            return report
         await asyncio.gather(*(self._run_chat(chat, by_id, report) for chat in chats))
         report.fatal = self._fatal
         return report
+
+    async def _start_sender(self, chats: list[str], report: PushReport) -> bool:
+        try:
+            await self._sender.start()
+        except SendError as exc:
+            report.fatal = exc.reason
+            for chat in chats:
+                report.chat(chat).error = f"Telegram unavailable: {exc.reason}"
+            event(log, logging.ERROR, "telegram_unavailable", reason=exc.reason)
+            return False
+        return True
 
     def _all_chats(self) -> list[str]:
         chats = [self._settings.chat_id] if self._settings.chat_id else []

@@ -126,7 +126,6 @@ async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
         store = open_store(config.state.url)
         try:
             loaded = load_and_select(config)
-            await sender.start()
             try:
                 return await deliver(config, store, Dispatcher(store, sender, config), loaded)
             finally:

@@ -312,9 +312,7 @@ class Service:
         assert self._store is not None and self._sender is not None
         loaded = await asyncio.to_thread(pipeline.load_and_select, self.config, self._loader)
         self.metrics.observe_load(loaded)
-        if not self._sender_started:
-            await self._sender.start()
-            self._sender_started = True
+        self._sender_started = True  # the dispatcher starts it (idempotent) when needed
         self._dispatcher = Dispatcher(self._store, self._sender, self.config)
         try:
             outcome = await pipeline.deliver(self.config, self._store, self._dispatcher, loaded)

@@ -1,0 +1,1651 @@
+"""A strict, local stand-in for the Telegram Bot API, used by the publisher's tests.
+
+Stdlib only.  It validates requests against the machine-readable Bot API spec
+(``bot-api.json``), parses Telegram's HTML subset, enforces text/caption limits, inline
+keyboards and Telegram-like rate limits, records every accepted message, and can inject
+faults (5xx, dropped connections, slow replies after recording, 403, 429, ...).
+
+Library use::
+
+    with BotApiStandin(token="123456:ABC-test_token") as api:
+        bot = telegram.Bot(token, base_url=api.base_url)
+
+Standalone use (prints the base URL on the first stdout line, serves until SIGTERM)::
+
+    python tests/botapi_standin.py --port 0 --token T [--record FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import email.parser
+import email.policy
+import functools
+import itertools
+import json
+import math
+import os
+import re
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal, NoReturn, TextIO
+from urllib.parse import parse_qsl, urlsplit
+
+DEFAULT_TOKEN = "123456:ABC-test_token"
+SPEC_ENV_VAR = "BOT_API_SPEC"
+SPEC_CANDIDATES = (
+    Path(__file__).resolve().parent / "data" / "bot-api.json",
+    Path("/work/shared/telegram/bot-api.json"),
+)
+
+PHOTO_WRONG_ID = "wrong file identifier/HTTP URL specified"
+PHOTO_FETCH_FAILED = "failed to get HTTP URL content"
+PHOTO_WRONG_TYPE = "wrong type of the web page content"
+PHOTO_REASONS = (PHOTO_WRONG_ID, PHOTO_FETCH_FAILED, PHOTO_WRONG_TYPE)
+
+KICKED = "Forbidden: bot was kicked from the channel chat"
+NOT_MEMBER = "Forbidden: bot is not a member of the channel chat"
+CHAT_NOT_FOUND = "Bad Request: chat not found"
+CHAT_MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+MARKUP_UNPARSABLE = "Bad Request: can't parse reply keyboard markup JSON object"
+
+FAULTS = frozenset(
+    {
+        "500",
+        "502_html",
+        "drop",
+        "slow_after_record",
+        "drop_after_record",
+        "403",
+        "429",
+        "refuse_photo",
+        "parse_entities",
+    }
+)
+
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+
+TEXT_LIMIT = 4096
+CAPTION_LIMIT = 1024
+MEDIA_GROUP_MIN, MEDIA_GROUP_MAX = 2, 10
+MEDIA_GROUP_TYPES = frozenset({"photo", "video", "document", "audio"})
+CALLBACK_DATA_MAX_BYTES = 64
+
+_TOKEN_RE = re.compile(r"^\d+:[A-Za-z0-9_-]+$")
+_API_PATH_RE = re.compile(r"^/bot(?P<token>[^/]+)/(?P<method>[A-Za-z0-9_]+)/?$")
+_USERNAME_RE = re.compile(r"^@[A-Za-z][A-Za-z0-9_]{3,31}$")
+_INT_RE = re.compile(r"^-?\d+$")
+_FLOAT_RE = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+_FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{20,}$")
+_TAG_NAME_START_RE = re.compile(r"[A-Za-z]")
+_ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z_-]+")
+_ENTITY_NAME_RE = re.compile(r"#x[0-9A-Fa-f]+|#\d+|[A-Za-z][A-Za-z0-9]*")
+_PRIMITIVE_TYPE_NAMES = {"int": "Integer", "bool": "Boolean", "str": "String", "float": "Float"}
+_BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
+
+Json = dict[str, Any]
+Delivery = Literal["send", "drop", "delay"]
+
+
+class ApiError(Exception):
+    """A Bot API error reply: becomes the {"ok": false, ...} envelope with status error_code."""
+
+    def __init__(self, error_code: int, description: str, parameters: Json | None = None) -> None:
+        super().__init__(description)
+        self.error_code = error_code
+        self.description = description
+        self.parameters = parameters
+
+    def envelope(self) -> Json:
+        body: Json = {"ok": False, "error_code": self.error_code, "description": self.description}
+        if self.parameters:
+            body["parameters"] = self.parameters
+        return body
+
+
+def bad_request(reason: str) -> ApiError:
+    return ApiError(400, f"Bad Request: {reason}")
+
+
+def too_many_requests(retry_after: int) -> ApiError:
+    return ApiError(
+        429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
+    )
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+# --------------------------------------------------------------------------- HTML parse_mode
+
+_TAG_ENTITY_TYPES = {
+    "b": "bold",
+    "strong": "bold",
+    "i": "italic",
+    "em": "italic",
+    "u": "underline",
+    "ins": "underline",
+    "s": "strikethrough",
+    "strike": "strikethrough",
+    "del": "strikethrough",
+    "tg-spoiler": "spoiler",
+    "span": "spoiler",
+    "a": "text_link",
+    "tg-emoji": "custom_emoji",
+    "code": "code",
+    "pre": "pre",
+    "blockquote": "blockquote",
+}
+_NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
+_ENTITY_MAX_LEN = 10
+
+
+@dataclass
+class _OpenTag:
+    name: str
+    entity: Json | None
+    start: int
+
+
+class HtmlParseError(ValueError):
+    """Telegram's "can't parse entities" reason, e.g. 'Unsupported start tag "x" at ...'."""
+
+
+class _HtmlParser:
+    """Parser for Telegram's HTML subset, producing the visible text and MessageEntity dicts."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.pos = 0
+        self.out: list[str] = []
+        self.length = 0  # visible length so far, UTF-16 code units
+        self.stack: list[_OpenTag] = []
+        self.entities: list[Json] = []
+
+    def parse(self) -> tuple[str, list[Json]]:
+        while self.pos < len(self.source):
+            char = self.source[self.pos]
+            if char == "<":
+                self._tag()
+            elif char == "&":
+                self._emit(self._entity_at(self.pos))
+            elif char == ">":
+                self._fail('Unexpected ">"', self.pos, ', it must be escaped as "&gt;"')
+            else:
+                self._emit(char)
+                self.pos += 1
+        if self.stack:
+            raise HtmlParseError(
+                f'Can\'t find end tag corresponding to start tag "{self.stack[-1].name}"'
+            )
+        self.entities.sort(key=lambda entity: (entity["offset"], -entity["length"]))
+        return "".join(self.out), self.entities
+
+    def _fail(self, what: str, at: int, suffix: str = "") -> NoReturn:
+        offset = len(self.source[:at].encode("utf-8", "surrogatepass"))
+        raise HtmlParseError(f"{what} at byte offset {offset}{suffix}")
+
+    def _emit(self, text: str) -> None:
+        self.out.append(text)
+        self.length += utf16_len(text)
+
+    def _entity_at(self, start: int) -> str:
+        """Decode the HTML entity at start ('&'); advance past it."""
+        end = self.source.find(";", start, start + _ENTITY_MAX_LEN + 2)
+        name = self.source[start + 1 : end] if end != -1 else ""
+        if not _ENTITY_NAME_RE.fullmatch(name):
+            self._fail('Unexpected "&"', start, ', it must be escaped as "&amp;"')
+        decoded = _decode_entity(name)
+        if decoded is None:
+            self._fail(f'Unsupported HTML entity "&{name};"', start)
+        self.pos = end + 1
+        return decoded
+
+    def _tag(self) -> None:
+        start = self.pos
+        if self.source.startswith("</", start):
+            self._end_tag(start)
+            return
+        if not _TAG_NAME_START_RE.match(self.source, start + 1):
+            self._fail('Unexpected "<"', start, ', it must be escaped as "&lt;"')
+        name_end = self._scan_until(" \t\r\n/>", start + 1)
+        name = self.source[start + 1 : name_end].lower()
+        if name not in _TAG_ENTITY_TYPES:
+            self._fail(f'Unsupported start tag "{name}"', start)
+        self.pos = name_end
+        attributes = self._attributes(start)
+        entity = self._open_entity(name, attributes, start)
+        self.stack.append(_OpenTag(name, entity, self.length))
+
+    def _scan_until(self, stop_chars: str, index: int) -> int:
+        while index < len(self.source) and self.source[index] not in stop_chars:
+            index += 1
+        return index
+
+    def _attributes(self, tag_start: int) -> dict[str, str]:
+        attributes: dict[str, str] = {}
+        while True:
+            while self.pos < len(self.source) and self.source[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos >= len(self.source):
+                self._fail("Unclosed start tag", tag_start)
+            if self.source[self.pos] == ">":
+                self.pos += 1
+                return attributes
+            match = _ATTRIBUTE_NAME_RE.match(self.source, self.pos)
+            if match is None:
+                self._fail("Expected attribute name", self.pos)
+            self.pos = match.end()
+            value = ""
+            if self.source.startswith("=", self.pos):
+                self.pos += 1
+                value = self._attribute_value(tag_start)
+            attributes[match.group().lower()] = value
+
+    def _attribute_value(self, tag_start: int) -> str:
+        quote = self.source[self.pos : self.pos + 1]
+        if quote in ('"', "'"):
+            end = self.source.find(quote, self.pos + 1)
+            if end == -1:
+                self._fail("Unclosed start tag", tag_start)
+            raw, self.pos = self.source[self.pos + 1 : end], end + 1
+        else:
+            end = self._scan_until(" \t\r\n>", self.pos)
+            raw, self.pos = self.source[self.pos : end], end
+        return self._decode_attribute(raw, tag_start)
+
+    def _decode_attribute(self, raw: str, tag_start: int) -> str:
+        parts: list[str] = []
+        for index, piece in enumerate(raw.split("&")):
+            if index == 0:
+                parts.append(piece)
+                continue
+            name, semicolon, rest = piece.partition(";")
+            decoded = _decode_entity(name) if semicolon else None
+            if decoded is None:
+                self._fail('Unexpected "&" in an attribute value', tag_start)
+            parts.append(f"{decoded}{rest}")
+        return "".join(parts)
+
+    def _open_entity(self, name: str, attributes: dict[str, str], at: int) -> Json | None:
+        entity: Json = {"type": _TAG_ENTITY_TYPES[name]}
+        if name == "a":
+            if not attributes.get("href"):
+                self._fail('Tag "a" must have attribute "href"', at)
+            entity["url"] = attributes["href"]
+        elif name == "span" and attributes.get("class") != "tg-spoiler":
+            self._fail('Tag "span" must have class "tg-spoiler"', at)
+        elif name == "tg-emoji":
+            if not attributes.get("emoji-id", "").isdigit():
+                self._fail('Tag "tg-emoji" must have a numeric attribute "emoji-id"', at)
+            entity["custom_emoji_id"] = attributes["emoji-id"]
+        elif name == "blockquote" and "expandable" in attributes:
+            entity["type"] = "expandable_blockquote"
+        elif name == "code" and self._inside_pre() and "class" in attributes:
+            language = attributes["class"].removeprefix("language-")
+            pre_entity = self.stack[-1].entity
+            if attributes["class"].startswith("language-") and language and pre_entity:
+                pre_entity["language"] = language
+                return None  # Telegram folds <pre><code class=...> into one "pre" entity
+        return entity
+
+    def _inside_pre(self) -> bool:
+        return bool(self.stack) and self.stack[-1].name == "pre"
+
+    def _end_tag(self, start: int) -> None:
+        end = self.source.find(">", start)
+        if end == -1:
+            self._fail("Unclosed end tag", start)
+        name = self.source[start + 2 : end].strip().lower()
+        if not self.stack:
+            self._fail(f'Unexpected end tag "</{name}>"', start)
+        open_tag = self.stack.pop()
+        if name != open_tag.name:
+            self._fail(
+                "Unmatched end tag",
+                start,
+                f', expected "</{open_tag.name}>", found "</{name}>"',
+            )
+        length = self.length - open_tag.start
+        if open_tag.entity is not None and length > 0:
+            self.entities.append({**open_tag.entity, "offset": open_tag.start, "length": length})
+        self.pos = end + 1
+
+
+def _decode_entity(name: str) -> str | None:
+    if name in _NAMED_ENTITIES:
+        return _NAMED_ENTITIES[name]
+    if not name.startswith("#"):
+        return None
+    digits = name[1:]
+    try:
+        code = int(digits[1:], 16) if digits[:1] in ("x", "X") else int(digits)
+    except ValueError:
+        return None
+    if not 0 < code <= 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        return None
+    return chr(code)
+
+
+def parse_html(source: str) -> tuple[str, list[Json]]:
+    """Return (visible text, entities) of Telegram-HTML source, or raise HtmlParseError."""
+    return _HtmlParser(source).parse()
+
+
+def render(text: str, parse_mode: str | None) -> tuple[str, list[Json]]:
+    """Visible text and entities for text sent with parse_mode, or a 400 ApiError."""
+    mode = (parse_mode or "").lower()
+    if mode == "html":
+        try:
+            return parse_html(text)
+        except HtmlParseError as exc:
+            raise bad_request(f"can't parse entities: {exc}") from exc
+    if mode in ("", "markdown", "markdownv2"):
+        return text, []  # Markdown is accepted but not parsed by the stand-in
+    raise bad_request("unsupported parse_mode")
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+@functools.cache
+def load_spec(path: str | None = None) -> Json:
+    """The Bot API spec (bot-api.json); path, $BOT_API_SPEC, tests/data/, /work/shared/."""
+    candidates = [Path(p) for p in (path, os.environ.get(SPEC_ENV_VAR)) if p]
+    for candidate in [*candidates, *SPEC_CANDIDATES]:
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"bot-api.json not found; set ${SPEC_ENV_VAR}")
+
+
+def _field_kind(types: list[str]) -> str:
+    kinds = {
+        ("Integer",): "int",
+        ("Boolean",): "bool",
+        ("String",): "str",
+        ("Float",): "float",
+        ("Integer", "String"): "int_or_str",
+    }
+    if "InputFile" in types:
+        return "file"
+    return kinds.get(tuple(types), "json")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fields: dict[str, str]  # field name -> kind (int, bool, str, float, int_or_str, file, json)
+    required: frozenset[str]
+    returns: tuple[str, ...]
+
+    @property
+    def creates_message(self) -> bool:
+        return self.returns in (("Message",), ("Array of Message",))
+
+
+_EXTRA_FIELDS = {"sendMessage": {"disable_web_page_preview": "bool"}}
+
+
+def method_specs(spec: Json) -> dict[str, MethodSpec]:
+    """Lower-cased method name -> MethodSpec."""
+    specs = {}
+    for name, method in spec["methods"].items():
+        fields = {f["name"]: _field_kind(f["types"]) for f in method.get("fields", [])}
+        fields.update(_EXTRA_FIELDS.get(name, {}))
+        required = frozenset(f["name"] for f in method.get("fields", []) if f["required"])
+        specs[name.lower()] = MethodSpec(name, fields, required, tuple(method["returns"]))
+    return specs
+
+
+def inline_button_actions(spec: Json) -> frozenset[str]:
+    """InlineKeyboardButton fields of which exactly one must be set."""
+    fields = spec["types"]["InlineKeyboardButton"]["fields"]
+    return frozenset(f["name"] for f in fields) - {"text", "icon_custom_emoji_id", "style"}
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    filename: str
+    content_type: str
+    data: bytes
+
+    def describe(self) -> str:
+        return f"upload:{self.filename}"
+
+
+def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
+    """Parameters of a request body: str values (forms), JSON values, or UploadedFile parts."""
+    header = EmailMessage()
+    header["content-type"] = content_type or "application/octet-stream"
+    mime = header.get_content_type()
+    if not body:
+        return {}
+    if mime == "application/json":
+        return _parse_json_body(body)
+    if mime == "multipart/form-data":
+        return _parse_multipart(content_type, body)
+    if mime == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    raise bad_request(f"unsupported Content-Type {mime}")
+
+
+def _parse_json_body(body: bytes) -> dict[str, Any]:
+    try:
+        decoded = json.loads(body)
+    except ValueError as exc:
+        raise bad_request("can't parse JSON encoded request") from exc
+    if not isinstance(decoded, dict):
+        raise bad_request("JSON encoded request must be an object")
+    return decoded
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
+    preamble = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(preamble + body)
+    if not message.is_multipart():
+        raise bad_request("can't parse multipart/form-data request")
+    params: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is None:
+            params[name] = data.decode("utf-8", "replace")
+        else:
+            params[name] = UploadedFile(filename, part.get_content_type(), data)
+    return params
+
+
+# --------------------------------------------------------------------------- parameter types
+
+_JSON_FIELD_LABELS = {
+    "reply_markup": "reply keyboard markup",
+    "entities": "entities",
+    "caption_entities": "entities",
+    "link_preview_options": "link preview options",
+    "media": "media",
+}
+
+
+def _type_error(name: str, type_name: str) -> ApiError:
+    return bad_request(f'field "{name}" must be of type {type_name}')
+
+
+def _json_error(name: str) -> ApiError:
+    return bad_request(f"can't parse {_JSON_FIELD_LABELS.get(name, name)} JSON object")
+
+
+def coerce(name: str, kind: str, value: Any) -> Any:
+    """A parameter value (form string, JSON value or upload) converted to its spec type."""
+    if isinstance(value, UploadedFile):
+        if kind == "file":
+            return value
+        raise _type_error(name, _PRIMITIVE_TYPE_NAMES.get(kind, "String"))
+    return _CONVERTERS[kind](name, value)
+
+
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INT_RE.match(value.strip()):
+        return int(value)
+    raise _type_error(name, "Integer")
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    raise _type_error(name, "Boolean")
+
+
+def _to_str(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise _type_error(name, "String")
+
+
+def _to_float(name: str, value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)
+    raise _type_error(name, "Float")
+
+
+def _to_int_or_str(name: str, value: Any) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return int(value) if _INT_RE.match(value.strip()) else value
+    raise _type_error(name, "Integer or String")
+
+
+def _to_json(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise _json_error(name) from exc
+    if not isinstance(value, dict | list):
+        raise _json_error(name)
+    return value
+
+
+_CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
+    "int": _to_int,
+    "bool": _to_bool,
+    "str": _to_str,
+    "float": _to_float,
+    "int_or_str": _to_int_or_str,
+    "file": _to_str,
+    "json": _to_json,
+}
+
+_MISSING_MESSAGES = {
+    "text": "Bad Request: message text is empty",
+    "photo": "Bad Request: there is no photo in the request",
+}
+
+
+def validate_params(method: MethodSpec, raw: dict[str, Any]) -> dict[str, Any]:
+    """Typed parameters; unknown ones are passed through untouched (Telegram ignores them)."""
+    params: dict[str, Any] = {}
+    for name, value in raw.items():
+        kind = method.fields.get(name)
+        if value is None or (kind is not None and value == ""):
+            continue  # Telegram treats null and empty values as absent
+        params[name] = value if kind is None else coerce(name, kind, value)
+    missing = sorted(method.required - params.keys())
+    if missing:
+        name = missing[0]
+        raise ApiError(400, _MISSING_MESSAGES.get(name, f"Bad Request: {name} is empty"))
+    return params
+
+
+def json_safe(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value.describe() if isinstance(value, UploadedFile) else value
+        for key, value in params.items()
+    }
+
+
+# --------------------------------------------------------------------------- content checks
+
+
+def check_text(text: str, parse_mode: str | None) -> tuple[str, list[Json]]:
+    visible, entities = render(text, parse_mode)
+    if not visible.strip():
+        raise bad_request("message text is empty")
+    if utf16_len(visible) > TEXT_LIMIT:
+        raise bad_request("message is too long")
+    return visible, entities
+
+
+def check_caption(caption: str | None, parse_mode: str | None) -> tuple[str, list[Json]]:
+    if caption is None:
+        return "", []
+    visible, entities = render(caption, parse_mode)
+    if utf16_len(visible) > CAPTION_LIMIT:
+        raise bad_request("message caption is too long")
+    return visible, entities
+
+
+def check_reply_markup(markup: Any, button_actions: frozenset[str]) -> None:
+    if not isinstance(markup, dict):
+        raise ApiError(400, MARKUP_UNPARSABLE)
+    if "inline_keyboard" not in markup:
+        if not markup.keys() & {"keyboard", "remove_keyboard", "force_reply"}:
+            raise ApiError(400, MARKUP_UNPARSABLE)
+        return
+    rows = markup["inline_keyboard"]
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise ApiError(400, MARKUP_UNPARSABLE)
+    for button in itertools.chain.from_iterable(rows):
+        check_inline_button(button, button_actions)
+
+
+def check_inline_button(button: Any, button_actions: frozenset[str]) -> None:
+    if not isinstance(button, dict):
+        raise ApiError(400, MARKUP_UNPARSABLE)
+    text = button.get("text")
+    if not isinstance(text, str) or not text:
+        raise bad_request('can\'t parse inline keyboard button: Field "text" must be non-empty')
+    actions = button.keys() & button_actions
+    if not actions:
+        raise bad_request("text buttons are unallowed in the inline keyboard")
+    if len(actions) > 1:
+        raise bad_request(
+            "can't parse inline keyboard button: exactly one of the optional fields must be used"
+        )
+    if "url" in button:
+        check_button_url(button["url"])
+    if "callback_data" in button:
+        data = button["callback_data"]
+        if not isinstance(data, str) or not 1 <= len(data.encode()) <= CALLBACK_DATA_MAX_BYTES:
+            raise bad_request("BUTTON_DATA_INVALID")
+
+
+def check_button_url(url: Any) -> None:
+    if not isinstance(url, str):
+        raise ApiError(400, MARKUP_UNPARSABLE)
+    problem = _url_problem(url)
+    if problem:
+        raise bad_request(f"inline keyboard button URL '{url}' is invalid: {problem}")
+
+
+def _url_problem(url: str) -> str | None:
+    if not url or any(char.isspace() for char in url):
+        return "Wrong HTTP URL"
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "tg":
+        return None if parts.netloc or parts.path else "Wrong tg:// URL"
+    if scheme not in ("http", "https"):
+        return "Unsupported URL protocol"
+    if not parts.hostname or "." not in parts.hostname.strip("."):
+        return "Wrong HTTP URL"
+    return None
+
+
+def check_link_preview_options(options: Any) -> None:
+    if not isinstance(options, dict):
+        raise bad_request("can't parse link preview options JSON object")
+    for key, value in options.items():
+        valid = isinstance(value, str) if key == "url" else isinstance(value, bool)
+        if not valid:
+            raise bad_request("can't parse link preview options JSON object")
+
+
+def is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+# --------------------------------------------------------------------------- chats
+
+
+def chat_key(chat: int | str) -> int | str:
+    """Canonical chat identity: an int id, or a lower-cased "@username"."""
+    if isinstance(chat, int):
+        return chat
+    text = chat.strip()
+    if _INT_RE.match(text):
+        return int(text)
+    return text.lower()
+
+
+def chat_json(chat_id: int, username: str | None) -> Json:
+    if username is not None or chat_id <= -1_000_000_000_000:
+        chat: Json = {"id": chat_id, "type": "channel", "title": username or f"Channel {chat_id}"}
+    elif chat_id < 0:
+        chat = {"id": chat_id, "type": "group", "title": f"Group {chat_id}"}
+    else:
+        chat = {"id": chat_id, "type": "private", "first_name": f"User {chat_id}"}
+    if username is not None:
+        chat["username"] = username
+    return chat
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+class RateLimiter:
+    """Telegram-like flood control: per-chat interval, per-chat per minute, global per second."""
+
+    def __init__(
+        self,
+        per_chat_interval: float,
+        per_chat_per_minute: int,
+        global_per_second: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.per_chat_interval = per_chat_interval
+        self.per_chat_per_minute = per_chat_per_minute
+        self.global_per_second = global_per_second
+        self.clock = clock
+        self._last: dict[int, float] = {}
+        self._minute: dict[int, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self._second: collections.deque[float] = collections.deque()
+
+    def acquire(self, chat_id: int, count: int = 1) -> None:
+        """Take count message slots for chat_id or raise a 429 ApiError."""
+        now = self.clock()
+        minute, second = self._minute[chat_id], self._second
+        _expire(minute, now - 60)
+        _expire(second, now - 1)
+        waits = [
+            self._last.get(chat_id, -math.inf) + self.per_chat_interval - now,
+            _window_wait(minute, count, self.per_chat_per_minute, 60, now),
+            _window_wait(second, count, self.global_per_second, 1, now),
+        ]
+        wait = max(waits)
+        if wait > 0:
+            raise too_many_requests(max(1, math.ceil(wait)))
+        self._last[chat_id] = now
+        minute.extend([now] * count)
+        second.extend([now] * count)
+
+    def reset(self) -> None:
+        self._last.clear()
+        self._minute.clear()
+        self._second.clear()
+
+
+def _expire(window: collections.deque[float], before: float) -> None:
+    while window and window[0] <= before:
+        window.popleft()
+
+
+def _window_wait(
+    window: collections.deque[float], count: int, limit: int, span: float, now: float
+) -> float:
+    excess = len(window) + count - limit
+    if excess <= 0:
+        return 0.0
+    return window[min(excess, len(window)) - 1] + span - now
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One accepted message (a media group yields one per item)."""
+
+    method: str
+    chat_id: int | str  # as sent: an int id or "@username"
+    message_id: int
+    text: str | None
+    caption: str | None
+    parse_mode: str | None
+    photo: str | None  # URL, file_id, or "upload:<filename>"
+    reply_markup: Json | None
+    link_preview_options: Json | None
+    params: Json
+    at: float  # wall-clock time.time()
+    visible_text: str = ""  # text/caption as a user sees it after entity parsing
+    entities: list[Json] = field(default_factory=list)
+    chat: Json = field(default_factory=dict)
+    media_group_id: str | None = None
+
+    def to_json(self) -> Json:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RequestLog:
+    method: str
+    params: Json
+    status: int  # 0 when the connection was dropped without a reply
+    fault: str | None
+    at: float
+
+
+@dataclass
+class Fault:
+    kind: str
+    remaining: int
+    method: str | None  # lower-cased; None matches any method except getMe
+    chat: int | str | None
+    retry_after: int
+
+    def matches(self, method: str, chat: int | str | None) -> bool:
+        if self.remaining <= 0:
+            return False
+        method_ok = method.lower() != "getme" if self.method is None else self.method == method
+        return method_ok and (self.chat is None or self.chat == chat)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    delivery: Delivery = "send"
+
+
+def json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply(status, json.dumps(payload, ensure_ascii=False).encode(), headers=headers)
+
+
+def error_reply(error: ApiError) -> Reply:
+    headers: tuple[tuple[str, str], ...] = ()
+    if error.parameters and "retry_after" in error.parameters:
+        headers = (("Retry-After", str(error.parameters["retry_after"])),)
+    return json_reply(error.error_code, error.envelope(), headers)
+
+
+@dataclass
+class _Outcome:
+    """What one API call produced: the result payload and the messages to record."""
+
+    result: Any
+    records: list[Recorded] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the stand-in
+
+
+class BotApiStandin:
+    """A strict Bot API server on 127.0.0.1 in a background thread (use as context manager)."""
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        bot_username: str = "publisher_test_bot",
+        known_chats: Iterable[int | str] | None = None,
+        rate_limits: bool = True,
+        per_chat_interval: float = 1.0,
+        per_chat_per_minute: int = 20,
+        global_per_second: int = 30,
+        slow_seconds: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+        record_file: str | Path | None = None,
+        spec_path: str | Path | None = None,
+    ) -> None:
+        if not _TOKEN_RE.match(token):
+            raise ValueError(f"token {token!r} does not look like a bot token (123456:ABC...)")
+        spec = load_spec(str(spec_path) if spec_path else None)
+        self.token = token
+        self.bot_username = bot_username
+        self.slow_seconds = slow_seconds
+        self.rate_limits = rate_limits
+        self.limiter = RateLimiter(per_chat_interval, per_chat_per_minute, global_per_second, clock)
+        self._methods = method_specs(spec)
+        self._button_actions = inline_button_actions(spec)
+        self._address = (host, port)
+        self._record_path = Path(record_file) if record_file else None
+        self._record_stream: TextIO | None = None
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._configured_chats = [chat_key(chat) for chat in known_chats or ()]
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._messages: list[Recorded] = []
+        self._requests: list[RequestLog] = []
+        self._faults: list[Fault] = []
+        self._photo_rules: list[tuple[Callable[[str], bool], str]] = []
+        self._chat_rules: dict[int | str, ApiError] = {}
+        self._known: set[int | str] | None = (
+            set(self._configured_chats) if self._configured_chats else None
+        )
+        self._usernames: dict[str, int] = {}  # "@name" -> chat id
+        self._display_names: dict[int, str] = {}  # chat id -> username as first seen
+        self._next_message_id: dict[int, int] = collections.defaultdict(lambda: 1)
+        self._down = False
+        self._status_all: int | None = None
+        self.limiter.reset()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> BotApiStandin:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if self._record_path is not None:
+            self._record_stream = self._record_path.open("a", encoding="utf-8")
+        self._server = _Server(self._address, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name="botapi-standin",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.close_connections()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        if self._record_stream is not None:
+            self._record_stream.close()
+        self._server = self._thread = self._record_stream = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the stand-in is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """What telegram.Bot(token, base_url=...) wants: PTB appends the token and /method."""
+        return f"{self.url}/bot"
+
+    # ----------------------------------------------------------------- configuration
+
+    def inject(
+        self,
+        fault: str,
+        times: int = 1,
+        method: str | None = None,
+        chat_id: int | str | None = None,
+        retry_after: int = 1,
+    ) -> None:
+        """Queue a fault for the next `times` matching requests (method=None: all but getMe)."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
+        chat = None if chat_id is None else chat_key(chat_id)
+        with self._lock:
+            self._faults.append(
+                Fault(fault, times, method.lower() if method else None, chat, retry_after)
+            )
+
+    def set_down(self, down: bool = True) -> None:
+        """While down, every API request gets nginx's 502 HTML page."""
+        with self._lock:
+            self._down = down
+
+    def set_status_all(self, status: int | None) -> None:
+        """Answer every API request with this error status (JSON envelope); None to stop."""
+        with self._lock:
+            self._status_all = status
+
+    def forbid_chat(self, chat: int | str, *, kicked: bool = True) -> None:
+        """403 for chat: "bot was kicked" or (kicked=False) "bot is not a member"."""
+        self._set_chat_rule(chat, ApiError(403, KICKED if kicked else NOT_MEMBER))
+
+    def migrate_chat(self, old: int | str, new_id: int) -> None:
+        self._set_chat_rule(old, ApiError(400, CHAT_MIGRATED, {"migrate_to_chat_id": new_id}))
+
+    def unknown_chat(self, chat: int | str) -> None:
+        self._set_chat_rule(chat, ApiError(400, CHAT_NOT_FOUND))
+
+    def allow_chat(self, chat: int | str) -> None:
+        """Drop any forbid/migrate/unknown rule for chat."""
+        with self._lock:
+            self._chat_rules.pop(chat_key(chat), None)
+
+    def add_chat(self, chat: int | str, chat_id: int | None = None) -> None:
+        """Make chat known (once any chat is added, other chats are "chat not found").
+
+        With a "@username" and chat_id, both identify the same channel.
+        """
+        key = chat_key(chat)
+        with self._lock:
+            self._known = (self._known or set()) | {key}
+            if isinstance(key, str) and chat_id is not None:
+                self._usernames[key] = chat_id
+                self._display_names[chat_id] = str(chat).strip().lstrip("@")
+                self._known.add(chat_id)
+
+    def refuse_photo(
+        self, url_or_predicate: str | Callable[[str], bool], reason: str = PHOTO_WRONG_ID
+    ) -> None:
+        """Fail photos whose URL/file_id equals the string (or satisfies the predicate)."""
+        reason = reason.removeprefix("Bad Request: ")
+        if reason not in PHOTO_REASONS:
+            raise ValueError(f"reason must be one of {PHOTO_REASONS}")
+        predicate = (
+            url_or_predicate
+            if callable(url_or_predicate)
+            else functools.partial(str.__eq__, url_or_predicate)
+        )
+        with self._lock:
+            self._photo_rules.append((predicate, reason))
+
+    def reset(self) -> None:
+        """Forget messages, requests, faults, chat/photo rules, rate-limit history, down state."""
+        with self._lock:
+            self._init_state()
+
+    def _set_chat_rule(self, chat: int | str, error: ApiError) -> None:
+        with self._lock:
+            self._chat_rules[chat_key(chat)] = error
+
+    # ----------------------------------------------------------------- records
+
+    @property
+    def messages(self) -> list[Recorded]:
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def requests(self) -> list[RequestLog]:
+        with self._lock:
+            return list(self._requests)
+
+    def sent_to(self, chat: int | str) -> list[Recorded]:
+        """Accepted messages for chat, by "@username" or by numeric id."""
+        key = chat_key(chat)
+        with self._lock:
+            chat_id = self._usernames.get(key) if isinstance(key, str) else key
+            return [
+                record
+                for record in self._messages
+                if chat_key(record.chat_id) == key or record.chat.get("id") == chat_id
+            ]
+
+    # ----------------------------------------------------------------- dispatch
+
+    def dispatch(self, http_method: str, path: str, content_type: str, body: bytes) -> Reply:
+        """Answer one HTTP request (called from the server's handler threads)."""
+        target = urlsplit(path)
+        if target.path.startswith("/_control/"):
+            return self._control(http_method, target.path, body)
+        with self._lock:
+            if self._down:
+                return Reply(502, NGINX_502, "text/html")
+            status_all = self._status_all
+        if status_all is not None:
+            return error_reply(ApiError(status_all, _status_phrase(status_all)))
+        try:
+            method, raw = self._route(target.path, target.query, content_type, body)
+        except ApiError as error:
+            return error_reply(error)
+        return self._call(method, raw)
+
+    def _route(
+        self, path: str, query: str, content_type: str, body: bytes
+    ) -> tuple[MethodSpec, dict[str, Any]]:
+        match = _API_PATH_RE.match(path)
+        if match is None or not _TOKEN_RE.match(match["token"]):
+            raise ApiError(404, "Not Found")
+        if match["token"] != self.token:
+            raise ApiError(401, "Unauthorized")
+        method = self._methods.get(match["method"].lower())
+        if method is None:
+            raise ApiError(404, "Not Found")
+        raw: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+        raw.update(parse_body(content_type, body))
+        return method, raw
+
+    def _call(self, method: MethodSpec, raw: dict[str, Any]) -> Reply:
+        raw_chat = raw.get("chat_id")
+        fault = self._take_fault(method.name, raw_chat)
+        if fault is not None and fault.kind not in ("slow_after_record", "drop_after_record"):
+            reply = _fault_reply(fault)
+        else:
+            reply = self._execute(method, raw)
+            if fault is not None and reply.status == HTTPStatus.OK:
+                delivery: Delivery = "delay" if fault.kind == "slow_after_record" else "drop"
+                reply = Reply(reply.status, reply.body, delivery=delivery)
+        self._log(method.name, raw, reply, fault)
+        return reply
+
+    def _take_fault(self, method: str, raw_chat: Any) -> Fault | None:
+        chat = chat_key(raw_chat) if isinstance(raw_chat, int | str) else None
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method.lower(), chat):
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def _log(self, method: str, raw: dict[str, Any], reply: Reply, fault: Fault | None) -> None:
+        status = 0 if reply.delivery == "drop" else reply.status
+        entry = RequestLog(
+            method, json_safe(raw), status, fault.kind if fault else None, time.time()
+        )
+        with self._lock:
+            self._requests.append(entry)
+
+    def _execute(self, method: MethodSpec, raw: dict[str, Any]) -> Reply:
+        try:
+            params = validate_params(method, raw)
+            with self._lock:
+                outcome = self._perform(method, params)
+                self._record(outcome.records)
+        except ApiError as error:
+            return error_reply(error)
+        return json_reply(200, {"ok": True, "result": outcome.result})
+
+    def _perform(self, method: MethodSpec, params: dict[str, Any]) -> _Outcome:
+        if method.name == "getMe":
+            return _Outcome(self._bot_user())
+        chat = self._resolve_chat(params["chat_id"]) if "chat_id" in params else None
+        if chat is None or not method.creates_message:
+            return _Outcome(True)
+        builders = {
+            "sendMessage": self._send_message,
+            "sendPhoto": self._send_photo,
+            "sendMediaGroup": self._send_media_group,
+        }
+        records = builders.get(method.name, self._send_other)(method.name, chat, params)
+        if self.rate_limits:
+            self.limiter.acquire(chat["id"], len(records))
+        return self._assign_ids(method, chat, records)
+
+    def _bot_user(self) -> Json:
+        bot_id = int(self.token.split(":", 1)[0])
+        return {
+            "id": bot_id,
+            "is_bot": True,
+            "first_name": "Publisher Test Bot",
+            "username": self.bot_username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    def _resolve_chat(self, chat: int | str) -> Json:
+        key = chat_key(chat)
+        for candidate in (key, self._usernames.get(str(key))):
+            if candidate in self._chat_rules:
+                raise self._chat_rules[candidate]
+        if (isinstance(key, str) and not _USERNAME_RE.match(key)) or key == 0:
+            raise ApiError(400, CHAT_NOT_FOUND)
+        if self._known is not None and key not in self._known:
+            raise ApiError(400, CHAT_NOT_FOUND)
+        if isinstance(key, str):
+            chat_id = self._usernames.setdefault(key, -1_001_000_000_000 - len(self._usernames))
+            self._display_names.setdefault(chat_id, str(chat).strip().lstrip("@"))
+        else:
+            chat_id = key
+        return chat_json(chat_id, self._display_names.get(chat_id))
+
+    # ----------------------------------------------------------------- send methods
+
+    def _send_message(self, method: str, chat: Json, params: Json) -> list[Recorded]:
+        visible, entities = check_text(params["text"], params.get("parse_mode"))
+        self._check_markup(params)
+        preview = params.get("link_preview_options")
+        if preview is not None:
+            check_link_preview_options(preview)
+        elif params.get("disable_web_page_preview"):
+            preview = {"is_disabled": True}
+        return [
+            self._new_record(
+                method,
+                chat,
+                params,
+                text=params["text"],
+                visible=visible,
+                entities=entities,
+                link_preview_options=preview,
+            )
+        ]
+
+    def _send_photo(self, method: str, chat: Json, params: Json) -> list[Recorded]:
+        photo = self._check_media_source(params["photo"], params, is_photo=True)
+        caption = params.get("caption")
+        visible, entities = check_caption(caption, params.get("parse_mode"))
+        self._check_markup(params)
+        return [
+            self._new_record(
+                method,
+                chat,
+                params,
+                caption=caption,
+                visible=visible,
+                entities=entities,
+                photo=photo,
+            )
+        ]
+
+    def _send_media_group(self, method: str, chat: Json, params: Json) -> list[Recorded]:
+        media = params["media"]
+        if "reply_markup" in params:
+            raise bad_request("reply markup is not allowed for media groups")
+        if not isinstance(media, list) or not all(isinstance(item, dict) for item in media):
+            raise bad_request("can't parse media JSON object")
+        if not MEDIA_GROUP_MIN <= len(media) <= MEDIA_GROUP_MAX:
+            raise bad_request("media must include 2-10 items")
+        types = [item.get("type") for item in media]
+        for kind in ("document", "audio"):
+            if kind in types and set(types) != {kind}:
+                raise bad_request(f"{kind} can't be mixed with other media types")
+        group_id = str(secrets.randbelow(10**18))
+        return [self._media_item(method, chat, params, item, group_id) for item in media]
+
+    def _media_item(
+        self, method: str, chat: Json, params: Json, item: Json, group_id: str
+    ) -> Recorded:
+        kind = item.get("type")
+        if kind not in MEDIA_GROUP_TYPES:
+            raise bad_request(f"unsupported media type {kind!r} in the media group")
+        source = self._check_media_source(item.get("media"), params, is_photo=kind == "photo")
+        caption = item.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            raise bad_request("can't parse media JSON object")
+        visible, entities = check_caption(caption, item.get("parse_mode"))
+        return self._new_record(
+            method,
+            chat,
+            {**params, "media": item},
+            caption=caption,
+            visible=visible,
+            entities=entities,
+            photo=source if kind == "photo" else None,
+            parse_mode=item.get("parse_mode"),
+            media_group_id=group_id,
+        )
+
+    def _send_other(self, method: str, chat: Json, params: Json) -> list[Recorded]:
+        text, caption = params.get("text"), params.get("caption")
+        if isinstance(text, str):
+            visible, entities = check_text(text, params.get("parse_mode"))
+        else:
+            visible, entities = check_caption(caption, params.get("parse_mode"))
+        self._check_markup(params)
+        return [
+            self._new_record(
+                method,
+                chat,
+                params,
+                text=text,
+                caption=caption,
+                visible=visible,
+                entities=entities,
+            )
+        ]
+
+    def _check_markup(self, params: Json) -> None:
+        if "reply_markup" in params:
+            check_reply_markup(params["reply_markup"], self._button_actions)
+
+    def _check_media_source(self, source: Any, params: Json, *, is_photo: bool) -> str:
+        """Validate a photo/media value (upload, attach://, URL or file_id); return its label."""
+        if isinstance(source, str) and source.startswith("attach://"):
+            source = params.get(source.removeprefix("attach://"))
+            if not isinstance(source, UploadedFile):
+                raise bad_request("file for an attach:// URL was not found in the request")
+        if isinstance(source, UploadedFile):
+            return source.describe()
+        if not isinstance(source, str) or not (is_http_url(source) or _FILE_ID_RE.match(source)):
+            raise bad_request(PHOTO_WRONG_ID)
+        if is_photo:
+            for predicate, reason in self._photo_rules:
+                if predicate(source):
+                    raise bad_request(reason)
+        return source
+
+    def _new_record(
+        self,
+        method: str,
+        chat: Json,
+        params: Json,
+        *,
+        visible: str,
+        entities: list[Json],
+        text: str | None = None,
+        caption: str | None = None,
+        photo: str | None = None,
+        link_preview_options: Json | None = None,
+        parse_mode: str | None = None,
+        media_group_id: str | None = None,
+    ) -> Recorded:
+        return Recorded(
+            method=method,
+            chat_id=_as_sent(params["chat_id"]),
+            message_id=0,  # assigned once the whole call is accepted
+            text=text,
+            caption=caption,
+            parse_mode=parse_mode or params.get("parse_mode"),
+            photo=photo,
+            reply_markup=params.get("reply_markup"),
+            link_preview_options=link_preview_options,
+            params=json_safe(params),
+            at=time.time(),
+            visible_text=visible,
+            entities=entities,
+            chat=chat,
+            media_group_id=media_group_id,
+        )
+
+    def _assign_ids(self, method: MethodSpec, chat: Json, records: list[Recorded]) -> _Outcome:
+        numbered = []
+        for record in records:
+            message_id = self._next_message_id[chat["id"]]
+            self._next_message_id[chat["id"]] = message_id + 1
+            numbered.append(_replace_id(record, message_id))
+        messages = [self._message_json(record) for record in numbered]
+        result = messages if method.returns == ("Array of Message",) else messages[0]
+        return _Outcome(result, numbered)
+
+    def _message_json(self, record: Recorded) -> Json:
+        message: Json = {
+            "message_id": record.message_id,
+            "date": int(record.at),
+            "chat": record.chat,
+        }
+        if record.chat["type"] == "channel":
+            message["sender_chat"] = record.chat
+        else:
+            message["from"] = self._bot_user()
+        if record.text is not None:
+            message.update(text=record.visible_text, entities=record.entities)
+        elif record.caption:
+            message.update(caption=record.visible_text, caption_entities=record.entities)
+        if record.photo is not None:
+            message["photo"] = _photo_sizes()
+        if record.media_group_id is not None:
+            message["media_group_id"] = record.media_group_id
+        markup = record.reply_markup
+        if isinstance(markup, dict) and "inline_keyboard" in markup:
+            message["reply_markup"] = markup
+        if record.link_preview_options is not None:
+            message["link_preview_options"] = record.link_preview_options
+        return message
+
+    def _record(self, records: list[Recorded]) -> None:
+        self._messages.extend(records)
+        if self._record_stream is None:
+            return
+        for record in records:
+            self._record_stream.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+        self._record_stream.flush()
+
+    # ----------------------------------------------------------------- /_control
+
+    def _control(self, http_method: str, path: str, body: bytes) -> Reply:
+        action = path.removeprefix("/_control/").strip("/")
+        try:
+            payload = json.loads(body) if body else {}
+            if http_method == "GET":
+                return json_reply(200, self._control_query(action))
+            self._control_command(action, payload)
+        except (ApiError, ValueError, TypeError, KeyError) as exc:
+            return json_reply(400, {"ok": False, "description": f"{type(exc).__name__}: {exc}"})
+        return json_reply(200, {"ok": True})
+
+    def _control_query(self, action: str) -> list[Json]:
+        if action == "messages":
+            return [record.to_json() for record in self.messages]
+        if action == "requests":
+            return [asdict(entry) for entry in self.requests]
+        raise KeyError(action)
+
+    def _control_command(self, action: str, payload: Json) -> None:
+        commands: dict[str, Callable[[], None]] = {
+            "inject": lambda: self.inject(
+                payload["fault"],
+                times=payload.get("times", 1),
+                method=payload.get("method"),
+                chat_id=payload.get("chat_id"),
+                retry_after=payload.get("retry_after", 1),
+            ),
+            "down": lambda: self.set_down(bool(payload.get("down", True))),
+            "status_all": lambda: self.set_status_all(payload.get("status")),
+            "reset": self.reset,
+            "forbid_chat": lambda: self.forbid_chat(payload["chat"]),
+            "migrate_chat": lambda: self.migrate_chat(payload["chat"], payload["new_id"]),
+            "unknown_chat": lambda: self.unknown_chat(payload["chat"]),
+            "allow_chat": lambda: self.allow_chat(payload["chat"]),
+        }
+        commands[action]()
+
+
+def _as_sent(chat: int | str) -> int | str:
+    key = chat_key(chat)
+    return key if isinstance(key, int) else str(chat).strip()
+
+
+def _replace_id(record: Recorded, message_id: int) -> Recorded:
+    return Recorded(**{**record.__dict__, "message_id": message_id})
+
+
+def _photo_sizes() -> list[Json]:
+    unique = secrets.token_hex(8)
+    return [
+        {
+            "file_id": f"AgACAgIAAxkBAAI{unique}{size}",
+            "file_unique_id": f"AQAD{unique[:8]}{size}",
+            "width": width,
+            "height": height,
+            "file_size": width * height // 10,
+        }
+        for size, (width, height) in enumerate([(90, 60), (320, 213), (1280, 853)])
+    ]
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _fault_reply(fault: Fault) -> Reply:
+    if fault.kind == "drop":
+        return Reply(0, b"", delivery="drop")
+    if fault.kind == "502_html":
+        return Reply(502, NGINX_502, "text/html")
+    errors = {
+        "500": ApiError(500, "Internal Server Error"),
+        "403": ApiError(403, KICKED),
+        "429": too_many_requests(fault.retry_after),
+        "refuse_photo": bad_request(PHOTO_WRONG_ID),
+        "parse_entities": bad_request(
+            'can\'t parse entities: Unsupported start tag "x" at byte offset 0'
+        ),
+    }
+    return error_reply(errors[fault.kind])
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # handler threads are joined by server_close()
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], standin: BotApiStandin) -> None:
+        self.standin = standin
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def close_connections(self) -> None:
+        """Unblock handler threads waiting on idle keep-alive connections."""
+        with self.connections_lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr log."""
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        standin = self.server.standin
+        reply = standin.dispatch(
+            self.command, self.path, self.headers.get("Content-Type", ""), body
+        )
+        if reply.delivery == "drop":
+            self.close_connection = True
+            return
+        if reply.delivery == "delay" and standin._stopping.wait(standin.slow_seconds):
+            self.close_connection = True
+            return
+        with contextlib.suppress(OSError):
+            self._write(reply)
+
+    def _write(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Server", "nginx/1.18.0")
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+
+# --------------------------------------------------------------------------- subprocess mode
+
+
+class StandinProcess:
+    """Runs this module as a separate process (context manager); for subprocess/kill -9 tests."""
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        record_path: str | Path | None = None,
+        extra_args: Iterable[str] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.token = token
+        self.record_path = Path(record_path) if record_path else None
+        self._args = [sys.executable, str(Path(__file__).resolve()), "--port", "0"]
+        self._args += ["--token", token, *extra_args]
+        if self.record_path is not None:
+            self._args += ["--record", str(self.record_path)]
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> StandinProcess:
+        self._process = subprocess.Popen(self._args, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], self._startup_timeout)
+        self.base_url = self._process.stdout.readline().strip() if ready else ""
+        if not self.base_url.startswith("http://"):
+            self.stop()
+            raise RuntimeError("the stand-in process did not print its base URL")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def url(self) -> str:
+        return self.base_url.removesuffix("/bot")
+
+    def control(self, action: str, payload: Json | None = None) -> Any:
+        """GET /_control/<action> without payload, POST it with one."""
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(f"{self.url}/_control/{action}", data=data)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def messages(self) -> list[Json]:
+        return self.control("messages")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait; returns the exit code."""
+        if self._process is None:
+            return None
+        if self._process.poll() is None:
+            self._process.terminate()
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait()
+        finally:
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Strict Telegram Bot API stand-in")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default=DEFAULT_TOKEN)
+    parser.add_argument("--record", help="append every accepted message as a JSON line here")
+    parser.add_argument("--no-rate-limits", action="store_true")
+    parser.add_argument("--per-chat-interval", type=float, default=1.0)
+    parser.add_argument("--per-chat-per-minute", type=int, default=20)
+    parser.add_argument("--global-per-second", type=int, default=30)
+    parser.add_argument("--slow-seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with BotApiStandin(
+        args.token,
+        host=args.host,
+        port=args.port,
+        rate_limits=not args.no_rate_limits,
+        per_chat_interval=args.per_chat_interval,
+        per_chat_per_minute=args.per_chat_per_minute,
+        global_per_second=args.global_per_second,
+        slow_seconds=args.slow_seconds,
+        record_file=args.record,
+    ) as api:
+        print(api.base_url, flush=True)
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+def iter_records(path: str | Path) -> Iterator[Json]:
+    """The messages a --record file holds (tolerates a torn last line after kill -9)."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            yield json.loads(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
