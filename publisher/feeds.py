@@ -1,4 +1,7 @@
-"""RSS 2.0 and Atom 1.0 feeds: one pair for all articles and one per topic.
+"""RSS 2.0, Atom 1.0 and JSON Feed 1.1: one set for all articles and one per topic.
+
+Beside the feeds: ``feeds.opml`` (every feed, for a reader's import) and ``index.html`` (the
+landing page), rendered by ``publisher.subscribe`` from the same entries.
 
 Rendering is pure and deterministic: every date comes from the articles, so rebuilding an
 unchanged corpus gives identical bytes, and ``write_feeds`` then leaves the files alone.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import re
 import tempfile
@@ -44,10 +48,26 @@ from publisher.config import FeedsConfig
 from publisher.errors import FeedError
 from publisher.models import Article, Image, article_id, best_image
 from publisher.selection import group_by_topic, newest_first
+from publisher.subscribe import (
+    JSON_FEED_VERSION,
+    FeedLinks,
+    Site,
+    render_json_feed,
+    render_landing_page,
+    render_opml,
+)
 
 ALL_SLUG = "all"
+ALL_NAME = "All articles"
 GENERATOR = "publisher"
-FEED_NAME = re.compile(r"(?P<slug>[a-z0-9][a-z0-9-]*)\.(?P<kind>rss|atom)\.xml")
+FEED_SUFFIXES = {"rss": ".rss.xml", "atom": ".atom.xml", "json": ".json"}
+FEED_NAME = re.compile(r"(?P<slug>[a-z0-9][a-z0-9-]*)(?P<suffix>\.rss\.xml|\.atom\.xml|\.json)")
+OPML_NAME = "feeds.opml"
+INDEX_NAME = "index.html"
+# The files beside the feeds, as (slug, kind); their slugs are reserved for topics.
+PAGES = {OPML_NAME: ("feeds", "opml"), INDEX_NAME: ("index", "html")}
+# A stale "<slug>.json" is removed only if it is a JSON Feed, and is never read whole.
+_STALE_JSON_MAX_BYTES = 64 * 1024 * 1024
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 
@@ -81,9 +101,13 @@ DEFAULT_IMAGE_TYPE = "image/jpeg"
 @dataclass(frozen=True)
 class FeedFile:
     path: Path
-    kind: str  # "rss" | "atom"
+    kind: str  # "rss" | "atom" | "json" feeds; "opml" | "html" pages
     slug: str
     changed: bool
+
+    @property
+    def is_feed(self) -> bool:
+        return self.kind in FEED_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -105,24 +129,32 @@ class BuildResult:
 
 
 def render_feeds(selected: Sequence[Article], config: FeedsConfig) -> dict[str, bytes]:
-    """Every feed file, by file name: ``all.rss.xml``, ``all.atom.xml``, ``<slug>.rss.xml``...
+    """Every file, by name: ``all.rss.xml``, ``all.atom.xml``, ``all.json``, the same per topic
+    (``<slug>.rss.xml``...), ``feeds.opml`` and ``index.html``.
 
     ``selected`` is newest first, as ``selection.select`` returns it. No I/O.
     """
     channel = _channel_settings(config)
     entries = _EntryCache()
     everything = newest_first({article.id: article for article in selected}.values())
-    feeds = [_Feed(ALL_SLUG, channel.title, entries.first(everything, config.max_items))]
+    feeds = [
+        _Feed(ALL_SLUG, ALL_NAME, channel.title, entries.first(everything, config.max_items))
+    ]
     for slug, topic in group_by_topic(selected).items():
         topic_entries = entries.first(topic.articles, config.max_items)
         if topic_entries:  # none when no article of the topic has an http(s) link
-            title = f"{channel.title}: {_text(topic.name) or slug}"
-            feeds.append(_Feed(slug, title, topic_entries))
+            name = _text(topic.name) or slug
+            feeds.append(_Feed(slug, name, f"{channel.title}: {name}", topic_entries))
+    site = _site(channel)
+    links = [_links(feed, channel) for feed in feeds]
     rendered: dict[str, bytes] = {}
-    for feed in feeds:
+    for feed, feed_links in zip(feeds, links, strict=True):
         rss, atom = _render(feed, channel)
         rendered[feed_name(feed.slug, "rss")] = rss
         rendered[feed_name(feed.slug, "atom")] = atom
+        rendered[feed_name(feed.slug, "json")] = render_json_feed(feed_links, site)
+    rendered[OPML_NAME] = render_opml(links, site)
+    rendered[INDEX_NAME] = render_landing_page(links, site)
     return rendered
 
 
@@ -135,7 +167,7 @@ def write_feeds(rendered: Mapping[str, bytes], out_dir: Path) -> BuildResult:
         for name, slug, kind, path in targets
     ]
     removed = _remove_stale(root, keep=set(rendered))
-    topics = len({feed.slug for feed in files if feed.slug != ALL_SLUG})
+    topics = len({feed.slug for feed in files if feed.is_feed and feed.slug != ALL_SLUG})
     return BuildResult(files=tuple(files), removed=removed, topics=topics)
 
 
@@ -159,7 +191,8 @@ def write_atomic(path: Path, data: bytes) -> bool:
 
 
 def feed_name(slug: str, kind: str) -> str:
-    return f"{slug}.{kind}.xml"
+    """``<slug>.rss.xml``, ``<slug>.atom.xml`` or ``<slug>.json``."""
+    return slug + FEED_SUFFIXES[kind]
 
 
 # --- sanitising -------------------------------------------------------------------------------
@@ -362,6 +395,7 @@ class _Channel:
 @dataclass(frozen=True, slots=True)
 class _Feed:
     slug: str
+    name: str  # "All articles" or the topic's name, for the landing page
     title: str
     entries: tuple[_Entry, ...]  # newest first
 
@@ -391,7 +425,27 @@ def _channel_settings(config: FeedsConfig) -> _Channel:
 
 
 def _self_url(channel: _Channel, slug: str, kind: str) -> str:
-    return safe_url(channel.config.url_for(feed_name(slug, kind))) or ""
+    return _url_for(channel, feed_name(slug, kind))
+
+
+def _url_for(channel: _Channel, file_name: str) -> str:
+    return safe_url(channel.config.url_for(file_name)) or ""
+
+
+def _site(channel: _Channel) -> Site:
+    return Site(
+        title=channel.title,
+        description=channel.description,
+        language=channel.language,
+        home=channel.site,
+        opml_url=_url_for(channel, OPML_NAME),
+        hub=channel.hub,
+    )
+
+
+def _links(feed: _Feed, channel: _Channel) -> FeedLinks:
+    urls = {kind: _self_url(channel, feed.slug, kind) for kind in FEED_SUFFIXES}
+    return FeedLinks(feed.slug, feed.name, feed.title, urls, feed.entries)
 
 
 class _PublisherExtension(BaseExtension):
@@ -551,10 +605,14 @@ def _prepare_dir(out_dir: Path) -> Path:
 
 
 def _parse_feed_name(name: str) -> tuple[str, str]:
+    """The (slug, kind) of one of our file names; anything else is refused."""
+    if name in PAGES:
+        return PAGES[name]
     match = FEED_NAME.fullmatch(name)
     if match is None:
         raise FeedError(f"not a feed file name: {name!r}")
-    return match["slug"], match["kind"]
+    kind = next(kind for kind, suffix in FEED_SUFFIXES.items() if suffix == match["suffix"])
+    return match["slug"], kind
 
 
 def _inside(root: Path, name: str) -> Path:
@@ -601,9 +659,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _remove_stale(root: Path, keep: set[str]) -> tuple[Path, ...]:
+    """Remove our feed files that were not rendered this time; never anything else."""
     removed = []
     for path in sorted(root.iterdir()):
-        if path.name in keep or not FEED_NAME.fullmatch(path.name) or path.is_dir():
+        if path.name in keep or not _is_our_feed(path):
             continue
         try:
             path.unlink()
@@ -613,3 +672,20 @@ def _remove_stale(root: Path, keep: set[str]) -> tuple[Path, ...]:
             raise FeedError(f"cannot remove stale feed {path}: {exc.strerror or exc}") from exc
         removed.append(path)
     return tuple(removed)
+
+
+def _is_our_feed(path: Path) -> bool:
+    """A feed file name of ours; a ``.json`` one must also hold a JSON Feed."""
+    if not FEED_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+        return False
+    return not path.name.endswith(FEED_SUFFIXES["json"]) or _is_json_feed(path)
+
+
+def _is_json_feed(path: Path) -> bool:
+    try:
+        if path.stat().st_size > _STALE_JSON_MAX_BYTES:
+            return False
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: not ours
+        return False
+    return isinstance(document, dict) and document.get("version") == JSON_FEED_VERSION

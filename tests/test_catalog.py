@@ -1,0 +1,115 @@
+"""The catalog answers selection exactly as the pure functions do, and never serves stale data."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import SEEDS, article_record, front_matter
+
+from publisher import catalog as catalog_module
+from publisher.catalog import Catalog, article_from_json, article_to_json
+from publisher.config import FeedsConfig
+from publisher.feeds import render_feeds
+from publisher.loader import load_articles
+from publisher.selection import group_by_topic, select
+
+TOPICS = ["AI", "Robotics", "Tech/Science", "Tech Science", "Künstliche Intelligenz", "Space",
+          "Climate", "../../x"]
+
+
+def random_corpus(directory: Path, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for index in range(count):
+        url = f"https://news.example.com/{rng.randrange(count * 3 // 4)}"  # some duplicates
+        record = article_record(
+            index,
+            webUrl=url if rng.random() < 0.9 else url.upper().replace("HTTPS://", "https://"),
+            published=rng.random() < 0.8,
+            quality=rng.randrange(0, 250),
+            publishedDateTime=f"2030-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+                              f"T{rng.randrange(24):02d}:00:00Z",
+            topics=rng.sample(TOPICS, rng.randrange(0, 4)),
+        )
+        text = front_matter(record) if rng.random() > 0.05 else "---\nbroken: [\n---\n"
+        (directory / f"{index:04d}.txt").write_text(text, encoding="utf-8")
+
+
+def open_catalog(tmp_path: Path) -> Catalog:
+    db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    return Catalog(db)
+
+
+@pytest.mark.parametrize(("seed", "min_quality", "limit"), [(1, 0, 5), (2, 100, 3), (3, 50, 50)])
+def test_sql_selection_equals_the_pure_functions(
+    tmp_path: Path, articles_dir: Path, seed: int, min_quality: int, limit: int
+) -> None:
+    random_corpus(articles_dir, 150, seed)
+    catalog = open_catalog(tmp_path)
+    report = catalog.sync(articles_dir, 1 << 20)
+    loaded = load_articles(articles_dir)
+    assert [str(p) for p in report.problems] == [str(p) for p in loaded.problems]
+    expected = select(loaded.articles, min_quality)
+    assert list(catalog.selected_articles(min_quality)) == expected
+    assert catalog.selected_count(min_quality) == len(expected)
+    assert catalog.topic_count(min_quality) == len(group_by_topic(expected))
+    config = FeedsConfig(dir=tmp_path / "feeds", max_items=limit)
+    shown, _ = catalog.feed_articles(min_quality, limit)
+    assert len(shown) < len(expected) or limit >= 50
+    assert render_feeds(shown, config) == render_feeds(expected, config)
+
+
+def test_seeds_round_trip_through_json() -> None:
+    for article in load_articles(SEEDS).articles:
+        assert article_from_json(article_to_json(article)) == article
+
+
+def test_sync_reparses_only_what_changed_and_never_serves_stale(
+    tmp_path: Path, articles_dir: Path
+) -> None:
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(articles_dir, 1 << 20).parsed == 3
+    again = catalog.sync(articles_dir, 1 << 20)
+    assert (again.parsed, again.removed, again.changed) == (0, 0, False)
+    # Edit in place: same size, new content, mtime moves on.
+    path = articles_dir / "2.txt"
+    path.write_text(path.read_text().replace("Article number 2", "Article number X"))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert catalog.sync(articles_dir, 1 << 20).parsed == 1
+    assert "Article number X" in {a.title for a in catalog.selected_articles(0)}
+    (articles_dir / "3.txt").unlink()
+    (articles_dir / "1.txt").write_text("not an article")
+    report = catalog.sync(articles_dir, 1 << 20)
+    assert (report.parsed, report.removed) == (1, 1)
+    assert [p.path.name for p in report.problems] == ["1.txt"]
+    assert [a.title for a in catalog.selected_articles(0)] == ["Article number X"]
+
+
+def test_parallel_parse_gives_the_same_catalog(
+    tmp_path: Path, articles_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    random_corpus(articles_dir, 60, 7)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    serial = open_catalog(tmp_path / "a")
+    serial.sync(articles_dir, 1 << 20, workers=1)
+    monkeypatch.setattr(catalog_module, "PARALLEL_MIN_FILES", 10)
+    monkeypatch.setattr(catalog_module, "BATCH_FILES", 7)
+    parallel = open_catalog(tmp_path / "b")
+    report = parallel.sync(articles_dir, 1 << 20, workers=2)
+    assert report.parsed == 60
+    assert list(parallel.selected_articles(0)) == list(serial.selected_articles(0))
+    assert parallel.feed_articles(0, 5) == serial.feed_articles(0, 5)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from publisher.errors import ArticleError
+
+    with pytest.raises(ArticleError, match="articles folder not found"):
+        open_catalog(tmp_path).sync(tmp_path / "nope", 1 << 20)
