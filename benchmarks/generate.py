@@ -36,14 +36,16 @@ PROVIDERS = [
     ("Ars Technica", "arstechnica.com"), ("VentureBeat", "venturebeat.com"),
     ("ZDNet", "zdnet.com"), ("Nikkei Asia", "asia.nikkei.com"), ("BBC News", "bbc.co.uk"),
 ]
-WORDS = (
+_WORD_TEXT = (
     "european parliament insists facial recognition technology ban biometric surveillance "
-    "model training data startup raises funding round robots warehouse chip shortage cloud "
-    "security breach privacy regulators investigate algorithm bias researchers release open "
-    "source language model autonomous vehicle test city drone delivery quantum computer "
-    "breakthrough climate energy battery smartphone launch platform users policy lawmakers "
-    "vote statement leaked memo outcry deployment hospital diagnosis accuracy benchmark"
-).split()
+    "model training data startup raises funding round robots warehouse chip shortage "
+    "cloud security breach privacy regulators investigate algorithm bias researchers "
+    "release open source language model autonomous vehicle test city drone delivery "
+    "quantum computer breakthrough climate energy battery smartphone launch platform "
+    "users policy lawmakers vote statement leaked memo outcry deployment hospital "
+    "diagnosis accuracy benchmark"
+)
+WORDS = _WORD_TEXT.split()
 NON_ASCII_TITLES = [
     "Künstliche Intelligenz: Bundestag berät über Gesichtserkennung",
     "L'intelligence artificielle au cœur du débat européen",
@@ -52,6 +54,7 @@ NON_ASCII_TITLES = [
     "Robots “that learn” — a new era 🚀",
     "Ασφάλεια δεδομένων και τεχνητή νοημοσύνη",
 ]
+IMAGE_HOSTS = ["i.guim.co.uk/img/media", "cdn.example-news.com/images", "static.site.io"]
 START = datetime(2019, 1, 1, tzinfo=UTC)
 SPAN_SECONDS = int((datetime(2024, 12, 31, tzinfo=UTC) - START).total_seconds())
 BAD_SHARE = 0.01
@@ -118,7 +121,7 @@ def image_lines(rng: random.Random, indent: str, title: str | None) -> list[str]
     if roll < 0.1:
         url = f"/media/{rng.randrange(10**8):08x}.jpg"  # relative: resolved against webUrl
     else:
-        host = rng.choice(["i.guim.co.uk/img/media", "cdn.example-news.com/images", "static.site.io"])
+        host = rng.choice(IMAGE_HOSTS)
         url = (f"https://{host}/{rng.randrange(16**16):016x}/master/{rng.randint(600, 3500)}."
                f"{rng.choice(['jpg', 'jpg', 'png', 'webp'])}?width=300&quality=45&auto=format")
     lines = [f"{indent}- url: {q(url)}",

@@ -298,6 +298,49 @@ def run(ctx: Context) -> None:
     sys.exit(run_service(ctx.config_path))
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port).")
+@command
+def serve(ctx: Context, host: str, port: int) -> None:
+    """Serve the feeds folder over HTTP for feed readers; builds nothing.
+
+    Serves index.html, feeds.opml and every feed with its Content-Type, ETag, Last-Modified
+    (304 when unchanged), gzip and Cache-Control. Stops cleanly on SIGINT or SIGTERM.
+
+    \b
+    Example:
+      publisher build -c config.toml && publisher serve -c config.toml --port 8080
+    """
+    import signal
+    import threading
+
+    from publisher.server import start_server
+    from publisher.service import interval_seconds
+
+    config = ctx.config()
+    if not config.feeds.dir.is_dir():
+        ctx.echo(f"Warning: {config.feeds.dir} does not exist yet; run publisher build.",
+                 err=True)
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    server = start_server(listen, feeds_dir=config.feeds.dir,
+                          cache_seconds=interval_seconds(config.schedule.build))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ctx.echo(f"Serving {config.feeds.dir} at {server.url}/ (Ctrl+C to stop)")
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.close()
+    ctx.echo("Stopped.")
+
+
 def main() -> None:
     cli(prog_name="publisher")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher.errors import ConfigError
 
@@ -315,6 +316,12 @@ def _validate(config: Config) -> None:
     for key in ("max_age_hours", "max_per_run", "max_wait_seconds"):
         if getattr(telegram, key) < 0:
             raise ConfigError(f"config key telegram.{key} must not be negative")
+    try:
+        ZoneInfo(telegram.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"config key telegram.timezone is not a known time zone: {telegram.timezone!r}"
+        ) from None
     if telegram.per_chat_per_minute < 1 or telegram.max_tries < 1:
         raise ConfigError("config keys telegram.per_chat_per_minute and max_tries must be >= 1")
     if not (config.state.url.startswith("sqlite:///") or config.state.url.startswith("postgres")):

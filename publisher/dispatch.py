@@ -328,7 +328,7 @@ class Dispatcher:
         if delay > 0:
             await self._sleep(delay)
         await self._pacer.claim_global_slot()
-        return not self._fatal
+        return not self._fatal and not self._stop
 
     async def _wait_rate_limit(self, article_id: str, chat_id: str, exc: RateLimited) -> bool:
         wait = exc.retry_after + random.uniform(0.05, 0.5)

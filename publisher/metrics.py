@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -18,7 +17,6 @@ if TYPE_CHECKING:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.reported_problems: set[Path] = set()
         self._last_success: dict[str, float] = {}
         gauge = self._gauge
         self.loaded = gauge("publisher_articles_loaded", "Article files that loaded cleanly.")

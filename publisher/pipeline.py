@@ -26,6 +26,7 @@ from publisher.state import (
     sqlite_path,
     utc_now_iso,
 )
+from publisher.websub import announce_changed
 
 
 @dataclass
@@ -109,6 +110,7 @@ def build(
     started = time.perf_counter()
     loaded = load_and_select(config, loader, progress)
     feeds = build_feeds(loaded.selected, config.feeds)
+    announce_changed(feeds, config.feeds)
     return BuildReport(loaded, feeds, time.perf_counter() - started)
 
 

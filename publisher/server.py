@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import re
+import socket
 import threading
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_to_datetime
@@ -34,6 +36,10 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
 }
 HealthCheck = Callable[[], tuple[bool, str]]
+# A servable file name: no separators, no NUL, no leading dot (hidden and temporary files).
+_SERVABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_GZIP_REFUSED = re.compile(r"q\s*=\s*0(?:\.0*)?\s*$")
+DEFAULT_CACHE_SECONDS = 300
 
 
 def content_type_for(name: str) -> str | None:
@@ -43,19 +49,28 @@ def content_type_for(name: str) -> str | None:
     return None
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header allows gzip (``gzip;q=0`` refuses it)."""
+    for coding in accept_encoding.split(","):
+        name, _, params = coding.partition(";")
+        if name.strip().lower() in ("gzip", "x-gzip", "*"):
+            return not _GZIP_REFUSED.fullmatch(params.strip())
+    return False
+
+
 class _FileCache:
     """Bytes, gzip bytes and validators of served files, refreshed when a file changes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._entries: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
     def get(self, path: Path) -> dict[str, Any] | None:
         try:
             stat = path.stat()
         except OSError:
             return None
-        key = (stat.st_size, stat.st_mtime_ns)
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
             cached = self._entries.get(path)
             if cached and cached[0] == key:
@@ -104,13 +119,11 @@ class Handler(BaseHTTPRequestHandler):
             self._not_found(head)
 
     def _send_file(self, path: str, head: bool) -> None:
-        name = "index.html" if path == "/" else path.lstrip("/")
+        name = "index.html" if path == "/" else path.removeprefix("/")
         content_type = content_type_for(name)
-        if "/" in name or "\\" in name or name.startswith(".") or content_type is None:
-            self._not_found(head)
-            return
-        entry = self.server.files.get(self.server.feeds_dir / name)  # type: ignore[operator]
-        if entry is None:
+        file_path = self._servable(name)
+        entry = None if file_path is None else self.server.files.get(file_path)
+        if entry is None or content_type is None:
             self._not_found(head)
             return
         if self._not_modified(entry):
@@ -119,7 +132,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         body = entry["data"]
-        use_gzip = "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > 256
+        use_gzip = accepts_gzip(self.headers.get("Accept-Encoding", "")) and len(body) > 256
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", content_type)
         self._validators(entry)
@@ -131,6 +144,14 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(body)
+
+    def _servable(self, name: str) -> Path | None:
+        """The file ``name`` directly inside the feeds folder, never through a link out of it."""
+        root = self.server.feeds_dir
+        if root is None or not _SERVABLE.fullmatch(name):
+            return None
+        path = (root / name).resolve()
+        return path if path.parent == root and path.is_file() else None
 
     def _validators(self, entry: dict[str, Any]) -> None:
         self.send_header("ETag", entry["etag"])
@@ -170,6 +191,8 @@ class PublisherHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], *, feeds_dir: Path | None,
                  health: HealthCheck | None, metrics: Callable[[], bytes] | None,
                  cache_seconds: int) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
         self.feeds_dir = feeds_dir.resolve() if feeds_dir is not None else None
         self.health = health
@@ -187,6 +210,7 @@ class RunningServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}"
 
     def close(self) -> None:
@@ -215,7 +239,7 @@ def start_server(listen: str, *, feeds_dir: Path | None = None, health: HealthCh
     try:
         httpd = PublisherHTTPServer(
             address, feeds_dir=feeds_dir, health=health, metrics=metrics,
-            cache_seconds=int(cache_seconds or 300),
+            cache_seconds=int(cache_seconds or DEFAULT_CACHE_SECONDS),
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None

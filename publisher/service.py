@@ -1,18 +1,21 @@
 """``publisher run``: build and push on a schedule, and at once when article files change.
 
 One process, one asyncio loop: APScheduler's ``AsyncIOScheduler`` triggers the interval (or
-cron) jobs, a ``watchfiles`` watcher triggers a debounced build + push, and both go through
-one lock so work never overlaps. The ledger, not the job store, is the source of truth: jobs
-live in memory and a restart simply runs both jobs once.
+cron) jobs and a ``watchfiles`` watcher triggers a debounced build + push. Each job has its own
+lock, so a build never overlaps a build and a push never overlaps a push, while a push that
+waits out Telegram's pacing does not hold back the feeds. The ledger, not the job store, is
+the source of truth: jobs live in memory and a restart simply runs both jobs once.
 
 Signals: SIGTERM/SIGINT stop the triggers, let the send in flight finish and be recorded,
-close the bot session and exit 0; a second one exits at once. SIGHUP reloads the config.
+close the bot session and exit 0; a second one exits at once. SIGHUP reloads the config
+(``state`` and ``server`` changes need a restart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -20,7 +23,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +34,42 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from publisher import pipeline
-from publisher.config import Config, load_config
+from publisher.config import Config, FeedsConfig, load_config
 from publisher.delivery import Sender
 from publisher.dispatch import Dispatcher
 from publisher.errors import ConfigError, PublisherError
 from publisher.loader import Loader
 from publisher.logs import event
 from publisher.metrics import Metrics
+from publisher.models import Article
+from publisher.server import RunningServer, start_server
 from publisher.state import InstanceLock, RunRecord, SQLiteStore, open_store, utc_now_iso
 
 log = logging.getLogger(__name__)
 
-STOP_DEADLINE_SECONDS = 8.0
-MAX_FAILURE_BACKOFF_SECONDS = 900.0
+STOP_DEADLINE_SECONDS = 7.0  # systemd and the issue allow 10 s; leave room to close up
+SENDER_CLOSE_SECONDS = 2.0
+MAX_FAILURE_BACKOFF_SECONDS = 300.0
+MAX_BACKOFF_BASE_SECONDS = 60.0
+WATCH_MAX_BATCH_SECONDS = 5.0  # a never-ending stream of changes still triggers this often
+WATCH_RETRY_SECONDS = 5.0
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_UNIT_SECONDS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+JOBS = ("build", "push")
+
+
+def interval_seconds(value: str) -> float | None:
+    """Seconds of an interval spec (``"30s"``, ``"10m"``, ``"1h"``, ``"90"``); None for cron."""
+    match = _INTERVAL.match(value)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "").lower()]
 
 
 def parse_schedule(value: str, key: str) -> BaseTrigger:
-    """``"10m"``, ``"30s"``, ``"1h"`` or a number of seconds -> interval; else a crontab line."""
-    match = _INTERVAL.match(value)
-    if match:
-        seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "").lower() or None]
+    """An interval spec -> ``IntervalTrigger``; anything else must be a crontab line (UTC)."""
+    seconds = interval_seconds(value)
+    if seconds is not None:
         if seconds <= 0:
             raise ConfigError(f"config key {key} must be a positive interval, not {value!r}")
         return IntervalTrigger(seconds=seconds)
@@ -64,27 +81,19 @@ def parse_schedule(value: str, key: str) -> BaseTrigger:
         ) from None
 
 
-def interval_seconds(value: str) -> float | None:
-    match = _INTERVAL.match(value)
-    if not match:
-        return None
-    return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "").lower() or None]
-
-
-@dataclass
+@dataclasses.dataclass
 class JobHealth:
     """Consecutive failures of one job, and when it may run again."""
 
     failures: int = 0
-    last_ok_at: float | None = None
     last_error: str = ""
-    not_before: float = 0.0
+    not_before: float = 0.0  # time.monotonic()
 
     def succeeded(self) -> None:
         self.failures, self.last_error, self.not_before = 0, "", 0.0
-        self.last_ok_at = time.time()
 
     def failed(self, error: str, base_seconds: float) -> float:
+        """Count a failure; returns the backoff before the job may run again."""
         self.failures += 1
         self.last_error = error
         delay = min(base_seconds * 2 ** (self.failures - 1), MAX_FAILURE_BACKOFF_SECONDS)
@@ -112,57 +121,67 @@ class SystemdNotifier:
 
 
 class Service:
-    def __init__(self, config: Config, sender_factory: Callable[[Config], Sender] | None = None
-                 ) -> None:
+    def __init__(self, config: Config,
+                 sender_factory: Callable[[Config], Sender] | None = None) -> None:
         self.config = config
         self._sender_factory = sender_factory or pipeline.make_sender
         self._sender: Sender | None = None
-        self._sender_started = False
         self._loader = Loader(config.articles.max_file_bytes)
-        self._work_lock = asyncio.Lock()
+        self._locks = {name: asyncio.Lock() for name in JOBS}
+        self._busy: dict[str, asyncio.Task[Any]] = {}  # the task running each job
+        self._wanted: dict[str, bool] = {}  # the watcher asked for one more run
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._load_lock = asyncio.Lock()  # the Loader's cache is not thread-safe
         self._stopping = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
         self._store: SQLiteStore | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._notifier = SystemdNotifier()
-        self.metrics = Metrics()
-        self.health = {"build": JobHealth(), "push": JobHealth()}
         self._signals = 0
+        self._reported_problems: set[Path] = set()
+        self._last_built: tuple[list[Article], FeedsConfig] | None = None
+        self.metrics = Metrics()
+        self.health = {name: JobHealth() for name in JOBS}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 after a clean stop."""
         pipeline.require_chat(self.config)
         self._sender = self._sender_factory(self.config)
-        lock = InstanceLock(self.config.state.url)
-        lock.acquire()
-        self._store = open_store(self.config.state.url)
-        server = self._start_http_server()
-        try:
-            self._install_signal_handlers()
-            self._start_scheduler()
-            self._start_watcher()
-            self._notifier.notify("READY=1\nSTATUS=running")
-            event(log, logging.INFO, "started", articles=self.config.articles.dir,
-                  feeds=self.config.feeds.dir, chat=self.config.telegram.chat_id)
-            await self._run_until_stopped()
-            return 0
-        finally:
-            await self._shutdown()
-            if server is not None:
-                server.close()
-            self._store.close()
-            lock.release()
-            event(log, logging.INFO, "stopped")
+        with InstanceLock(self.config.state.url):
+            self._store = open_store(self.config.state.url)
+            server: RunningServer | None = None
+            try:
+                server = self._start_http_server()
+                self._start()
+                await self._run_until_stopped()
+                return 0
+            finally:
+                await self._shutdown()
+                if server is not None:
+                    server.close()
+                self._store.close()
+                event(log, logging.INFO, "stopped")
+
+    def _start(self) -> None:
+        self._install_signal_handlers()
+        self._start_scheduler()
+        self._start_watcher()
+        self._notifier.notify("READY=1\nSTATUS=running")
+        event(log, logging.INFO, "started", articles=self.config.articles.dir,
+              feeds=self.config.feeds.dir, chat=self.config.telegram.chat_id,
+              build=self.config.schedule.build, push=self.config.schedule.push,
+              watch=self.config.schedule.watch)
 
     async def _run_until_stopped(self) -> None:
+        """Wait for a stop signal, pinging the systemd watchdog while the loop is alive."""
         watchdog = self._notifier.watchdog_seconds
         while not self._stopping.is_set():
-            timeout = watchdog / 2 if watchdog else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout)
-            if watchdog:
+                await asyncio.wait_for(self._stopping.wait(), watchdog / 2 if watchdog else None)
+            if watchdog and not self._stopping.is_set():
                 self._notifier.notify("WATCHDOG=1")
 
     def request_stop(self) -> None:
@@ -179,63 +198,90 @@ class Service:
     async def _shutdown(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-        # Let the send in flight finish and be recorded, within the deadline.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work_lock.acquire(), STOP_DEADLINE_SECONDS)
-        if self._sender is not None and self._sender_started:
+        await self._finish_work_in_flight()
+        for task in (self._watch_task, *self._runners.values()):  # idle now: we hold the locks
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._sender is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._sender.close(), 2.0)
+                await asyncio.wait_for(self._sender.close(), SENDER_CLOSE_SECONDS)
+
+    async def _finish_work_in_flight(self) -> None:
+        """Let the job in flight end and record its send; past the deadline, cancel it.
+
+        A send cancelled mid-request stays ``sending`` in the ledger and becomes
+        ``uncertain`` at the next start: honest, and at most one per chat.
+        """
+        acquire_all = asyncio.gather(*(lock.acquire() for lock in self._locks.values()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(acquire_all, STOP_DEADLINE_SECONDS)
+            return
+        event(log, logging.WARNING, "stop_deadline_passed", seconds=STOP_DEADLINE_SECONDS)
+        for task in list(self._busy.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        if not self._stopping.is_set():
+            asyncio.get_running_loop().create_task(self.reload())
 
     async def reload(self) -> None:
         """SIGHUP: read the config file again; a bad file is logged and the old one kept."""
         try:
-            new = load_config(self.config.path)
-            pipeline.require_chat(new)
-            for key in ("build", "push"):
-                parse_schedule(getattr(new.schedule, key), f"schedule.{key}")
+            new = self._read_new_config()
+            sender = self._sender_factory(new) if new.telegram != self.config.telegram else None
         except PublisherError as exc:
             event(log, logging.ERROR, "reload_failed", error=str(exc))
             return
-        async with self._work_lock:
-            old = self.config
-            self.config = new
-            if new.telegram != old.telegram and self._sender is not None:
-                if self._sender_started:
+        async with self._locks["build"], self._locks["push"]:
+            old, self.config = self.config, new
+            if sender is not None:
+                if self._sender is not None:
                     await self._sender.close()
-                self._sender, self._sender_started = self._sender_factory(new), False
+                self._sender = sender
             if new.articles != old.articles:
                 self._loader = Loader(new.articles.max_file_bytes)
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-        self._start_scheduler()
-        if new.articles.dir != old.articles.dir or new.schedule != old.schedule:
-            if self._watch_task is not None:
-                self._watch_task.cancel()
-            self._start_watcher()
+            if self._scheduler is not None:
+                self._scheduler.shutdown(wait=False)
+            self._start_scheduler()
+            if new.articles.dir != old.articles.dir or new.schedule != old.schedule:
+                if self._watch_task is not None:
+                    self._watch_task.cancel()
+                self._start_watcher()
         event(log, logging.INFO, "reloaded", config=self.config.path)
+
+    def _read_new_config(self) -> Config:
+        new = load_config(self.config.path)
+        pipeline.require_chat(new)
+        for name in JOBS:
+            parse_schedule(getattr(new.schedule, name), f"schedule.{name}")
+        fixed = [name for name in ("state", "server")
+                 if getattr(new, name) != getattr(self.config, name)]
+        if fixed:
+            event(log, logging.WARNING, "reload_needs_restart", sections=",".join(fixed))
+        return dataclasses.replace(new, state=self.config.state, server=self.config.server)
 
     # -- triggers ----------------------------------------------------------------------------
 
     def _start_scheduler(self) -> None:
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone="UTC")
-        options: dict[str, Any] = {"max_instances": 1, "coalesce": True}
         for name, job in (("build", self.build_job), ("push", self.push_job)):
             spec = getattr(self.config.schedule, name)
-            seconds = interval_seconds(spec)
-            grace = int(max(30, min(seconds or 300, 3600)))
+            # A tick delayed by a busy loop still runs if late by less than one interval.
+            grace = int(max(30, min(interval_seconds(spec) or 300, 3600)))
             scheduler.add_job(
                 job, parse_schedule(spec, f"schedule.{name}"), id=name, name=name,
-                next_run_time=_utc_now(), misfire_grace_time=grace, **options,
+                next_run_time=datetime.now(UTC), misfire_grace_time=grace,
+                max_instances=1, coalesce=True,
             )
         scheduler.start()
         self._scheduler = scheduler
@@ -245,23 +291,37 @@ class Service:
             self._watch_task = asyncio.create_task(self._watch(self.config.articles.dir))
 
     async def _watch(self, directory: Path) -> None:
-        debounce_ms = int(self.config.schedule.debounce_seconds * 1000)
+        """Build + push once per burst of article changes (quiet for ``debounce_seconds``)."""
+        quiet_ms = max(int(self.config.schedule.debounce_seconds * 1000), 50)
+        max_ms = max(int(WATCH_MAX_BATCH_SECONDS * 1000), quiet_ms)
         while not self._stopping.is_set():
             if not directory.is_dir():
-                await asyncio.sleep(5)
+                await asyncio.sleep(WATCH_RETRY_SECONDS)
                 continue
             try:
-                async for _changes in watchfiles.awatch(
-                    directory, debounce=debounce_ms, step=50, stop_event=self._stopping,
+                async for changes in watchfiles.awatch(
+                    directory, debounce=max_ms, step=quiet_ms, stop_event=self._stopping,
                     watch_filter=_article_filter, recursive=True,
                 ):
-                    event(log, logging.INFO, "articles_changed")
-                    await self.build_job()
-                    await self.push_job()
+                    event(log, logging.INFO, "articles_changed", files=len(changes))
+                    for name in JOBS:
+                        self._want(name)
             except (OSError, RuntimeError) as exc:
                 # A watcher that dies (folder removed, inotify limits) falls back to the ticks.
                 event(log, logging.WARNING, "watcher_error", error=str(exc))
-                await asyncio.sleep(5)
+                await asyncio.sleep(WATCH_RETRY_SECONDS)
+
+    def _want(self, name: str) -> None:
+        """Run a job now, or once more after the run in flight; requests in between merge."""
+        self._wanted[name] = True
+        runner = self._runners.get(name)
+        if runner is None or runner.done():
+            self._runners[name] = asyncio.create_task(self._run_wanted(name))
+
+    async def _run_wanted(self, name: str) -> None:
+        job = self.build_job if name == "build" else self.push_job
+        while self._wanted.pop(name, False):
+            await job()
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -272,48 +332,79 @@ class Service:
         await self._guarded("push", self._push)
 
     async def _guarded(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run one job under its lock; a failure is logged, counted and backed off."""
         health = self.health[name]
         if self._stopping.is_set() or time.monotonic() < health.not_before:
             return
-        async with self._work_lock:
+        async with self._locks[name]:
             if self._stopping.is_set():
                 return
+            task = asyncio.current_task()
+            if task is not None:
+                self._busy[name] = task
             try:
                 await work()
             except Exception as exc:  # one job failing must never stop the service
-                base = min(interval_seconds(getattr(self.config.schedule, name)) or 60, 60)
-                delay = health.failed(str(exc) or type(exc).__name__, base)
-                self.metrics.job_failed(name)
-                event(log, logging.ERROR, f"{name}_failed", error=str(exc) or type(exc).__name__,
-                      failures=health.failures, retry_in=round(delay, 1),
-                      exc_info=not isinstance(exc, PublisherError))
+                self._job_failed(name, exc)
             else:
                 health.succeeded()
                 self.metrics.job_succeeded(name)
+            finally:
+                self._busy.pop(name, None)
+        self._notifier.notify(f"STATUS={self.healthy()[1]}")
+
+    def _job_failed(self, name: str, exc: Exception) -> None:
+        health = self.health[name]
+        error = str(exc) or type(exc).__name__
+        spec = getattr(self.config.schedule, name)
+        base = min(interval_seconds(spec) or MAX_BACKOFF_BASE_SECONDS, MAX_BACKOFF_BASE_SECONDS)
+        delay = health.failed(error, base)
+        self.metrics.job_failed(name)
+        # A traceback only for an unexpected error, and only once per streak.
+        trace = health.failures == 1 and not isinstance(exc, PublisherError)
+        event(log, logging.ERROR, f"{name}_failed", error=error, failures=health.failures,
+              retry_in=round(delay, 1), exc_info=trace)
 
     async def _build(self) -> None:
-        started_at = utc_now_iso()
-        loaded = await asyncio.to_thread(pipeline.load_and_select, self.config, self._loader)
-        self.metrics.observe_load(loaded)
-        for problem in loaded.load.problems:
-            if problem.path not in self.metrics.reported_problems:
-                event(log, logging.WARNING, "bad_article", file=problem.path,
-                      reason=problem.reason)
-        self.metrics.reported_problems = {p.path for p in loaded.load.problems}
-        result = await asyncio.to_thread(pipeline.build_feeds, loaded.selected, self.config.feeds)
-        summary = {"files": loaded.load.files_read, "bad": len(loaded.load.problems),
-                   "selected": len(loaded.selected), "written": result.written}
         assert self._store is not None
+        started_at = utc_now_iso()
+        try:
+            summary = await self._build_feeds()
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+            self._store.record_run(RunRecord("build", started_at, utc_now_iso(), False,
+                                             {"error": error}))
+            raise
         self._store.record_run(RunRecord("build", started_at, utc_now_iso(), True, summary))
-        if result.written:
+        if summary["written"]:
             event(log, logging.INFO, "feeds_written", **summary)
+
+    async def _build_feeds(self) -> dict[str, int]:
+        loaded = await self._load()
+        summary = {"files": loaded.load.files_read, "bad": len(loaded.load.problems),
+                   "selected": len(loaded.selected), "written": 0}
+        # Nothing re-parsed and the same selection: the feeds on disk already hold these bytes.
+        built = (loaded.selected, self.config.feeds)
+        if built == self._last_built and _feeds_present(self.config):
+            return summary
+        result = await asyncio.to_thread(pipeline.build_feeds, loaded.selected, self.config.feeds)
+        self._last_built = built
+        return {**summary, "written": result.written}
+
+    async def _load(self) -> pipeline.LoadReport:
+        async with self._load_lock:
+            loaded = await asyncio.to_thread(pipeline.load_and_select, self.config, self._loader)
+        self.metrics.observe_load(loaded)
+        problems = {problem.path: problem for problem in loaded.load.problems}
+        for path in problems.keys() - self._reported_problems:
+            event(log, logging.WARNING, "bad_article", file=path, reason=problems[path].reason)
+        self._reported_problems = set(problems)
+        return loaded
 
     async def _push(self) -> None:
         assert self._store is not None and self._sender is not None
-        loaded = await asyncio.to_thread(pipeline.load_and_select, self.config, self._loader)
-        self.metrics.observe_load(loaded)
-        self._sender_started = True  # the dispatcher starts it (idempotent) when needed
-        self._dispatcher = Dispatcher(self._store, self._sender, self.config)
+        loaded = await self._load()
+        self._dispatcher = Dispatcher(self._store, self._sender, self.config, sleep=self._sleep)
         try:
             outcome = await pipeline.deliver(self.config, self._store, self._dispatcher, loaded)
         finally:
@@ -325,17 +416,20 @@ class Service:
         if outcome.report.fatal or outcome.report.errors:
             raise PublisherError("; ".join(outcome.report.errors.values()) or outcome.report.fatal)
 
+    async def _sleep(self, seconds: float) -> None:
+        """The dispatcher's waits (pacing, 429, retry backoff) end early when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     # -- health and metrics ------------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
         problems = [f"{name}: {h.last_error}" for name, h in self.health.items() if h.failures]
         return (not problems, "; ".join(problems) or "ok")
 
-    def _start_http_server(self) -> Any:
+    def _start_http_server(self) -> RunningServer | None:
         if not self.config.server.listen:
             return None
-        from publisher.server import start_server
-
         feeds_dir = self.config.feeds.dir if self.config.server.serve_feeds else None
         return start_server(
             self.config.server.listen, feeds_dir=feeds_dir, health=self.healthy,
@@ -348,12 +442,15 @@ def _article_filter(change: watchfiles.Change, path: str) -> bool:
     return name.endswith((".txt", ".md")) and not name.startswith(".")
 
 
-def _utc_now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
+def _feeds_present(config: Config) -> bool:
+    return (config.feeds.dir / "all.rss.xml").is_file()
 
 
 def run_service(config_path: Path | None) -> int:
+    # A service's normal events (sent, feeds_written) are INFO; without -v/-q the command
+    # line leaves the root logger at WARNING, which would make a healthy service silent.
+    root = logging.getLogger()
+    if root.level == logging.WARNING:
+        root.setLevel(logging.INFO)
     config = load_config(config_path)
     return asyncio.run(Service(config).serve())

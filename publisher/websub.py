@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import httpx
 
 from publisher.config import FeedsConfig
-from publisher.feeds import BuildResult
+from publisher.feeds import BuildResult, safe_url
 from publisher.logs import event
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Announcer:
             for url in urls:
                 try:
                     response = client.post(hub, data={"hub.mode": "publish", "hub.url": url})
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     event(log, logging.WARNING, "websub_failed", hub=hub, feed=url,
                           error=str(exc) or type(exc).__name__)
                     break  # the hub is unreachable: keep the rest for the next build
@@ -73,18 +73,20 @@ _announcer = Announcer()
 
 
 def changed_feed_urls(result: BuildResult, config: FeedsConfig) -> list[str]:
-    """The public URLs of the feeds (RSS, Atom, JSON) that this build wrote."""
-    return [config.url_for(f.path.name) for f in result.files if f.is_feed and f.changed]
+    """The self URLs of the feeds (RSS, Atom, JSON) that this build wrote."""
+    urls = (safe_url(config.url_for(f.path.name)) for f in result.files if f.is_feed and f.changed)
+    return [url for url in urls if url]
 
 
-def announce_changed(result: BuildResult, config: FeedsConfig,
+def announce_changed(result: BuildResult | None, config: FeedsConfig,
                      announcer: Announcer | None = None) -> list[str]:
     """Announce the feeds changed by ``result`` (plus any still pending) to the hub.
 
-    Does nothing without ``feeds.websub_hub``. Never raises for network trouble; returns the
-    URLs the hub accepted.
+    ``result`` None (a build skipped as unchanged) only retries those pending. Does nothing
+    without ``feeds.websub_hub``. Never raises for network trouble; returns the URLs the hub
+    accepted.
     """
     if not config.websub_hub:
         return []
-    return (announcer or _announcer).announce(config.websub_hub,
-                                              changed_feed_urls(result, config))
+    urls = changed_feed_urls(result, config) if result is not None else []
+    return (announcer or _announcer).announce(config.websub_hub, urls)

@@ -99,6 +99,7 @@ def test_routes_accept_a_chat_or_a_list(tmp_path: Path) -> None:
         ('[telegram]\nmax_per_run = -1\n', "must not be negative"),
         ('[state]\nurl = "mysql://x"\n', "state.url"),
         ('[telegram.routes]\nAI = []\n', "telegram.routes.AI"),
+        ('[telegram]\ntimezone = "Mars/Olympus"\n', "telegram.timezone"),
     ],
 )
 def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:

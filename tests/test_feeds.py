@@ -267,8 +267,20 @@ def entry_problems(entry: etree._Element, feed_author: bool) -> list[str]:
     return problems + media_problems(entry)
 
 
+def xml_feeds(rendered: dict[str, bytes]) -> dict[str, bytes]:
+    """The RSS and Atom documents; JSON Feed, OPML and the landing page: test_subscribe."""
+    return {name: data for name, data in rendered.items()
+            if name.endswith((".rss.xml", ".atom.xml"))}
+
+
+def file_names(*slugs: str) -> list[str]:
+    """Every file rendered for feeds with these slugs, sorted."""
+    feeds = [f"{slug}.{suffix}" for slug in slugs for suffix in ("rss.xml", "atom.xml", "json")]
+    return sorted([*feeds, "feeds.opml", "index.html"])
+
+
 def assert_valid(rendered: dict[str, bytes], config: FeedsConfig) -> None:
-    for name, data in rendered.items():
+    for name, data in xml_feeds(rendered).items():
         check = rss_problems if name.endswith(".rss.xml") else atom_problems
         assert check(data, config.url_for(name)) == [], name
         parsed(data)
@@ -284,10 +296,7 @@ def test_renders_all_and_topic_feeds_that_pass_the_validation_rules(config: Feed
         make_article(2, topics=()),
     ]
     rendered = render_feeds(articles, config)
-    assert sorted(rendered) == [
-        "all.atom.xml", "all.rss.xml", "computer-vision.atom.xml", "computer-vision.rss.xml",
-        "robotics.atom.xml", "robotics.rss.xml",
-    ]
+    assert sorted(rendered) == file_names("all", "computer-vision", "robotics")
     assert_valid(rendered, config)
     assert len(items(rendered["all.rss.xml"])) == 3
     assert len(entries(rendered["robotics.atom.xml"])) == 2
@@ -478,9 +487,7 @@ def test_non_http_urls_never_appear(config: FeedsConfig) -> None:
     )
     no_link = make_article(1, url="javascript:alert(3)", topics=("Hidden",))
     rendered = render_feeds([sneaky, no_link], config)
-    assert sorted(rendered) == [
-        "all.atom.xml", "all.rss.xml", "computer-vision.atom.xml", "computer-vision.rss.xml",
-    ]
+    assert sorted(rendered) == file_names("all", "computer-vision")
     for data in rendered.values():
         assert b"javascript" not in data and b"ftp:" not in data and b"data:" not in data
     assert_valid(rendered, config)
@@ -498,7 +505,7 @@ def test_channel_dates_are_the_newest_entry_not_now(config: FeedsConfig) -> None
 
 def test_empty_corpus_gives_valid_empty_feeds(config: FeedsConfig) -> None:
     rendered = render_feeds([], config)
-    assert sorted(rendered) == ["all.atom.xml", "all.rss.xml"]
+    assert sorted(rendered) == file_names("all")
     assert_valid(rendered, config)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     assert rfc3339_utc(xml(rendered["all.atom.xml"]).findtext(f"{ATOM}updated")) == epoch
@@ -514,43 +521,53 @@ def test_bad_site_url_is_a_feed_error(tmp_path: Path) -> None:
 
 def test_rebuild_of_unchanged_corpus_rewrites_nothing(config: FeedsConfig) -> None:
     first = build_feeds([make_article(0), make_article(1)], config)
-    assert first.written == 4 and first.unchanged == 0 and first.topics == 1
+    assert first.written == 8 and first.unchanged == 0 and first.topics == 1
     stamps = {f.path: f.path.stat().st_mtime_ns for f in first.files}
     contents = {f.path: f.path.read_bytes() for f in first.files}
     second = build_feeds([make_article(0), make_article(1)], config)
-    assert second.written == 0 and second.unchanged == 4 and second.removed == ()
+    assert second.written == 0 and second.unchanged == 8 and second.removed == ()
     assert {f.path: f.path.stat().st_mtime_ns for f in second.files} == stamps
     assert {f.path: f.path.read_bytes() for f in second.files} == contents
     assert {(f.slug, f.kind) for f in second.files} == {
-        (slug, kind) for slug in ("all", "computer-vision") for kind in ("rss", "atom")
-    }
+        (slug, kind) for slug in ("all", "computer-vision") for kind in ("rss", "atom", "json")
+    } | {("feeds", "opml"), ("index", "html")}
+    assert [f.kind for f in second.files if f.is_feed] == ["atom", "json", "rss"] * 2
 
 
 def test_stale_topic_feeds_are_removed_and_other_files_kept(config: FeedsConfig) -> None:
     build_feeds([make_article(0, topics=("Robotics",)), make_article(1)], config)
-    foreign = [config.dir / "README.md", config.dir / "Notes.rss.xml", config.dir / "x.xml"]
-    for path in foreign:
-        path.write_text("keep me")
+    foreign = {
+        "README.md": "keep me", "Notes.rss.xml": "keep me", "x.xml": "keep me",
+        "package.json": '{"name": "not a feed"}', "old.json": '{"version": "1.0"}',
+        "broken.json": "{", "list.json": "[]",
+        "other.json": '{"version": "https://jsonfeed.org/version/1"}',
+    }
+    for name, text in foreign.items():
+        (config.dir / name).write_text(text)
+    (config.dir / "linked.rss.xml").symlink_to(config.dir / "README.md")
     result = build_feeds([make_article(1)], config)
-    assert result.removed == (config.dir / "robotics.atom.xml", config.dir / "robotics.rss.xml")
-    assert sorted(p.name for p in config.dir.iterdir()) == sorted(
-        ["README.md", "Notes.rss.xml", "x.xml", "all.rss.xml", "all.atom.xml",
-         "computer-vision.rss.xml", "computer-vision.atom.xml"]
+    assert result.removed == tuple(
+        config.dir / name for name in ("robotics.atom.xml", "robotics.json", "robotics.rss.xml")
     )
+    assert sorted(p.name for p in config.dir.iterdir()) == sorted(
+        [*foreign, "linked.rss.xml", *file_names("all", "computer-vision")]
+    )
+    assert all((config.dir / name).read_text() == text for name, text in foreign.items())
 
 
 def test_traversal_shaped_topic_stays_inside_the_feeds_dir(tmp_path: Path) -> None:
     config = make_config(tmp_path, dir=tmp_path / "a" / "b" / "feeds")
     result = build_feeds([make_article(topics=("../../x", "/etc/passwd"))], config)
     assert {f.path.parent for f in result.files} == {config.dir.resolve()}
-    assert sorted(p.name for p in config.dir.iterdir()) == [
-        "all.atom.xml", "all.rss.xml", "etc-passwd.atom.xml", "etc-passwd.rss.xml",
-        "x.atom.xml", "x.rss.xml",
-    ]
+    assert sorted(p.name for p in config.dir.iterdir()) == file_names("all", "etc-passwd", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-@pytest.mark.parametrize("name", ["../evil.rss.xml", "/tmp/evil.rss.xml", "notes.txt", "A.rss.xml"])
+@pytest.mark.parametrize(
+    "name",
+    ["../evil.rss.xml", "/tmp/evil.rss.xml", "notes.txt", "A.rss.xml", "x.json.xml", "feeds.html",
+     "../index.html"],
+)
 def test_write_feeds_refuses_foreign_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(FeedError):
         write_feeds({name: b"<rss/>"}, tmp_path / "feeds")
@@ -605,9 +622,9 @@ def test_any_text_gives_well_formed_feeds(
         related=(Related(title, "https://r.example.com/"),),
     )
     rendered = render_feeds([article], config)
-    assert len(rendered) == 4
+    assert len(rendered) == 8
     expected_title = cleaned(title) or article.url
-    for name, data in rendered.items():
+    for name, data in xml_feeds(rendered).items():
         root = xml(data)
         result = parsed(data)
         assert len(result.entries) == 1

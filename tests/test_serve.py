@@ -1,0 +1,262 @@
+"""The feeds server: content types, validators, 304, gzip, HEAD, 404s; and ``publisher serve``."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from test_feeds import make_article, make_config
+
+from publisher.feeds import build_feeds
+from publisher.server import RunningServer, accepts_gzip, start_server
+
+CACHE_SECONDS = 600
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
+    """One server for the module (closing one takes up to its 0.5 s poll interval) over a
+    freshly built feeds folder, and that folder. Tests that change a file use their own name.
+    """
+    tmp_path = tmp_path_factory.mktemp("served")
+    feeds_dir = tmp_path / "feeds"
+    server = start_server("127.0.0.1:0", feeds_dir=feeds_dir, cache_seconds=CACHE_SECONDS)
+    try:
+        config = make_config(tmp_path, base_url=server.url + "/")
+        build_feeds([make_article(n, topics=("Robotics",)) for n in range(3)], config)
+        yield server, feeds_dir
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def client(served: tuple[RunningServer, Path]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served[0].url, headers={"Accept-Encoding": "identity"}) as http:
+        yield http
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "content_type"),
+    [
+        ("/all.rss.xml", "all.rss.xml", "application/rss+xml; charset=utf-8"),
+        ("/robotics.atom.xml", "robotics.atom.xml", "application/atom+xml; charset=utf-8"),
+        ("/robotics.json", "robotics.json", "application/feed+json; charset=utf-8"),
+        ("/feeds.opml", "feeds.opml", "text/x-opml; charset=utf-8"),
+        ("/index.html", "index.html", "text/html; charset=utf-8"),
+        ("/", "index.html", "text/html; charset=utf-8"),
+    ],
+)
+def test_serves_every_file_with_its_type_and_validators(
+    served: tuple[RunningServer, Path], client: httpx.Client, path: str, name: str,
+    content_type: str,
+) -> None:
+    data = (served[1] / name).read_bytes()
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == content_type
+    assert response.content == data
+    assert response.headers["content-length"] == str(len(data))
+    assert response.headers["etag"].startswith('"') and len(response.headers["etag"]) > 10
+    mtime = int((served[1] / name).stat().st_mtime)
+    assert parsedate_to_datetime(response.headers["last-modified"]).timestamp() == mtime
+    assert response.headers["cache-control"] == f"public, max-age={CACHE_SECONDS}"
+    assert "content-encoding" not in response.headers
+
+
+def test_conditional_requests_get_304_until_the_file_changes(
+    served: tuple[RunningServer, Path], client: httpx.Client
+) -> None:
+    path = served[1] / "copy.atom.xml"
+    path.write_bytes((served[1] / "all.atom.xml").read_bytes())
+    first = client.get("/copy.atom.xml")
+    etag, last_modified = first.headers["etag"], first.headers["last-modified"]
+    for headers in ({"If-None-Match": etag}, {"If-None-Match": f'"other", W/{etag}'},
+                    {"If-Modified-Since": last_modified}, {"If-None-Match": "*"}):
+        again = client.get("/copy.atom.xml", headers=headers)
+        assert again.status_code == 304, headers
+        assert again.content == b""
+        assert again.headers["etag"] == etag
+        assert again.headers["cache-control"] == f"public, max-age={CACHE_SECONDS}"
+    earlier = formatdate(parsedate_to_datetime(last_modified).timestamp() - 60, usegmt=True)
+    for headers in ({"If-None-Match": '"other"'}, {"If-Modified-Since": earlier},
+                    {"If-None-Match": '"other"', "If-Modified-Since": last_modified},
+                    {"If-Modified-Since": "not a date"}):
+        assert client.get("/copy.atom.xml", headers=headers).status_code == 200, headers
+    path.write_bytes(path.read_bytes().replace(b"Story 0", b"Story zero"))
+    changed = client.get("/copy.atom.xml", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and b"Story zero" in changed.content
+    assert changed.headers["etag"] != etag
+
+
+def test_same_content_same_etag_across_servers(
+    served: tuple[RunningServer, Path], client: httpx.Client
+) -> None:
+    other = start_server("127.0.0.1:0", feeds_dir=served[1])
+    try:
+        with httpx.Client(base_url=other.url) as second:
+            assert second.head("/all.rss.xml").headers["etag"] == (
+                client.head("/all.rss.xml").headers["etag"]
+            )
+    finally:
+        other.close()
+
+
+def test_gzip_only_when_accepted(served: tuple[RunningServer, Path], client: httpx.Client) -> None:
+    data = (served[1] / "all.rss.xml").read_bytes()
+    with client.stream("GET", "/all.rss.xml", headers={"Accept-Encoding": "gzip"}) as response:
+        raw = b"".join(response.iter_raw())
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.headers["vary"] == "Accept-Encoding"
+    assert response.headers["content-length"] == str(len(raw))
+    assert gzip.decompress(raw) == data
+    refused = client.get("/all.rss.xml", headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert "content-encoding" not in refused.headers and refused.content == data
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("gzip", True), ("deflate, gzip;q=0.5", True), ("*", True), ("GZIP", True),
+     ("gzip;q=0", False), ("gzip; q=0.000", False), ("deflate, br", False), ("", False)],
+)
+def test_accepts_gzip(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
+
+
+def test_head_has_the_headers_of_get_and_no_body(client: httpx.Client) -> None:
+    get = client.get("/robotics.json")
+    head = client.head("/robotics.json")
+    assert head.status_code == 200 and head.content == b""
+    for key in ("content-type", "content-length", "etag", "last-modified", "cache-control"):
+        assert head.headers[key] == get.headers[key]
+    assert client.head("/missing.json").status_code == 404
+
+
+def raw_get(server: RunningServer, path: str) -> tuple[int, bytes]:
+    host, port = server.httpd.server_address[:2]
+    connection = http.client.HTTPConnection(str(host), port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+OUTSIDE = [
+    "/../config.toml", "/%2e%2e/secret.json", "/..%2fsecret.json", "/feeds/../secret.json",
+    "//secret.json", "/.hidden.json", "/notes.txt", "/secret.txt", "/missing.rss.xml",
+    "/sub", "/sub/", "/sub/inner.json", "/dir.json", "/linked.json", "/%00.json",
+    "/all.rss.xml%00", "/all.rss.xml/", "/all.rss.xml/..", "/%5c..%5csecret.json",
+    "/..\\secret.json", "http://127.0.0.1/../secret.json",
+    "/healthz", "/metrics",
+]
+
+
+def test_nothing_outside_the_folder_and_nothing_but_files(
+    served: tuple[RunningServer, Path]
+) -> None:
+    feeds_dir = served[1]
+    (feeds_dir.parent / "secret.json").write_text('{"secret": 1}')
+    (feeds_dir.parent / "config.toml").write_text("secret")
+    (feeds_dir / ".hidden.json").write_text("{}")
+    (feeds_dir / "notes.txt").write_text("not served: unknown type")
+    (feeds_dir / "sub").mkdir()
+    (feeds_dir / "sub" / "inner.json").write_text("{}")
+    (feeds_dir / "dir.json").mkdir()
+    (feeds_dir / "linked.json").symlink_to(feeds_dir.parent / "secret.json")
+    for path in OUTSIDE:
+        status, body = raw_get(served[0], path)  # verbatim: no client-side normalisation
+        assert (status, body) == (404, b"not found\n"), path
+
+
+def test_a_file_appearing_later_is_served(
+    served: tuple[RunningServer, Path], client: httpx.Client
+) -> None:
+    assert client.get("/later.json").status_code == 404
+    (served[1] / "later.json").write_text("{}")
+    assert client.get("/later.json").content == b"{}"
+
+
+# --- publisher serve ---------------------------------------------------------------------------
+
+
+def start_cli_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``publisher serve`` on a free port; returns the process and its URL."""
+    config = tmp_path / "config.toml"
+    config.write_text('[feeds]\ndir = "feeds"\n[schedule]\nbuild = "15m"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "publisher", "serve", "-c", str(config), "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("Serving "), line + process.stderr.read()  # type: ignore[union-attr]
+    return process, line.split(" at ")[1].split()[0].rstrip("/")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serve_serves_the_feeds_folder_and_stops_cleanly(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    build_feeds([make_article()], make_config(tmp_path, base_url="http://127.0.0.1:8080/"))
+    process, url = start_cli_server(tmp_path)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=url) as http:
+            response = http.get("/")
+            assert response.headers["content-type"] == "text/html; charset=utf-8"
+            assert response.content == (tmp_path / "feeds" / "index.html").read_bytes()
+            rss = http.get("/all.rss.xml")
+            assert rss.headers["cache-control"] == "public, max-age=900"
+            assert http.get("/config.toml").status_code == 404
+        process.send_signal(stop_signal)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert stdout.strip() == "Stopped."
+    assert "Traceback" not in stderr
+
+
+def test_cli_serve_warns_when_nothing_was_built(tmp_path: Path) -> None:
+    process, url = start_cli_server(tmp_path, "--host", "127.0.0.1")
+    try:
+        with httpx.Client(base_url=url) as http:
+            assert http.get("/").status_code == 404
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert "does not exist yet; run publisher build" in stderr
+    assert process.returncode == 0
+
+
+def test_cli_serve_reports_a_busy_port(tmp_path: Path) -> None:
+    busy = start_server("127.0.0.1:0")
+    try:
+        port = busy.url.rsplit(":", 1)[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "publisher", "serve", "--port", port],
+            capture_output=True, text=True, timeout=20, cwd=tmp_path,
+        )
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert f"Error: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert time.monotonic() - started < 10

@@ -1,0 +1,435 @@
+"""`publisher run` as a real subprocess against the Bot API stand-in process.
+
+Every wait polls with a generous deadline: these tests prove behaviour, not speed (the
+latency goal is measured by ``benchmarks/latency.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botapi_standin import DEFAULT_TOKEN, StandinProcess
+from conftest import REPO, ArticleWriter
+
+from publisher.errors import ConfigError
+from publisher.service import MAX_FAILURE_BACKOFF_SECONDS, JobHealth, parse_schedule
+from publisher.state import SQLiteStore
+
+CHAT = "@news"
+DEADLINE = 30.0
+STOP_LIMIT = 10.0
+UNIT = REPO / "deploy" / "publisher.service"
+
+# Loaded into the publisher subprocess through PYTHONPATH: while the marker file exists,
+# fsync fails as on a full disk (the feed writer fsyncs its temporary file before renaming).
+DISK_FULL_HOOK = """\
+import errno, os
+_fsync = os.fsync
+def _full_disk_fsync(fd):
+    if os.path.exists(os.environ["PUBLISHER_TEST_DISK_FULL"]):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return _fsync(fd)
+os.fsync = _full_disk_fsync
+"""
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Publisher:
+    """One `publisher run` process; its stderr goes to a file the test reads."""
+
+    def __init__(self, config: Path, log_path: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("a", encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "publisher", "run", "-c", str(config), *args],
+            cwd=config.parent, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            env={**os.environ, "TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN, **(env or {})},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8")
+
+    def events(self, name: str) -> list[str]:
+        """Log lines of one event, in either log format."""
+        pattern = re.compile(rf"\b{name}\b")
+        return [line for line in self.log().splitlines() if pattern.search(line)]
+
+    def url(self) -> str:
+        found = wait_for(lambda: re.search(r"http_listening\W.*?(http://[\d.:]+)", self.log()),
+                         "the health server")
+        return found.group(1)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status, which must come within STOP_LIMIT seconds."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_LIMIT)
+        finally:
+            self.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.close()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[Publisher]]:
+    """Every publisher a test starts is killed at the end, whatever happened."""
+    started: list[Publisher] = []
+    yield started
+    for publisher in started:
+        publisher.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path, publishers: list[Publisher]) -> Callable[..., Publisher]:
+    def start(*args: str, env: dict[str, str] | None = None) -> Publisher:
+        publisher = Publisher(tmp_path / "config.toml", tmp_path / "publisher.log", *args,
+                              env=env)
+        publishers.append(publisher)
+        return publisher
+
+    return start
+
+
+@pytest.fixture
+def configure(tmp_path: Path, articles_dir: Path,
+              botapi_process: StandinProcess) -> Callable[..., Path]:
+    """Write config.toml for the stand-in; keyword arguments override [telegram] keys."""
+
+    def write(schedule: str = "2s", title: str = "Publisher", **telegram: object) -> Path:
+        settings: dict[str, object] = {
+            "chat_id": CHAT, "api_base_url": botapi_process.base_url, "max_age_hours": 0,
+            "max_per_run": 0, "per_chat_interval_seconds": 0.06, "timeout_seconds": 2,
+            "max_wait_seconds": 60, "max_tries": 2, **telegram,
+        }
+        path = tmp_path / "config.toml"
+        path.write_text(
+            '[articles]\ndir = "articles"\n'
+            f'[feeds]\ndir = "feeds"\ntitle = "{title}"\n'
+            'base_url = "https://feeds.example.org/"\n'
+            '[state]\nurl = "sqlite:///state/publisher.db"\n'
+            f'[schedule]\nbuild = "{schedule}"\npush = "{schedule}"\ndebounce_seconds = 0.3\n'
+            '[server]\nlisten = "127.0.0.1:0"\n[telegram]\n'
+            + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()),
+            encoding="utf-8",
+        )
+        return path
+
+    return write
+
+
+def titles(standin: StandinProcess) -> list[str]:
+    return [message["visible_text"].split("\n")[0] for message in standin.messages()]
+
+
+def ledger(tmp_path: Path) -> dict[str, dict[str, int]]:
+    store = SQLiteStore(tmp_path / "state" / "publisher.db", readonly=True)
+    try:
+        return store.counts()
+    finally:
+        store.close()
+
+
+def ledger_titles(tmp_path: Path, state: str) -> set[str]:
+    store = SQLiteStore(tmp_path / "state" / "publisher.db", readonly=True)
+    try:
+        return {delivery.title for delivery in store.deliveries([state], limit=1000)}
+    finally:
+        store.close()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def push_runs(url: str) -> float:
+    return metric(http_get(url + "/metrics")[1], 'publisher_job_runs_total{job="push",result="ok"}')
+
+
+def feed(tmp_path: Path) -> str:
+    path = tmp_path / "feeds" / "all.rss.xml"
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+def test_new_files_become_one_post_each_and_feed_entries(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    for index in (1, 2):
+        write_article(f"{index}.txt", index)
+    config = configure(schedule="1h")  # only the start-up run and the watcher can trigger
+    publisher = start("--log-format", "json")
+    url = publisher.url()
+    wait_for(lambda: len(titles(botapi_process)) == 2, "the first two posts")
+    wait_for(lambda: "Article number 2" in feed(tmp_path), "the first feed")
+    runs = wait_for(lambda: push_runs(url), "the first push run")
+
+    for index in (3, 4, 5):  # one burst
+        write_article(f"{index}.txt", index)
+    wait_for(lambda: len(titles(botapi_process)) == 5, "the three new posts")
+    wait_for(lambda: "Article number 5" in feed(tmp_path), "the new feed entries")
+    wait_for(lambda: push_runs(url) == runs + 1, "the push run of the burst")
+    assert len(publisher.events("articles_changed")) == 1
+
+    (tmp_path / "articles" / "broken.txt").write_text("---\ntitle: [unclosed\n---\n")
+    wait_for(lambda: publisher.events("bad_article"), "the bad file to be reported")
+    wait_for(lambda: push_runs(url) == runs + 2, "the push run after the bad file")
+    assert sorted(titles(botapi_process)) == [f"Article number {i}" for i in range(1, 6)]
+    assert ledger(tmp_path) == {CHAT: {"sent": 5}}
+
+    status, body = http_get(url + "/healthz")
+    assert (status, body.strip()) == (200, "ok")
+    metrics = http_get(url + "/metrics")[1]
+    assert metric(metrics, 'publisher_messages_total{chat="@news",outcome="sent"}') == 5
+    assert metric(metrics, "publisher_articles_bad") == 1
+    assert metric(metrics, "publisher_articles_selected") == 5
+    assert 'publisher_loader_info{loader="' in metrics
+    assert 0 <= metric(metrics, 'publisher_seconds_since_last_success{job="build"}') < 600
+
+    report = subprocess.run(
+        [sys.executable, "-m", "publisher", "status", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "Last build:" in report and "Last push:" in report
+    assert f"{CHAT}: sent 5" in report
+
+    configure(schedule="1h", title="Renamed")
+    publisher.signal(signal.SIGHUP)
+    wait_for(lambda: "<title>Renamed</title>" in feed(tmp_path), "the reloaded feed title")
+
+    assert publisher.stop() == 0
+    log = publisher.log()
+    assert all(json.loads(line)["event"] for line in log.splitlines())
+    assert DEFAULT_TOKEN.partition(":")[2] not in log
+
+
+def test_full_disk_keeps_the_old_feed_and_the_service_recovers(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DISK_FULL_HOOK)
+    disk_full = tmp_path / "disk-full"
+    write_article("1.txt", 1)
+    configure()
+    publisher = start(env={"PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)]),
+                           "PUBLISHER_TEST_DISK_FULL": str(disk_full)})
+    url = publisher.url()
+    wait_for(lambda: "Article number 1" in feed(tmp_path), "the first feed")
+    before = feed(tmp_path)
+
+    disk_full.touch()
+    write_article("2.txt", 2)
+    wait_for(lambda: http_get(url + "/healthz")[0] == 503, "/healthz to report the failure")
+    assert "No space left on device" in http_get(url + "/healthz")[1]
+    wait_for(lambda: len(titles(botapi_process)) == 2, "the post, despite the full disk")
+    assert feed(tmp_path) == before
+    assert not [p for p in (tmp_path / "feeds").iterdir() if p.name.endswith(".tmp")]
+
+    disk_full.unlink()
+    wait_for(lambda: "Article number 2" in feed(tmp_path), "the feed after recovery")
+    wait_for(lambda: http_get(url + "/healthz")[0] == 200, "/healthz to recover")
+    assert len(publisher.events("build_failed")) >= 1
+    assert publisher.stop() == 0
+
+
+def test_sigterm_mid_run_finishes_the_send_and_exits_0(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    for index in range(1, 16):
+        write_article(f"{index}.txt", index)
+    configure(per_chat_interval_seconds=0.3)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(DEADLINE)
+        publisher = start(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                               "WATCHDOG_USEC": "300000"})
+        wait_for(lambda: len(titles(botapi_process)) >= 3, "a few posts")
+        started = time.monotonic()
+        assert publisher.stop() == 0
+        assert time.monotonic() - started < STOP_LIMIT
+        notifications = _drain(notify)
+    assert notifications[0].startswith("READY=1")
+    assert "WATCHDOG=1" in notifications and "STOPPING=1" in notifications
+    posted = titles(botapi_process)
+    assert len(posted) < 15 and len(set(posted)) == len(posted)
+    counts = ledger(tmp_path)[CHAT]
+    assert counts == {"sent": len(posted), "pending": 15 - len(posted)}
+
+
+def test_sigterm_during_a_long_rate_limit_wait_exits_at_once(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    write_article("1.txt", 1)
+    configure()
+    botapi_process.control("inject", {"fault": "429", "retry_after": 40})
+    publisher = start()
+    wait_for(lambda: publisher.events("rate_limited"), "the 429 answer")
+    started = time.monotonic()
+    assert publisher.stop() == 0
+    assert time.monotonic() - started < STOP_LIMIT
+    assert botapi_process.messages() == []
+    assert ledger(tmp_path) == {CHAT: {"pending": 1}}
+
+
+def test_kill_9_during_sends_neither_loses_nor_duplicates(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, tmp_path: Path,
+) -> None:
+    total = 16  # below Telegram's (and the stand-in's) 20 posts per chat per minute
+    for index in range(1, total + 1):
+        write_article(f"{index}.txt", index)
+    # Replies held back for 5 s after recording: a kill in that window lands mid-send.
+    with StandinProcess(DEFAULT_TOKEN, record_path=tmp_path / "slow.jsonl",
+                        extra_args=["--per-chat-interval", "0.05", "--slow-seconds", "5"]
+                        ) as standin:
+        configure(api_base_url=standin.base_url, per_chat_interval_seconds=0.1,
+                  timeout_seconds=10)
+        for mid_send in (False, True, True):
+            _run_then_kill(start(), standin, mid_send)
+        publisher = start()
+        wait_for(lambda: "pending" not in ledger(tmp_path).get(CHAT, {"pending": 1}),
+                 "every article to be sent or held")
+        assert publisher.stop() == 0
+        posted = titles(standin)
+    assert len(posted) == len(set(posted)), "an article was posted twice"
+    sent, uncertain = ledger_titles(tmp_path, "sent"), ledger_titles(tmp_path, "uncertain")
+    assert len(sent) + len(uncertain) == total
+    assert 1 <= len(uncertain) <= 2  # exactly the sends in flight at the mid-send kills
+    assert set(posted) == sent | uncertain  # the held ones did reach the channel here
+
+
+def _run_then_kill(publisher: Publisher, standin: StandinProcess, mid_send: bool) -> None:
+    before = len(titles(standin))
+    wait_for(lambda: len(titles(standin)) >= before + 3, "some posts before the kill")
+    if mid_send:
+        held = _held_replies(standin)
+        standin.control("inject", {"fault": "slow_after_record"})
+        wait_for(lambda: _held_replies(standin) > held, "a post whose reply is held back")
+    publisher.kill()
+
+
+def _held_replies(standin: StandinProcess) -> int:
+    return sum(r["fault"] == "slow_after_record" for r in standin.control("requests"))
+
+
+def test_telegram_failing_for_a_while_then_everything_is_delivered(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    for index in range(1, 6):
+        write_article(f"{index}.txt", index)
+    configure()
+    botapi_process.control("status_all", {"status": 500})
+    publisher = start()
+    url = publisher.url()
+    wait_for(lambda: len(publisher.events("push_failed")) >= 2, "two failed pushes")
+    assert http_get(url + "/healthz")[0] == 503
+    botapi_process.control("status_all", {"status": None})
+    wait_for(lambda: len(titles(botapi_process)) == 5, "every article after the outage")
+    wait_for(lambda: http_get(url + "/healthz")[0] == 200, "/healthz to recover")
+    assert publisher.stop() == 0
+    assert sorted(titles(botapi_process)) == [f"Article number {i}" for i in range(1, 6)]
+    assert ledger(tmp_path) == {CHAT: {"sent": 5}}
+    failures = publisher.events("push_failed")
+    assert all("\n" not in line and "Traceback" not in line for line in failures)
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    """Every datagram already sent to ``sock``."""
+    sock.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+
+def test_schedules_are_intervals_or_cron_lines() -> None:
+    assert parse_schedule("10m", "k").interval.total_seconds() == 600  # type: ignore[attr-defined]
+    assert parse_schedule("90", "k").interval.total_seconds() == 90  # type: ignore[attr-defined]
+    assert "minute='*/5'" in str(parse_schedule("*/5 * * * *", "k"))
+    for bad in ("0s", "every tuesday"):
+        with pytest.raises(ConfigError, match="schedule"):
+            parse_schedule(bad, "schedule.push")
+
+
+def test_repeated_failures_back_off_up_to_a_cap() -> None:
+    health = JobHealth()
+    delays = [health.failed("down", 2.0) for _ in range(12)]
+    assert delays[:4] == [2.0, 4.0, 8.0, 16.0]
+    assert delays[-1] == MAX_FAILURE_BACKOFF_SECONDS
+    health.succeeded()
+    assert health.failures == 0 and health.failed("down", 2.0) == 2.0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (apt-get install systemd)")
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "EnvironmentFile=",
+                   "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths="):
+        assert needed in text
+    # verify insists that ExecStart's program exists; point it at this installation's.
+    program = shutil.which("publisher") or sys.executable
+    unit = tmp_path / "publisher.service"
+    unit.write_text(text.replace("/opt/publisher/bin/publisher", program), encoding="utf-8")
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if unit.name in line]
+    assert result.returncode == 0 and not complaints, result.stderr
