@@ -38,12 +38,14 @@ from publisher.config import Config, FeedsConfig, load_config
 from publisher.delivery import Sender
 from publisher.dispatch import Dispatcher
 from publisher.errors import ConfigError, PublisherError
+from publisher.feeds import build_feeds
 from publisher.loader import Loader
 from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.models import Article
 from publisher.server import RunningServer, start_server
 from publisher.state import InstanceLock, RunRecord, SQLiteStore, open_store, utc_now_iso
+from publisher.websub import announce_changed
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ class Service:
         self._store: SQLiteStore | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
         self._notifier = SystemdNotifier()
         self._signals = 0
         self._reported_problems: set[Path] = set()
@@ -232,7 +235,7 @@ class Service:
 
     def _on_sighup(self) -> None:
         if not self._stopping.is_set():
-            asyncio.get_running_loop().create_task(self.reload())
+            self._reload_task = asyncio.get_running_loop().create_task(self.reload())
 
     async def reload(self) -> None:
         """SIGHUP: read the config file again; a bad file is logged and the old one kept."""
@@ -383,13 +386,15 @@ class Service:
         loaded = await self._load()
         summary = {"files": loaded.load.files_read, "bad": len(loaded.load.problems),
                    "selected": len(loaded.selected), "written": 0}
-        # Nothing re-parsed and the same selection: the feeds on disk already hold these bytes.
+        # The same selection and settings: the feeds on disk already hold these bytes.
         built = (loaded.selected, self.config.feeds)
-        if built == self._last_built and _feeds_present(self.config):
-            return summary
-        result = await asyncio.to_thread(pipeline.build_feeds, loaded.selected, self.config.feeds)
-        self._last_built = built
-        return {**summary, "written": result.written}
+        result = None
+        if built != self._last_built or not _feeds_present(self.config):
+            result = await asyncio.to_thread(build_feeds, loaded.selected, self.config.feeds)
+            self._last_built = built
+        # Without a result this only retries the feeds the WebSub hub has not yet accepted.
+        await asyncio.to_thread(announce_changed, result, self.config.feeds)
+        return {**summary, "written": result.written if result is not None else 0}
 
     async def _load(self) -> pipeline.LoadReport:
         async with self._load_lock:
