@@ -44,13 +44,13 @@ def common_options(function: F) -> F:
 
 class Context:
     def __init__(self, config_path: Path | None, verbose: int, quiet: bool, debug: bool,
-                 log_format: str = "text") -> None:
+                 log_format: str = "text", default_level: int = logging.WARNING) -> None:
         self.config_path = config_path
         self.quiet = quiet
         self.verbose = verbose
         self.debug = debug
         level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else (
-            logging.ERROR if quiet else logging.WARNING
+            logging.ERROR if quiet else default_level
         )
         configure_logging(level, log_format)
 
@@ -77,18 +77,23 @@ def reported_errors(debug: bool) -> Iterator[None]:
         sys.exit(130)
 
 
-def command(function: F) -> F:
+def command(function: F, default_level: int = logging.WARNING) -> F:
     """Wrap a command body: set up logging and turn library errors into exit statuses."""
 
     @functools.wraps(function)
     def wrapper(config_path: Path | None, verbose: int, quiet: bool, debug: bool,
                 **kwargs: Any) -> Any:
         log_format = kwargs.pop("log_format", "text")
-        ctx = Context(config_path, verbose, quiet, debug, log_format)
+        ctx = Context(config_path, verbose, quiet, debug, log_format, default_level)
         with reported_errors(debug):
             return function(ctx, **kwargs)
 
     return common_options(wrapper)  # type: ignore[return-value]
+
+
+def service_command(function: F) -> F:
+    """Like ``command``, but a service logs its normal events (INFO) unless told -q."""
+    return command(function, default_level=logging.INFO)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -283,7 +288,7 @@ def resend(ctx: Context, article_ids: tuple[str, ...], chat: str | None, state: 
 @cli.command()
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Log line format on stderr.")
-@command
+@service_command
 def run(ctx: Context) -> None:
     """Run as a service: build and push on a schedule and whenever article files change.
 
@@ -303,7 +308,7 @@ def run(ctx: Context) -> None:
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port to listen on (0: any free port).")
-@command
+@service_command
 def serve(ctx: Context, host: str, port: int) -> None:
     """Serve the feeds folder over HTTP for feed readers; builds nothing.
 

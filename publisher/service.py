@@ -452,10 +452,5 @@ def _feeds_present(config: Config) -> bool:
 
 
 def run_service(config_path: Path | None) -> int:
-    # A service's normal events (sent, feeds_written) are INFO; without -v/-q the command
-    # line leaves the root logger at WARNING, which would make a healthy service silent.
-    root = logging.getLogger()
-    if root.level == logging.WARNING:
-        root.setLevel(logging.INFO)
     config = load_config(config_path)
     return asyncio.run(Service(config).serve())
