@@ -34,6 +34,10 @@ PARALLEL_MIN_FILES = 2000
 BATCH_FILES = 500
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS catalog (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -110,8 +114,8 @@ class Catalog:
     """The parse cache and corpus index, in the state database's connection."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
+        """``db`` must hold the schema: the state store creates it, or ``create_schema``."""
         self._db = db
-        self._db.executescript(SCHEMA)
 
     # -- sync --------------------------------------------------------------------------------
 
@@ -167,6 +171,15 @@ class Catalog:
             [(columns[0], position, slug, name) for position, slug, name in topics],
         )
 
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     # -- selection ---------------------------------------------------------------------------
 
     def selected_count(self, min_quality: int) -> int:
@@ -206,11 +219,18 @@ class Catalog:
 
     def selected_article(self, article_id: str, min_quality: int) -> Article | None:
         """The selected record of ``article_id``, or None when it is no longer selected."""
-        query = f"SELECT data FROM ({_SELECTED}) WHERE article_id = :article_id"
+        # The id is a function of the normalised URL, so its records are exactly the copies
+        # that the selection's de-duplication compares.
         row = self._db.execute(
-            query, {"min_quality": min_quality, "article_id": article_id}
+            "SELECT data FROM catalog WHERE article_id = ? AND problem IS NULL AND published = 1 "
+            "AND quality >= ? ORDER BY published_us DESC, path DESC LIMIT 1",
+            (article_id, min_quality),
         ).fetchone()
         return article_from_json(row[0]) if row else None
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
 
 
 # -- files to rows -------------------------------------------------------------------------

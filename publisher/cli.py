@@ -128,13 +128,18 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
     config = ctx.config(**_path_overrides(articles, output))
     with _progress(ctx, config) as progress:
         report = run_build(config, progress=progress)
-    for problem in report.loaded.load.problems:
+    for problem in report.corpus.problems:
         ctx.echo(str(problem), err=True)
     summary = report.summary()
+    written = (
+        f"wrote {summary['written']} files ({summary['unchanged']} unchanged) to"
+        if report.feeds is not None
+        else "the feeds are current in"
+    )
     ctx.echo(
-        f"Read {summary['files']} files ({summary['bad']} bad), selected {summary['selected']} "
-        f"articles in {summary['topics']} topics; wrote {summary['written']} feeds "
-        f"({summary['unchanged']} unchanged) to {config.feeds.dir} in {summary['seconds']:.2f} s."
+        f"Read {summary['files']} files ({summary['bad']} bad, {summary['parsed']} parsed), "
+        f"selected {summary['selected']} articles in {summary['topics']} topics; "
+        f"{written} {config.feeds.dir} in {summary['seconds']:.2f} s."
     )
 
 
@@ -226,7 +231,7 @@ def push(ctx: Context, dry_run: bool) -> None:
         click.echo(f"Dry run: {len(plan.items)} messages would be sent; nothing was sent.")
         return
     outcome = asyncio.run(pipeline.push(config))
-    for problem in outcome.loaded.load.problems:
+    for problem in outcome.corpus.problems:
         ctx.echo(str(problem), err=True)
     summary = outcome.summary()
     ctx.echo(

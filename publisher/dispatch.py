@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -137,6 +137,7 @@ class Pacer:
 
 
 Sleep = Callable[[float], Awaitable[None]]
+Lookup = Callable[[str], Article | None]
 
 
 class Dispatcher:
@@ -163,19 +164,23 @@ class Dispatcher:
         """Finish the send in flight, record it, and post nothing more in this run."""
         self._stop = True
 
-    async def run(self, articles: Sequence[Article]) -> PushReport:
+    async def run(self, new_articles: Iterable[Article], lookup: Lookup) -> PushReport:
+        """Plan ``new_articles`` into the ledger, then post what is due.
+
+        ``lookup`` gives the currently selected article of an id, or None when it is no
+        longer selected (its pending posts are then skipped).
+        """
         report = PushReport()
         now = datetime.fromtimestamp(self._clock(), UTC)
-        report.new = self._store.add_deliveries(plan_deliveries(articles, self._config, now))
+        report.new = self._store.add_deliveries(plan_deliveries(new_articles, self._config, now))
         resend_chats = [c for c in self._all_chats() if self._settings.on_uncertain == "resend"]
         recovered = self._store.recover_interrupted(resend_chats)
         if recovered:
             event(log, logging.WARNING, "recovered_interrupted_sends", count=recovered)
-        by_id = {article.id: article for article in articles}
         chats = self._store.pending_chats()
         if chats and not await self._start_sender(chats, report):
             return report
-        await asyncio.gather(*(self._run_chat(chat, by_id, report) for chat in chats))
+        await asyncio.gather(*(self._run_chat(chat, lookup, report) for chat in chats))
         report.fatal = self._fatal
         return report
 
@@ -196,15 +201,14 @@ class Dispatcher:
             chats.extend(t for t in targets if t not in chats)
         return chats
 
-    async def _run_chat(self, chat_id: str, articles: Mapping[str, Article],
-                        report: PushReport) -> None:
+    async def _run_chat(self, chat_id: str, lookup: Lookup, report: PushReport) -> None:
         chat_report = report.chat(chat_id)
         budget = self._settings.max_per_run or None
         oldest = self._oldest_allowed()
         for item in self._store.due(chat_id, self._clock(), None):
             if self._stop or self._fatal or (budget is not None and budget <= 0):
                 return
-            article = articles.get(item.article_id)
+            article = lookup(item.article_id)
             if article is None or (oldest is not None and article.published_at < oldest):
                 self._skip(item, article, chat_report)
                 continue

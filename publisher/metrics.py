@@ -11,7 +11,7 @@ from publisher.loader import LOADER_NAME
 
 if TYPE_CHECKING:
     from publisher.dispatch import PushReport
-    from publisher.pipeline import LoadReport
+    from publisher.pipeline import CorpusReport
 
 
 class Metrics:
@@ -51,10 +51,10 @@ class Metrics:
         last = self._last_success.get(job)
         return -1.0 if last is None else time.time() - last
 
-    def observe_load(self, loaded: LoadReport) -> None:
-        self.loaded.set(len(loaded.load.articles))
-        self.bad.set(len(loaded.load.problems))
-        self.selected.set(len(loaded.selected))
+    def observe_load(self, corpus: CorpusReport) -> None:
+        self.loaded.set(corpus.files - len(corpus.problems))
+        self.bad.set(len(corpus.problems))
+        self.selected.set(corpus.selected)
 
     def observe_push(self, report: PushReport) -> None:
         for chat, chat_report in report.chats.items():

@@ -1,21 +1,31 @@
-"""The pipeline: load -> select -> build feeds and/or deliver. Each call returns a report."""
+"""The pipeline: load -> select -> build feeds and/or deliver. Each call returns a report.
+
+``build`` and ``push`` work through the catalog in the state database, so unchanged files
+are never parsed twice and only the articles the feeds show (or a push sends) are held in
+memory. ``load_and_select`` is the pure path (no state at all) used by ``check`` and
+``push --dry-run``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
+from publisher.catalog import Catalog
 from publisher.config import Config
 from publisher.delivery import Sender, TelegramSender
 from publisher.dispatch import Dispatcher, PushReport, plan_deliveries
 from publisher.errors import ConfigError
 from publisher.feeds import BuildResult, build_feeds
-from publisher.loader import LOADER_NAME, Loader, LoadResult, Progress
+from publisher.loader import LOADER_NAME, Loader, LoadResult, Problem, Progress
 from publisher.logs import add_secret
 from publisher.messages import Message, render_message
 from publisher.models import Article
-from publisher.selection import group_by_topic, select
+from publisher.selection import select
 from publisher.state import (
     PENDING,
     InstanceLock,
@@ -28,49 +38,54 @@ from publisher.state import (
 )
 from publisher.websub import announce_changed
 
+FEEDS_KEY = "feeds_digest"
+ROUTING_KEY = "routing_digest"
+
 
 @dataclass
-class LoadReport:
-    load: LoadResult
-    selected: list[Article]
+class CorpusReport:
+    """What a sync of the article folder found."""
+
+    files: int
+    problems: list[Problem]
+    selected: int
+    topics: int
+    parsed: int
     seconds: float
     loader: str = LOADER_NAME
-
-    @property
-    def topics(self) -> int:
-        return len(group_by_topic(self.selected))
 
 
 @dataclass
 class BuildReport:
-    loaded: LoadReport
-    feeds: BuildResult
+    corpus: CorpusReport
+    feeds: BuildResult | None  # None: the feeds on disk were already current
     seconds: float
 
     def summary(self) -> dict[str, object]:
         return {
-            "files": self.loaded.load.files_read,
-            "bad": len(self.loaded.load.problems),
-            "selected": len(self.loaded.selected),
-            "topics": self.feeds.topics,
-            "written": self.feeds.written,
-            "unchanged": self.feeds.unchanged,
+            "files": self.corpus.files,
+            "bad": len(self.corpus.problems),
+            "parsed": self.corpus.parsed,
+            "selected": self.corpus.selected,
+            "topics": self.corpus.topics,
+            "written": self.feeds.written if self.feeds else 0,
+            "unchanged": self.feeds.unchanged if self.feeds else 0,
             "seconds": round(self.seconds, 3),
         }
 
 
 @dataclass
 class PushOutcome:
-    loaded: LoadReport
+    corpus: CorpusReport
     report: PushReport
     seconds: float
 
     def summary(self) -> dict[str, object]:
         report = self.report
         return {
-            "files": self.loaded.load.files_read,
-            "bad": len(self.loaded.load.problems),
-            "selected": len(self.loaded.selected),
+            "files": self.corpus.files,
+            "bad": len(self.corpus.problems),
+            "selected": self.corpus.selected,
             "new": report.new,
             "sent": report.total("sent"),
             "failed": report.total("failed"),
@@ -80,6 +95,14 @@ class PushOutcome:
             "errors": report.errors,
             "seconds": round(self.seconds, 3),
         }
+
+
+@dataclass
+class LoadReport:
+    """The pure path: every article in memory, no state."""
+
+    load: LoadResult
+    selected: list[Article]
 
 
 @dataclass
@@ -94,30 +117,61 @@ class DryRun:
     items: list[DryRunItem] = field(default_factory=list)
 
 
-def load_and_select(
-    config: Config, loader: Loader | None = None, progress: Progress | None = None
-) -> LoadReport:
-    started = time.perf_counter()
-    loader = loader or Loader(config.articles.max_file_bytes)
-    result = loader.load(config.articles.dir, progress)
-    selected = select(result.articles, config.select.min_quality)
-    return LoadReport(result, selected, time.perf_counter() - started)
+# -- the catalog path ------------------------------------------------------------------------
 
 
-def build(
-    config: Config, loader: Loader | None = None, progress: Progress | None = None
-) -> BuildReport:
+def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = None
+                ) -> CorpusReport:
     started = time.perf_counter()
-    loaded = load_and_select(config, loader, progress)
-    feeds = build_feeds(loaded.selected, config.feeds)
-    announce_changed(feeds, config.feeds)
-    return BuildReport(loaded, feeds, time.perf_counter() - started)
+    sync = catalog.sync(config.articles.dir, config.articles.max_file_bytes, progress)
+    min_quality = config.select.min_quality
+    return CorpusReport(
+        files=sync.files,
+        problems=sync.problems,
+        selected=catalog.selected_count(min_quality),
+        topics=catalog.topic_count(min_quality),
+        parsed=sync.parsed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
+    """Render and write the feeds unless the files already hold exactly these entries."""
+    articles, entries_digest = catalog.feed_articles(
+        config.select.min_quality, config.feeds.max_items
+    )
+    digest = _digest(entries_digest, repr(config.feeds))
+    if digest == catalog.get_meta(FEEDS_KEY) and (config.feeds.dir / "all.rss.xml").is_file():
+        announce_changed(None, config.feeds)  # retry what the WebSub hub has not accepted
+        return None
+    result = build_feeds(articles, config.feeds)
+    catalog.set_meta(FEEDS_KEY, digest)
+    announce_changed(result, config.feeds)
+    return result
+
+
+def build(config: Config, progress: Progress | None = None) -> BuildReport:
+    """``publisher build``: sync the catalog, then write the feeds if they changed."""
+    started = time.perf_counter()
+    store = open_store(config.state.url)
+    try:
+        catalog = Catalog(store.connection)
+        corpus = sync_corpus(config, catalog, progress)
+        feeds = write_current_feeds(config, catalog)
+    finally:
+        store.close()
+    return BuildReport(corpus, feeds, time.perf_counter() - started)
 
 
 def make_sender(config: Config) -> Sender:
     token = config.read_token()
     add_secret(token)
     return TelegramSender(token, config.telegram.api_base_url, config.telegram.timeout_seconds)
+
+
+def require_chat(config: Config) -> None:
+    if not config.telegram.chat_id and not config.telegram.routes:
+        raise ConfigError("no chat to post to: set telegram.chat_id in the config")
 
 
 async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
@@ -127,9 +181,11 @@ async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
     with InstanceLock(config.state.url):
         store = open_store(config.state.url)
         try:
-            loaded = load_and_select(config)
+            catalog = Catalog(store.connection)
+            corpus = sync_corpus(config, catalog)
             try:
-                return await deliver(config, store, Dispatcher(store, sender, config), loaded)
+                dispatcher = Dispatcher(store, sender, config)
+                return await deliver(config, store, dispatcher, catalog, corpus)
             finally:
                 await sender.close()
         finally:
@@ -137,20 +193,45 @@ async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
 
 
 async def deliver(
-    config: Config, store: Store, dispatcher: Dispatcher, loaded: LoadReport
+    config: Config, store: Store, dispatcher: Dispatcher, catalog: Catalog,
+    corpus: CorpusReport,
 ) -> PushOutcome:
-    """Post what is new and due from an already loaded selection; records the run."""
+    """Post what is new and due from a synced catalog; records the run."""
     started = time.perf_counter()
     started_at = utc_now_iso()
-    report = await dispatcher.run(loaded.selected)
-    outcome = PushOutcome(loaded, report, loaded.seconds + time.perf_counter() - started)
+    min_quality = config.select.min_quality
+    routing = _digest(config.telegram.chat_id, json.dumps(config.telegram.routes, sort_keys=True),
+                      str(config.telegram.max_age_hours))
+    if routing == catalog.get_meta(ROUTING_KEY):
+        new = catalog.unplanned_articles(min_quality, "deliveries")
+    else:  # chats or routes changed: every selected article may owe a post somewhere new
+        new = list(catalog.selected_articles(min_quality))
+    report = await dispatcher.run(
+        new, partial(_selected_article, catalog, min_quality=min_quality)
+    )
+    catalog.set_meta(ROUTING_KEY, routing)
+    outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started)
     store.record_run(RunRecord("push", started_at, utc_now_iso(), report.ok, outcome.summary()))
     return outcome
 
 
-def require_chat(config: Config) -> None:
-    if not config.telegram.chat_id and not config.telegram.routes:
-        raise ConfigError("no chat to post to: set telegram.chat_id in the config")
+def _selected_article(catalog: Catalog, article_id: str, min_quality: int) -> Article | None:
+    return catalog.selected_article(article_id, min_quality)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+# -- the pure path ---------------------------------------------------------------------------
+
+
+def load_and_select(
+    config: Config, loader: Loader | None = None, progress: Progress | None = None
+) -> LoadReport:
+    loader = loader or Loader(config.articles.max_file_bytes)
+    result = loader.load(config.articles.dir, progress)
+    return LoadReport(result, select(result.articles, config.select.min_quality))
 
 
 def dry_run(config: Config) -> DryRun:

@@ -34,18 +34,15 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from publisher import pipeline
-from publisher.config import Config, FeedsConfig, load_config
+from publisher.catalog import Catalog
+from publisher.config import Config, load_config
 from publisher.delivery import Sender
 from publisher.dispatch import Dispatcher
 from publisher.errors import ConfigError, PublisherError
-from publisher.feeds import build_feeds
-from publisher.loader import Loader
 from publisher.logs import event
 from publisher.metrics import Metrics
-from publisher.models import Article
 from publisher.server import RunningServer, start_server
 from publisher.state import InstanceLock, RunRecord, SQLiteStore, open_store, utc_now_iso
-from publisher.websub import announce_changed
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +125,13 @@ class Service:
         self.config = config
         self._sender_factory = sender_factory or pipeline.make_sender
         self._sender: Sender | None = None
-        self._loader = Loader(config.articles.max_file_bytes)
         self._locks = {name: asyncio.Lock() for name in JOBS}
         self._busy: dict[str, asyncio.Task[Any]] = {}  # the task running each job
         self._wanted: dict[str, bool] = {}  # the watcher asked for one more run
         self._runners: dict[str, asyncio.Task[None]] = {}
-        self._load_lock = asyncio.Lock()  # the Loader's cache is not thread-safe
+        # The catalog's writer connection is used from worker threads, one at a time.
+        self._load_lock = asyncio.Lock()
+        self._catalog: Catalog | None = None
         self._stopping = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
         self._store: SQLiteStore | None = None
@@ -143,7 +141,6 @@ class Service:
         self._notifier = SystemdNotifier()
         self._signals = 0
         self._reported_problems: set[Path] = set()
-        self._last_built: tuple[list[Article], FeedsConfig] | None = None
         self.metrics = Metrics()
         self.health = {name: JobHealth() for name in JOBS}
 
@@ -155,6 +152,8 @@ class Service:
         self._sender = self._sender_factory(self.config)
         with InstanceLock(self.config.state.url):
             self._store = open_store(self.config.state.url)
+            writer = open_store(self.config.state.url, threaded=True)
+            self._catalog = Catalog(writer.connection)
             server: RunningServer | None = None
             try:
                 server = self._start_http_server()
@@ -166,6 +165,7 @@ class Service:
                 if server is not None:
                     server.close()
                 self._store.close()
+                writer.close()
                 event(log, logging.INFO, "stopped")
 
     def _start(self) -> None:
@@ -251,8 +251,6 @@ class Service:
                 if self._sender is not None:
                     await self._sender.close()
                 self._sender = sender
-            if new.articles != old.articles:
-                self._loader = Loader(new.articles.max_file_bytes)
             if self._scheduler is not None:
                 self._scheduler.shutdown(wait=False)
             self._start_scheduler()
@@ -382,36 +380,38 @@ class Service:
         if summary["written"]:
             event(log, logging.INFO, "feeds_written", **summary)
 
-    async def _build_feeds(self) -> dict[str, int]:
-        loaded = await self._load()
-        summary = {"files": loaded.load.files_read, "bad": len(loaded.load.problems),
-                   "selected": len(loaded.selected), "written": 0}
-        # The same selection and settings: the feeds on disk already hold these bytes.
-        built = (loaded.selected, self.config.feeds)
-        result = None
-        if built != self._last_built or not _feeds_present(self.config):
-            result = await asyncio.to_thread(build_feeds, loaded.selected, self.config.feeds)
-            self._last_built = built
-        # Without a result this only retries the feeds the WebSub hub has not yet accepted.
-        await asyncio.to_thread(announce_changed, result, self.config.feeds)
-        return {**summary, "written": result.written if result is not None else 0}
-
-    async def _load(self) -> pipeline.LoadReport:
+    async def _build_feeds(self) -> dict[str, object]:
+        corpus = await self._load()
         async with self._load_lock:
-            loaded = await asyncio.to_thread(pipeline.load_and_select, self.config, self._loader)
-        self.metrics.observe_load(loaded)
-        problems = {problem.path: problem for problem in loaded.load.problems}
+            result = await asyncio.to_thread(
+                pipeline.write_current_feeds, self.config, self._writer()
+            )
+        return {"files": corpus.files, "bad": len(corpus.problems), "selected": corpus.selected,
+                "written": result.written if result is not None else 0}
+
+    def _writer(self) -> Catalog:
+        assert self._catalog is not None
+        return self._catalog
+
+    async def _load(self) -> pipeline.CorpusReport:
+        async with self._load_lock:
+            corpus = await asyncio.to_thread(pipeline.sync_corpus, self.config, self._writer())
+        self.metrics.observe_load(corpus)
+        problems = {problem.path: problem for problem in corpus.problems}
         for path in problems.keys() - self._reported_problems:
             event(log, logging.WARNING, "bad_article", file=path, reason=problems[path].reason)
         self._reported_problems = set(problems)
-        return loaded
+        return corpus
 
     async def _push(self) -> None:
         assert self._store is not None and self._sender is not None
-        loaded = await self._load()
+        corpus = await self._load()
         self._dispatcher = Dispatcher(self._store, self._sender, self.config, sleep=self._sleep)
         try:
-            outcome = await pipeline.deliver(self.config, self._store, self._dispatcher, loaded)
+            outcome = await pipeline.deliver(
+                self.config, self._store, self._dispatcher, Catalog(self._store.connection),
+                corpus,
+            )
         finally:
             self._dispatcher = None
         self.metrics.observe_push(outcome.report)
@@ -445,10 +445,6 @@ class Service:
 def _article_filter(change: watchfiles.Change, path: str) -> bool:
     name = os.path.basename(path)
     return name.endswith((".txt", ".md")) and not name.startswith(".")
-
-
-def _feeds_present(config: Config) -> bool:
-    return (config.feeds.dir / "all.rss.xml").is_file()
 
 
 def run_service(config_path: Path | None) -> int:

@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from publisher.catalog import SCHEMA as CATALOG_SCHEMA
 from publisher.errors import AlreadyRunning, StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the article catalog (parse cache)
 
 PENDING = "pending"
 SENDING = "sending"
@@ -160,15 +161,18 @@ def sqlite_path(url: str) -> Path:
 class SQLiteStore:
     """The ledger in one SQLite file, WAL mode, every change committed at once."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, threaded: bool = False) -> None:
         self.path = path
         self.readonly = readonly
         try:
             if readonly:
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=not threaded
+                )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(path, timeout=30)
+                # threaded: used from worker threads, one at a time (the caller serialises).
+                self._db = sqlite3.connect(path, timeout=30, check_same_thread=not threaded)
         except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open state database {path}: {exc}") from None
         self._db.row_factory = sqlite3.Row
@@ -177,8 +181,13 @@ class SQLiteStore:
             self._migrate()
 
     @classmethod
-    def open(cls, url: str, *, readonly: bool = False) -> SQLiteStore:
-        return cls(sqlite_path(url), readonly=readonly)
+    def open(cls, url: str, *, readonly: bool = False, threaded: bool = False) -> SQLiteStore:
+        return cls(sqlite_path(url), readonly=readonly, threaded=threaded)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, for the catalog that lives in the same database."""
+        return self._db
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -192,13 +201,14 @@ class SQLiteStore:
             raise StateError(f"state database {self.path} is unusable: {exc}") from None
 
     def _create_schema(self) -> None:
-        for statement in _SCHEMA.split(";"):
+        for statement in (_SCHEMA + CATALOG_SCHEMA).split(";"):
             if statement.strip():
                 self._db.execute(statement)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
+        if row is None or int(row["value"]) < SCHEMA_VERSION:
             self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (SCHEMA_VERSION,),
             )
         elif int(row["value"]) > SCHEMA_VERSION:
             raise StateError(
@@ -409,8 +419,8 @@ def _delivery(row: sqlite3.Row) -> Delivery:
     return Delivery(**{name: row[name] for name in Delivery.__slots__})
 
 
-def open_store(url: str, *, readonly: bool = False) -> SQLiteStore:
-    return SQLiteStore.open(url, readonly=readonly)
+def open_store(url: str, *, readonly: bool = False, threaded: bool = False) -> SQLiteStore:
+    return SQLiteStore.open(url, readonly=readonly, threaded=threaded)
 
 
 class InstanceLock:

@@ -11,7 +11,7 @@ import pytest
 from conftest import SEEDS, article_record, front_matter
 
 from publisher import catalog as catalog_module
-from publisher.catalog import Catalog, article_from_json, article_to_json
+from publisher.catalog import Catalog, article_from_json, article_to_json, create_schema
 from publisher.config import FeedsConfig
 from publisher.feeds import render_feeds
 from publisher.loader import load_articles
@@ -40,6 +40,7 @@ def random_corpus(directory: Path, count: int, seed: int) -> None:
 
 def open_catalog(tmp_path: Path) -> Catalog:
     db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    create_schema(db)
     return Catalog(db)
 
 
