@@ -50,49 +50,38 @@ CREATE TABLE IF NOT EXISTS catalog (
     quality INTEGER NOT NULL DEFAULT 0,
     published_us INTEGER NOT NULL DEFAULT 0,
     digest TEXT,
-    data TEXT
+    data TEXT,
+    selected INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS catalog_selectable ON catalog (published, quality);
+CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key);
 CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id);
-CREATE TABLE IF NOT EXISTS catalog_topics (
+CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id);
+CREATE TABLE IF NOT EXISTS catalog_slugs (
     path TEXT NOT NULL,
-    position INTEGER NOT NULL,
     slug TEXT NOT NULL,
-    name TEXT NOT NULL,
-    PRIMARY KEY (path, position)
+    selected INTEGER NOT NULL DEFAULT 0,
+    published_us INTEGER NOT NULL,
+    article_id TEXT NOT NULL,
+    PRIMARY KEY (path, slug)
 );
-CREATE INDEX IF NOT EXISTS catalog_topics_slug ON catalog_topics (slug, path);
+CREATE INDEX IF NOT EXISTS catalog_slugs_newest
+    ON catalog_slugs (slug, selected, published_us, article_id);
 """
 
-# Published, good enough, and the newest record of its normalised URL (ties: later path).
-_SELECTED = """
-SELECT * FROM (
-    SELECT path, article_id, published_us, data, digest,
-           row_number() OVER (
-               PARTITION BY url_key ORDER BY published_us DESC, path DESC
-           ) AS copy
-    FROM catalog
-    WHERE problem IS NULL AND published = 1 AND quality >= :min_quality
-) WHERE copy = 1
-"""
-
-# The newest :limit of every topic and of all: exactly what the feeds can show.
-_FEED_ARTICLES = f"""
-WITH selected AS ({_SELECTED}),
-topic_rank AS (
-    SELECT s.path,
-           row_number() OVER (
-               PARTITION BY t.slug ORDER BY s.published_us DESC, s.article_id DESC
-           ) AS place
-    FROM selected s JOIN (SELECT DISTINCT path, slug FROM catalog_topics) t ON t.path = s.path
-),
-overall AS (
-    SELECT path FROM selected ORDER BY published_us DESC, article_id DESC LIMIT :limit
+# ``selected`` is materialised: 1 on the record that ``selection.select`` keeps for its
+# normalised URL (published, quality >= the threshold, the newest; ties: the later path).
+_PICK = (
+    "SELECT path FROM catalog WHERE url_key = ? AND problem IS NULL AND published = 1 "
+    "AND quality >= ? ORDER BY published_us DESC, path DESC LIMIT 1"
 )
-SELECT data, digest FROM selected
-WHERE path IN (SELECT path FROM topic_rank WHERE place <= :limit UNION SELECT path FROM overall)
-ORDER BY published_us DESC, article_id DESC
-"""
+_TOPIC_NEWEST = (
+    "SELECT path FROM catalog_slugs WHERE slug = ? AND selected = 1 "
+    "ORDER BY published_us DESC, article_id DESC LIMIT ?"
+)
+_NEWEST = (
+    "SELECT path FROM catalog WHERE selected = 1 ORDER BY published_us DESC, article_id DESC"
+)
+THRESHOLD_KEY = "catalog_min_quality"
 
 Row = tuple[Any, ...]
 Progress = Callable[[int, int], None]
@@ -119,21 +108,24 @@ class Catalog:
 
     # -- sync --------------------------------------------------------------------------------
 
-    def sync(self, directory: Path, max_file_bytes: int, progress: Progress | None = None,
-             workers: int | None = None) -> SyncReport:
-        """Bring the catalog in line with the files under ``directory``."""
+    def sync(self, directory: Path, max_file_bytes: int, min_quality: int,
+             progress: Progress | None = None, workers: int | None = None) -> SyncReport:
+        """Bring the catalog in line with the files under ``directory`` and the threshold."""
         if not directory.is_dir():
             raise ArticleError(f"articles folder not found: {directory}")
         on_disk = scan(directory)
         known = {
-            row[0]: (row[1], row[2], row[3])
-            for row in self._db.execute("SELECT path, size, mtime_ns, inode FROM catalog")
+            row[0]: (row[1], row[2], row[3], row[4])
+            for row in self._db.execute("SELECT path, size, mtime_ns, inode, url_key FROM catalog")
         }
-        changed = [(path, key) for path, key in on_disk.items() if known.get(path) != key]
+        changed = [(path, key) for path, key in on_disk.items() if known.get(path, ())[:3] != key]
         removed = [path for path in known if path not in on_disk]
         report = SyncReport(files=len(on_disk), removed=len(removed))
+        stale_keys = {known[path][3] for path in removed} | {
+            known[path][3] for path, _ in changed if path in known
+        }
         rows = parse_files(changed, max_file_bytes, workers=workers, progress=progress)
-        self._store(rows, removed, report)
+        self._store(rows, removed, stale_keys - {None}, min_quality, report)
         report.problems = [
             Problem(Path(path), reason)
             for path, reason in self._db.execute(
@@ -142,34 +134,76 @@ class Catalog:
         ]
         return report
 
-    def _store(self, rows: Iterable[Row], removed: Sequence[str], report: SyncReport) -> None:
+    def _store(self, rows: Iterable[Row], removed: Sequence[str], keys: set[str],
+               min_quality: int, report: SyncReport) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(removed), 500):
                 chunk = [(path,) for path in removed[start : start + 500]]
                 self._db.executemany("DELETE FROM catalog WHERE path=?", chunk)
-                self._db.executemany("DELETE FROM catalog_topics WHERE path=?", chunk)
+                self._db.executemany("DELETE FROM catalog_slugs WHERE path=?", chunk)
             for row in rows:
                 self._upsert(row)
+                if row[6] is not None:
+                    keys.add(row[6])
                 report.parsed += 1
+            if self.get_meta(THRESHOLD_KEY) != str(min_quality):
+                self._select_all(min_quality)
+            else:
+                for key in keys:
+                    self._select_one(key, min_quality)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
     def _upsert(self, row: Row) -> None:
-        *columns, topics = row
+        *columns, slugs = row
+        path, article, published_us = columns[0], columns[5], columns[9]
         self._db.execute(
             "INSERT OR REPLACE INTO catalog (path, size, mtime_ns, inode, problem, article_id, "
             "url_key, published, quality, published_us, digest, data) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             columns,
         )
-        self._db.execute("DELETE FROM catalog_topics WHERE path=?", (columns[0],))
+        self._db.execute("DELETE FROM catalog_slugs WHERE path=?", (path,))
         self._db.executemany(
-            "INSERT INTO catalog_topics (path, position, slug, name) VALUES (?,?,?,?)",
-            [(columns[0], position, slug, name) for position, slug, name in topics],
+            "INSERT INTO catalog_slugs (path, slug, published_us, article_id) VALUES (?,?,?,?)",
+            [(path, slug, published_us, article) for slug in slugs],
         )
+
+    def _select_one(self, url_key: str, min_quality: int) -> None:
+        """Re-decide which record of one normalised URL is the selected one."""
+        self._mark(f"url_key = ? AND path != coalesce(({_PICK}), '')",
+                   (url_key, url_key, min_quality), 0)
+        self._mark(f"path = ({_PICK})", (url_key, min_quality), 1)
+
+    def _select_all(self, min_quality: int) -> None:
+        self._db.execute("UPDATE catalog SET selected = 0 WHERE selected = 1")
+        self._db.execute(
+            "UPDATE catalog SET selected = 1 WHERE path IN (SELECT path FROM ("
+            "  SELECT path, row_number() OVER ("
+            "    PARTITION BY url_key ORDER BY published_us DESC, path DESC) AS copy"
+            "  FROM catalog WHERE problem IS NULL AND published = 1 AND quality >= ?"
+            ") WHERE copy = 1)",
+            (min_quality,),
+        )
+        self._db.execute(
+            "UPDATE catalog_slugs SET selected = "
+            "(SELECT selected FROM catalog c WHERE c.path = catalog_slugs.path)"
+        )
+        self.set_meta(THRESHOLD_KEY, str(min_quality))
+
+    def _mark(self, where: str, params: tuple[Any, ...], value: int) -> None:
+        paths = [
+            row[0] for row in self._db.execute(
+                f"SELECT path FROM catalog WHERE {where} AND selected != ?", (*params, value)
+            )
+        ]
+        for path in paths:
+            self._db.execute("UPDATE catalog SET selected = ? WHERE path = ?", (value, path))
+            self._db.execute("UPDATE catalog_slugs SET selected = ? WHERE path = ?",
+                             (value, path))
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -180,51 +214,54 @@ class Catalog:
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    # -- selection ---------------------------------------------------------------------------
+    # -- selection (answered from the materialised ``selected`` flag) -----------------------
 
-    def selected_count(self, min_quality: int) -> int:
-        query = f"SELECT count(*) FROM ({_SELECTED})"
-        return int(self._db.execute(query, {"min_quality": min_quality}).fetchone()[0])
+    def selected_count(self) -> int:
+        row = self._db.execute("SELECT count(*) FROM catalog WHERE selected = 1").fetchone()
+        return int(row[0])
 
-    def topic_count(self, min_quality: int) -> int:
-        query = (
-            f"SELECT count(DISTINCT t.slug) FROM ({_SELECTED}) s "
-            "JOIN catalog_topics t ON t.path = s.path"
-        )
-        return int(self._db.execute(query, {"min_quality": min_quality}).fetchone()[0])
-
-    def feed_articles(self, min_quality: int, limit: int) -> tuple[list[Article], str]:
-        """The articles the feeds show, newest first, and a digest of exactly those."""
+    def topic_slugs(self) -> list[str]:
         rows = self._db.execute(
-            _FEED_ARTICLES, {"min_quality": min_quality, "limit": limit}
-        ).fetchall()
-        digest = hashlib.sha256("".join(row[1] for row in rows).encode()).hexdigest()
-        return [article_from_json(row[0]) for row in rows], digest
+            "SELECT DISTINCT slug FROM catalog_slugs WHERE selected = 1 ORDER BY slug"
+        )
+        return [row[0] for row in rows]
 
-    def selected_articles(self, min_quality: int) -> Iterator[Article]:
+    def feed_articles(self, limit: int) -> tuple[list[Article], str]:
+        """The articles the feeds show (the newest ``limit`` of every topic and of all),
+        newest first, and a digest of exactly those records."""
+        paths = {row[0] for row in self._db.execute(f"{_NEWEST} LIMIT ?", (limit,))}
+        for slug in self.topic_slugs():
+            paths.update(row[0] for row in self._db.execute(_TOPIC_NEWEST, (slug, limit)))
+        rows = sorted(
+            (self._db.execute(
+                "SELECT published_us, article_id, data, digest FROM catalog WHERE path = ?",
+                (path,),
+            ).fetchone() for path in paths),
+            key=lambda row: (row[0], row[1]), reverse=True,
+        )
+        digest = hashlib.sha256("".join(row[3] for row in rows).encode()).hexdigest()
+        return [article_from_json(row[2]) for row in rows], digest
+
+    def selected_articles(self) -> Iterator[Article]:
         """Every selected article, newest first (decoded one at a time)."""
-        query = f"{_SELECTED} ORDER BY published_us DESC, article_id DESC"
-        for row in self._db.execute(query, {"min_quality": min_quality}):
-            yield article_from_json(row[3])
+        query = "SELECT data FROM catalog WHERE selected = 1 ORDER BY published_us DESC, " \
+                "article_id DESC"
+        for row in self._db.execute(query):
+            yield article_from_json(row[0])
 
-    def unplanned_articles(self, min_quality: int, planned: str) -> list[Article]:
+    def unplanned_articles(self, planned: str) -> list[Article]:
         """Selected articles whose id appears in no row of ``planned`` (a table name)."""
         query = (
-            f"SELECT data FROM ({_SELECTED}) s WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {planned} d WHERE d.article_id = s.article_id) "
+            "SELECT data FROM catalog c WHERE selected = 1 AND NOT EXISTS "
+            f"(SELECT 1 FROM {planned} d WHERE d.article_id = c.article_id) "
             "ORDER BY published_us, article_id"
         )
-        return [article_from_json(row[0]) for row in self._db.execute(query, {
-            "min_quality": min_quality})]
+        return [article_from_json(row[0]) for row in self._db.execute(query)]
 
-    def selected_article(self, article_id: str, min_quality: int) -> Article | None:
+    def selected_article(self, article_id: str) -> Article | None:
         """The selected record of ``article_id``, or None when it is no longer selected."""
-        # The id is a function of the normalised URL, so its records are exactly the copies
-        # that the selection's de-duplication compares.
         row = self._db.execute(
-            "SELECT data FROM catalog WHERE article_id = ? AND problem IS NULL AND published = 1 "
-            "AND quality >= ? ORDER BY published_us DESC, path DESC LIMIT 1",
-            (article_id, min_quality),
+            "SELECT data FROM catalog WHERE article_id = ? AND selected = 1", (article_id,)
         ).fetchone()
         return article_from_json(row[0]) if row else None
 
@@ -284,13 +321,11 @@ def _row(path: str, key: tuple[int, int, int], max_file_bytes: int) -> Row:
     if isinstance(outcome, Problem):
         return (path, *key, outcome.reason, None, None, 0, 0, 0, None, None, ())
     data = article_to_json(outcome)
-    topics = tuple(
-        (position, topic_slug(name), name) for position, name in enumerate(outcome.topics)
-    )
+    slugs = tuple(dict.fromkeys(topic_slug(name) for name in outcome.topics))
     return (
         path, *key, None, outcome.id, normalise_url(outcome.url), int(outcome.published),
         outcome.quality, to_microseconds(outcome.published_at),
-        hashlib.sha256(data.encode()).hexdigest()[:16], data, topics,
+        hashlib.sha256(data.encode()).hexdigest()[:16], data, slugs,
     )
 
 

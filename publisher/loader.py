@@ -38,6 +38,9 @@ REQUIRED_FIELDS = ("title", "webUrl", "publishedDateTime")
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # Repair mojibake and HTML entities, but keep the author's typography (curly quotes, widths).
 _FTFY = ftfy.TextFixerConfig(uncurl_quotes=False, fix_character_width=False)
+# Whitespace (any kind) and XML-invalid characters never belong in a URL we publish.
+_NOT_IN_URL = re.compile(r"\s|" + _XML_INVALID.pattern)
+_ABSOLUTE_HTTP = re.compile(r"https?://", re.IGNORECASE)
 _FRONT_MATTER_FENCE = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
 _FRONT_MATTER_END = re.compile(r"^(?:---|\.\.\.)[ \t]*\r?$", re.MULTILINE)
 
@@ -278,9 +281,9 @@ def absolute_http_url(value: Any, base_url: str | None = None) -> str | None:
     if not isinstance(value, str):
         return None
     url = value.strip()
-    if not url or _XML_INVALID.search(url) or any(ch.isspace() for ch in url):
+    if not url or _NOT_IN_URL.search(url):
         return None
-    if base_url is not None:
+    if base_url is not None and not _ABSOLUTE_HTTP.match(url):
         url = urljoin(base_url, url)
     try:
         parts = urlsplit(url)

@@ -13,7 +13,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 
 from publisher.catalog import Catalog
 from publisher.config import Config
@@ -123,13 +122,14 @@ class DryRun:
 def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = None
                 ) -> CorpusReport:
     started = time.perf_counter()
-    sync = catalog.sync(config.articles.dir, config.articles.max_file_bytes, progress)
-    min_quality = config.select.min_quality
+    sync = catalog.sync(
+        config.articles.dir, config.articles.max_file_bytes, config.select.min_quality, progress
+    )
     return CorpusReport(
         files=sync.files,
         problems=sync.problems,
-        selected=catalog.selected_count(min_quality),
-        topics=catalog.topic_count(min_quality),
+        selected=catalog.selected_count(),
+        topics=len(catalog.topic_slugs()),
         parsed=sync.parsed,
         seconds=time.perf_counter() - started,
     )
@@ -137,9 +137,7 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
 
 def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     """Render and write the feeds unless the files already hold exactly these entries."""
-    articles, entries_digest = catalog.feed_articles(
-        config.select.min_quality, config.feeds.max_items
-    )
+    articles, entries_digest = catalog.feed_articles(config.feeds.max_items)
     digest = _digest(entries_digest, repr(config.feeds))
     if digest == catalog.get_meta(FEEDS_KEY) and (config.feeds.dir / "all.rss.xml").is_file():
         announce_changed(None, config.feeds)  # retry what the WebSub hub has not accepted
@@ -199,24 +197,17 @@ async def deliver(
     """Post what is new and due from a synced catalog; records the run."""
     started = time.perf_counter()
     started_at = utc_now_iso()
-    min_quality = config.select.min_quality
     routing = _digest(config.telegram.chat_id, json.dumps(config.telegram.routes, sort_keys=True),
                       str(config.telegram.max_age_hours))
     if routing == catalog.get_meta(ROUTING_KEY):
-        new = catalog.unplanned_articles(min_quality, "deliveries")
+        new = catalog.unplanned_articles("deliveries")
     else:  # chats or routes changed: every selected article may owe a post somewhere new
-        new = list(catalog.selected_articles(min_quality))
-    report = await dispatcher.run(
-        new, partial(_selected_article, catalog, min_quality=min_quality)
-    )
+        new = list(catalog.selected_articles())
+    report = await dispatcher.run(new, catalog.selected_article)
     catalog.set_meta(ROUTING_KEY, routing)
     outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started)
     store.record_run(RunRecord("push", started_at, utc_now_iso(), report.ok, outcome.summary()))
     return outcome
-
-
-def _selected_article(catalog: Catalog, article_id: str, min_quality: int) -> Article | None:
-    return catalog.selected_article(article_id, min_quality)
 
 
 def _digest(*parts: str) -> str:

@@ -50,17 +50,47 @@ def test_sql_selection_equals_the_pure_functions(
 ) -> None:
     random_corpus(articles_dir, 150, seed)
     catalog = open_catalog(tmp_path)
-    report = catalog.sync(articles_dir, 1 << 20)
+    report = catalog.sync(articles_dir, 1 << 20, min_quality)
     loaded = load_articles(articles_dir)
     assert [str(p) for p in report.problems] == [str(p) for p in loaded.problems]
     expected = select(loaded.articles, min_quality)
-    assert list(catalog.selected_articles(min_quality)) == expected
-    assert catalog.selected_count(min_quality) == len(expected)
-    assert catalog.topic_count(min_quality) == len(group_by_topic(expected))
+    assert list(catalog.selected_articles()) == expected
+    assert catalog.selected_count() == len(expected)
+    assert catalog.topic_slugs() == sorted(group_by_topic(expected))
     config = FeedsConfig(dir=tmp_path / "feeds", max_items=limit)
-    shown, _ = catalog.feed_articles(min_quality, limit)
+    shown, _ = catalog.feed_articles(limit)
     assert len(shown) < len(expected) or limit >= 50
     assert render_feeds(shown, config) == render_feeds(expected, config)
+
+
+def test_incremental_syncs_stay_equal_to_the_pure_functions(
+    tmp_path: Path, articles_dir: Path
+) -> None:
+    """Edits, deletions, new duplicates and threshold changes, re-synced round after round."""
+    random_corpus(articles_dir, 80, 11)
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 50)
+    rng = random.Random(5)
+    for round_number in range(6):
+        files = sorted(articles_dir.iterdir())
+        for path in rng.sample(files, 8):
+            path.unlink()
+        for index in range(6):
+            number = 1000 + round_number * 10 + index
+            record = article_record(
+                number, webUrl=f"https://news.example.com/{rng.randrange(60)}",
+                quality=rng.randrange(0, 250), published=rng.random() < 0.7,
+                publishedDateTime=f"2031-01-{rng.randrange(1, 28):02d}T00:00:00Z",
+                topics=rng.sample(TOPICS, rng.randrange(0, 3)),
+            )
+            (articles_dir / f"{number}.txt").write_text(front_matter(record))
+        min_quality = 50 if round_number < 4 else 120
+        catalog.sync(articles_dir, 1 << 20, min_quality)
+        expected = select(load_articles(articles_dir).articles, min_quality)
+        assert list(catalog.selected_articles()) == expected, f"round {round_number}"
+        assert catalog.topic_slugs() == sorted(group_by_topic(expected))
+        config = FeedsConfig(dir=tmp_path / "feeds", max_items=4)
+        assert render_feeds(catalog.feed_articles(4)[0], config) == render_feeds(expected, config)
 
 
 def test_seeds_round_trip_through_json() -> None:
@@ -74,22 +104,22 @@ def test_sync_reparses_only_what_changed_and_never_serves_stale(
     for index in range(1, 4):
         (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
     catalog = open_catalog(tmp_path)
-    assert catalog.sync(articles_dir, 1 << 20).parsed == 3
-    again = catalog.sync(articles_dir, 1 << 20)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 3
+    again = catalog.sync(articles_dir, 1 << 20, 0)
     assert (again.parsed, again.removed, again.changed) == (0, 0, False)
     # Edit in place: same size, new content, mtime moves on.
     path = articles_dir / "2.txt"
     path.write_text(path.read_text().replace("Article number 2", "Article number X"))
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    assert catalog.sync(articles_dir, 1 << 20).parsed == 1
-    assert "Article number X" in {a.title for a in catalog.selected_articles(0)}
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    assert "Article number X" in {a.title for a in catalog.selected_articles()}
     (articles_dir / "3.txt").unlink()
     (articles_dir / "1.txt").write_text("not an article")
-    report = catalog.sync(articles_dir, 1 << 20)
+    report = catalog.sync(articles_dir, 1 << 20, 0)
     assert (report.parsed, report.removed) == (1, 1)
     assert [p.path.name for p in report.problems] == ["1.txt"]
-    assert [a.title for a in catalog.selected_articles(0)] == ["Article number X"]
+    assert [a.title for a in catalog.selected_articles()] == ["Article number X"]
 
 
 def test_parallel_parse_gives_the_same_catalog(
@@ -99,18 +129,18 @@ def test_parallel_parse_gives_the_same_catalog(
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     serial = open_catalog(tmp_path / "a")
-    serial.sync(articles_dir, 1 << 20, workers=1)
+    serial.sync(articles_dir, 1 << 20, 0, workers=1)
     monkeypatch.setattr(catalog_module, "PARALLEL_MIN_FILES", 10)
     monkeypatch.setattr(catalog_module, "BATCH_FILES", 7)
     parallel = open_catalog(tmp_path / "b")
-    report = parallel.sync(articles_dir, 1 << 20, workers=2)
+    report = parallel.sync(articles_dir, 1 << 20, 0, workers=2)
     assert report.parsed == 60
-    assert list(parallel.selected_articles(0)) == list(serial.selected_articles(0))
-    assert parallel.feed_articles(0, 5) == serial.feed_articles(0, 5)
+    assert list(parallel.selected_articles()) == list(serial.selected_articles())
+    assert parallel.feed_articles(5) == serial.feed_articles(5)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     from publisher.errors import ArticleError
 
     with pytest.raises(ArticleError, match="articles folder not found"):
-        open_catalog(tmp_path).sync(tmp_path / "nope", 1 << 20)
+        open_catalog(tmp_path).sync(tmp_path / "nope", 1 << 20, 0)
