@@ -68,6 +68,7 @@ class Row:
 class Bench:
     workdir: Path
     code: Path  # PYTHONPATH for the children ("" = the installed publisher)
+    commit: str  # what is measured
     repeat: int
     large_size: int
     large_repeat: int
@@ -118,12 +119,16 @@ def publisher_cmd(*args: str) -> list[str]:
 # --- setup --------------------------------------------------------------------------------------
 
 
-def snapshot_code(workdir: Path, ref: str) -> Path:
-    """``git archive`` of ``ref`` (publisher/ and the stand-in); '' for the work tree."""
+def snapshot_code(workdir: Path, ref: str) -> tuple[Path, str]:
+    """``git archive`` of ``ref`` (publisher/ and the stand-in), and its commit.
+
+    ``worktree``: no snapshot (''), the installed publisher with uncommitted edits.
+    """
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse",
+                             "HEAD" if ref == "worktree" else ref],
+                            check=True, capture_output=True, text=True).stdout.strip()
     if ref == "worktree":
-        return Path("")
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", ref], check=True,
-                            capture_output=True, text=True).stdout.strip()
+        return Path(""), commit + "+worktree"
     target = workdir / f"code-{commit[:12]}"
     if not target.exists():
         staging = target.with_name(target.name + ".tmp")
@@ -134,7 +139,7 @@ def snapshot_code(workdir: Path, ref: str) -> Path:
              "tests/data"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
         staging.rename(target)
-    return target
+    return target, commit
 
 
 def ensure_corpus(workdir: Path, size: int, seed: int) -> Path:
@@ -155,10 +160,18 @@ def build_config(run_dir: Path, corpus: Path, name: str) -> Path:
     path.write_text(
         f'[articles]\ndir = "{corpus}"\n'
         f'[feeds]\ndir = "{run_dir / ("feeds-" + name)}"\n'
-        'base_url = "https://feeds.example.org/"\n',
+        'base_url = "https://feeds.example.org/"\n'
+        f'[state]\nurl = "sqlite:///{run_dir / (name + "-state.db")}"\n',
         encoding="utf-8",
     )
     return path
+
+
+def forget_state(run_dir: Path, name: str) -> None:
+    """Cold means cold: no feeds and no state database (a persistent parse cache lives there)."""
+    shutil.rmtree(run_dir / f"feeds-{name}", ignore_errors=True)
+    for path in run_dir.glob(f"{name}-state.db*"):
+        path.unlink()
 
 
 def warm_page_cache(corpus: Path) -> None:
@@ -196,12 +209,11 @@ def _child_sample(bench: Bench, cmd: list[str]) -> Sample:
 def measure_cli_builds(bench: Bench, size: int, corpus: Path, run_dir: Path) -> list[Row]:
     """`publisher build` as a user runs it: a new process each time."""
     config = build_config(run_dir, corpus, "cli")
-    feeds = run_dir / "feeds-cli"
     cmd = publisher_cmd("build", "-q", "-c", str(config))
     count = bench.repeats(size)
     cold = []
     for _ in range(count):
-        shutil.rmtree(feeds, ignore_errors=True)
+        forget_state(run_dir, "cli")
         cold.append(run_process(cmd, bench.env(), bench.workdir)[0])
     warm = [run_process(cmd, bench.env(), bench.workdir)[0] for _ in range(count)]
     plus_one = []
@@ -211,7 +223,7 @@ def measure_cli_builds(bench: Bench, size: int, corpus: Path, run_dir: Path) -> 
             plus_one.append(run_process(cmd, bench.env(), bench.workdir)[0])
     note = "new process: the in-memory cache is gone, so this is a cold load"
     return [
-        Row(size, "`publisher build` cold (empty feeds dir)", cold),
+        Row(size, "`publisher build` cold (no feeds, no state db)", cold),
         Row(size, "`publisher build` warm, CLI (nothing changed)", warm, note),
         Row(size, "`publisher build` +1 file, CLI", plus_one, note),
     ]
@@ -230,7 +242,7 @@ def _extra_files(corpus: Path) -> Iterator[Callable[[int], Path]]:
 def measure_library(bench: Bench, size: int, corpus: Path, run_dir: Path) -> list[Row]:
     """One long-lived process with one Loader, as `publisher run` keeps it."""
     config = build_config(run_dir, corpus, "lib")
-    shutil.rmtree(run_dir / "feeds-lib", ignore_errors=True)
+    forget_state(run_dir, "lib")
     cmd = [PYTHON, str(HERE / "scenarios.py"), "inproc", "--config", str(config), "--repeat",
            str(bench.repeat)]
     process, stdout = run_process(cmd, bench.env(), bench.workdir)
@@ -240,12 +252,13 @@ def measure_library(bench: Bench, size: int, corpus: Path, run_dir: Path) -> lis
     def samples(values: list[float]) -> list[Sample]:
         return [Sample(value, float("nan"), rss) for value in values]
 
-    note = "in one process; peak RSS is the whole process's"
+    note = f"in one process ({result['mode']}); peak RSS is the whole process's"
     return [
-        Row(size, "library build cold (first call, new Loader)", samples([result["cold"]]), note),
-        Row(size, "library build warm (same Loader, nothing changed)",
+        Row(size, "library build cold (first call in the process)", samples([result["cold"]]),
+            note),
+        Row(size, "library build warm (same process, nothing changed)",
             samples(result["warm_all"]), note),
-        Row(size, "library build +1 file (same Loader)", samples(result["plus_one_all"]), note),
+        Row(size, "library build +1 file (same process)", samples(result["plus_one_all"]), note),
     ]
 
 
@@ -259,6 +272,7 @@ def measure_push(bench: Bench, size: int, corpus: Path, run_dir: Path) -> list[R
         seeded = int(run_process(seed_cmd, bench.env(), bench.workdir)[1].strip())
         env = bench.env(TELEGRAM_BOT_TOKEN=pushbench.BENCH_TOKEN)
         cmd = publisher_cmd("push", "-c", str(config))
+        _warm_up_push(cmd, env, bench.workdir)
         samples = []
         with _extra_files(corpus) as add:
             for index in range(bench.repeats(size)):
@@ -271,6 +285,14 @@ def measure_push(bench: Bench, size: int, corpus: Path, run_dir: Path) -> list[R
              for s in samples], f"ledger seeded with {seeded} sent articles"),
         Row(size, "`publisher push`, 1 new article: whole process", samples),
     ]
+
+
+def _warm_up_push(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+    """One untimed push with nothing new: whatever a push caches (a parse cache, a "planned"
+    mark) is in place, as in steady state. It must send nothing."""
+    sent, new = pushbench.parse_summary(run_process(cmd, env, cwd)[1])
+    if (sent, new) != (0, 0):
+        raise RuntimeError(f"the warm-up push sent {sent} with {new} new; the seed is wrong")
 
 
 def _push_sample(sample: Sample, stdout: str, probe: pushbench.Probe, seeded: int) -> Sample:
@@ -302,15 +324,18 @@ def ratio(value: float, base: float | None) -> str:
 
 
 def markdown(rows: list[Row]) -> str:
-    lines = ["| files | scenario | median s | CPU s | peak RSS MB | × floor | × naive | runs |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| files | scenario | median s | CPU s | peak RSS MB | × floor | × floor (CPU) "
+             "| × naive | runs |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         floor = _base(rows, row.size, "floor")
+        floor_cpu = _base(rows, row.size, "floor", cpu=True)
         naive = _base(rows, row.size, "naive")
-        cpu = "–" if row.cpu != row.cpu else f"{row.cpu:.2f}"
+        has_cpu = row.cpu == row.cpu  # NaN for steps inside one process
+        cpu = f"{row.cpu:.2f}" if has_cpu else "–"
         lines.append(
             f"| {row.size:,} | {row.scenario} | {row.seconds:.3f} | {cpu} | {row.rss_mb:.0f} | "
-            f"{ratio(row.seconds, floor)} | {ratio(row.seconds, naive)} | {len(row.samples)} |"
+            f"{ratio(row.seconds, floor)} | {ratio(row.cpu, floor_cpu) if has_cpu else '–'} | "
+            f"{ratio(row.seconds, naive)} | {len(row.samples)} |"
         )
     return "\n".join(lines)
 
@@ -334,18 +359,16 @@ def _median(infos: list[dict[str, Any]], key: str) -> float:
     return statistics.median(info[key] for info in infos)
 
 
-def _base(rows: list[Row], size: int, prefix: str) -> float | None:
-    return next((r.seconds for r in rows if r.size == size and r.scenario.startswith(prefix)),
-                None)
+def _base(rows: list[Row], size: int, prefix: str, cpu: bool = False) -> float | None:
+    return next((r.cpu if cpu else r.seconds for r in rows
+                 if r.size == size and r.scenario.startswith(prefix)), None)
 
 
 def environment(bench: Bench, ref: str) -> dict[str, Any]:
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD" if ref == "worktree"
-                             else ref], capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())
-    return {"code": ref, "commit": commit, "python": platform.python_version(),
+    return {"code": ref, "commit": bench.commit, "python": platform.python_version(),
             "cpus": os.cpu_count(), "cpu": cpu, "repeat": bench.repeat,
             "large_size": bench.large_size, "large_repeat": bench.large_repeat,
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}
@@ -376,6 +399,18 @@ def write_report(bench: Bench, meta: dict[str, Any]) -> str:
 def _ratio_value(row: Row, rows: list[Row], prefix: str) -> float | None:
     base = _base(rows, row.size, prefix)
     return row.seconds / base if base else None
+
+
+def rerender(workdir: Path) -> str:
+    data = json.loads((workdir / "results.json").read_text(encoding="utf-8"))
+    meta = data["environment"]
+    bench = Bench(workdir, Path(""), meta["commit"], meta["repeat"], meta["large_size"],
+                  meta["large_repeat"])
+    for row in data["rows"]:
+        samples = [Sample(**{**s, "cpu": float("nan") if s["cpu"] is None else s["cpu"]})
+                   for s in row["samples"]]
+        bench.rows.append(Row(row["size"], row["scenario"], samples, row["note"]))
+    return write_report(bench, meta)
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -415,10 +450,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", default="HEAD",
                         help="git ref to snapshot and measure, or 'worktree'")
     parser.add_argument("--skip", default="", help="comma-separated: floor,naive,cli,library,push")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render <workdir>/results.json; measure nothing")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
+    if args.report_only:
+        print(rerender(workdir))
+        return 0
     workdir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(workdir, snapshot_code(workdir, args.code), args.repeat, args.large_size,
+    bench = Bench(workdir, *snapshot_code(workdir, args.code), args.repeat, args.large_size,
                   args.large_repeat)
     skip = {name for name in args.skip.split(",") if name}
     meta = environment(bench, args.code)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from publisher.errors import ArticleError
-from publisher.loader import Problem, iter_article_files, load_file
+from publisher.loader import Problem, load_file, scan_article_files
 from publisher.models import Article, Image, Provider, Related, normalise_url
 from publisher.selection import topic_slug
 
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS catalog (
 CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key);
 CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id);
 CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id);
+CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL;
 CREATE TABLE IF NOT EXISTS catalog_slugs (
     path TEXT NOT NULL,
     slug TEXT NOT NULL,
@@ -82,6 +83,7 @@ _NEWEST = (
     "SELECT path FROM catalog WHERE selected = 1 ORDER BY published_us DESC, article_id DESC"
 )
 THRESHOLD_KEY = "catalog_min_quality"
+FINGERPRINT_KEY = "catalog_fingerprint"
 
 Row = tuple[Any, ...]
 Progress = Callable[[int, int], None]
@@ -114,6 +116,11 @@ class Catalog:
         if not directory.is_dir():
             raise ArticleError(f"articles folder not found: {directory}")
         on_disk = scan(directory)
+        fingerprint = _fingerprint(on_disk)
+        if (fingerprint == self.get_meta(FINGERPRINT_KEY)
+                and self.get_meta(THRESHOLD_KEY) == str(min_quality)):
+            # The very files (paths, sizes, mtimes, inodes) of the last sync: nothing to do.
+            return SyncReport(files=len(on_disk), problems=self._problems())
         known = {
             row[0]: (row[1], row[2], row[3], row[4])
             for row in self._db.execute("SELECT path, size, mtime_ns, inode, url_key FROM catalog")
@@ -126,13 +133,15 @@ class Catalog:
         }
         rows = parse_files(changed, max_file_bytes, workers=workers, progress=progress)
         self._store(rows, removed, stale_keys - {None}, min_quality, report)
-        report.problems = [
-            Problem(Path(path), reason)
-            for path, reason in self._db.execute(
-                "SELECT path, problem FROM catalog WHERE problem IS NOT NULL ORDER BY path"
-            )
-        ]
+        self.set_meta(FINGERPRINT_KEY, fingerprint)
+        report.problems = self._problems()
         return report
+
+    def _problems(self) -> list[Problem]:
+        rows = self._db.execute(
+            "SELECT path, problem FROM catalog WHERE problem IS NOT NULL ORDER BY path"
+        )
+        return [Problem(Path(path), reason) for path, reason in rows]
 
     def _store(self, rows: Iterable[Row], removed: Sequence[str], keys: set[str],
                min_quality: int, report: SyncReport) -> None:
@@ -275,15 +284,14 @@ def create_schema(db: sqlite3.Connection) -> None:
 
 def scan(directory: Path) -> dict[str, tuple[int, int, int]]:
     """Every article file with its (size, mtime_ns, inode); unreadable ones get a zero key."""
-    found: dict[str, tuple[int, int, int]] = {}
-    for path in iter_article_files(directory):
-        try:
-            stat = path.stat()
-        except OSError:
-            found[str(path)] = (0, 0, 0)
-            continue
-        found[str(path)] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    return found
+    return dict(scan_article_files(directory))
+
+
+def _fingerprint(on_disk: dict[str, tuple[int, int, int]]) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    for path, (size, mtime_ns, inode) in on_disk.items():
+        digest.update(f"{path}\0{size}\0{mtime_ns}\0{inode}\n".encode())
+    return digest.hexdigest()
 
 
 FileJob = tuple[str, tuple[int, int, int]]

@@ -6,7 +6,6 @@ tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import sys
@@ -230,6 +229,8 @@ def push(ctx: Context, dry_run: bool) -> None:
             click.echo()
         click.echo(f"Dry run: {len(plan.items)} messages would be sent; nothing was sent.")
         return
+    import asyncio
+
     outcome = asyncio.run(pipeline.push(config))
     for problem in outcome.corpus.problems:
         ctx.echo(str(problem), err=True)

@@ -64,7 +64,7 @@ class LoadResult:
     parsed: int = 0  # files actually parsed (the rest came from the cache)
 
 
-FileKey = tuple[int, int, int]  # size, mtime in ns, inode
+FileKey = tuple[int, int, int]  # size, mtime in ns, inode; all 0 when the file cannot be stat'ed
 Progress = Callable[[int, int], None]
 
 
@@ -123,15 +123,40 @@ def load_articles(
 
 def iter_article_files(directory: Path) -> Iterator[Path]:
     """Article files under ``directory`` in a stable order; hidden files and folders skipped."""
-    found: list[Path] = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(
-            Path(root, name)
-            for name in files
-            if name.endswith(ARTICLE_SUFFIXES) and not name.startswith(".")
-        )
-    yield from sorted(found)
+    for path, _ in scan_article_files(directory):
+        yield Path(path)
+
+
+def scan_article_files(directory: Path | str) -> list[tuple[str, FileKey]]:
+    """Every article file under ``directory`` with its key, sorted by path.
+
+    Plain strings and ``os.scandir``: at 100,000 files, ``pathlib`` alone costs seconds.
+    Symbolic links to folders are not followed (as ``os.walk``); links to files are.
+    """
+    found: list[tuple[str, FileKey]] = []
+    pending = [os.fspath(directory)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif entry.name.endswith(ARTICLE_SUFFIXES):
+                found.append((entry.path, _file_key(entry)))
+    found.sort()
+    return found
+
+
+def _file_key(entry: os.DirEntry[str]) -> FileKey:
+    try:
+        stat = entry.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
 def load_file(path: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, size: int | None = None

@@ -13,16 +13,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from publisher.catalog import Catalog
 from publisher.config import Config
-from publisher.delivery import Sender, TelegramSender
-from publisher.dispatch import Dispatcher, PushReport, plan_deliveries
 from publisher.errors import ConfigError
 from publisher.feeds import BuildResult, build_feeds
 from publisher.loader import LOADER_NAME, Loader, LoadResult, Problem, Progress
 from publisher.logs import add_secret
-from publisher.messages import Message, render_message
 from publisher.models import Article
 from publisher.selection import select
 from publisher.state import (
@@ -36,6 +34,11 @@ from publisher.state import (
     utc_now_iso,
 )
 from publisher.websub import announce_changed
+
+if TYPE_CHECKING:  # the Telegram side is imported only by the commands that post
+    from publisher.delivery import Sender
+    from publisher.dispatch import Dispatcher, PushReport
+    from publisher.messages import Message
 
 FEEDS_KEY = "feeds_digest"
 ROUTING_KEY = "routing_digest"
@@ -162,6 +165,8 @@ def build(config: Config, progress: Progress | None = None) -> BuildReport:
 
 
 def make_sender(config: Config) -> Sender:
+    from publisher.delivery import TelegramSender
+
     token = config.read_token()
     add_secret(token)
     return TelegramSender(token, config.telegram.api_base_url, config.telegram.timeout_seconds)
@@ -174,6 +179,8 @@ def require_chat(config: Config) -> None:
 
 async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
     """One delivery pass, as ``publisher push`` runs it: under the single-instance lock."""
+    from publisher.dispatch import Dispatcher
+
     require_chat(config)
     sender = sender or make_sender(config)
     with InstanceLock(config.state.url):
@@ -227,6 +234,9 @@ def load_and_select(
 
 def dry_run(config: Config) -> DryRun:
     """What a push would post now, rendered; nothing is sent and nothing is written."""
+    from publisher.dispatch import plan_deliveries
+    from publisher.messages import render_message
+
     loaded = load_and_select(config)
     known = _known_pairs(config)
     now = datetime.now(UTC)

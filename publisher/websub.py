@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from publisher.config import FeedsConfig
 from publisher.feeds import BuildResult, safe_url
 from publisher.logs import event
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class Announcer:
         return accepted
 
     def _post_all(self, hub: str, urls: list[str]) -> list[str]:
+        import httpx  # only builds with a hub pay for the import
+
         accepted: list[str] = []
         with httpx.Client(timeout=TIMEOUT_SECONDS, transport=self._transport,
                           headers={"User-Agent": USER_AGENT}) as client:
