@@ -19,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -93,19 +94,86 @@ def run_process(cmd: list[str], env: dict[str, str], cwd: Path,
     """Run ``cmd`` to completion; wall time, CPU and ru_maxrss of exactly that process."""
     started = time.perf_counter()
     process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+                               stderr=subprocess.PIPE, text=True)
     if on_start is not None:
         on_start(process.pid, started)
-    assert process.stdout is not None
-    stdout = process.stdout.read()
+    tree = TreeSampler(process.pid)
+    tree.start()
+    stdout, stderr = _drain(process)
+    tree.stop()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
-    process.stdout.close()
-    if process.returncode not in (0, 1):  # 1: bad files reported, or a failed push
-        raise RuntimeError(f"{' '.join(cmd)} exited with {process.returncode}:\n{stdout}")
-    sample = Sample(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    if process.returncode not in (0, 1) or "Traceback (most recent call last)" in stderr:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {process.returncode}:\n{stderr[-3000:]}")
+    own_cpu = usage.ru_utime + usage.ru_stime
+    sample = Sample(seconds, own_cpu + tree.descendants_cpu, max(usage.ru_maxrss / 1024,
+                                                                   tree.peak_mb))
+    sample.info = {"own_cpu": own_cpu, "own_rss_mb": usage.ru_maxrss / 1024,
+                   "tree_peak_mb": tree.peak_mb, "descendants_cpu": tree.descendants_cpu}
     return sample, stdout
+
+
+class TreeSampler(threading.Thread):
+    """Polls /proc: peak of the summed RSS of a process and all its descendants, and the last
+    seen CPU of each descendant (worker processes that ``wait4`` would not account for)."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_mb = 0.0
+        self._cpu: dict[int, float] = {}
+        self._done = threading.Event()
+
+    @property
+    def descendants_cpu(self) -> float:
+        return sum(cpu for pid, cpu in self._cpu.items() if pid != self.pid)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            total = 0.0
+            for pid in _tree(self.pid):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += _rss_mb(pid)
+                    self._cpu[pid] = pushbench.cpu_seconds(pid)
+            self.peak_mb = max(self.peak_mb, total)
+
+
+def _tree(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _drain(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Both pipes to the end without deadlock, leaving the process for ``wait4`` to reap."""
+    chunks: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda n=name, p=pipe: chunks.__setitem__(n, p.read()))
+               for name, pipe in (("out", process.stdout), ("err", process.stderr))]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+    return chunks["out"], chunks["err"]
 
 
 def child_json(stdout: str) -> dict[str, Any]:
@@ -202,7 +270,7 @@ def measure_naive(bench: Bench, size: int, corpus: Path, run_dir: Path) -> Row:
 
 def _child_sample(bench: Bench, cmd: list[str]) -> Sample:
     sample, stdout = run_process(cmd, bench.env(), bench.workdir)
-    sample.info = child_json(stdout)
+    sample.info = {**sample.info, **child_json(stdout)}
     return sample
 
 
@@ -301,6 +369,7 @@ def _push_sample(sample: Sample, stdout: str, probe: pushbench.Probe, seeded: in
         raise RuntimeError(f"push did not send exactly one new article: {stdout!r} "
                            f"{probe.methods}")
     sample.info = {
+        **sample.info,
         "cpu_to_first_request": probe.first_request[0],
         "wall_to_first_request": probe.first_request[1],
         "cpu_to_message": probe.first_message[0],

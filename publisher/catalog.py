@@ -12,12 +12,15 @@ or a push holds in memory only the articles it is about to render or send, never
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import marshal
 import multiprocessing
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,7 +86,7 @@ _NEWEST = (
     "SELECT path FROM catalog WHERE selected = 1 ORDER BY published_us DESC, article_id DESC"
 )
 THRESHOLD_KEY = "catalog_min_quality"
-FINGERPRINT_KEY = "catalog_fingerprint"
+SCAN_KEY = "catalog_scan"  # the keys of the files as last synced (marshal)
 
 Row = tuple[Any, ...]
 Progress = Callable[[int, int], None]
@@ -112,59 +115,121 @@ class Catalog:
 
     def sync(self, directory: Path, max_file_bytes: int, min_quality: int,
              progress: Progress | None = None, workers: int | None = None) -> SyncReport:
-        """Bring the catalog in line with the files under ``directory`` and the threshold."""
+        """Bring the catalog in line with the files under ``directory`` and the threshold.
+
+        Syncs are serialised across processes (a lock file beside the database), so two of
+        them never interleave; readers are never blocked. Parsed files are committed in
+        batches, and the scan they were based on only at the end: an interrupted sync
+        leaves nothing that a later one would trust without checking again.
+        """
         if not directory.is_dir():
             raise ArticleError(f"articles folder not found: {directory}")
+        with self._sync_lock():
+            return self._sync(directory, max_file_bytes, min_quality, progress, workers)
+
+    def _sync(self, directory: Path, max_file_bytes: int, min_quality: int,
+              progress: Progress | None, workers: int | None) -> SyncReport:
         on_disk = scan(directory)
-        fingerprint = _fingerprint(on_disk)
-        if (fingerprint == self.get_meta(FINGERPRINT_KEY)
-                and self.get_meta(THRESHOLD_KEY) == str(min_quality)):
-            # The very files (paths, sizes, mtimes, inodes) of the last sync: nothing to do.
+        previous = self._last_scan()
+        same_threshold = self.get_meta(THRESHOLD_KEY) == str(min_quality)
+        if previous == on_disk and same_threshold:
             return SyncReport(files=len(on_disk), problems=self._problems())
-        known = {
-            row[0]: (row[1], row[2], row[3], row[4])
-            for row in self._db.execute("SELECT path, size, mtime_ns, inode, url_key FROM catalog")
-        }
-        changed = [(path, key) for path, key in on_disk.items() if known.get(path, ())[:3] != key]
-        removed = [path for path in known if path not in on_disk]
+        if previous is None:  # no usable snapshot: compare with the rows themselves
+            previous = dict(self._db.execute(
+                "SELECT path, size || ' ' || mtime_ns || ' ' || inode FROM catalog"
+            ))
+        changed = [(path, key) for path, key in on_disk.items() if previous.get(path) != key]
+        removed = [path for path in previous if path not in on_disk]
         report = SyncReport(files=len(on_disk), removed=len(removed))
-        stale_keys = {known[path][3] for path in removed} | {
-            known[path][3] for path, _ in changed if path in known
-        }
-        rows = parse_files(changed, max_file_bytes, workers=workers, progress=progress)
-        self._store(rows, removed, stale_keys - {None}, min_quality, report)
-        self.set_meta(FINGERPRINT_KEY, fingerprint)
+        with self._transaction():
+            # Until this sync completes, the rows may be ahead of any snapshot: drop it, so
+            # an interrupted sync is followed by a full comparison with the rows.
+            self._db.execute("DELETE FROM meta WHERE key = ?", (SCAN_KEY,))
+            self._remove(removed, min_quality, same_threshold)
+        for batch in parse_files(changed, max_file_bytes, workers=workers, progress=progress):
+            with self._transaction():
+                self._add(batch, min_quality, same_threshold)
+            report.parsed += len(batch)
+        with self._transaction():
+            if not same_threshold:
+                self._select_all(min_quality)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (SCAN_KEY, marshal.dumps(on_disk)),
+            )
         report.problems = self._problems()
         return report
+
+    def _last_scan(self) -> dict[str, str] | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SCAN_KEY,)).fetchone()
+        if row is None or not isinstance(row[0], bytes):
+            return None
+        try:
+            snapshot = marshal.loads(row[0])
+        except (EOFError, ValueError, TypeError):
+            return None
+        return snapshot if isinstance(snapshot, dict) else None
+
+    @contextlib.contextmanager
+    def _sync_lock(self) -> Iterator[None]:
+        database = self._db.execute("PRAGMA database_list").fetchone()[2]
+        if not database:  # an in-memory database: nobody else can see it
+            yield
+            return
+        with open(database + ".sync.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _remove(self, paths: Sequence[str], min_quality: int, reselect: bool) -> None:
+        keys = self._url_keys(paths)
+        for start in range(0, len(paths), 500):
+            chunk = [(path,) for path in paths[start : start + 500]]
+            self._db.executemany("DELETE FROM catalog WHERE path=?", chunk)
+            self._db.executemany("DELETE FROM catalog_slugs WHERE path=?", chunk)
+        if reselect:
+            for key in keys:
+                self._select_one(key, min_quality)
+
+    def _add(self, rows: Sequence[Row], min_quality: int, reselect: bool) -> None:
+        keys = self._url_keys([row[0] for row in rows])  # the URLs these files had before
+        for row in rows:
+            self._upsert(row)
+            if row[6] is not None:
+                keys.add(row[6])
+        if reselect:
+            for key in keys:
+                self._select_one(key, min_quality)
+
+    def _url_keys(self, paths: Sequence[str]) -> set[str]:
+        keys: set[str] = set()
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT url_key FROM catalog WHERE url_key IS NOT NULL AND path IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            keys.update(row[0] for row in rows)
+        return keys
 
     def _problems(self) -> list[Problem]:
         rows = self._db.execute(
             "SELECT path, problem FROM catalog WHERE problem IS NOT NULL ORDER BY path"
         )
         return [Problem(Path(path), reason) for path, reason in rows]
-
-    def _store(self, rows: Iterable[Row], removed: Sequence[str], keys: set[str],
-               min_quality: int, report: SyncReport) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for start in range(0, len(removed), 500):
-                chunk = [(path,) for path in removed[start : start + 500]]
-                self._db.executemany("DELETE FROM catalog WHERE path=?", chunk)
-                self._db.executemany("DELETE FROM catalog_slugs WHERE path=?", chunk)
-            for row in rows:
-                self._upsert(row)
-                if row[6] is not None:
-                    keys.add(row[6])
-                report.parsed += 1
-            if self.get_meta(THRESHOLD_KEY) != str(min_quality):
-                self._select_all(min_quality)
-            else:
-                for key in keys:
-                    self._select_one(key, min_quality)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _upsert(self, row: Row) -> None:
         *columns, slugs = row
@@ -282,24 +347,18 @@ def create_schema(db: sqlite3.Connection) -> None:
 # -- files to rows -------------------------------------------------------------------------
 
 
-def scan(directory: Path) -> dict[str, tuple[int, int, int]]:
-    """Every article file with its (size, mtime_ns, inode); unreadable ones get a zero key."""
-    return dict(scan_article_files(directory))
+def scan(directory: Path) -> dict[str, str]:
+    """Every article file with its key ``"size mtime_ns inode"`` ("0 0 0": cannot stat)."""
+    return {path: f"{size} {mtime} {inode}"
+            for path, (size, mtime, inode) in scan_article_files(directory)}
 
 
-def _fingerprint(on_disk: dict[str, tuple[int, int, int]]) -> str:
-    digest = hashlib.blake2b(digest_size=20)
-    for path, (size, mtime_ns, inode) in on_disk.items():
-        digest.update(f"{path}\0{size}\0{mtime_ns}\0{inode}\n".encode())
-    return digest.hexdigest()
-
-
-FileJob = tuple[str, tuple[int, int, int]]
+FileJob = tuple[str, str]
 
 
 def parse_files(jobs: Sequence[FileJob], max_file_bytes: int, *, workers: int | None = None,
-                progress: Progress | None = None) -> Iterator[Row]:
-    """Rows for the given files, parsed in worker processes when there are many."""
+                progress: Progress | None = None) -> Iterator[list[Row]]:
+    """Rows for the given files in batches, parsed in worker processes when there are many."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     batches = [list(jobs[i : i + BATCH_FILES]) for i in range(0, len(jobs), BATCH_FILES)]
     done = 0
@@ -310,21 +369,22 @@ def parse_files(jobs: Sequence[FileJob], max_file_bytes: int, *, workers: int | 
                 done += len(rows)
                 if progress:
                     progress(done, len(jobs))
-                yield from rows
+                yield rows
         return
     for batch in batches:
         rows = _parse_batch(batch, max_file_bytes)
         done += len(rows)
         if progress:
             progress(done, len(jobs))
-        yield from rows
+        yield rows
 
 
 def _parse_batch(batch: list[FileJob], max_file_bytes: int) -> list[Row]:
     return [_row(path, key, max_file_bytes) for path, key in batch]
 
 
-def _row(path: str, key: tuple[int, int, int], max_file_bytes: int) -> Row:
+def _row(path: str, key_text: str, max_file_bytes: int) -> Row:
+    key = tuple(int(part) for part in key_text.split())
     outcome = load_file(Path(path), max_file_bytes, size=key[0])
     if isinstance(outcome, Problem):
         return (path, *key, outcome.reason, None, None, 0, 0, 0, None, None, ())

@@ -74,6 +74,15 @@ def reported_errors(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if debug:
+            raise
+        click.echo(
+            f"Error: unexpected {type(exc).__name__}: {redact_text(str(exc))} "
+            "(run again with --debug for the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def command(function: F, default_level: int = logging.WARNING) -> F:

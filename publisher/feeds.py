@@ -28,12 +28,13 @@ acceptable because feeds are built by one thread at a time; never render feeds c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -134,39 +135,101 @@ def render_feeds(selected: Sequence[Article], config: FeedsConfig) -> dict[str, 
 
     ``selected`` is newest first, as ``selection.select`` returns it. No I/O.
     """
+    return render_changed_feeds(selected, config, {}).rendered
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """Files rendered now, files left as they are, and the digest of every feed's content."""
+
+    rendered: dict[str, bytes]
+    unchanged: frozenset[str]
+    digests: dict[str, str]
+
+
+def render_changed_feeds(
+    selected: Sequence[Article], config: FeedsConfig, known: Mapping[str, str]
+) -> Rendering:
+    """Like ``render_feeds``, but a feed whose content digest is in ``known`` (from an earlier
+    rendering of the same settings) is not rendered again: its files are ``unchanged``.
+
+    The landing page and the OPML list every feed, so they are always rendered.
+    """
     channel = _channel_settings(config)
     entries = _EntryCache()
-    everything = newest_first({article.id: article for article in selected}.values())
-    feeds = [
-        _Feed(ALL_SLUG, ALL_NAME, channel.title, entries.first(everything, config.max_items))
-    ]
-    for slug, topic in group_by_topic(selected).items():
-        topic_entries = entries.first(topic.articles, config.max_items)
-        if topic_entries:  # none when no article of the topic has an http(s) link
-            name = _text(topic.name) or slug
-            feeds.append(_Feed(slug, name, f"{channel.title}: {name}", topic_entries))
-    site = _site(channel)
-    links = [_links(feed, channel) for feed in feeds]
     rendered: dict[str, bytes] = {}
+    unchanged: set[str] = set()
+    digests: dict[str, str] = {}
+    feeds: list[_Feed] = []
+    for slug, name, title, articles in _feed_members(selected, channel):
+        digests[slug] = _feed_digest(slug, title, articles)
+        if known.get(slug) == digests[slug]:
+            unchanged.update(feed_name(slug, kind) for kind in FEED_SUFFIXES)
+        feed_entries = entries.first(articles, config.max_items)
+        if feed_entries or slug == ALL_SLUG:  # a topic without an http(s) link has no feed
+            feeds.append(_Feed(slug, name, title, feed_entries))
+        else:
+            digests.pop(slug)
+    links = [_links(feed, channel) for feed in feeds]
+    site = _site(channel)
     for feed, feed_links in zip(feeds, links, strict=True):
+        if feed_name(feed.slug, "rss") in unchanged:
+            continue
         rss, atom = _render(feed, channel)
         rendered[feed_name(feed.slug, "rss")] = rss
         rendered[feed_name(feed.slug, "atom")] = atom
         rendered[feed_name(feed.slug, "json")] = render_json_feed(feed_links, site)
     rendered[OPML_NAME] = render_opml(links, site)
     rendered[INDEX_NAME] = render_landing_page(links, site)
-    return rendered
+    return Rendering(rendered, frozenset(unchanged), digests)
 
 
-def write_feeds(rendered: Mapping[str, bytes], out_dir: Path) -> BuildResult:
-    """Write the changed files atomically and remove feed files no longer rendered."""
+def _feed_members(
+    selected: Sequence[Article], channel: _Channel
+) -> Iterator[tuple[str, str, str, Sequence[Article]]]:
+    """(slug, name, title, articles newest first) of the "all" feed and of every topic."""
+    yield ALL_SLUG, ALL_NAME, channel.title, newest_first(
+        {article.id: article for article in selected}.values()
+    )
+    for slug, topic in group_by_topic(selected).items():
+        name = _text(topic.name) or slug
+        yield slug, name, f"{channel.title}: {name}", topic.articles
+
+
+def _feed_digest(slug: str, title: str, articles: Sequence[Article]) -> str:
+    """Everything a feed is made of but the settings (the caller's part of the key).
+
+    It covers all the feed's candidate articles, not only the shown ones: a change beyond
+    ``max_items`` costs a needless render, never a stale feed.
+    """
+    digest = hashlib.blake2b(f"{slug}\0{title}".encode("utf-8", "surrogatepass"),
+                             digest_size=16)
+    for article in articles:
+        digest.update(repr(article).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def write_feeds(rendered: Mapping[str, bytes], out_dir: Path,
+                unchanged: Iterable[str] = ()) -> BuildResult:
+    """Write the changed files atomically and remove feed files no longer rendered.
+
+    ``unchanged`` names files that were not rendered because their content is known to be
+    current: they are kept (and counted as unchanged) as long as they exist.
+    """
     root = _prepare_dir(out_dir)
+    kept = {name for name in unchanged if name not in rendered}
     targets = [(name, *_parse_feed_name(name), _inside(root, name)) for name in sorted(rendered)]
     files = [
         FeedFile(path, kind, slug, write_atomic(path, rendered[name]))
         for name, slug, kind, path in targets
     ]
-    removed = _remove_stale(root, keep=set(rendered))
+    files += [
+        FeedFile(path, kind, slug, False)
+        for name in sorted(kept)
+        for slug, kind in [_parse_feed_name(name)]
+        if (path := _inside(root, name)).is_file()
+    ]
+    removed = _remove_stale(root, keep=set(rendered) | kept)
     topics = len({feed.slug for feed in files if feed.is_feed and feed.slug != ALL_SLUG})
     return BuildResult(files=tuple(files), removed=removed, topics=topics)
 

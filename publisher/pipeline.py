@@ -13,12 +13,18 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from publisher.catalog import Catalog
 from publisher.config import Config
 from publisher.errors import ConfigError
-from publisher.feeds import BuildResult, build_feeds
+from publisher.feeds import (
+    FEED_SUFFIXES,
+    BuildResult,
+    feed_name,
+    render_changed_feeds,
+    write_feeds,
+)
 from publisher.loader import LOADER_NAME, Loader, LoadResult, Problem, Progress
 from publisher.logs import add_secret
 from publisher.models import Article
@@ -139,16 +145,36 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
 
 
 def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
-    """Render and write the feeds unless the files already hold exactly these entries."""
-    articles, entries_digest = catalog.feed_articles(config.feeds.max_items)
-    digest = _digest(entries_digest, repr(config.feeds))
-    if digest == catalog.get_meta(FEEDS_KEY) and (config.feeds.dir / "all.rss.xml").is_file():
+    """Render and write the feeds whose entries changed; None when every file is current."""
+    articles, entries = catalog.feed_articles(config.feeds.max_items)
+    settings = _digest(repr(config.feeds))
+    last = _json_object(catalog.get_meta(FEEDS_KEY))
+    known = last.get("feeds", {}) if last.get("settings") == settings else {}
+    known = {slug: digest for slug, digest in known.items() if _feed_files_exist(config, slug)}
+    if last.get("entries") == entries and known and known == last.get("feeds"):
         announce_changed(None, config.feeds)  # retry what the WebSub hub has not accepted
         return None
-    result = build_feeds(articles, config.feeds)
-    catalog.set_meta(FEEDS_KEY, digest)
+    rendering = render_changed_feeds(articles, config.feeds, known)
+    result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
+    catalog.set_meta(
+        FEEDS_KEY,
+        json.dumps({"entries": entries, "settings": settings, "feeds": rendering.digests}),
+    )
     announce_changed(result, config.feeds)
     return result
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    """A JSON object kept in the state, or {} when absent or unreadable (then all is redone)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _feed_files_exist(config: Config, slug: str) -> bool:
+    return all((config.feeds.dir / feed_name(slug, kind)).is_file() for kind in FEED_SUFFIXES)
 
 
 def build(config: Config, progress: Progress | None = None) -> BuildReport:

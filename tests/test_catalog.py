@@ -144,3 +144,64 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ArticleError, match="articles folder not found"):
         open_catalog(tmp_path).sync(tmp_path / "nope", 1 << 20, 0)
+
+
+def test_builds_rewrite_only_changed_feeds_and_match_a_full_render(
+    tmp_path: Path, articles_dir: Path
+) -> None:
+    from publisher import pipeline
+    from publisher.config import load_config
+
+    (articles_dir / "a.txt").write_text(front_matter(article_record(1, topics=["AI"])))
+    (articles_dir / "b.txt").write_text(front_matter(article_record(2, topics=["Space"])))
+    config_path = tmp_path / "config.toml"
+    config_path.write_text('[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\n')
+    config = load_config(config_path, environ={})
+    first = pipeline.build(config)
+    assert first.feeds is not None and first.feeds.written == 11
+    space = config.feeds.dir / "space.rss.xml"
+    before = space.stat().st_mtime_ns
+    assert pipeline.build(config).feeds is None  # nothing changed: nothing rendered
+    (articles_dir / "c.txt").write_text(front_matter(article_record(3, topics=["AI"])))
+    second = pipeline.build(config)
+    assert second.feeds is not None
+    written = sorted(f.path.name for f in second.feeds.files if f.changed)
+    assert written == ["ai.atom.xml", "ai.json", "ai.rss.xml", "all.atom.xml", "all.json",
+                       "all.rss.xml", "feeds.opml", "index.html"]
+    assert space.stat().st_mtime_ns == before
+    expected = render_feeds(select(load_articles(articles_dir).articles, 0), config.feeds)
+    assert {p.name: p.read_bytes() for p in config.feeds.dir.iterdir()} == expected
+    space.unlink()  # a feed file deleted by hand comes back at the next build
+    assert pipeline.build(config).feeds is not None and space.read_bytes() == expected[space.name]
+
+
+def test_interrupted_sync_leaves_nothing_stale(
+    tmp_path: Path, articles_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    (articles_dir / "4.txt").write_text(front_matter(article_record(4)))
+    (articles_dir / "5.txt").write_text(front_matter(article_record(5)))
+    real_upsert = Catalog._upsert
+    calls: list[object] = []
+
+    def crash_in_the_second_batch(self: Catalog, row: tuple[object, ...]) -> None:
+        calls.append(row[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_upsert(self, row)
+
+    monkeypatch.setattr(catalog_module, "BATCH_FILES", 1)  # the first batch is committed
+    monkeypatch.setattr(Catalog, "_upsert", crash_in_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        catalog.sync(articles_dir, 1 << 20, 0)
+    monkeypatch.setattr(Catalog, "_upsert", real_upsert)
+    assert "Article number 4" in {a.title for a in catalog.selected_articles()}
+    (articles_dir / "4.txt").unlink()
+    (articles_dir / "5.txt").unlink()
+    (articles_dir / "1.txt").unlink()
+    catalog.sync(articles_dir, 1 << 20, 0)
+    assert [a.title for a in catalog.selected_articles()] == ["Article number 3",
+                                                               "Article number 2"]
