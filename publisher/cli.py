@@ -74,6 +74,8 @@ def reported_errors(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise  # usage errors and the like: click reports them (exit 2)
     except Exception as exc:  # a bug: still one line, the traceback on request
         if debug:
             raise
