@@ -20,7 +20,9 @@ import marshal
 import multiprocessing
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,9 +45,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS catalog (
     path TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL,
+    file_key TEXT NOT NULL,  -- "size mtime_ns ctime_ns inode" when parsed
     problem TEXT,
     article_id TEXT,
     url_key TEXT,
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS catalog (
     published_us INTEGER NOT NULL DEFAULT 0,
     digest TEXT,
     data TEXT,
-    selected INTEGER NOT NULL DEFAULT 0
+    selected INTEGER NOT NULL DEFAULT 0,
+    planned TEXT  -- the digest last planned into the ledger
 );
 CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key);
 CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id);
@@ -87,6 +88,14 @@ _NEWEST = (
 )
 THRESHOLD_KEY = "catalog_min_quality"
 SCAN_KEY = "catalog_scan"  # the keys of the files as last synced (marshal)
+PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: file size cap, parser
+# Bump when the loader's output changes, so every file is parsed again.
+PARSER_VERSION = "1"
+URL_KEY = 4  # a row's url_key column
+
+
+class SyncInterrupted(ArticleError):
+    """The sync was asked to stop; everything committed so far is consistent."""
 
 Row = tuple[Any, ...]
 Progress = Callable[[int, int], None]
@@ -114,45 +123,55 @@ class Catalog:
     # -- sync --------------------------------------------------------------------------------
 
     def sync(self, directory: Path, max_file_bytes: int, min_quality: int,
-             progress: Progress | None = None, workers: int | None = None) -> SyncReport:
-        """Bring the catalog in line with the files under ``directory`` and the threshold.
+             progress: Progress | None = None, workers: int | None = None,
+             stop: threading.Event | None = None) -> SyncReport:
+        """Bring the catalog in line with the files under ``directory`` and the settings.
 
         Syncs are serialised across processes (a lock file beside the database), so two of
-        them never interleave; readers are never blocked. Parsed files are committed in
-        batches, and the scan they were based on only at the end: an interrupted sync
-        leaves nothing that a later one would trust without checking again.
+        them never interleave; readers are never blocked, and every state they can see is
+        consistent: the threshold is applied first, parsed files are committed in batches,
+        and removals come last with the scan they were based on, so an article present
+        before and after a sync (a renamed file, say) is selected all along. ``stop`` ends a
+        long sync between batches (``SyncInterrupted``); a later sync picks up from there.
         """
         if not directory.is_dir():
             raise ArticleError(f"articles folder not found: {directory}")
-        with self._sync_lock():
-            return self._sync(directory, max_file_bytes, min_quality, progress, workers)
+        with self._sync_lock(stop):
+            return self._sync(directory, max_file_bytes, min_quality, progress, workers, stop)
 
     def _sync(self, directory: Path, max_file_bytes: int, min_quality: int,
-              progress: Progress | None, workers: int | None) -> SyncReport:
+              progress: Progress | None, workers: int | None,
+              stop: threading.Event | None) -> SyncReport:
         on_disk = scan(directory)
-        previous = self._last_scan()
+        parsing = f"{max_file_bytes}:{PARSER_VERSION}"
+        same_parsing = self.get_meta(PARSING_KEY) == parsing
         same_threshold = self.get_meta(THRESHOLD_KEY) == str(min_quality)
+        previous = self._last_scan() if same_parsing else None
         if previous == on_disk and same_threshold:
             return SyncReport(files=len(on_disk), problems=self._problems())
         if previous is None:  # no usable snapshot: compare with the rows themselves
-            previous = dict(self._db.execute(
-                "SELECT path, size || ' ' || mtime_ns || ' ' || inode FROM catalog"
-            ))
-        changed = [(path, key) for path, key in on_disk.items() if previous.get(path) != key]
+            previous = dict(self._db.execute("SELECT path, file_key FROM catalog"))
+        changed = [
+            (path, key) for path, key in on_disk.items()
+            if not same_parsing or previous.get(path) != key
+        ]
         removed = [path for path in previous if path not in on_disk]
         report = SyncReport(files=len(on_disk), removed=len(removed))
         with self._transaction():
             # Until this sync completes, the rows may be ahead of any snapshot: drop it, so
             # an interrupted sync is followed by a full comparison with the rows.
-            self._db.execute("DELETE FROM meta WHERE key = ?", (SCAN_KEY,))
-            self._remove(removed, min_quality, same_threshold)
-        for batch in parse_files(changed, max_file_bytes, workers=workers, progress=progress):
-            with self._transaction():
-                self._add(batch, min_quality, same_threshold)
-            report.parsed += len(batch)
-        with self._transaction():
+            self._db.execute("DELETE FROM meta WHERE key IN (?, ?)", (SCAN_KEY, PARSING_KEY))
             if not same_threshold:
                 self._select_all(min_quality)
+        for batch in parse_files(changed, max_file_bytes, workers=workers, progress=progress):
+            if stop is not None and stop.is_set():
+                raise SyncInterrupted("stopped while reading article files")
+            with self._transaction():
+                self._add(batch, min_quality)
+            report.parsed += len(batch)
+        with self._transaction():
+            self._remove(removed, min_quality)
+            self.set_meta(PARSING_KEY, parsing)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 (SCAN_KEY, marshal.dumps(on_disk)),
@@ -171,13 +190,21 @@ class Catalog:
         return snapshot if isinstance(snapshot, dict) else None
 
     @contextlib.contextmanager
-    def _sync_lock(self) -> Iterator[None]:
+    def _sync_lock(self, stop: threading.Event | None = None) -> Iterator[None]:
         database = self._db.execute("PRAGMA database_list").fetchone()[2]
         if not database:  # an in-memory database: nobody else can see it
             yield
             return
         with open(database + ".sync.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if stop is not None and stop.wait(0.1):
+                        raise SyncInterrupted("stopped while waiting for another sync") from None
+                    if stop is None:
+                        time.sleep(0.1)
             try:
                 yield
             finally:
@@ -193,25 +220,23 @@ class Catalog:
             raise
         self._db.execute("COMMIT")
 
-    def _remove(self, paths: Sequence[str], min_quality: int, reselect: bool) -> None:
+    def _remove(self, paths: Sequence[str], min_quality: int) -> None:
         keys = self._url_keys(paths)
         for start in range(0, len(paths), 500):
             chunk = [(path,) for path in paths[start : start + 500]]
             self._db.executemany("DELETE FROM catalog WHERE path=?", chunk)
             self._db.executemany("DELETE FROM catalog_slugs WHERE path=?", chunk)
-        if reselect:
-            for key in keys:
-                self._select_one(key, min_quality)
+        for key in keys:
+            self._select_one(key, min_quality)
 
-    def _add(self, rows: Sequence[Row], min_quality: int, reselect: bool) -> None:
+    def _add(self, rows: Sequence[Row], min_quality: int) -> None:
         keys = self._url_keys([row[0] for row in rows])  # the URLs these files had before
         for row in rows:
             self._upsert(row)
-            if row[6] is not None:
-                keys.add(row[6])
-        if reselect:
-            for key in keys:
-                self._select_one(key, min_quality)
+            if row[URL_KEY] is not None:
+                keys.add(row[URL_KEY])
+        for key in keys:
+            self._select_one(key, min_quality)
 
     def _url_keys(self, paths: Sequence[str]) -> set[str]:
         keys: set[str] = set()
@@ -233,11 +258,10 @@ class Catalog:
 
     def _upsert(self, row: Row) -> None:
         *columns, slugs = row
-        path, article, published_us = columns[0], columns[5], columns[9]
+        path, article, published_us = columns[0], columns[3], columns[7]
         self._db.execute(
-            "INSERT OR REPLACE INTO catalog (path, size, mtime_ns, inode, problem, article_id, "
-            "url_key, published, quality, published_us, digest, data) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO catalog (path, file_key, problem, article_id, url_key, "
+            "published, quality, published_us, digest, data) VALUES (?,?,?,?,?,?,?,?,?,?)",
             columns,
         )
         self._db.execute("DELETE FROM catalog_slugs WHERE path=?", (path,))
@@ -323,14 +347,20 @@ class Catalog:
         for row in self._db.execute(query):
             yield article_from_json(row[0])
 
-    def unplanned_articles(self, planned: str) -> list[Article]:
-        """Selected articles whose id appears in no row of ``planned`` (a table name)."""
+    def unplanned_articles(self) -> list[Article]:
+        """Selected articles whose current record has not been planned into the ledger."""
         query = (
-            "SELECT data FROM catalog c WHERE selected = 1 AND NOT EXISTS "
-            f"(SELECT 1 FROM {planned} d WHERE d.article_id = c.article_id) "
+            "SELECT data FROM catalog WHERE selected = 1 AND planned IS NOT digest "
             "ORDER BY published_us, article_id"
         )
         return [article_from_json(row[0]) for row in self._db.execute(query)]
+
+    def mark_planned(self, articles: Iterable[Article]) -> None:
+        paths = [(article.source_path,) for article in articles]
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE catalog SET planned = digest WHERE path = ? AND selected = 1", paths
+            )
 
     def selected_article(self, article_id: str) -> Article | None:
         """The selected record of ``article_id``, or None when it is no longer selected."""
@@ -348,9 +378,8 @@ def create_schema(db: sqlite3.Connection) -> None:
 
 
 def scan(directory: Path) -> dict[str, str]:
-    """Every article file with its key ``"size mtime_ns inode"`` ("0 0 0": cannot stat)."""
-    return {path: f"{size} {mtime} {inode}"
-            for path, (size, mtime, inode) in scan_article_files(directory)}
+    """Every article file with its key ``"size mtime_ns ctime_ns inode"`` (zeros: no stat)."""
+    return {path: " ".join(map(str, key)) for path, key in scan_article_files(directory)}
 
 
 FileJob = tuple[str, str]
@@ -383,18 +412,23 @@ def _parse_batch(batch: list[FileJob], max_file_bytes: int) -> list[Row]:
     return [_row(path, key, max_file_bytes) for path, key in batch]
 
 
-def _row(path: str, key_text: str, max_file_bytes: int) -> Row:
-    key = tuple(int(part) for part in key_text.split())
-    outcome = load_file(Path(path), max_file_bytes, size=key[0])
-    if isinstance(outcome, Problem):
-        return (path, *key, outcome.reason, None, None, 0, 0, 0, None, None, ())
-    data = article_to_json(outcome)
-    slugs = tuple(dict.fromkeys(topic_slug(name) for name in outcome.topics))
-    return (
-        path, *key, None, outcome.id, normalise_url(outcome.url), int(outcome.published),
-        outcome.quality, to_microseconds(outcome.published_at),
-        hashlib.sha256(data.encode()).hexdigest()[:16], data, slugs,
-    )
+def _row(path: str, key: str, max_file_bytes: int) -> Row:
+    """(path, file_key, problem, article_id, url_key, published, quality, published_us,
+    digest, data, slugs) for one file; any surprise becomes the file's problem."""
+    try:
+        outcome = load_file(Path(path), max_file_bytes, size=int(key.split()[0]))
+        if isinstance(outcome, Problem):
+            return (path, key, outcome.reason, None, None, 0, 0, 0, None, None, ())
+        data = article_to_json(outcome)
+        slugs = tuple(dict.fromkeys(topic_slug(name) for name in outcome.topics))
+        return (
+            path, key, None, outcome.id, normalise_url(outcome.url), int(outcome.published),
+            outcome.quality, to_microseconds(outcome.published_at),
+            hashlib.sha256(data.encode()).hexdigest()[:16], data, slugs,
+        )
+    except Exception as exc:  # never let one file stop the sync of all the others
+        reason = f"unusable: {type(exc).__name__}: {exc}"
+        return (path, key, reason, None, None, 0, 0, 0, None, None, ())
 
 
 def to_microseconds(moment: datetime) -> int:

@@ -10,6 +10,7 @@ Environment variables: ``PUBLISHER_<SECTION>_<KEY>`` (e.g. ``PUBLISHER_FEEDS_DIR
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -280,8 +281,10 @@ def _coerce_number(key: str, value: Any, kind: type) -> int | float:
         raise ConfigError(f"config key {key} must be a number, not {value!r}")
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"config key {key} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"config key {key} must be a finite number, not {value!r}")
     if kind is int and isinstance(value, float) and value != number:
         raise ConfigError(f"config key {key} must be a whole number, not {value!r}")
     return number
@@ -322,6 +325,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"config key telegram.timezone is not a known time zone: {telegram.timezone!r}"
         ) from None
+    if telegram.global_per_second <= 0 or telegram.timeout_seconds <= 0:
+        raise ConfigError(
+            "config keys telegram.global_per_second and timeout_seconds must be above 0"
+        )
     if telegram.per_chat_per_minute < 1 or telegram.max_tries < 1:
         raise ConfigError("config keys telegram.per_chat_per_minute and max_tries must be >= 1")
     if not (config.state.url.startswith("sqlite:///") or config.state.url.startswith("postgres")):

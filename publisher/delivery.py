@@ -39,6 +39,16 @@ PHOTO_ERRORS = (
     "image_process_failed",
 )
 ENTITY_ERROR = "can't parse entities"
+# 400 answers about the chat, not the message: the chat stops for the run, posts stay pending.
+CHAT_ERRORS = (
+    "chat not found",
+    "not enough rights",
+    "need administrator rights",
+    "chat_write_forbidden",
+    "have no rights to send",
+    "chat_restricted",
+    "bot is not a member",
+)
 
 
 class SendError(DeliveryError):
@@ -164,6 +174,8 @@ class TelegramSender:
             )
         except tg_error.TelegramError as exc:
             raise self._translate(exc, photo=True) from None
+        except Exception as exc:  # PTB choking on an odd answer: it may have been posted
+            raise Ambiguous(f"unreadable answer: {type(exc).__name__}") from exc
         return message.message_id
 
     async def send_text(
@@ -190,6 +202,8 @@ class TelegramSender:
             )
         except tg_error.TelegramError as exc:
             raise self._translate(exc) from None
+        except Exception as exc:  # PTB choking on an odd answer: it may have been posted
+            raise Ambiguous(f"unreadable answer: {type(exc).__name__}") from exc
         return message.message_id
 
     def _translate(self, exc: tg_error.TelegramError, *, photo: bool = False) -> SendError:
@@ -210,7 +224,9 @@ class TelegramSender:
                 return _bad_request(reason, photo=photo)
             case tg_error.NetworkError():
                 return self._network_error(exc, reason)
-        return NotSent(f"{type(exc).__name__}: {reason}")
+        # Anything else (an answer that could not be read, a 2xx without a result...) came
+        # back after the request reached Telegram: it may have been posted.
+        return Ambiguous(f"{type(exc).__name__}: {reason}")
 
     def _timed_out(self, exc: tg_error.TimedOut, reason: str) -> SendError:
         cause = exc.__cause__
@@ -244,7 +260,7 @@ def _bad_request(reason: str, *, photo: bool) -> SendError:
         return PhotoRejected(reason)
     if ENTITY_ERROR in lowered:
         return EntitiesRejected(reason)
-    if "chat not found" in lowered:
+    if any(marker in lowered for marker in CHAT_ERRORS):
         return ChatForbidden(reason)
     return Rejected(reason)
 

@@ -44,6 +44,7 @@ from publisher.state import PENDING, SKIPPED, Delivery, NewDelivery, Store
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 300.0
+MAX_MIGRATIONS = 2  # a chat that keeps answering "migrated" is not followed forever
 
 
 @dataclass
@@ -180,7 +181,14 @@ class Dispatcher:
         chats = self._store.pending_chats()
         if chats and not await self._start_sender(chats, report):
             return report
-        await asyncio.gather(*(self._run_chat(chat, lookup, report) for chat in chats))
+        # Every chat runs to its end even when another fails, so no send is left in flight
+        # behind the report; the first unexpected error is raised after all have finished.
+        outcomes = await asyncio.gather(
+            *(self._run_chat(chat, lookup, report) for chat in chats), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         report.fatal = self._fatal
         return report
 
@@ -239,12 +247,13 @@ class Dispatcher:
         """Post one article to one chat, retrying as the outcome allows. False: stop the chat."""
         message = render_message(article, timezone=self._settings.timezone)
         chat_id = item.chat_id
-        tries = 0
+        tries = migrations = 0
         while True:
             if not await self._wait_for_pacing(chat_id):
                 return False
             target = self._store.migration_for(chat_id) or chat_id
-            self._store.mark_sending(article.id, chat_id)
+            if not self._store.mark_sending(article.id, chat_id):
+                return True  # no longer pending: another pass has taken it
             self._store.log_send(chat_id, self._clock())
             try:
                 message_id = await self._post(target, message)
@@ -254,6 +263,11 @@ class Dispatcher:
                     return False
                 continue
             except ChatMigrated as exc:
+                migrations += 1
+                if migrations > MAX_MIGRATIONS:
+                    self._store.mark_failed(article.id, chat_id, f"the chat keeps moving: {exc}")
+                    chat_report.failed += 1
+                    return True
                 self._store.record_migration(chat_id, exc.new_chat_id)
                 self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
                 event(log, logging.WARNING, "chat_migrated", chat=chat_id, to=exc.new_chat_id)
@@ -291,6 +305,11 @@ class Dispatcher:
                 self._fatal = chat_report.error = exc.reason
                 event(log, logging.ERROR, "unauthorized", reason=exc.reason)
                 return False
+            except Exception as exc:  # a bug or a surprise: the request may have left
+                reason = f"unexpected error while sending: {type(exc).__name__}: {exc}"
+                self._store.mark_uncertain(article.id, chat_id, reason)
+                chat_report.uncertain += 1
+                raise
             self._store.mark_sent(article.id, chat_id, message_id, target)
             chat_report.sent += 1
             event(log, logging.INFO, "sent", chat=chat_id, article=article.id,

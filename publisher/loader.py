@@ -6,6 +6,8 @@ The loader knows nothing of feeds or Telegram. A bad file never stops a load: it
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,9 +32,12 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
 
     LOADER_NAME = "pure-python"
 
+log = logging.getLogger(__name__)
+
 ARTICLE_SUFFIXES = (".txt", ".md")
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 REQUIRED_FIELDS = ("title", "webUrl", "publishedDateTime")
+MAX_NUMBER = 2**53  # quality, heat and image sizes beyond this are nonsense (and overflow SQL)
 
 # Characters XML 1.0 forbids (C0 controls but tab/newline/return, lone surrogates, U+FFFE/F).
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -64,7 +69,9 @@ class LoadResult:
     parsed: int = 0  # files actually parsed (the rest came from the cache)
 
 
-FileKey = tuple[int, int, int]  # size, mtime in ns, inode; all 0 when the file cannot be stat'ed
+# size, mtime and ctime in ns, inode; all 0 when the file cannot be stat'ed. ctime moves on
+# chmod and on copies that keep the mtime, so a file fixed that way is read again.
+FileKey = tuple[int, int, int, int]
 Progress = Callable[[int, int], None]
 
 
@@ -103,7 +110,7 @@ class Loader:
             stat = path.stat()
         except OSError as exc:
             return Problem(path, f"cannot read: {exc.strerror or exc}")
-        key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        key = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
         cached = self._cache.get(path)
         if cached is not None and cached[0] == key:
             fresh[path] = cached
@@ -146,17 +153,29 @@ def scan_article_files(directory: Path | str) -> list[tuple[str, FileKey]]:
             if entry.is_dir(follow_symlinks=False):
                 pending.append(entry.path)
             elif entry.name.endswith(ARTICLE_SUFFIXES):
+                if not _printable_name(entry.path):
+                    continue
                 found.append((entry.path, _file_key(entry)))
     found.sort()
     return found
+
+
+def _printable_name(path: str) -> bool:
+    """File names that are not UTF-8 cannot be stored or reported: warn and leave them."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        log.warning("skipping an article file whose name is not UTF-8: %r", path)
+        return False
+    return True
 
 
 def _file_key(entry: os.DirEntry[str]) -> FileKey:
     try:
         stat = entry.stat()
     except OSError:
-        return (0, 0, 0)
-    return (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        return (0, 0, 0, 0)
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 def load_file(path: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, size: int | None = None
@@ -340,7 +359,10 @@ def parse_datetime(value: Any, name: str) -> datetime:
         raise ArticleError(f"{name} is not an ISO 8601 date: {_preview(value)}")
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before the first representable day
+        raise ArticleError(f"{name} is out of range: {_preview(value)}") from None
 
 
 def _integer(value: Any, name: str) -> int:
@@ -349,13 +371,15 @@ def _integer(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise ArticleError(f"{name} is not a number: {_preview(value)}")
     if isinstance(value, int):
+        if abs(value) > MAX_NUMBER:
+            raise ArticleError(f"{name} is not a usable number: {_preview(value)}")
         return value
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ArticleError(f"{name} is not a number: {_preview(value)}") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ArticleError(f"{name} is not a number: {_preview(value)}")
+    if not math.isfinite(number) or abs(number) > MAX_NUMBER:
+        raise ArticleError(f"{name} is not a usable number: {_preview(value)}")
     return round(number)
 
 
@@ -411,9 +435,9 @@ def _dimension(value: Any) -> int | None:
         return None
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return number if number > 0 else None
+    return number if 0 < number <= MAX_NUMBER else None
 
 
 def _related(value: Any, base_url: str) -> tuple[Related, ...]:

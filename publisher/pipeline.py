@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from publisher.config import Config
 from publisher.errors import ConfigError
 from publisher.feeds import (
     FEED_SUFFIXES,
+    INDEX_NAME,
+    OPML_NAME,
     BuildResult,
     feed_name,
     render_changed_feeds,
@@ -128,11 +131,12 @@ class DryRun:
 # -- the catalog path ------------------------------------------------------------------------
 
 
-def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = None
-                ) -> CorpusReport:
+def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = None,
+                stop: threading.Event | None = None) -> CorpusReport:
     started = time.perf_counter()
     sync = catalog.sync(
-        config.articles.dir, config.articles.max_file_bytes, config.select.min_quality, progress
+        config.articles.dir, config.articles.max_file_bytes, config.select.min_quality,
+        progress, stop=stop,
     )
     return CorpusReport(
         files=sync.files,
@@ -151,7 +155,8 @@ def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     last = _json_object(catalog.get_meta(FEEDS_KEY))
     known = last.get("feeds", {}) if last.get("settings") == settings else {}
     known = {slug: digest for slug, digest in known.items() if _feed_files_exist(config, slug)}
-    if last.get("entries") == entries and known and known == last.get("feeds"):
+    pages = all((config.feeds.dir / name).is_file() for name in (OPML_NAME, INDEX_NAME))
+    if last.get("entries") == entries and known and known == last.get("feeds") and pages:
         announce_changed(None, config.feeds)  # retry what the WebSub hub has not accepted
         return None
     rendering = render_changed_feeds(articles, config.feeds, known)
@@ -233,10 +238,11 @@ async def deliver(
     routing = _digest(config.telegram.chat_id, json.dumps(config.telegram.routes, sort_keys=True),
                       str(config.telegram.max_age_hours))
     if routing == catalog.get_meta(ROUTING_KEY):
-        new = catalog.unplanned_articles("deliveries")
+        new = catalog.unplanned_articles()  # new or changed since they were last planned
     else:  # chats or routes changed: every selected article may owe a post somewhere new
         new = list(catalog.selected_articles())
     report = await dispatcher.run(new, catalog.selected_article)
+    catalog.mark_planned(new)
     catalog.set_meta(ROUTING_KEY, routing)
     outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started)
     store.record_run(RunRecord("push", started_at, utc_now_iso(), report.ok, outcome.summary()))

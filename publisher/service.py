@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -131,6 +132,8 @@ class Service:
         self._runners: dict[str, asyncio.Task[None]] = {}
         # The catalog's writer connection is used from worker threads, one at a time.
         self._load_lock = asyncio.Lock()
+        self._stop_sync = threading.Event()
+        self._sync_future: asyncio.Future[pipeline.CorpusReport] | None = None
         self._catalog: Catalog | None = None
         self._stopping = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
@@ -165,7 +168,10 @@ class Service:
                 if server is not None:
                     server.close()
                 self._store.close()
-                writer.close()
+                # The writer may still be in a worker thread's sync (it stops at its next
+                # batch); close it only once that is over.
+                if await self._sync_finished():
+                    writer.close()
                 event(log, logging.INFO, "stopped")
 
     def _start(self) -> None:
@@ -197,6 +203,7 @@ class Service:
         if self._dispatcher is not None:
             self._dispatcher.request_stop()
         self._stopping.set()
+        self._stop_sync.set()  # a long sync in a worker thread ends at its next batch
 
     async def _shutdown(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
@@ -210,6 +217,14 @@ class Service:
         if self._sender is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._sender.close(), SENDER_CLOSE_SECONDS)
+
+    async def _sync_finished(self) -> bool:
+        future = self._sync_future
+        if future is None or future.done():
+            return True
+        with contextlib.suppress(TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(future), SENDER_CLOSE_SECONDS)
+        return future.done()
 
     async def _finish_work_in_flight(self) -> None:
         """Let the job in flight end and record its send; past the deadline, cancel it.
@@ -246,6 +261,8 @@ class Service:
             event(log, logging.ERROR, "reload_failed", error=str(exc))
             return
         async with self._locks["build"], self._locks["push"]:
+            if self._stopping.is_set():  # a stop began while we waited: stay stopped
+                return
             old, self.config = self.config, new
             if sender is not None:
                 if self._sender is not None:
@@ -395,7 +412,11 @@ class Service:
 
     async def _load(self) -> pipeline.CorpusReport:
         async with self._load_lock:
-            corpus = await asyncio.to_thread(pipeline.sync_corpus, self.config, self._writer())
+            # Shielded: a cancelled job must not abandon the thread while it holds the writer.
+            self._sync_future = asyncio.ensure_future(asyncio.to_thread(
+                pipeline.sync_corpus, self.config, self._writer(), None, self._stop_sync
+            ))
+            corpus = await asyncio.shield(self._sync_future)
         self.metrics.observe_load(corpus)
         problems = {problem.path: problem for problem in corpus.problems}
         for path in problems.keys() - self._reported_problems:

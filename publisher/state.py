@@ -130,7 +130,7 @@ class Store(Protocol):
     def recover_interrupted(self, resend_chats: Iterable[str]) -> int: ...
     def due(self, chat_id: str, now: float, limit: int | None) -> list[Delivery]: ...
     def pending_chats(self) -> list[str]: ...
-    def mark_sending(self, article_id: str, chat_id: str) -> None: ...
+    def mark_sending(self, article_id: str, chat_id: str) -> bool: ...
     def mark_sent(self, article_id: str, chat_id: str, message_id: int, sent_to: str) -> None: ...
     def mark_failed(self, article_id: str, chat_id: str, reason: str) -> None: ...
     def mark_uncertain(self, article_id: str, chat_id: str, reason: str) -> None: ...
@@ -285,8 +285,17 @@ class SQLiteStore:
         )
         return [row["chat_id"] for row in rows]
 
-    def mark_sending(self, article_id: str, chat_id: str) -> None:
-        self._set(article_id, chat_id, "state='sending', attempts=attempts+1")
+    def mark_sending(self, article_id: str, chat_id: str) -> bool:
+        """Claim a pending pair for one send (committed before the request leaves).
+
+        False when the pair is no longer pending: someone else has already dealt with it.
+        """
+        changed = self._write(
+            "UPDATE deliveries SET state='sending', attempts=attempts+1, updated_at=? "
+            "WHERE article_id=? AND chat_id=? AND state='pending'",
+            (utc_now_iso(), article_id, chat_id),
+        )
+        return changed == 1
 
     def mark_sent(self, article_id: str, chat_id: str, message_id: int, sent_to: str) -> None:
         self._set(

@@ -205,3 +205,50 @@ def test_interrupted_sync_leaves_nothing_stale(
     catalog.sync(articles_dir, 1 << 20, 0)
     assert [a.title for a in catalog.selected_articles()] == ["Article number 3",
                                                                "Article number 2"]
+
+
+def test_a_renamed_file_stays_selected_throughout_the_sync(
+    tmp_path: Path, articles_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    (article,) = catalog.selected_articles()
+    (articles_dir / "a.txt").rename(articles_dir / "b.txt")
+    seen: list[object] = []
+    real_remove = Catalog._remove
+
+    def look_before_removing(self: Catalog, paths: list[str], min_quality: int) -> None:
+        seen.append(self.selected_article(article.id))  # what a concurrent push sees
+        real_remove(self, paths, min_quality)
+
+    monkeypatch.setattr(Catalog, "_remove", look_before_removing)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    assert seen and seen[0] is not None
+    (after,) = catalog.selected_articles()
+    assert after.id == article.id and after.source_path.endswith("b.txt")
+
+
+def test_changed_size_cap_parses_again(tmp_path: Path, articles_dir: Path) -> None:
+    (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    report = catalog.sync(articles_dir, 100, 0)
+    assert report.parsed == 1 and "file too large" in str(report.problems[0])
+    assert catalog.selected_count() == 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"quality": 10**300}, {"quality": "1e300"}, {"heat": 2**70},
+     {"images": [{"url": "https://e.com/i.jpg", "width": float("inf"), "height": 10}]},
+     {"publishedDateTime": "0001-01-01T00:00:00+01:00"}],
+)
+def test_extreme_values_never_stop_a_sync(tmp_path: Path, articles_dir: Path,
+                                          fields: dict[str, object]) -> None:
+    (articles_dir / "odd.txt").write_text(front_matter(article_record(1, **fields)))
+    (articles_dir / "fine.txt").write_text(front_matter(article_record(2)))
+    catalog = open_catalog(tmp_path)
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert report.parsed == 2
+    assert "Article number 2" in {a.title for a in catalog.selected_articles()}

@@ -100,6 +100,9 @@ def test_routes_accept_a_chat_or_a_list(tmp_path: Path) -> None:
         ('[state]\nurl = "mysql://x"\n', "state.url"),
         ('[telegram.routes]\nAI = []\n', "telegram.routes.AI"),
         ('[telegram]\ntimezone = "Mars/Olympus"\n', "telegram.timezone"),
+        ('[telegram]\nmax_age_hours = nan\n', "finite"),
+        ('[telegram]\nmax_per_run = inf\n', "finite"),
+        ('[telegram]\nglobal_per_second = 0\n', "above 0"),
     ],
 )
 def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:

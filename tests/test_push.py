@@ -511,3 +511,61 @@ def test_cli_dry_run_prints_and_changes_nothing(
     assert "1 messages would be sent; nothing was sent" in result.stdout
     assert botapi.requests == []
     assert not (tmp_path / "state").exists()
+
+
+class ExplodingSender(RefusingSender):
+    """A Sender that fails unexpectedly (a bug, an odd answer) for one chat."""
+
+    async def send_photo(self, chat_id: str, photo_url: str, caption_html: str,
+                         buttons: object) -> int:
+        if chat_id == "@broken":
+            raise RuntimeError("surprise")
+        self.posted.append(f"{chat_id} {caption_html[:40]}")
+        return len(self.posted)
+
+
+def test_unexpected_error_in_one_chat_leaves_no_send_in_flight_and_no_duplicate(
+    make_config: ConfigMaker, write_article: ArticleWriter
+) -> None:
+    for index in range(1, 4):
+        write_article(f"{index}.txt", index)
+    config = make_config(extra='[telegram.routes]\nAI = "@broken"\n')
+    sender = ExplodingSender("nothing refused")
+    with pytest.raises(RuntimeError, match="surprise"):
+        asyncio.run(pipeline.push(config, sender))
+    assert len(sender.posted) == 3  # the healthy chat finished its run
+    assert ledger(config) == {CHAT: {"sent": 3}, "@broken": {"pending": 2, "uncertain": 1}}
+    with pytest.raises(RuntimeError):
+        asyncio.run(pipeline.push(config, sender))
+    assert len(sender.posted) == 3  # nothing posted twice
+
+
+def test_a_topic_routed_later_reaches_its_chat(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    path = write_article("a.txt", 1, topics=["AI"])
+    config = make_config(extra='[telegram.routes]\nRobotics = "@robots"\n')
+    push(config)
+    write_article("a.txt", 1, topics=["AI", "Robotics"], excerpt="Now about robots too.")
+    assert path.exists()
+    push(config)
+    assert len(botapi.sent_to(CHAT)) == 1 and len(botapi.sent_to("@robots")) == 1
+
+
+def test_chat_level_bad_request_keeps_posts_pending() -> None:
+    from publisher.delivery import ChatForbidden, _bad_request
+
+    for reason in ("Bad Request: not enough rights to send photos to the chat",
+                   "Bad Request: need administrator rights in the channel chat",
+                   "Bad Request: CHAT_WRITE_FORBIDDEN"):
+        assert isinstance(_bad_request(reason, photo=True), ChatForbidden)
+
+
+def test_unreadable_success_answer_counts_as_maybe_posted() -> None:
+    from telegram.error import TelegramError
+
+    from publisher.delivery import Ambiguous, TelegramSender
+
+    sender = TelegramSender(DEFAULT_TOKEN, "http://127.0.0.1:9/bot")
+    assert isinstance(sender._translate(TelegramError("Invalid server response")), Ambiguous)
+    asyncio.run(sender.close())
