@@ -101,7 +101,7 @@ def test_routes_accept_a_chat_or_a_list(tmp_path: Path) -> None:
         ('[telegram.routes]\nAI = []\n', "telegram.routes.AI"),
         ('[telegram]\ntimezone = "Mars/Olympus"\n', "telegram.timezone"),
         ('[telegram]\nmax_age_hours = nan\n', "finite"),
-        ('[telegram]\nmax_per_run = inf\n', "finite"),
+        ('[telegram]\nmax_per_run = inf\n', "max_per_run must be a number"),
         ('[telegram]\nglobal_per_second = 0\n', "above 0"),
     ],
 )
