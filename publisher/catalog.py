@@ -210,15 +210,8 @@ class Catalog:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)
 
     def _remove(self, paths: Sequence[str], min_quality: int) -> None:
         keys = self._url_keys(paths)
@@ -368,6 +361,18 @@ class Catalog:
             "SELECT data FROM catalog WHERE article_id = ? AND selected = 1", (article_id,)
         ).fetchone()
         return article_from_json(row[0]) if row else None
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (the connection is in autocommit mode otherwise)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def create_schema(db: sqlite3.Connection) -> None:

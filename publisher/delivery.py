@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -18,7 +18,13 @@ import httpx
 # Opt in to PTB's timedelta durations now; the int form warns (and fails tests) since 22.2.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LinkPreviewOptions,
+    Message,
+)
 from telegram import error as tg_error
 from telegram.constants import ParseMode
 from telegram.request import HTTPXRequest
@@ -164,19 +170,16 @@ class TelegramSender:
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
     ) -> int:
-        try:
-            message = await self._bot.send_photo(
+        return await self._posted(
+            self._bot.send_photo(
                 chat_id=chat_id,
                 photo=photo_url,
                 caption=caption_html,
                 parse_mode=ParseMode.HTML,
                 reply_markup=_keyboard(buttons),
-            )
-        except tg_error.TelegramError as exc:
-            raise self._translate(exc, photo=True) from None
-        except Exception as exc:  # PTB choking on an odd answer: it may have been posted
-            raise Ambiguous(f"unreadable answer: {type(exc).__name__}") from exc
-        return message.message_id
+            ),
+            photo=True,
+        )
 
     async def send_text(
         self,
@@ -192,16 +195,22 @@ class TelegramSender:
             if preview_url
             else LinkPreviewOptions(is_disabled=True)
         )
-        try:
-            message = await self._bot.send_message(
+        return await self._posted(
+            self._bot.send_message(
                 chat_id=chat_id,
                 text=text,
                 parse_mode=ParseMode.HTML if html else None,
                 reply_markup=_keyboard(buttons),
                 link_preview_options=preview,
             )
+        )
+
+    async def _posted(self, request: Awaitable[Message], *, photo: bool = False) -> int:
+        """The message id of a send, or the translated reason it did not (surely) happen."""
+        try:
+            message = await request
         except tg_error.TelegramError as exc:
-            raise self._translate(exc) from None
+            raise self._translate(exc, photo=photo) from None
         except Exception as exc:  # PTB choking on an odd answer: it may have been posted
             raise Ambiguous(f"unreadable answer: {type(exc).__name__}") from exc
         return message.message_id

@@ -17,13 +17,14 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from publisher.catalog import SCHEMA as CATALOG_SCHEMA
+from publisher.catalog import transaction
 from publisher.errors import AlreadyRunning, StateError
 
 SCHEMA_VERSION = 2  # 2: the article catalog (parse cache)
@@ -216,15 +217,8 @@ class SQLiteStore:
                 f"publisher understands ({SCHEMA_VERSION}); upgrade the publisher"
             )
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._transaction():
