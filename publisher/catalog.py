@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from publisher.errors import ArticleError
-from publisher.loader import Problem, load_file, scan_article_files
+from publisher.loader import FileKey, Problem, load_file, scan_article_files
 from publisher.models import Article, Image, Provider, Related, normalise_url
 from publisher.selection import topic_slug
 
@@ -150,7 +150,10 @@ class Catalog:
         if previous == on_disk and same_threshold:
             return SyncReport(files=len(on_disk), problems=self._problems())
         if previous is None:  # no usable snapshot: compare with the rows themselves
-            previous = dict(self._db.execute("SELECT path, file_key FROM catalog"))
+            previous = {
+                path: _key_from_text(text)
+                for path, text in self._db.execute("SELECT path, file_key FROM catalog")
+            }
         changed = [
             (path, key) for path, key in on_disk.items()
             if not same_parsing or previous.get(path) != key
@@ -179,7 +182,7 @@ class Catalog:
         report.problems = self._problems()
         return report
 
-    def _last_scan(self) -> dict[str, str] | None:
+    def _last_scan(self) -> dict[str, FileKey] | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SCAN_KEY,)).fetchone()
         if row is None or not isinstance(row[0], bytes):
             return None
@@ -382,12 +385,21 @@ def create_schema(db: sqlite3.Connection) -> None:
 # -- files to rows -------------------------------------------------------------------------
 
 
-def scan(directory: Path) -> dict[str, str]:
-    """Every article file with its key ``"size mtime_ns ctime_ns inode"`` (zeros: no stat)."""
-    return {path: " ".join(map(str, key)) for path, key in scan_article_files(directory)}
+def scan(directory: Path) -> dict[str, FileKey]:
+    """Every article file with its key (size, mtime_ns, ctime_ns, inode); zeros: no stat."""
+    return dict(scan_article_files(directory))
 
 
-FileJob = tuple[str, str]
+def key_text(key: FileKey) -> str:
+    return " ".join(map(str, key))
+
+
+def _key_from_text(text: str) -> FileKey:
+    size, mtime, ctime, inode = (int(part) for part in text.split())
+    return (size, mtime, ctime, inode)
+
+
+FileJob = tuple[str, FileKey]
 
 
 def parse_files(jobs: Sequence[FileJob], max_file_bytes: int, *, workers: int | None = None,
@@ -417,11 +429,12 @@ def _parse_batch(batch: list[FileJob], max_file_bytes: int) -> list[Row]:
     return [_row(path, key, max_file_bytes) for path, key in batch]
 
 
-def _row(path: str, key: str, max_file_bytes: int) -> Row:
+def _row(path: str, file_key: FileKey, max_file_bytes: int) -> Row:
     """(path, file_key, problem, article_id, url_key, published, quality, published_us,
     digest, data, slugs) for one file; any surprise becomes the file's problem."""
+    key = key_text(file_key)
     try:
-        outcome = load_file(Path(path), max_file_bytes, size=int(key.split()[0]))
+        outcome = load_file(Path(path), max_file_bytes, size=file_key[0])
         if isinstance(outcome, Problem):
             return (path, key, outcome.reason, None, None, 0, 0, 0, None, None, ())
         data = article_to_json(outcome)

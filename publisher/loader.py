@@ -162,6 +162,8 @@ def scan_article_files(directory: Path | str) -> list[tuple[str, FileKey]]:
 
 def _printable_name(path: str) -> bool:
     """File names that are not UTF-8 cannot be stored or reported: warn and leave them."""
+    if path.isascii():
+        return True
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:

@@ -27,7 +27,7 @@ from publisher.catalog import SCHEMA as CATALOG_SCHEMA
 from publisher.catalog import transaction
 from publisher.errors import AlreadyRunning, StateError
 
-SCHEMA_VERSION = 2  # 2: the article catalog (parse cache)
+SCHEMA_VERSION = 3  # 2: the article catalog (parse cache); 3: its file keys and plans
 
 PENDING = "pending"
 SENDING = "sending"
@@ -202,6 +202,7 @@ class SQLiteStore:
             raise StateError(f"state database {self.path} is unusable: {exc}") from None
 
     def _create_schema(self) -> None:
+        self._drop_outdated_catalog()
         for statement in (_SCHEMA + CATALOG_SCHEMA).split(";"):
             if statement.strip():
                 self._db.execute(statement)
@@ -216,6 +217,15 @@ class SQLiteStore:
                 f"state database {self.path} has schema {row['value']}, newer than this "
                 f"publisher understands ({SCHEMA_VERSION}); upgrade the publisher"
             )
+
+    def _drop_outdated_catalog(self) -> None:
+        """The catalog is a cache: a layout from an older version is dropped and rebuilt."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(catalog)")}
+        if columns and not {"file_key", "planned"} <= columns:
+            self._db.execute("DROP TABLE IF EXISTS catalog")
+            self._db.execute("DROP TABLE IF EXISTS catalog_slugs")
+            self._db.execute("DROP TABLE IF EXISTS catalog_topics")
+            self._db.execute("DELETE FROM meta WHERE key LIKE 'catalog%' OR key LIKE '%digest'")
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         return transaction(self._db)

@@ -252,3 +252,21 @@ def test_extreme_values_never_stop_a_sync(tmp_path: Path, articles_dir: Path,
     report = catalog.sync(articles_dir, 1 << 20, 0)
     assert report.parsed == 2
     assert "Article number 2" in {a.title for a in catalog.selected_articles()}
+
+
+def test_an_older_catalog_layout_is_rebuilt(tmp_path: Path, articles_dir: Path) -> None:
+    from publisher.state import SQLiteStore
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE catalog (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('schema_version', '2'), ('catalog_scan', 'x')")
+    db.commit()
+    db.close()
+    (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
+    store = SQLiteStore(path)
+    catalog = Catalog(store.connection)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    assert catalog.selected_count() == 1
+    store.close()
