@@ -61,6 +61,8 @@ CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key);
 CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id);
 CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id);
 CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL;
+CREATE INDEX IF NOT EXISTS catalog_unplanned ON catalog (published_us, article_id)
+    WHERE selected = 1 AND planned IS NOT digest;
 CREATE TABLE IF NOT EXISTS catalog_slugs (
     path TEXT NOT NULL,
     slug TEXT NOT NULL,
@@ -323,18 +325,34 @@ class Catalog:
     def feed_articles(self, limit: int) -> tuple[list[Article], str]:
         """The articles the feeds show (the newest ``limit`` of every topic and of all),
         newest first, and a digest of exactly those records."""
+        paths, digest = self.feed_selection(limit)
+        return self.articles_at(paths), digest
+
+    def feed_selection(self, limit: int) -> tuple[list[str], str]:
+        """The paths of ``feed_articles``, newest first, and their digest (nothing decoded)."""
         paths = {row[0] for row in self._db.execute(f"{_NEWEST} LIMIT ?", (limit,))}
         for slug in self.topic_slugs():
             paths.update(row[0] for row in self._db.execute(_TOPIC_NEWEST, (slug, limit)))
         rows = sorted(
-            (self._db.execute(
-                "SELECT published_us, article_id, data, digest FROM catalog WHERE path = ?",
-                (path,),
-            ).fetchone() for path in paths),
-            key=lambda row: (row[0], row[1]), reverse=True,
+            self._rows_at(list(paths), "published_us, article_id, digest"),
+            key=lambda row: (row[1], row[2]), reverse=True,
         )
         digest = hashlib.sha256("".join(row[3] for row in rows).encode()).hexdigest()
-        return [article_from_json(row[2]) for row in rows], digest
+        return [row[0] for row in rows], digest
+
+    def articles_at(self, paths: Sequence[str]) -> list[Article]:
+        """The articles of these catalog paths, in the given order."""
+        data = {row[0]: row[1] for row in self._rows_at(paths, "data")}
+        return [article_from_json(data[path]) for path in paths]
+
+    def _rows_at(self, paths: Sequence[str], columns: str) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            yield from self._db.execute(
+                f"SELECT path, {columns} FROM catalog WHERE path IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            )
 
     def selected_articles(self) -> Iterator[Article]:
         """Every selected article, newest first (decoded one at a time)."""
@@ -346,8 +364,8 @@ class Catalog:
     def unplanned_articles(self) -> list[Article]:
         """Selected articles whose current record has not been planned into the ledger."""
         query = (
-            "SELECT data FROM catalog WHERE selected = 1 AND planned IS NOT digest "
-            "ORDER BY published_us, article_id"
+            "SELECT data FROM catalog INDEXED BY catalog_unplanned "
+            "WHERE selected = 1 AND planned IS NOT digest ORDER BY published_us, article_id"
         )
         return [article_from_json(row[0]) for row in self._db.execute(query)]
 
@@ -387,7 +405,7 @@ def create_schema(db: sqlite3.Connection) -> None:
 
 def scan(directory: Path) -> dict[str, FileKey]:
     """Every article file with its key (size, mtime_ns, ctime_ns, inode); zeros: no stat."""
-    return dict(scan_article_files(directory))
+    return dict(scan_article_files(directory, ordered=False))
 
 
 def key_text(key: FileKey) -> str:

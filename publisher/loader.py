@@ -134,11 +134,13 @@ def iter_article_files(directory: Path) -> Iterator[Path]:
         yield Path(path)
 
 
-def scan_article_files(directory: Path | str) -> list[tuple[str, FileKey]]:
-    """Every article file under ``directory`` with its key, sorted by path.
+def scan_article_files(directory: Path | str, *, ordered: bool = True
+                       ) -> list[tuple[str, FileKey]]:
+    """Every article file under ``directory`` with its key, sorted by path if ``ordered``.
 
-    Plain strings and ``os.scandir``: at 100,000 files, ``pathlib`` alone costs seconds.
-    Symbolic links to folders are not followed (as ``os.walk``); links to files are.
+    Plain strings and ``os.scandir`` in one tight loop: at 100,000 files this is the floor
+    of every warm build, and ``pathlib`` alone would cost seconds. Symbolic links to folders
+    are not followed (as ``os.walk``); links to files are.
     """
     found: list[tuple[str, FileKey]] = []
     pending = [os.fspath(directory)]
@@ -148,36 +150,35 @@ def scan_article_files(directory: Path | str) -> list[tuple[str, FileKey]]:
         except OSError:
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(entry.path)
-            elif entry.name.endswith(ARTICLE_SUFFIXES):
-                if not _printable_name(entry.path):
-                    continue
-                found.append((entry.path, _file_key(entry)))
-    found.sort()
+            if not name.endswith(ARTICLE_SUFFIXES) or entry.is_dir():
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                continue
+            path = entry.path
+            if not path.isascii() and not _printable_name(path):
+                continue
+            try:
+                stat = entry.stat()
+            except OSError:
+                found.append((path, (0, 0, 0, 0)))
+                continue
+            found.append((path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)))
+    if ordered:
+        found.sort()
     return found
 
 
 def _printable_name(path: str) -> bool:
     """File names that are not UTF-8 cannot be stored or reported: warn and leave them."""
-    if path.isascii():
-        return True
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
         log.warning("skipping an article file whose name is not UTF-8: %r", path)
         return False
     return True
-
-
-def _file_key(entry: os.DirEntry[str]) -> FileKey:
-    try:
-        stat = entry.stat()
-    except OSError:
-        return (0, 0, 0, 0)
-    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 def load_file(path: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, size: int | None = None

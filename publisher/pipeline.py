@@ -150,7 +150,7 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
 
 def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     """Render and write the feeds whose entries changed; None when every file is current."""
-    articles, entries = catalog.feed_articles(config.feeds.max_items)
+    paths, entries = catalog.feed_selection(config.feeds.max_items)
     settings = _digest(repr(config.feeds))
     last = _json_object(catalog.get_meta(FEEDS_KEY))
     known = last.get("feeds", {}) if last.get("settings") == settings else {}
@@ -159,7 +159,7 @@ def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     if last.get("entries") == entries and known and known == last.get("feeds") and pages:
         announce_changed(None, config.feeds)  # retry what the WebSub hub has not accepted
         return None
-    rendering = render_changed_feeds(articles, config.feeds, known)
+    rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, known)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
     catalog.set_meta(
         FEEDS_KEY,

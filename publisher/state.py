@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (article_id, chat_id)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (chat_id, state, published_at);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state);
 CREATE TABLE IF NOT EXISTS chat_migrations (
     chat_id TEXT PRIMARY KEY,
     migrated_to TEXT NOT NULL,
