@@ -101,6 +101,14 @@ class JobHealth:
         return delay
 
 
+class PushIncomplete(PublisherError):
+    """A push that left chats with errors; ``back_off`` unless other chats went fine."""
+
+    def __init__(self, message: str, *, back_off: bool) -> None:
+        super().__init__(message)
+        self.back_off = back_off
+
+
 class SystemdNotifier:
     """sd_notify(3) over $NOTIFY_SOCKET; silent when not run by systemd."""
 
@@ -376,6 +384,8 @@ class Service:
         error = str(exc) or type(exc).__name__
         spec = getattr(self.config.schedule, name)
         base = min(interval_seconds(spec) or MAX_BACKOFF_BASE_SECONDS, MAX_BACKOFF_BASE_SECONDS)
+        if isinstance(exc, PushIncomplete) and not exc.back_off:
+            base = 0.0
         delay = health.failed(error, base)
         self.metrics.job_failed(name)
         # A traceback only for an unexpected error, and only once per streak.
@@ -440,7 +450,12 @@ class Service:
         if summary["sent"] or summary["failed"] or summary["uncertain"] or summary["errors"]:
             event(log, logging.INFO, "push_done", **{k: v for k, v in summary.items() if v})
         if outcome.report.fatal or outcome.report.errors:
-            raise PublisherError("; ".join(outcome.report.errors.values()) or outcome.report.fatal)
+            errors = "; ".join(outcome.report.errors.values()) or outcome.report.fatal
+            # Some chats fine, one refused: report it, but do not hold the others back.
+            partial = not outcome.report.fatal and len(outcome.report.errors) < len(
+                outcome.report.chats
+            )
+            raise PushIncomplete(errors, back_off=not partial)
 
     async def _sleep(self, seconds: float) -> None:
         """The dispatcher's waits (pacing, 429, retry backoff) end early when stopping."""
