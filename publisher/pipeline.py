@@ -185,14 +185,17 @@ def _feed_files_exist(config: Config, slug: str) -> bool:
 def build(config: Config, progress: Progress | None = None) -> BuildReport:
     """``publisher build``: sync the catalog, then write the feeds if they changed."""
     started = time.perf_counter()
+    started_at = utc_now_iso()
     store = open_store(config.state.url)
     try:
         catalog = Catalog(store.connection)
         corpus = sync_corpus(config, catalog, progress)
         feeds = write_current_feeds(config, catalog)
+        report = BuildReport(corpus, feeds, time.perf_counter() - started)
+        store.record_run(RunRecord("build", started_at, utc_now_iso(), True, report.summary()))
     finally:
         store.close()
-    return BuildReport(corpus, feeds, time.perf_counter() - started)
+    return report
 
 
 def make_sender(config: Config) -> Sender:
