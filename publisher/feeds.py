@@ -48,6 +48,7 @@ from feedgen.util import xml_elem
 from publisher.config import FeedsConfig
 from publisher.errors import FeedError
 from publisher.models import Article, Image, article_id, best_image
+from publisher.names import ALL_SLUG, FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
 from publisher.selection import group_by_topic, newest_first
 from publisher.subscribe import (
     JSON_FEED_VERSION,
@@ -58,13 +59,9 @@ from publisher.subscribe import (
     render_opml,
 )
 
-ALL_SLUG = "all"
 ALL_NAME = "All articles"
 GENERATOR = "publisher"
-FEED_SUFFIXES = {"rss": ".rss.xml", "atom": ".atom.xml", "json": ".json"}
 FEED_NAME = re.compile(r"(?P<slug>[a-z0-9][a-z0-9-]*)(?P<suffix>\.rss\.xml|\.atom\.xml|\.json)")
-OPML_NAME = "feeds.opml"
-INDEX_NAME = "index.html"
 # The files beside the feeds, as (slug, kind); their slugs are reserved for topics.
 PAGES = {OPML_NAME: ("feeds", "opml"), INDEX_NAME: ("index", "html")}
 # A stale "<slug>.json" is removed only if it is a JSON Feed, and is never read whole.
@@ -251,11 +248,6 @@ def write_atomic(path: Path, data: bytes) -> bool:
     except OSError as exc:
         raise FeedError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return True
-
-
-def feed_name(slug: str, kind: str) -> str:
-    """``<slug>.rss.xml``, ``<slug>.atom.xml`` or ``<slug>.json``."""
-    return slug + FEED_SUFFIXES[kind]
 
 
 # --- sanitising -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ The loader knows nothing of feeds or Telegram. A bad file never stops a load: it
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import ftfy
 import yaml
 
 from publisher.errors import ArticleError
@@ -41,8 +41,6 @@ MAX_NUMBER = 2**53  # quality, heat and image sizes beyond this are nonsense (an
 
 # Characters XML 1.0 forbids (C0 controls but tab/newline/return, lone surrogates, U+FFFE/F).
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-# Repair mojibake and HTML entities, but keep the author's typography (curly quotes, widths).
-_FTFY = ftfy.TextFixerConfig(uncurl_quotes=False, fix_character_width=False)
 # Whitespace (any kind) and XML-invalid characters never belong in a URL we publish.
 _NOT_IN_URL = re.compile(r"\s|" + _XML_INVALID.pattern)
 _ABSOLUTE_HTTP = re.compile(r"https?://", re.IGNORECASE)
@@ -312,8 +310,22 @@ def clean_text(value: Any) -> str:
         return ""
     text = _XML_INVALID.sub("", value if isinstance(value, str) else str(value))
     if not text.isascii() or "&" in text:
-        text = ftfy.fix_text(text, _FTFY)
+        text = _fix_text(text)
     return " ".join(text.split())
+
+
+@functools.cache
+def _text_fixer() -> Callable[[str], str]:
+    """ftfy, imported on first use: a warm build parses nothing and need not load it."""
+    import ftfy
+
+    # Repair mojibake and HTML entities, keep the author's typography (curly quotes, widths).
+    config = ftfy.TextFixerConfig(uncurl_quotes=False, fix_character_width=False)
+    return functools.partial(ftfy.fix_text, config=config)
+
+
+def _fix_text(text: str) -> str:
+    return _text_fixer()(text)
 
 
 def _article_url(value: Any) -> str:

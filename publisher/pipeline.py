@@ -19,18 +19,10 @@ from typing import TYPE_CHECKING, Any
 from publisher.catalog import Catalog
 from publisher.config import Config
 from publisher.errors import ConfigError
-from publisher.feeds import (
-    FEED_SUFFIXES,
-    INDEX_NAME,
-    OPML_NAME,
-    BuildResult,
-    feed_name,
-    render_changed_feeds,
-    write_feeds,
-)
 from publisher.loader import LOADER_NAME, Loader, LoadResult, Problem, Progress
 from publisher.logs import add_secret
 from publisher.models import Article
+from publisher.names import FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
 from publisher.selection import select
 from publisher.state import (
     PENDING,
@@ -42,11 +34,11 @@ from publisher.state import (
     sqlite_path,
     utc_now_iso,
 )
-from publisher.websub import announce_changed
 
-if TYPE_CHECKING:  # the Telegram side is imported only by the commands that post
+if TYPE_CHECKING:  # rendering and the Telegram side are imported only when used
     from publisher.delivery import Sender
     from publisher.dispatch import Dispatcher, PushReport
+    from publisher.feeds import BuildResult
     from publisher.messages import Message
 
 FEEDS_KEY = "feeds_digest"
@@ -157,8 +149,14 @@ def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     known = {slug: digest for slug, digest in known.items() if _feed_files_exist(config, slug)}
     pages = all((config.feeds.dir / name).is_file() for name in (OPML_NAME, INDEX_NAME))
     if last.get("entries") == entries and known and known == last.get("feeds") and pages:
-        announce_changed(None, config.feeds)  # retry what the WebSub hub has not accepted
+        if config.feeds.websub_hub:
+            from publisher.websub import announce_changed
+
+            announce_changed(None, config.feeds)  # retry what the hub has not accepted yet
         return None
+    from publisher.feeds import render_changed_feeds, write_feeds
+    from publisher.websub import announce_changed
+
     rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, known)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
     catalog.set_meta(
