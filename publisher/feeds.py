@@ -157,9 +157,10 @@ def render_changed_feeds(
     rendered: dict[str, bytes] = {}
     unchanged: set[str] = set()
     digests: dict[str, str] = {}
+    seen: dict[str, bytes] = {}
     feeds: list[_Feed] = []
     for slug, name, title, articles in _feed_members(selected, channel):
-        digests[slug] = _feed_digest(slug, title, articles)
+        digests[slug] = _feed_digest(slug, title, articles, seen)
         if known.get(slug) == digests[slug]:
             unchanged.update(feed_name(slug, kind) for kind in FEED_SUFFIXES)
         feed_entries = entries.first(articles, config.max_items)
@@ -193,16 +194,22 @@ def _feed_members(
         yield slug, name, f"{channel.title}: {name}", topic.articles
 
 
-def _feed_digest(slug: str, title: str, articles: Sequence[Article]) -> str:
+def _feed_digest(slug: str, title: str, articles: Sequence[Article],
+                 seen: dict[str, bytes]) -> str:
     """Everything a feed is made of but the settings (the caller's part of the key).
 
     It covers all the feed's candidate articles, not only the shown ones: a change beyond
-    ``max_items`` costs a needless render, never a stale feed.
+    ``max_items`` costs a needless render, never a stale feed. ``seen`` keeps each article's
+    digest, as an article appears in several feeds.
     """
     digest = hashlib.blake2b(f"{slug}\0{title}".encode("utf-8", "surrogatepass"),
                              digest_size=16)
     for article in articles:
-        digest.update(repr(article).encode("utf-8", "surrogatepass"))
+        part = seen.get(article.id)
+        if part is None:
+            text = repr(article).encode("utf-8", "surrogatepass")
+            part = seen[article.id] = hashlib.blake2b(text, digest_size=16).digest()
+        digest.update(part)
     return digest.hexdigest()
 
 
