@@ -61,13 +61,12 @@ def by_bucket(stats: pstats.Stats) -> dict[str, float]:
 
 def profile_build(config_path: Path) -> cProfile.Profile:
     from publisher.config import load_config
-    from publisher.loader import Loader
     from publisher.pipeline import build
 
     config = load_config(config_path)
     profiler = cProfile.Profile()
     profiler.enable()
-    build(config, Loader(config.articles.max_file_bytes))
+    build(config)
     profiler.disable()
     return profiler
 

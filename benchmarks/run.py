@@ -308,7 +308,7 @@ def _extra_files(corpus: Path) -> Iterator[Callable[[int], Path]]:
 
 
 def measure_library(bench: Bench, size: int, corpus: Path, run_dir: Path) -> list[Row]:
-    """One long-lived process with one Loader, as `publisher run` keeps it."""
+    """One long-lived process building again and again, as `publisher run` does."""
     config = build_config(run_dir, corpus, "lib")
     forget_state(run_dir, "lib")
     cmd = [PYTHON, str(HERE / "scenarios.py"), "inproc", "--config", str(config), "--repeat",

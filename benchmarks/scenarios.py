@@ -131,7 +131,7 @@ def naive(corpus: Path, out: Path) -> dict[str, Any]:
             "topics": len(by_topic)}
 
 
-# --- 3. in-process: one Loader reused, as `publisher run` does ----------------------------------
+# --- 3. in-process: one long-lived process, as `publisher run` is --------------------------
 
 
 def extra_article(corpus: Path, index: int) -> Path:

@@ -110,10 +110,6 @@ class SyncReport:
     removed: int = 0
     problems: list[Problem] = field(default_factory=list)
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.parsed or self.removed)
-
 
 class Catalog:
     """The parse cache and corpus index, in the state database's connection."""

@@ -174,7 +174,9 @@ class Dispatcher:
         report = PushReport()
         now = datetime.fromtimestamp(self._clock(), UTC)
         report.new = self._store.add_deliveries(plan_deliveries(new_articles, self._config, now))
-        resend_chats = [c for c in self._all_chats() if self._settings.on_uncertain == "resend"]
+        # Every configured chat: the main one and each route's.
+        every_chat = self._config.chats_for(tuple(self._settings.routes))
+        resend_chats = every_chat if self._settings.on_uncertain == "resend" else ()
         recovered = self._store.recover_interrupted(resend_chats)
         if recovered:
             event(log, logging.WARNING, "recovered_interrupted_sends", count=recovered)
@@ -202,12 +204,6 @@ class Dispatcher:
             event(log, logging.ERROR, "telegram_unavailable", reason=exc.reason)
             return False
         return True
-
-    def _all_chats(self) -> list[str]:
-        chats = [self._settings.chat_id] if self._settings.chat_id else []
-        for targets in self._settings.routes.values():
-            chats.extend(t for t in targets if t not in chats)
-        return chats
 
     async def _run_chat(self, chat_id: str, lookup: Lookup, report: PushReport) -> None:
         chat_report = report.chat(chat_id)

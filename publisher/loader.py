@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -64,7 +64,6 @@ class LoadResult:
     articles: list[Article] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     files_read: int = 0
-    parsed: int = 0  # files actually parsed (the rest came from the cache)
 
 
 # size, mtime and ctime in ns, inode; all 0 when the file cannot be stat'ed. ctime moves on
@@ -73,63 +72,23 @@ FileKey = tuple[int, int, int, int]
 Progress = Callable[[int, int], None]
 
 
-class Loader:
-    """Loads a folder of articles, re-parsing only files whose size, mtime or inode changed."""
-
-    def __init__(self, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
-        self.max_file_bytes = max_file_bytes
-        self._cache: dict[Path, tuple[FileKey, Article | Problem]] = {}
-
-    def load(self, directory: Path, progress: Progress | None = None) -> LoadResult:
-        result = LoadResult()
-        if not directory.is_dir():
-            raise ArticleError(f"articles folder not found: {directory}")
-        paths = list(iter_article_files(directory))
-        fresh: dict[Path, tuple[FileKey, Article | Problem]] = {}
-        for index, path in enumerate(paths, 1):
-            outcome = self._load_one(path, fresh, result)
-            if isinstance(outcome, Problem):
-                result.problems.append(outcome)
-            else:
-                result.articles.append(outcome)
-            if progress is not None:
-                progress(index, len(paths))
-        result.files_read = len(paths)
-        self._cache = fresh  # forget deleted files
-        return result
-
-    def _load_one(
-        self,
-        path: Path,
-        fresh: dict[Path, tuple[FileKey, Article | Problem]],
-        result: LoadResult,
-    ) -> Article | Problem:
-        try:
-            stat = path.stat()
-        except OSError as exc:
-            return Problem(path, f"cannot read: {exc.strerror or exc}")
-        key = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-        cached = self._cache.get(path)
-        if cached is not None and cached[0] == key:
-            fresh[path] = cached
-            return cached[1]
-        outcome = load_file(path, self.max_file_bytes, size=stat.st_size)
-        result.parsed += 1
-        fresh[path] = (key, outcome)
-        return outcome
-
-
 def load_articles(
     directory: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, progress: Progress | None = None
 ) -> LoadResult:
-    """Load every article file under ``directory`` once (no cache kept)."""
-    return Loader(max_file_bytes).load(directory, progress)
-
-
-def iter_article_files(directory: Path) -> Iterator[Path]:
-    """Article files under ``directory`` in a stable order; hidden files and folders skipped."""
-    for path, _ in scan_article_files(directory):
-        yield Path(path)
+    """Load every article file under ``directory`` (no cache: the catalog is the cache)."""
+    if not directory.is_dir():
+        raise ArticleError(f"articles folder not found: {directory}")
+    files = scan_article_files(directory)
+    result = LoadResult(files_read=len(files))
+    for index, (path, (size, *_)) in enumerate(files, 1):
+        outcome = load_file(Path(path), max_file_bytes, size=size)
+        if isinstance(outcome, Problem):
+            result.problems.append(outcome)
+        else:
+            result.articles.append(outcome)
+        if progress is not None:
+            progress(index, len(files))
+    return result
 
 
 def scan_article_files(directory: Path | str, *, ordered: bool = True

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from publisher.catalog import Catalog
 from publisher.config import Config
 from publisher.errors import ConfigError
-from publisher.loader import LOADER_NAME, Loader, LoadResult, Problem, Progress
+from publisher.loader import LoadResult, Problem, Progress, load_articles
 from publisher.logs import add_secret
 from publisher.models import Article
 from publisher.names import FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
@@ -55,7 +55,6 @@ class CorpusReport:
     topics: int
     parsed: int
     seconds: float
-    loader: str = LOADER_NAME
 
 
 @dataclass
@@ -257,11 +256,8 @@ def _digest(*parts: str) -> str:
 # -- the pure path ---------------------------------------------------------------------------
 
 
-def load_and_select(
-    config: Config, loader: Loader | None = None, progress: Progress | None = None
-) -> LoadReport:
-    loader = loader or Loader(config.articles.max_file_bytes)
-    result = loader.load(config.articles.dir, progress)
+def load_and_select(config: Config, progress: Progress | None = None) -> LoadReport:
+    result = load_articles(config.articles.dir, config.articles.max_file_bytes, progress)
     return LoadReport(result, select(result.articles, config.select.min_quality))
 
 

@@ -148,7 +148,7 @@ class Service:
         self._store: SQLiteStore | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self._reload_task: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
+        self._reload_tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
         self._notifier = SystemdNotifier()
         self._signals = 0
         self._reported_problems: set[Path] = set()
@@ -258,7 +258,9 @@ class Service:
 
     def _on_sighup(self) -> None:
         if not self._stopping.is_set():
-            self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+            task = asyncio.get_running_loop().create_task(self.reload())
+            self._reload_tasks.add(task)
+            task.add_done_callback(self._reload_tasks.discard)
 
     async def reload(self) -> None:
         """SIGHUP: read the config file again; a bad file is logged and the old one kept."""

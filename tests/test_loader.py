@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import SEEDS, ArticleWriter, article_record, front_matter
 
-from publisher.loader import Loader, clean_text, load_articles, load_file
+from publisher.loader import clean_text, load_articles, load_file
 from publisher.models import Article
 
 
@@ -226,22 +225,3 @@ def test_article_id_is_stable_and_url_based(write_article: ArticleWriter,
     two = load_file(first)
     assert isinstance(one, Article) and isinstance(two, Article)
     assert one.id == two.id and one.id.startswith("urn:uuid:")
-
-
-def test_cache_reparses_only_changed_files(write_article: ArticleWriter,
-                                           articles_dir: Path) -> None:
-    loader = Loader()
-    path = write_article("a.txt", 1)
-    write_article("b.txt", 2)
-    assert loader.load(articles_dir).parsed == 2
-    assert loader.load(articles_dir).parsed == 0
-    # Same size, new content, new mtime: must be parsed again, never served stale.
-    content = path.read_text().replace("Article number 1", "Article number X")
-    path.write_text(content)
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    result = loader.load(articles_dir)
-    assert result.parsed == 1
-    assert "Article number X" in {a.title for a in result.articles}
-    path.unlink()
-    assert [a.title for a in loader.load(articles_dir).articles] == ["Article number 2"]
