@@ -13,15 +13,12 @@ or a push holds in memory only the articles it is about to render or send, never
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import marshal
 import multiprocessing
 import os
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from publisher.db import Database, Interrupted, upsert
 from publisher.errors import ArticleError
 from publisher.loader import FileKey, Problem, load_file, scan_article_files
 from publisher.models import Article, Image, Provider, Related, normalise_url
@@ -38,42 +36,52 @@ from publisher.selection import topic_slug
 PARALLEL_MIN_FILES = 2000
 BATCH_FILES = 500
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS catalog (
-    path TEXT PRIMARY KEY,
-    file_key TEXT NOT NULL,  -- "size mtime_ns ctime_ns inode" when parsed
-    problem TEXT,
-    article_id TEXT,
-    url_key TEXT,
-    published INTEGER NOT NULL DEFAULT 0,
-    quality INTEGER NOT NULL DEFAULT 0,
-    published_us INTEGER NOT NULL DEFAULT 0,
-    digest TEXT,
-    data TEXT,
-    selected INTEGER NOT NULL DEFAULT 0,
-    planned TEXT  -- the digest last planned into the ledger
-);
-CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key);
-CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id);
-CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id);
-CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL;
-CREATE INDEX IF NOT EXISTS catalog_unplanned ON catalog (published_us, article_id)
-    WHERE selected = 1 AND planned IS NOT digest;
-CREATE TABLE IF NOT EXISTS catalog_slugs (
-    path TEXT NOT NULL,
-    slug TEXT NOT NULL,
-    selected INTEGER NOT NULL DEFAULT 0,
-    published_us INTEGER NOT NULL,
-    article_id TEXT NOT NULL,
-    PRIMARY KEY (path, slug)
-);
-CREATE INDEX IF NOT EXISTS catalog_slugs_newest
-    ON catalog_slugs (slug, selected, published_us, article_id);
-"""
+def catalog_schema(dialect: str) -> list[str]:
+    """The catalog's tables, for ``dialect`` ("sqlite" or "postgresql")."""
+    blob = "BYTEA" if dialect == "postgresql" else "BLOB"
+    # The same predicate, spelled as each engine's planner recognises it for the index.
+    unplanned = _unplanned_predicate(dialect)
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS catalog (
+            path TEXT PRIMARY KEY,
+            file_key TEXT NOT NULL,  -- "size mtime_ns ctime_ns inode" when parsed
+            problem TEXT,
+            article_id TEXT,
+            url_key TEXT,
+            published BIGINT NOT NULL DEFAULT 0,
+            quality BIGINT NOT NULL DEFAULT 0,
+            published_us BIGINT NOT NULL DEFAULT 0,
+            digest TEXT,
+            data TEXT,
+            selected BIGINT NOT NULL DEFAULT 0,
+            planned TEXT  -- the digest last planned into the ledger
+        )""",
+        "CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key)",
+        "CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id)",
+        "CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id)",
+        "CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS catalog_unplanned ON catalog (published_us, article_id) "
+        f"WHERE {unplanned}",
+        """CREATE TABLE IF NOT EXISTS catalog_slugs (
+            path TEXT NOT NULL,
+            slug TEXT NOT NULL,
+            selected BIGINT NOT NULL DEFAULT 0,
+            published_us BIGINT NOT NULL,
+            article_id TEXT NOT NULL,
+            PRIMARY KEY (path, slug)
+        )""",
+        "CREATE INDEX IF NOT EXISTS catalog_slugs_newest "
+        "ON catalog_slugs (slug, selected, published_us, article_id)",
+        "CREATE TABLE IF NOT EXISTS catalog_snapshot "
+        f"(id BIGINT PRIMARY KEY, data {blob} NOT NULL)",
+    ]
+
+
+def _unplanned_predicate(dialect: str) -> str:
+    distinct = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
+    return f"selected = 1 AND planned {distinct} digest"
+
 
 # ``selected`` is materialised: 1 on the record that ``selection.select`` keeps for its
 # normalised URL (published, quality >= the threshold, the newest; ties: the later path).
@@ -89,7 +97,6 @@ _NEWEST = (
     "SELECT path FROM catalog WHERE selected = 1 ORDER BY published_us DESC, article_id DESC"
 )
 THRESHOLD_KEY = "catalog_min_quality"
-SCAN_KEY = "catalog_scan"  # the keys of the files as last synced (marshal)
 PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: file size cap, parser
 # Bump when the loader's output changes, so every file is parsed again.
 PARSER_VERSION = "1"
@@ -114,9 +121,13 @@ class SyncReport:
 class Catalog:
     """The parse cache and corpus index, in the state database's connection."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         """``db`` must hold the schema: the state store creates it, or ``create_schema``."""
         self._db = db
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     # -- sync --------------------------------------------------------------------------------
 
@@ -134,8 +145,12 @@ class Catalog:
         """
         if not directory.is_dir():
             raise ArticleError(f"articles folder not found: {directory}")
-        with self._sync_lock(stop):
-            return self._sync(directory, max_file_bytes, min_quality, progress, workers, stop)
+        try:
+            with self._db.exclusive("sync", stop):
+                return self._sync(directory, max_file_bytes, min_quality, progress, workers,
+                                  stop)
+        except Interrupted:
+            raise SyncInterrupted("stopped while waiting for another sync") from None
 
     def _sync(self, directory: Path, max_file_bytes: int, min_quality: int,
               progress: Progress | None, workers: int | None,
@@ -161,7 +176,8 @@ class Catalog:
         with self._transaction():
             # Until this sync completes, the rows may be ahead of any snapshot: drop it, so
             # an interrupted sync is followed by a full comparison with the rows.
-            self._db.execute("DELETE FROM meta WHERE key IN (?, ?)", (SCAN_KEY, PARSING_KEY))
+            self._db.execute("DELETE FROM catalog_snapshot")
+            self._db.execute("DELETE FROM meta WHERE key = ?", (PARSING_KEY,))
             if not same_threshold:
                 self._select_all(min_quality)
         for batch in parse_files(changed, max_file_bytes, workers=workers, progress=progress):
@@ -173,16 +189,14 @@ class Catalog:
         with self._transaction():
             self._remove(removed, min_quality)
             self.set_meta(PARSING_KEY, parsing)
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                (SCAN_KEY, marshal.dumps(on_disk)),
-            )
+            self._db.execute("INSERT INTO catalog_snapshot (id, data) VALUES (1, ?)",
+                             (marshal.dumps(on_disk),))
         report.problems = self._problems()
         return report
 
     def _last_scan(self) -> dict[str, FileKey] | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SCAN_KEY,)).fetchone()
-        if row is None or not isinstance(row[0], bytes):
+        row = self._db.execute("SELECT data FROM catalog_snapshot WHERE id = 1").fetchone()
+        if row is None or not isinstance(row[0], bytes | memoryview):
             return None
         try:
             snapshot = marshal.loads(row[0])
@@ -191,28 +205,12 @@ class Catalog:
         return snapshot if isinstance(snapshot, dict) else None
 
     @contextlib.contextmanager
-    def _sync_lock(self, stop: threading.Event | None = None) -> Iterator[None]:
-        database = self._db.execute("PRAGMA database_list").fetchone()[2]
-        if not database:  # an in-memory database: nobody else can see it
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction; in PostgreSQL also one catalog writer at a time, so a sync
+        and another instance's ``mark_planned`` never deadlock on rows in different orders."""
+        with self._db.transaction():
+            self._db.lock_in_transaction("catalog")
             yield
-            return
-        with open(database + ".sync.lock", "a+b") as handle:
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if stop is not None and stop.wait(0.1):
-                        raise SyncInterrupted("stopped while waiting for another sync") from None
-                    if stop is None:
-                        time.sleep(0.1)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _transaction(self) -> contextlib.AbstractContextManager[None]:
-        return transaction(self._db)
 
     def _remove(self, paths: Sequence[str], min_quality: int) -> None:
         keys = self._url_keys(paths)
@@ -253,11 +251,7 @@ class Catalog:
     def _upsert(self, row: Row) -> None:
         *columns, slugs = row
         path, article, published_us = columns[0], columns[3], columns[7]
-        self._db.execute(
-            "INSERT OR REPLACE INTO catalog (path, file_key, problem, article_id, url_key, "
-            "published, quality, published_us, digest, data) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            columns,
-        )
+        self._db.execute(_UPSERT_ROW, columns)
         self._db.execute("DELETE FROM catalog_slugs WHERE path=?", (path,))
         self._db.executemany(
             "INSERT INTO catalog_slugs (path, slug, published_us, article_id) VALUES (?,?,?,?)",
@@ -277,7 +271,7 @@ class Catalog:
             "  SELECT path, row_number() OVER ("
             "    PARTITION BY url_key ORDER BY published_us DESC, path DESC) AS copy"
             "  FROM catalog WHERE problem IS NULL AND published = 1 AND quality >= ?"
-            ") WHERE copy = 1)",
+            ") AS ranked WHERE copy = 1)",
             (min_quality,),
         )
         self._db.execute(
@@ -304,7 +298,7 @@ class Catalog:
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._db.execute(upsert("meta", ("key", "value"), ("key",)), (key, value))
 
     # -- selection (answered from the materialised ``selected`` flag) -----------------------
 
@@ -359,17 +353,22 @@ class Catalog:
 
     def unplanned_articles(self) -> list[Article]:
         """Selected articles whose current record has not been planned into the ledger."""
+        hint = " INDEXED BY catalog_unplanned" if self._db.dialect == "sqlite" else ""
         query = (
-            "SELECT data FROM catalog INDEXED BY catalog_unplanned "
-            "WHERE selected = 1 AND planned IS NOT digest ORDER BY published_us, article_id"
+            f"SELECT data FROM catalog{hint} WHERE {_unplanned_predicate(self._db.dialect)} "
+            "ORDER BY published_us, article_id"
         )
         return [article_from_json(row[0]) for row in self._db.execute(query)]
 
     def mark_planned(self, articles: Iterable[Article]) -> None:
-        paths = [(article.source_path,) for article in articles]
+        """Remember that these records (exactly these versions) are planned into the ledger."""
+        rows = [
+            (_digest(article_to_json(article)), article.source_path) for article in articles
+        ]
         with self._transaction():
             self._db.executemany(
-                "UPDATE catalog SET planned = digest WHERE path = ? AND selected = 1", paths
+                "UPDATE catalog SET planned = digest WHERE digest = ? AND path = ? "
+                "AND selected = 1", rows,
             )
 
     def selected_article(self, article_id: str) -> Article | None:
@@ -380,20 +379,23 @@ class Catalog:
         return article_from_json(row[0]) if row else None
 
 
-@contextlib.contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction (the connection is in autocommit mode otherwise)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+def create_schema(db: Database) -> None:
+    for statement in catalog_schema(db.dialect):
+        db.execute(statement)
 
 
-def create_schema(db: sqlite3.Connection) -> None:
-    db.executescript(SCHEMA)
+def _digest(data: str) -> str:
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+_UPSERT_ROW = upsert(
+    "catalog",
+    ("path", "file_key", "problem", "article_id", "url_key", "published", "quality",
+     "published_us", "digest", "data"),
+    ("path",),
+    # A new parse is a new record: selection is decided again and it is not yet planned.
+    also="selected = 0, planned = NULL",
+)
 
 
 # -- files to rows -------------------------------------------------------------------------
@@ -456,7 +458,7 @@ def _row(path: str, file_key: FileKey, max_file_bytes: int) -> Row:
         return (
             path, key, None, outcome.id, normalise_url(outcome.url), int(outcome.published),
             outcome.quality, to_microseconds(outcome.published_at),
-            hashlib.sha256(data.encode()).hexdigest()[:16], data, slugs,
+            _digest(data), data, slugs,
         )
     except Exception as exc:  # never let one file stop the sync of all the others
         reason = f"unusable: {type(exc).__name__}: {exc}"

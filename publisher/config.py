@@ -79,7 +79,8 @@ class TelegramConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    url: str = "sqlite:///publisher.db"
+    url: str = "sqlite:///publisher.db"  # or postgresql://user@host/db (several instances)
+    lease_seconds: float = 120.0  # a claim not settled by then is taken over (shared state)
 
 
 @dataclass(frozen=True)
@@ -331,5 +332,22 @@ def _validate(config: Config) -> None:
         )
     if telegram.per_chat_per_minute < 1 or telegram.max_tries < 1:
         raise ConfigError("config keys telegram.per_chat_per_minute and max_tries must be >= 1")
-    if not (config.state.url.startswith("sqlite:///") or config.state.url.startswith("postgres")):
-        raise ConfigError(f"config key state.url must be sqlite:///PATH, not {config.state.url!r}")
+    _validate_state(config)
+
+
+def _validate_state(config: Config) -> None:
+    url = config.state.url
+    scheme = urlsplit(url).scheme
+    if not (url.startswith("sqlite:///") or scheme in ("postgresql", "postgres")):
+        shown = url if not urlsplit(url).password else f"{scheme}://..."
+        raise ConfigError(
+            f"config key state.url must be sqlite:///PATH or postgresql://USER@HOST/DB, "
+            f"not {shown!r}"
+        )
+    # A claim must outlive the request it covers, or a slow send would be taken over.
+    minimum = 3 * config.telegram.timeout_seconds
+    if config.state.lease_seconds < minimum:
+        raise ConfigError(
+            f"config key state.lease_seconds ({config.state.lease_seconds:g}) must be at "
+            f"least 3 x telegram.timeout_seconds ({minimum:g})"
+        )

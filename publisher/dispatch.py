@@ -15,14 +15,18 @@ Outcomes decide what happens next:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import os
 import random
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from publisher.config import Config, TelegramConfig
+from publisher.config import Config
 from publisher.delivery import (
     Ambiguous,
     ChatForbidden,
@@ -39,7 +43,7 @@ from publisher.delivery import (
 from publisher.logs import event
 from publisher.messages import Message, render_message
 from publisher.models import Article
-from publisher.state import PENDING, SKIPPED, Delivery, NewDelivery, Store
+from publisher.state import PENDING, SKIPPED, Delivery, NewDelivery, Pacing, Store
 
 log = logging.getLogger(__name__)
 
@@ -102,43 +106,27 @@ def plan_deliveries(
     return planned
 
 
-class Pacer:
-    """Telegram's limits: per chat an interval and a per-minute budget; a global rate.
-
-    The per-minute budget counts sends recorded in the state, so back-to-back runs share it.
-    """
-
-    def __init__(self, store: Store, settings: TelegramConfig,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._store = store
-        self._settings = settings
-        self._clock = clock
-        self._global_next = 0.0
-        self._lock = asyncio.Lock()
-
-    def delay_for(self, chat_id: str) -> float:
-        """Seconds to wait before the next send to ``chat_id`` may leave."""
-        now = self._clock()
-        recent = self._store.sends_since(chat_id, now - 60.0)
-        delay = 0.0
-        if recent:
-            delay = max(delay, recent[-1] + self._settings.per_chat_interval_seconds - now)
-        budget = self._settings.per_chat_per_minute
-        if len(recent) >= budget:
-            delay = max(delay, recent[-budget] + 60.0 - now)
-        return max(delay, 0.0)
-
-    async def claim_global_slot(self) -> None:
-        async with self._lock:
-            now = self._clock()
-            wait = self._global_next - now
-            self._global_next = max(now, self._global_next) + 1.0 / self._settings.global_per_second
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-
 Sleep = Callable[[float], Awaitable[None]]
 Lookup = Callable[[str], Article | None]
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # the article reached a final state in this chat
+    RETRY = "retry"  # back to pending; the chat goes on
+    STOP = "stop"  # the chat stops for this run
+
+
+@dataclass
+class Tries:
+    """What happened to one article in one chat during this run."""
+
+    not_sent: int = 0
+    migrations: int = 0
+
+
+def instance_name() -> str:
+    """Who holds a claim: visible in the ledger, unique per process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Dispatcher:
@@ -155,9 +143,10 @@ class Dispatcher:
         self._sender = sender
         self._config = config
         self._settings = config.telegram
+        self._lease_seconds = config.state.lease_seconds
         self._sleep = sleep
         self._clock = clock
-        self._pacer = Pacer(store, config.telegram, clock)
+        self._owner = instance_name()
         self._stop = False
         self._fatal = ""
 
@@ -177,7 +166,7 @@ class Dispatcher:
         # Every configured chat: the main one and each route's.
         every_chat = self._config.chats_for(tuple(self._settings.routes))
         resend_chats = every_chat if self._settings.on_uncertain == "resend" else ()
-        recovered = self._store.recover_interrupted(resend_chats)
+        recovered = self._store.recover_interrupted(resend_chats, self._clock())
         if recovered:
             event(log, logging.WARNING, "recovered_interrupted_sends", count=recovered)
         chats = self._store.pending_chats()
@@ -205,22 +194,53 @@ class Dispatcher:
             return False
         return True
 
+    def _pacing(self) -> Pacing:
+        settings = self._settings
+        return Pacing(
+            per_chat_interval=settings.per_chat_interval_seconds,
+            per_chat_per_minute=settings.per_chat_per_minute,
+            global_interval=1.0 / settings.global_per_second,
+            max_wait=settings.max_wait_seconds,
+        )
+
     async def _run_chat(self, chat_id: str, lookup: Lookup, report: PushReport) -> None:
+        """Reserve a pacing slot, wait for it, claim the oldest due post, send it; repeat.
+
+        The claim comes after the wait, so no claim is held while pacing; a slot left unused
+        (nothing due, or the post skipped) is given back.
+        """
         chat_report = report.chat(chat_id)
         budget = self._settings.max_per_run or None
-        oldest = self._oldest_allowed()
-        for item in self._store.due(chat_id, self._clock(), None):
-            if self._stop or self._fatal or (budget is not None and budget <= 0):
+        tries: dict[str, Tries] = {}
+        while not (self._stop or self._fatal) and (budget is None or budget > 0):
+            slot = self._store.reserve_send(chat_id, self._clock(), self._pacing())
+            if slot is None:
+                event(log, logging.INFO, "pacing_deferred", chat=chat_id)
+                return
+            delay = slot - self._clock()
+            if delay > 0:
+                await self._sleep(delay)
+            if self._stop or self._fatal:
+                self._store.cancel_reservation(chat_id, slot)
+                return
+            now = self._clock()
+            item = self._store.claim_next(chat_id, now, self._owner, now + self._lease_seconds)
+            if item is None:
+                self._store.cancel_reservation(chat_id, slot)
                 return
             article = lookup(item.article_id)
+            oldest = self._oldest_allowed()
             if article is None or (oldest is not None and article.published_at < oldest):
+                self._store.cancel_reservation(chat_id, slot)
                 self._skip(item, article, chat_report)
                 continue
-            keep_going = await self._deliver(item, article, chat_report)
-            if budget is not None:
-                budget -= 1
-            if not keep_going:
+            outcome = await self._send_claimed(
+                item, article, tries.setdefault(item.article_id, Tries()), chat_report
+            )
+            if outcome is Outcome.STOP:
                 return
+            if outcome is Outcome.DONE and budget is not None:
+                budget -= 1
 
     def _oldest_allowed(self) -> datetime | None:
         hours = self._settings.max_age_hours
@@ -239,78 +259,63 @@ class Dispatcher:
         event(log, logging.INFO, "skipped", chat=item.chat_id, article=item.article_id,
               reason=reason)
 
-    async def _deliver(self, item: Delivery, article: Article, chat_report: ChatReport) -> bool:
-        """Post one article to one chat, retrying as the outcome allows. False: stop the chat."""
+    async def _send_claimed(self, item: Delivery, article: Article, tries: Tries,
+                            chat_report: ChatReport) -> Outcome:
+        """Post one claimed article to its chat and record what happened."""
         message = render_message(article, timezone=self._settings.timezone)
         chat_id = item.chat_id
-        tries = migrations = 0
-        while True:
-            if not await self._wait_for_pacing(chat_id):
-                return False
-            target = self._store.migration_for(chat_id) or chat_id
-            if not self._store.mark_sending(article.id, chat_id):
-                return True  # no longer pending: another pass has taken it
-            self._store.log_send(chat_id, self._clock())
-            try:
-                message_id = await self._post(target, message)
-            except RateLimited as exc:
-                chat_report.rate_limited += 1
-                if not await self._wait_rate_limit(article.id, chat_id, exc):
-                    return False
-                continue
-            except ChatMigrated as exc:
-                migrations += 1
-                if migrations > MAX_MIGRATIONS:
-                    self._store.mark_failed(article.id, chat_id, f"the chat keeps moving: {exc}")
-                    chat_report.failed += 1
-                    return True
-                self._store.record_migration(chat_id, exc.new_chat_id)
-                self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
-                event(log, logging.WARNING, "chat_migrated", chat=chat_id, to=exc.new_chat_id)
-                continue
-            except NotSent as exc:
-                tries += 1
-                if not await self._back_off(article.id, chat_id, exc.reason, tries, chat_report):
-                    return False
-                continue
-            except Ambiguous as exc:
-                if self._settings.on_uncertain == "resend":
-                    tries += 1
-                    if not await self._back_off(article.id, chat_id, exc.reason, tries,
-                                                chat_report):
-                        return False
-                    continue
-                self._store.mark_uncertain(article.id, chat_id, exc.reason)
-                chat_report.uncertain += 1
-                event(log, logging.WARNING, "uncertain", chat=chat_id, article=article.id,
-                      reason=exc.reason, title=article.title)
-                return True
-            except Rejected as exc:
-                self._store.mark_failed(article.id, chat_id, exc.reason)
+        target = self._store.migration_for(chat_id) or chat_id
+        try:
+            message_id = await self._post(target, message)
+        except RateLimited as exc:
+            chat_report.rate_limited += 1
+            return await self._wait_rate_limit(article.id, chat_id, exc)
+        except ChatMigrated as exc:
+            tries.migrations += 1
+            if tries.migrations > MAX_MIGRATIONS:
+                self._store.mark_failed(article.id, chat_id, f"the chat keeps moving: {exc}")
                 chat_report.failed += 1
-                event(log, logging.ERROR, "failed", chat=chat_id, article=article.id,
-                      reason=exc.reason, title=article.title)
-                return True
-            except ChatForbidden as exc:
-                self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
-                chat_report.error = f"cannot post to {chat_id}: {exc.reason}"
-                event(log, logging.ERROR, "chat_stopped", chat=chat_id, reason=exc.reason)
-                return False
-            except Unauthorized as exc:
-                self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
-                self._fatal = chat_report.error = exc.reason
-                event(log, logging.ERROR, "unauthorized", reason=exc.reason)
-                return False
-            except Exception as exc:  # a bug or a surprise: the request may have left
-                reason = f"unexpected error while sending: {type(exc).__name__}: {exc}"
-                self._store.mark_uncertain(article.id, chat_id, reason)
-                chat_report.uncertain += 1
-                raise
-            self._store.mark_sent(article.id, chat_id, message_id, target)
-            chat_report.sent += 1
-            event(log, logging.INFO, "sent", chat=chat_id, article=article.id,
-                  message_id=message_id, title=article.title)
-            return True
+                return Outcome.DONE
+            self._store.record_migration(chat_id, exc.new_chat_id)
+            self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
+            event(log, logging.WARNING, "chat_migrated", chat=chat_id, to=exc.new_chat_id)
+            return Outcome.RETRY
+        except NotSent as exc:
+            return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
+        except Ambiguous as exc:
+            if self._settings.on_uncertain == "resend":
+                return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
+            self._store.mark_uncertain(article.id, chat_id, exc.reason)
+            chat_report.uncertain += 1
+            event(log, logging.WARNING, "uncertain", chat=chat_id, article=article.id,
+                  reason=exc.reason, title=article.title)
+            return Outcome.DONE
+        except Rejected as exc:
+            self._store.mark_failed(article.id, chat_id, exc.reason)
+            chat_report.failed += 1
+            event(log, logging.ERROR, "failed", chat=chat_id, article=article.id,
+                  reason=exc.reason, title=article.title)
+            return Outcome.DONE
+        except ChatForbidden as exc:
+            self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
+            chat_report.error = f"cannot post to {chat_id}: {exc.reason}"
+            event(log, logging.ERROR, "chat_stopped", chat=chat_id, reason=exc.reason)
+            return Outcome.STOP
+        except Unauthorized as exc:
+            self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
+            self._fatal = chat_report.error = exc.reason
+            event(log, logging.ERROR, "unauthorized", reason=exc.reason)
+            return Outcome.STOP
+        except Exception as exc:  # a bug or a surprise: the request may have left
+            reason = f"unexpected error while sending: {type(exc).__name__}: {exc}"
+            self._store.mark_uncertain(article.id, chat_id, reason)
+            chat_report.uncertain += 1
+            raise
+        self._store.mark_sent(article.id, chat_id, message_id, target)
+        chat_report.sent += 1
+        event(log, logging.INFO, "sent", chat=chat_id, article=article.id,
+              message_id=message_id, title=article.title)
+        return Outcome.DONE
 
     async def _post(self, chat_id: str, message: Message) -> int:
         if message.photo_url:
@@ -339,35 +344,27 @@ class Dispatcher:
             preview_url=message.preview_url,
         )
 
-    async def _wait_for_pacing(self, chat_id: str) -> bool:
-        delay = self._pacer.delay_for(chat_id)
-        if delay > self._settings.max_wait_seconds:
-            event(log, logging.INFO, "pacing_deferred", chat=chat_id, wait=round(delay, 1))
-            return False
-        if delay > 0:
-            await self._sleep(delay)
-        await self._pacer.claim_global_slot()
-        return not self._fatal and not self._stop
-
-    async def _wait_rate_limit(self, article_id: str, chat_id: str, exc: RateLimited) -> bool:
+    async def _wait_rate_limit(self, article_id: str, chat_id: str,
+                               exc: RateLimited) -> Outcome:
         wait = exc.retry_after + random.uniform(0.05, 0.5)
         self._store.mark_retry(article_id, chat_id, exc.reason, self._clock() + wait,
                                count_attempt=False)
         event(log, logging.WARNING, "rate_limited", chat=chat_id, retry_after=exc.retry_after)
         if wait > self._settings.max_wait_seconds or self._stop:
-            return False
+            return Outcome.STOP
         await self._sleep(wait)
-        return True
+        return Outcome.RETRY
 
-    async def _back_off(self, article_id: str, chat_id: str, reason: str, tries: int,
-                        chat_report: ChatReport) -> bool:
+    async def _back_off(self, article_id: str, chat_id: str, reason: str, tries: Tries,
+                        chat_report: ChatReport) -> Outcome:
         """Back to pending; retry in this run while tries remain, else leave it for the next."""
-        delay = min(2.0 ** (tries - 1), MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
+        tries.not_sent += 1
+        delay = min(2.0 ** (tries.not_sent - 1), MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
         self._store.mark_retry(article_id, chat_id, reason, self._clock() + delay)
         event(log, logging.WARNING, "retry_later", chat=chat_id, article=article_id,
-              reason=reason, tries=tries)
-        if tries >= self._settings.max_tries or self._stop:
+              reason=reason, tries=tries.not_sent)
+        if tries.not_sent >= self._settings.max_tries or self._stop:
             chat_report.error = f"Telegram unavailable for {chat_id}: {reason}"
-            return False
+            return Outcome.STOP
         await self._sleep(delay)
-        return True
+        return Outcome.RETRY

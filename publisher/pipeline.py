@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,12 +27,11 @@ from publisher.names import FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
 from publisher.selection import select
 from publisher.state import (
     PENDING,
-    InstanceLock,
     RunRecord,
-    SQLiteStore,
     Store,
+    instance_lock,
     open_store,
-    sqlite_path,
+    state_exists,
     utc_now_iso,
 )
 
@@ -140,10 +140,24 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
 
 
 def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
-    """Render and write the feeds whose entries changed; None when every file is current."""
+    """Render and write the feeds whose entries changed; None when every file is current.
+
+    One writer at a time per state (instances sharing a PostgreSQL state included); what
+    was written is remembered per host and folder, since each host may have its own disk.
+    """
+    with catalog.db.exclusive("feeds"):
+        return _write_current_feeds(config, catalog)
+
+
+def feeds_key(config: Config) -> str:
+    return f"{FEEDS_KEY}:{socket.gethostname()}:{config.feeds.dir.resolve()}"
+
+
+def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     paths, entries = catalog.feed_selection(config.feeds.max_items)
     settings = _digest(repr(config.feeds))
-    last = _json_object(catalog.get_meta(FEEDS_KEY))
+    key = feeds_key(config)
+    last = _json_object(catalog.get_meta(key))
     known = last.get("feeds", {}) if last.get("settings") == settings else {}
     known = {slug: digest for slug, digest in known.items() if _feed_files_exist(config, slug)}
     pages = all((config.feeds.dir / name).is_file() for name in (OPML_NAME, INDEX_NAME))
@@ -159,7 +173,7 @@ def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, known)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
     catalog.set_meta(
-        FEEDS_KEY,
+        key,
         json.dumps({"entries": entries, "settings": settings, "feeds": rendering.digests}),
     )
     announce_changed(result, config.feeds)
@@ -185,7 +199,7 @@ def build(config: Config, progress: Progress | None = None) -> BuildReport:
     started_at = utc_now_iso()
     store = open_store(config.state.url)
     try:
-        catalog = Catalog(store.connection)
+        catalog = Catalog(store.db)
         corpus = sync_corpus(config, catalog, progress)
         feeds = write_current_feeds(config, catalog)
         report = BuildReport(corpus, feeds, time.perf_counter() - started)
@@ -214,10 +228,10 @@ async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
 
     require_chat(config)
     sender = sender or make_sender(config)
-    with InstanceLock(config.state.url):
+    with instance_lock(config.state.url):
         store = open_store(config.state.url)
         try:
-            catalog = Catalog(store.connection)
+            catalog = Catalog(store.db)
             corpus = sync_corpus(config, catalog)
             try:
                 dispatcher = Dispatcher(store, sender, config)
@@ -289,10 +303,10 @@ def dry_run(config: Config) -> DryRun:
 
 
 def _known_pairs(config: Config) -> set[tuple[str, str]]:
-    if not sqlite_path(config.state.url).exists():
+    if not state_exists(config.state.url):
         return set()
-    store = SQLiteStore.open(config.state.url, readonly=True)
+    store = open_store(config.state.url, readonly=True)
     try:
-        return store.known_pairs()
+        return set() if store.empty else store.known_pairs()
     finally:
         store.close()

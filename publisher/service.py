@@ -43,7 +43,7 @@ from publisher.errors import ConfigError, PublisherError
 from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, start_server
-from publisher.state import InstanceLock, RunRecord, SQLiteStore, open_store, utc_now_iso
+from publisher.state import RunRecord, SQLStore, instance_lock, open_store, utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Service:
         self._catalog: Catalog | None = None
         self._stopping = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
-        self._store: SQLiteStore | None = None
+        self._store: SQLStore | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._reload_tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
@@ -161,10 +161,10 @@ class Service:
         """Run until SIGTERM/SIGINT; 0 after a clean stop."""
         pipeline.require_chat(self.config)
         self._sender = self._sender_factory(self.config)
-        with InstanceLock(self.config.state.url):
+        with instance_lock(self.config.state.url):
             self._store = open_store(self.config.state.url)
             writer = open_store(self.config.state.url, threaded=True)
-            self._catalog = Catalog(writer.connection)
+            self._catalog = Catalog(writer.db)
             server: RunningServer | None = None
             try:
                 server = self._start_http_server()
@@ -442,7 +442,7 @@ class Service:
         self._dispatcher = Dispatcher(self._store, self._sender, self.config, sleep=self._sleep)
         try:
             outcome = await pipeline.deliver(
-                self.config, self._store, self._dispatcher, Catalog(self._store.connection),
+                self.config, self._store, self._dispatcher, Catalog(self._store.db),
                 corpus,
             )
         finally:

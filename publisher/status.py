@@ -5,22 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from publisher.config import Config
-from publisher.state import FAILED, STATES, UNCERTAIN, SQLiteStore, sqlite_path
+from publisher.db import sqlite_path
+from publisher.state import FAILED, STATES, UNCERTAIN, SQLStore, open_store, state_exists
 
 
 def render_status(config: Config, config_path: Path | None) -> str:
-    path = sqlite_path(config.state.url)
-    if not path.exists():
-        return f"No state yet ({path}): nothing has been pushed."
-    store = SQLiteStore.open(config.state.url, readonly=True)
+    if not state_exists(config.state.url):
+        return f"No state yet ({sqlite_path(config.state.url)}): nothing has been pushed."
+    store = open_store(config.state.url, readonly=True)
     try:
+        if store.empty:
+            return f"No state yet ({store.description}): nothing has been pushed."
         return "\n".join(_sections(store, config_path))
     finally:
         store.close()
 
 
-def _sections(store: SQLiteStore, config_path: Path | None) -> list[str]:
-    lines = [f"State: {store.path}", ""]
+def _sections(store: SQLStore, config_path: Path | None) -> list[str]:
+    lines = [f"State: {store.description}", ""]
     runs = store.last_runs()
     for kind in ("build", "push"):
         run = runs.get(kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import SEEDS, article_record, front_matter
 from publisher import catalog as catalog_module
 from publisher.catalog import Catalog, article_from_json, article_to_json, create_schema
 from publisher.config import FeedsConfig
+from publisher.db import Database, PostgresDatabase, SQLiteDatabase
 from publisher.feeds import render_feeds
 from publisher.loader import load_articles
 from publisher.selection import group_by_topic, select
@@ -38,15 +40,33 @@ def random_corpus(directory: Path, count: int, seed: int) -> None:
         (directory / f"{index:04d}.txt").write_text(text, encoding="utf-8")
 
 
-def open_catalog(tmp_path: Path) -> Catalog:
-    db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
-    create_schema(db)
-    return Catalog(db)
+CatalogOpener = Callable[[Path], Catalog]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_catalog(request: pytest.FixtureRequest) -> Iterator[CatalogOpener]:
+    """Open a new, empty catalog (a SQLite file in the folder, or a fresh PostgreSQL schema)."""
+    opened: list[Database] = []
+
+    def open_one(folder: Path) -> Catalog:
+        if request.param == "postgresql":
+            db: Database = PostgresDatabase(request.getfixturevalue("postgres_schema_factory")())
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            db = SQLiteDatabase(folder / "state.db")
+        opened.append(db)
+        create_schema(db)
+        return Catalog(db)
+
+    yield open_one
+    for db in opened:
+        db.close()
 
 
 @pytest.mark.parametrize(("seed", "min_quality", "limit"), [(1, 0, 5), (2, 100, 3), (3, 50, 50)])
 def test_sql_selection_equals_the_pure_functions(
-    tmp_path: Path, articles_dir: Path, seed: int, min_quality: int, limit: int
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path, seed: int,
+    min_quality: int, limit: int,
 ) -> None:
     random_corpus(articles_dir, 150, seed)
     catalog = open_catalog(tmp_path)
@@ -64,7 +84,7 @@ def test_sql_selection_equals_the_pure_functions(
 
 
 def test_incremental_syncs_stay_equal_to_the_pure_functions(
-    tmp_path: Path, articles_dir: Path
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
 ) -> None:
     """Edits, deletions, new duplicates and threshold changes, re-synced round after round."""
     random_corpus(articles_dir, 80, 11)
@@ -99,7 +119,7 @@ def test_seeds_round_trip_through_json() -> None:
 
 
 def test_sync_reparses_only_what_changed_and_never_serves_stale(
-    tmp_path: Path, articles_dir: Path
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
 ) -> None:
     for index in range(1, 4):
         (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
@@ -123,7 +143,8 @@ def test_sync_reparses_only_what_changed_and_never_serves_stale(
 
 
 def test_parallel_parse_gives_the_same_catalog(
-    tmp_path: Path, articles_dir: Path, monkeypatch: pytest.MonkeyPatch
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     random_corpus(articles_dir, 60, 7)
     for name in ("a", "b"):
@@ -139,7 +160,7 @@ def test_parallel_parse_gives_the_same_catalog(
     assert parallel.feed_articles(5) == serial.feed_articles(5)
 
 
-def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_folder_is_a_clear_error(open_catalog: CatalogOpener, tmp_path: Path) -> None:
     from publisher.errors import ArticleError
 
     with pytest.raises(ArticleError, match="articles folder not found"):
@@ -176,7 +197,8 @@ def test_builds_rewrite_only_changed_feeds_and_match_a_full_render(
 
 
 def test_interrupted_sync_leaves_nothing_stale(
-    tmp_path: Path, articles_dir: Path, monkeypatch: pytest.MonkeyPatch
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for index in range(1, 4):
         (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
@@ -208,7 +230,8 @@ def test_interrupted_sync_leaves_nothing_stale(
 
 
 def test_a_renamed_file_stays_selected_throughout_the_sync(
-    tmp_path: Path, articles_dir: Path, monkeypatch: pytest.MonkeyPatch
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
     catalog = open_catalog(tmp_path)
@@ -229,7 +252,9 @@ def test_a_renamed_file_stays_selected_throughout_the_sync(
     assert after.id == article.id and after.source_path.endswith("b.txt")
 
 
-def test_changed_size_cap_parses_again(tmp_path: Path, articles_dir: Path) -> None:
+def test_changed_size_cap_parses_again(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
     (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
     catalog = open_catalog(tmp_path)
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
@@ -244,8 +269,9 @@ def test_changed_size_cap_parses_again(tmp_path: Path, articles_dir: Path) -> No
      {"images": [{"url": "https://e.com/i.jpg", "width": float("inf"), "height": 10}]},
      {"publishedDateTime": "0001-01-01T00:00:00+01:00"}],
 )
-def test_extreme_values_never_stop_a_sync(tmp_path: Path, articles_dir: Path,
-                                          fields: dict[str, object]) -> None:
+def test_extreme_values_never_stop_a_sync(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path, fields: dict[str, object]
+) -> None:
     (articles_dir / "odd.txt").write_text(front_matter(article_record(1, **fields)))
     (articles_dir / "fine.txt").write_text(front_matter(article_record(2)))
     catalog = open_catalog(tmp_path)
@@ -255,7 +281,7 @@ def test_extreme_values_never_stop_a_sync(tmp_path: Path, articles_dir: Path,
 
 
 def test_an_older_catalog_layout_is_rebuilt(tmp_path: Path, articles_dir: Path) -> None:
-    from publisher.state import SQLiteStore
+    from publisher.state import open_store
 
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
@@ -265,8 +291,8 @@ def test_an_older_catalog_layout_is_rebuilt(tmp_path: Path, articles_dir: Path) 
     db.commit()
     db.close()
     (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
-    store = SQLiteStore(path)
-    catalog = Catalog(store.connection)
+    store = open_store(f"sqlite:///{path}")
+    catalog = Catalog(store.db)
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
     assert catalog.selected_count() == 1
     store.close()

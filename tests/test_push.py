@@ -21,7 +21,7 @@ from publisher.config import Config, load_config
 from publisher.delivery import Rejected
 from publisher.errors import AlreadyRunning
 from publisher.logs import configure_logging
-from publisher.state import InstanceLock, SQLiteStore
+from publisher.state import InstanceLock, open_store
 
 CHAT = "@news"
 ConfigMaker = Callable[..., Config]
@@ -47,15 +47,28 @@ def toml_value(value: object) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
 
 
+SQLITE_STATE = "sqlite:///state/publisher.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest) -> str:
+    """Every delivery behaviour holds on both engines."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return SQLITE_STATE
+
+
 @pytest.fixture
-def make_config(tmp_path: Path, articles_dir: Path, botapi: BotApiStandin) -> ConfigMaker:
+def make_config(
+    tmp_path: Path, articles_dir: Path, botapi: BotApiStandin, state_url: str
+) -> ConfigMaker:
     """A config for the stand-in; keyword arguments override [telegram] keys."""
 
     def make(extra: str = "", base_url: str | None = None, **telegram: object) -> Config:
         settings = {**TELEGRAM_DEFAULTS, "api_base_url": base_url or botapi.base_url, **telegram}
         path = tmp_path / "config.toml"
         path.write_text(
-            '[articles]\ndir = "articles"\n[state]\nurl = "sqlite:///state/publisher.db"\n'
+            f'[articles]\ndir = "articles"\n[state]\nurl = "{state_url}"\n'
             "[telegram]\n"
             + "".join(f"{key} = {toml_value(value)}\n" for key, value in settings.items())
             + extra,
@@ -71,7 +84,7 @@ def push(config: Config) -> pipeline.PushOutcome:
 
 
 def ledger(config: Config) -> dict[str, dict[str, int]]:
-    store = SQLiteStore.open(config.state.url)
+    store = open_store(config.state.url)
     try:
         return store.counts()
     finally:
@@ -236,7 +249,7 @@ def test_ambiguous_sends_are_held_as_uncertain_not_resent(
     expected_posts = 2 if fault != "drop" else 1  # "drop" never reached the channel
     assert len(recorded) == expected_posts and len(set(recorded)) == len(recorded)
     # After a look, the operator requeues it; it goes out.
-    store = SQLiteStore.open(config.state.url)
+    store = open_store(config.state.url)
     assert store.requeue("uncertain", None, []) == 1
     store.close()
     push(config)
@@ -261,11 +274,11 @@ def test_crash_while_sending_is_recovered_as_uncertain(
     write_article("a.txt", 1)
     config = make_config()
     selected = pipeline.load_and_select(config).selected
-    store = SQLiteStore.open(config.state.url)
+    store = open_store(config.state.url)
     from publisher.dispatch import plan_deliveries
 
     store.add_deliveries(plan_deliveries(selected, config, datetime.now(UTC)))
-    store.mark_sending(selected[0].id, CHAT)  # ...and the process died here
+    store.claim(selected[0].id, CHAT)  # ...and the process died here
     store.close()
     push(config)
     assert botapi.messages == []
@@ -414,6 +427,7 @@ def test_backlog_age_window_and_per_run_limit(
     assert "Article number 1" not in titles(botapi)
 
 
+@pytest.mark.parametrize("state_url", [SQLITE_STATE])  # PostgreSQL admits several
 def test_single_instance_lock(make_config: ConfigMaker, write_article: ArticleWriter) -> None:
     write_article("a.txt", 1)
     config = make_config()

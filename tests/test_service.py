@@ -27,7 +27,7 @@ from conftest import REPO, ArticleWriter
 
 from publisher.errors import ConfigError
 from publisher.service import MAX_FAILURE_BACKOFF_SECONDS, JobHealth, parse_schedule
-from publisher.state import SQLiteStore
+from publisher.state import open_store
 
 CHAT = "@news"
 DEADLINE = 30.0
@@ -158,7 +158,7 @@ def titles(standin: StandinProcess) -> list[str]:
 
 
 def ledger(tmp_path: Path) -> dict[str, dict[str, int]]:
-    store = SQLiteStore(tmp_path / "state" / "publisher.db", readonly=True)
+    store = open_store(f"sqlite:///{tmp_path / 'state' / 'publisher.db'}", readonly=True)
     try:
         return store.counts()
     finally:
@@ -166,7 +166,7 @@ def ledger(tmp_path: Path) -> dict[str, dict[str, int]]:
 
 
 def ledger_titles(tmp_path: Path, state: str) -> set[str]:
-    store = SQLiteStore(tmp_path / "state" / "publisher.db", readonly=True)
+    store = open_store(f"sqlite:///{tmp_path / 'state' / 'publisher.db'}", readonly=True)
     try:
         return {delivery.title for delivery in store.deliveries([state], limit=1000)}
     finally:

@@ -1,0 +1,293 @@
+"""One small SQL interface over SQLite (the default) and PostgreSQL (psycopg 3).
+
+The rest of the publisher writes its SQL once, with ``?`` placeholders and the subset both
+engines share (``INSERT ... ON CONFLICT``, window functions, ``RETURNING``); the few places
+that differ ask the database for its dialect. Cross-process mutual exclusion is the
+engine's own: ``flock`` beside a SQLite file, advisory locks in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from publisher.errors import StateError
+
+SQLITE_PREFIX = "sqlite:///"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+LOCK_POLL_SECONDS = 0.1
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Database(Protocol):
+    """A connection in autocommit mode; ``transaction()`` groups statements."""
+
+    dialect: str  # "sqlite" or "postgresql"
+    shared: bool  # True: several publisher processes may use this state at once
+    description: str  # where it is, safe to print (no password)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int: ...
+    def transaction(self) -> contextlib.AbstractContextManager[None]: ...
+    def exclusive(self, name: str, stop: threading.Event | None = None
+                  ) -> contextlib.AbstractContextManager[None]: ...
+    def lock_in_transaction(self, name: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class Interrupted(StateError):
+    """A wait for a lock was ended by a stop request."""
+
+
+def is_postgres_url(url: str) -> bool:
+    return urlsplit(url).scheme in POSTGRES_SCHEMES
+
+
+def sqlite_path(url: str) -> Path:
+    if not url.startswith(SQLITE_PREFIX):
+        raise StateError(f"state.url {redact_url(url)!r} is not a sqlite:///PATH URL")
+    return Path(url[len(SQLITE_PREFIX):])
+
+
+def url_password(url: str) -> str:
+    return urlsplit(url).password or ""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def connect(url: str, *, readonly: bool = False, threaded: bool = False) -> Database:
+    if is_postgres_url(url):
+        from publisher.logs import add_secret
+
+        add_secret(url_password(url))  # a password in the URL never reaches a log line
+        return PostgresDatabase(url)
+    return SQLiteDatabase(sqlite_path(url), readonly=readonly, threaded=threaded)
+
+
+def upsert(table: str, columns: Sequence[str], keys: Sequence[str],
+           also: str = "") -> str:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` setting every other column (both engines).
+
+    ``also``: extra assignments for the update, e.g. resetting derived columns.
+    """
+    updates = [f"{column} = excluded.{column}" for column in columns if column not in keys]
+    if also:
+        updates.append(also)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+# -- SQLite -----------------------------------------------------------------------------------
+
+
+class SQLiteDatabase:
+    dialect = "sqlite"
+    shared = False
+
+    def __init__(self, path: Path, *, readonly: bool = False, threaded: bool = False) -> None:
+        import sqlite3
+
+        self.path = path
+        self.description = str(path)
+        self._errors = sqlite3.Error
+        try:
+            if readonly:
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=not threaded
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # threaded: used from worker threads, one at a time (the caller serialises).
+                self._db = sqlite3.connect(path, timeout=30, check_same_thread=not threaded)
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"cannot open state database {path}: {exc}") from None
+        self._db.isolation_level = None  # explicit transactions only
+        if not readonly:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"state database {path} is unusable: {exc}") from None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        return self._db.executemany(sql, rows).rowcount
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")  # one writer at a time: the engine serialises
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, stop: threading.Event | None = None) -> Iterator[None]:
+        """A lock file beside the database; the kernel releases it if the process dies."""
+        with open(f"{self.path}.{name}.lock", "a+b") as handle:
+            _poll(lambda: _try_flock(handle.fileno()), stop, name)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def lock_in_transaction(self, name: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already admits one writer at a time."""
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _poll(attempt: Any, stop: threading.Event | None, name: str) -> None:
+    while not attempt():
+        if stop is not None:
+            if stop.wait(LOCK_POLL_SECONDS):
+                raise Interrupted(f"stopped while waiting for the {name} lock")
+        else:
+            time.sleep(LOCK_POLL_SECONDS)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+class PostgresDatabase:
+    """psycopg 3 in autocommit mode; ``?`` placeholders become ``%s``.
+
+    A connection lost between transactions (a server restart during months of service) is
+    opened again at the next statement; the statement that met the loss fails as a
+    ``StateError`` and the job that ran it is retried by its caller.
+    """
+
+    dialect = "postgresql"
+    shared = True
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise StateError(
+                "state.url is a PostgreSQL URL but psycopg is not installed: "
+                "pip install 'publisher[postgresql]'"
+            ) from None
+        self._psycopg = psycopg
+        self._url = url
+        self.description = redact_url(url)
+        self._depth = 0  # open transaction blocks
+        self._sql: dict[str, str] = {}
+        self._db = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            return self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+        except self._psycopg.Error as exc:
+            raise StateError(
+                f"cannot connect to the state database {self.description}: {_first_line(exc)}"
+            ) from None
+
+    def _connection(self) -> Any:
+        if self._depth == 0 and (self._db.closed or self._db.broken):
+            self._db = self._connect()
+        return self._db
+
+    def _translate(self, sql: str) -> str:
+        translated = self._sql.get(sql)
+        if translated is None:
+            translated = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return translated
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        connection = self._connection()
+        try:
+            return connection.execute(self._translate(sql), tuple(params))  # type: ignore[no-any-return]
+        except self._psycopg.OperationalError as exc:
+            raise StateError(f"state database {self.description}: {_first_line(exc)}") from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        rows = list(rows)
+        if not rows:
+            return 0
+        connection = self._connection()
+        try:
+            with connection.cursor() as cursor:
+                cursor.executemany(self._translate(sql), rows)
+                return max(cursor.rowcount, 0)
+        except self._psycopg.OperationalError as exc:
+            raise StateError(f"state database {self.description}: {_first_line(exc)}") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        connection = self._connection()
+        self._depth += 1
+        try:
+            with connection.transaction():
+                yield
+        finally:
+            self._depth -= 1
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, stop: threading.Event | None = None) -> Iterator[None]:
+        """A session advisory lock: held by this connection, released if it dies."""
+        key = self._lock_key(name)
+        _poll(
+            lambda: bool(self.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0]),
+            stop, name,
+        )
+        try:
+            yield
+        finally:
+            if not (self._db.closed or self._db.broken):
+                self.execute("SELECT pg_advisory_unlock(?)", (key,))
+
+    def lock_in_transaction(self, name: str) -> None:
+        """Wait for and take a lock released when the current transaction ends."""
+        self.execute("SELECT pg_advisory_xact_lock(?)", (self._lock_key(name),))
+
+    def _lock_key(self, name: str) -> int:
+        # Keyed by schema too, so publishers in different schemas never wait for each other.
+        row = self.execute(
+            "SELECT hashtextextended(current_schema() || ':publisher:' || ?, 0)", (name,)
+        ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
