@@ -1,7 +1,9 @@
 """Dispatch: the ledger-driven loop that posts pending articles, paced and fault-tolerant.
 
-For each chat, oldest article first: commit ``sending``, post, then record the outcome.
-Outcomes decide what happens next:
+For each chat, oldest article first: reserve a pacing slot in the state, wait for it, claim
+the oldest due pair (``sending``, committed, with this process's name and a lease), post,
+then record the outcome. Several processes sharing a PostgreSQL state run this same loop;
+the claim is what keeps them from posting anything twice. Outcomes decide what happens next:
 
 * posted -> ``sent`` with the message id;
 * provably not posted (connection refused, 5xx) -> back to ``pending`` with backoff,

@@ -17,9 +17,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import REPO
 
 from publisher.cli import cli
-from publisher.db import Interrupted, PostgresDatabase, SQLiteDatabase, redact_url
+from publisher.config import load_config
+from publisher.db import (
+    Interrupted,
+    PostgresDatabase,
+    SQLiteDatabase,
+    is_postgres_url,
+    redact_url,
+    url_password,
+)
 from publisher.errors import StateError
 from publisher.state import (
     SCHEMA_VERSION,
@@ -283,3 +292,17 @@ def test_claim_counts_are_exact_under_contention(postgres_url: str) -> None:
         assert check.counts() == {"@one": {"sent": 60}}
     finally:
         check.close()
+
+
+def test_the_two_host_example_config_is_valid() -> None:
+    config = load_config(REPO / "deploy" / "two-hosts" / "config.toml", environ={})
+    assert is_postgres_url(config.state.url) and "@" in config.state.url
+    assert url_password(config.state.url) == ""  # the password lives in PGPASSFILE
+
+
+def test_status_of_a_fresh_database_says_so(postgres_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[state]\nurl = "{postgres_url}"\n')
+    result = CliRunner().invoke(cli, ["status", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("No state yet (postgresql://")
