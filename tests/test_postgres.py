@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, ArticleWriter
 
 from publisher.cli import cli
 from publisher.config import load_config
@@ -30,6 +30,7 @@ from publisher.db import (
     url_password,
 )
 from publisher.errors import StateError
+from publisher.pipeline import build
 from publisher.state import (
     SCHEMA_VERSION,
     NewDelivery,
@@ -306,3 +307,26 @@ def test_status_of_a_fresh_database_says_so(postgres_url: str, tmp_path: Path) -
     result = CliRunner().invoke(cli, ["status", "-c", str(config)])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("No state yet (postgresql://")
+
+
+def test_each_feeds_folder_is_kept_current_and_identical(
+    postgres_url: str, tmp_path: Path, write_article: ArticleWriter
+) -> None:
+    """Two hosts on one state, each with its own feeds folder: both written, byte for byte."""
+    for index in range(1, 6):
+        write_article(f"{index}.txt", index, topics=["AI", "Space"])
+    reports = {}
+    for host in ("a", "b"):
+        path = tmp_path / f"{host}.toml"
+        path.write_text(f'[articles]\ndir = "articles"\n[feeds]\ndir = "feeds-{host}"\n'
+                        f'[state]\nurl = "{postgres_url}"\n')
+        reports[host] = build(load_config(path, environ={}))
+    assert reports["a"].feeds is not None and reports["b"].feeds is not None
+    files = sorted(p.name for p in (tmp_path / "feeds-a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "feeds-b").iterdir())
+    assert "space.atom.xml" in files
+    for name in files:
+        assert (tmp_path / "feeds-a" / name).read_bytes() == (
+            tmp_path / "feeds-b" / name).read_bytes(), name
+    again = build(load_config(tmp_path / "a.toml", environ={}))
+    assert again.feeds is None  # host a's folder is still current
