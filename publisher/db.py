@@ -209,6 +209,7 @@ class PostgresDatabase:
         self.description = redact_url(url)
         self._depth = 0  # open transaction blocks
         self._sql: dict[str, str] = {}
+        self._keys: dict[str, int] = {}  # advisory lock keys by name (the schema is fixed)
         self._db = self._connect()
 
     def _connect(self) -> Any:
@@ -279,10 +280,13 @@ class PostgresDatabase:
 
     def _lock_key(self, name: str) -> int:
         # Keyed by schema too, so publishers in different schemas never wait for each other.
-        row = self.execute(
-            "SELECT hashtextextended(current_schema() || ':publisher:' || ?, 0)", (name,)
-        ).fetchone()
-        return int(row[0])
+        key = self._keys.get(name)
+        if key is None:
+            row = self.execute(
+                "SELECT hashtextextended(current_schema() || ':publisher:' || ?, 0)", (name,)
+            ).fetchone()
+            key = self._keys[name] = int(row[0])
+        return key
 
     def close(self) -> None:
         self._db.close()

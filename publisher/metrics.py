@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from publisher.loader import LOADER_NAME
+from publisher.loader import yaml_loader
 
 if TYPE_CHECKING:
     from publisher.dispatch import PushReport
@@ -42,7 +42,7 @@ class Metrics:
             since.labels(job).set_function(lambda job=job: self._seconds_since(job))
         info = Gauge("publisher_loader_info", "YAML loader in use.", ["loader"],
                      registry=self.registry)
-        info.labels(LOADER_NAME).set(1)
+        info.labels(yaml_loader()[1]).set(1)
 
     def _gauge(self, name: str, documentation: str) -> Gauge:
         return Gauge(name, documentation, registry=self.registry)

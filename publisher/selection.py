@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from slugify import slugify
 
 from publisher.models import Article, normalise_url
 
@@ -56,6 +55,7 @@ def select(articles: Iterable[Article], min_quality: int) -> list[Article]:
     return newest_first(deduplicate(a for a in articles if is_selected(a, min_quality)))
 
 
+@functools.lru_cache(maxsize=4096)  # a corpus has few topic names, each seen many times
 def topic_slug(name: str) -> str:
     """A file-name-safe slug: lowercase ASCII words joined by ``-``; never empty, never a path.
 
@@ -64,6 +64,8 @@ def topic_slug(name: str) -> str:
     >>> topic_slug("AI Ethics & Policy")
     'ai-ethics-policy'
     """
+    from slugify import slugify  # only when a file is parsed: warm builds never need it
+
     slug = slugify(name, max_length=MAX_SLUG_LENGTH, word_boundary=True, replacements=[["&", " "]])
     if not slug:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
