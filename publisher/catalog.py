@@ -104,6 +104,10 @@ _NEWEST = (
     "SELECT path FROM catalog WHERE selected = 1 ORDER BY published_us DESC, article_id DESC"
 )
 THRESHOLD_KEY = "catalog_min_quality"
+# The keys of the files as last synced (marshal): a base, a delta against it, and a marker
+# that a sync is under way (its rows may be ahead of the snapshot).
+_BASE, _DELTA, _IN_PROGRESS = 1, 2, 3
+_SAVE_SNAPSHOT = upsert("catalog_snapshot", ("id", "data"), ("id",))
 FINGERPRINT_KEY = "catalog_scan_fingerprint"  # a hash of the snapshot, checked first
 PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: file size cap, parser
 # Bump when the loader's output changes, so every file is parsed again.
@@ -124,6 +128,15 @@ class SyncReport:
     parsed: int = 0
     removed: int = 0
     problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    """The file keys of the last completed sync: a base and the paths changed since."""
+
+    base: dict[str, FileKey]
+    previous: dict[str, FileKey]  # the base with the changes applied
+    touched: set[str]  # paths whose key differs from the base's (or that left it)
 
 
 class Catalog:
@@ -172,25 +185,25 @@ class Catalog:
         if same_parsing and same_threshold and self.get_meta(FINGERPRINT_KEY) == fingerprint:
             # Exactly the files (and keys) of the last completed sync: nothing to read.
             return SyncReport(files=len(on_disk), problems=self._problems())
-        previous = self._last_scan() if same_parsing else None
-        if previous == on_disk and same_threshold:
-            self.set_meta(FINGERPRINT_KEY, fingerprint)  # the same files, listed in a new order
-            return SyncReport(files=len(on_disk), problems=self._problems())
-        if previous is None:  # no usable snapshot: compare with the rows themselves
+        stored = self._stored_snapshot() if same_parsing else None
+        if stored is None:  # no usable snapshot: compare with the rows themselves
             previous = {
                 path: _key_from_text(text)
                 for path, text in self._db.execute("SELECT path, file_key FROM catalog")
             }
-        changed = [
-            (path, key) for path, key in on_disk.items()
-            if not same_parsing or previous.get(path) != key
-        ]
-        removed = [path for path in previous if path not in on_disk]
+        else:
+            previous = stored.previous
+        # Set differences run in C: at 100,000 files a Python loop would cost more.
+        changed = sorted(on_disk.items() - previous.items() if same_parsing else on_disk.items())
+        removed = sorted(previous.keys() - on_disk.keys())
+        if not changed and not removed and same_threshold:
+            self.set_meta(FINGERPRINT_KEY, fingerprint)  # the same files, listed in a new order
+            return SyncReport(files=len(on_disk), problems=self._problems())
         report = SyncReport(files=len(on_disk), removed=len(removed))
         with self._transaction():
-            # Until this sync completes, the rows may be ahead of any snapshot: drop it, so
+            # Until this sync completes, the rows may be ahead of the snapshot: say so, and
             # an interrupted sync is followed by a full comparison with the rows.
-            self._db.execute("DELETE FROM catalog_snapshot")
+            self._db.execute(_SAVE_SNAPSHOT, (_IN_PROGRESS, b""))
             self._db.execute("DELETE FROM meta WHERE key IN (?, ?)",
                              (PARSING_KEY, FINGERPRINT_KEY))
             if not same_threshold:
@@ -204,21 +217,50 @@ class Catalog:
         with self._transaction():
             self._remove(removed, min_quality)
             self.set_meta(PARSING_KEY, parsing)
-            self._db.execute("INSERT INTO catalog_snapshot (id, data) VALUES (1, ?)",
-                             (snapshot,))
+            self._save_snapshot(on_disk, snapshot, stored, changed, removed)
             self.set_meta(FINGERPRINT_KEY, fingerprint)
         report.problems = self._problems()
         return report
 
-    def _last_scan(self) -> dict[str, FileKey] | None:
-        row = self._db.execute("SELECT data FROM catalog_snapshot WHERE id = 1").fetchone()
-        if row is None or not isinstance(row[0], bytes | memoryview):
+    def _stored_snapshot(self) -> Snapshot | None:
+        """The keys of the files as last synced, or None when there is no usable snapshot
+        (none yet, unreadable, or a sync was interrupted)."""
+        rows = dict(self._db.execute("SELECT id, data FROM catalog_snapshot"))
+        if _IN_PROGRESS in rows or _BASE not in rows:
             return None
         try:
-            snapshot = marshal.loads(row[0])
+            base = marshal.loads(rows[_BASE])
+            changed, removed = marshal.loads(rows[_DELTA]) if _DELTA in rows else ({}, [])
         except (EOFError, ValueError, TypeError):
             return None
-        return snapshot if isinstance(snapshot, dict) else None
+        if not isinstance(base, dict) or not isinstance(changed, dict):
+            return None
+        previous = dict(base)
+        previous.update(changed)
+        for path in removed:
+            previous.pop(path, None)
+        return Snapshot(base, previous, set(changed) | set(removed))
+
+    def _save_snapshot(self, on_disk: dict[str, FileKey], blob: bytes,
+                       stored: Snapshot | None, changed: Sequence[FileJob],
+                       removed: Sequence[str]) -> None:
+        """A small change is saved as a delta against the base, so one new file does not
+        rewrite megabytes; past 5% of the files, the whole listing becomes the new base."""
+        if stored is not None:
+            base = stored.base
+            touched = stored.touched | {path for path, _ in changed} | set(removed)
+            if len(touched) <= max(100, len(on_disk) // 20):
+                delta_changed = {
+                    path: on_disk[path] for path in touched
+                    if path in on_disk and base.get(path) != on_disk[path]
+                }
+                delta_removed = [path for path in touched if path in base and path not in on_disk]
+                delta = marshal.dumps((delta_changed, delta_removed))
+                self._db.execute(_SAVE_SNAPSHOT, (_DELTA, delta))
+                self._db.execute("DELETE FROM catalog_snapshot WHERE id = ?", (_IN_PROGRESS,))
+                return
+        self._db.execute("DELETE FROM catalog_snapshot")
+        self._db.execute(_SAVE_SNAPSHOT, (_BASE, blob))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -51,6 +51,7 @@ from publisher.models import Article, Image, article_id, best_image
 from publisher.names import ALL_SLUG, FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
 from publisher.selection import group_by_topic, newest_first
 from publisher.subscribe import (
+    HEADLINES,
     JSON_FEED_VERSION,
     FeedLinks,
     Site,
@@ -142,16 +143,20 @@ class Rendering:
     rendered: dict[str, bytes]
     unchanged: frozenset[str]
     digests: dict[str, str]
+    counts: dict[str, int]  # entries per feed, for the next rendering's landing page
 
 
 def render_changed_feeds(
-    selected: Sequence[Article], config: FeedsConfig, known: Mapping[str, str]
+    selected: Sequence[Article], config: FeedsConfig, known: Mapping[str, str],
+    counts: Mapping[str, int] | None = None,
 ) -> Rendering:
     """Like ``render_feeds``, but a feed whose content digest is in ``known`` (from an earlier
     rendering of the same settings) is not rendered again: its files are ``unchanged``.
 
-    The landing page and the OPML list every feed, so they are always rendered.
+    The landing page and the OPML list every feed, so they are always rendered; for an
+    unchanged feed whose entry count is in ``counts`` only its headlines are prepared.
     """
+    counts = counts or {}
     channel = _channel_settings(config)
     entries = _EntryCache()
     rendered: dict[str, bytes] = {}
@@ -161,11 +166,13 @@ def render_changed_feeds(
     feeds: list[_Feed] = []
     for slug, name, title, articles in _feed_members(selected, channel):
         digests[slug] = _feed_digest(slug, title, articles, seen)
+        count = None
         if known.get(slug) == digests[slug]:
             unchanged.update(feed_name(slug, kind) for kind in FEED_SUFFIXES)
-        feed_entries = entries.first(articles, config.max_items)
+            count = counts.get(slug)
+        feed_entries = entries.first(articles, config.max_items if count is None else HEADLINES)
         if feed_entries or slug == ALL_SLUG:  # a topic without an http(s) link has no feed
-            feeds.append(_Feed(slug, name, title, feed_entries))
+            feeds.append(_Feed(slug, name, title, feed_entries, count))
         else:
             digests.pop(slug)
     links = [_links(feed, channel) for feed in feeds]
@@ -179,7 +186,8 @@ def render_changed_feeds(
         rendered[feed_name(feed.slug, "json")] = render_json_feed(feed_links, site)
     rendered[OPML_NAME] = render_opml(links, site)
     rendered[INDEX_NAME] = render_landing_page(links, site)
-    return Rendering(rendered, frozenset(unchanged), digests)
+    sizes = {feed.slug: link.size for feed, link in zip(feeds, links, strict=True)}
+    return Rendering(rendered, frozenset(unchanged), digests, sizes)
 
 
 def _feed_members(
@@ -460,6 +468,7 @@ class _Feed:
     name: str  # "All articles" or the topic's name, for the landing page
     title: str
     entries: tuple[_Entry, ...]  # newest first
+    count: int | None = None  # set when ``entries`` holds only the headlines
 
 
 def _channel_settings(config: FeedsConfig) -> _Channel:
@@ -507,7 +516,7 @@ def _site(channel: _Channel) -> Site:
 
 def _links(feed: _Feed, channel: _Channel) -> FeedLinks:
     urls = {kind: _self_url(channel, feed.slug, kind) for kind in FEED_SUFFIXES}
-    return FeedLinks(feed.slug, feed.name, feed.title, urls, feed.entries)
+    return FeedLinks(feed.slug, feed.name, feed.title, urls, feed.entries, feed.count)
 
 
 class _PublisherExtension(BaseExtension):

@@ -170,11 +170,13 @@ def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None
     from publisher.feeds import render_changed_feeds, write_feeds
     from publisher.websub import announce_changed
 
-    rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, known)
+    counts = last.get("counts", {}) if known else {}
+    rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, known, counts)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
     catalog.set_meta(
         key,
-        json.dumps({"entries": entries, "settings": settings, "feeds": rendering.digests}),
+        json.dumps({"entries": entries, "settings": settings, "feeds": rendering.digests,
+                    "counts": rendering.counts}),
     )
     announce_changed(result, config.feeds)
     return result

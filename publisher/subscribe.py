@@ -77,6 +77,11 @@ class FeedLinks:
     title: str  # the feed's own title
     urls: dict[str, str]  # kind ("rss", "atom", "json") -> absolute URL
     entries: Sequence[EntryLike]
+    count: int | None = None  # how many entries the feed holds, when ``entries`` are its first
+
+    @property
+    def size(self) -> int:
+        return self.count if self.count is not None else len(self.entries)
 
 
 # --- JSON Feed --------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ def _autodiscovery(feed: FeedLinks) -> str:
 
 
 def _section(feed: FeedLinks) -> str:
-    count = len(feed.entries)
+    count = feed.size
     links = "".join(
         f'<a href="{_attr(feed.urls[kind])}" type="{media_type}">{label}</a>'
         for kind, (label, media_type) in FORMATS.items()

@@ -296,3 +296,31 @@ def test_an_older_catalog_layout_is_rebuilt(tmp_path: Path, articles_dir: Path) 
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
     assert catalog.selected_count() == 1
     store.close()
+
+
+def test_small_changes_are_saved_as_a_delta_of_the_snapshot(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    random_corpus(articles_dir, 150, 4)
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+
+    def snapshot_rows() -> list[int]:
+        return sorted(row[0] for row in catalog.db.execute("SELECT id FROM catalog_snapshot"))
+
+    assert snapshot_rows() == [1]  # the base only
+    (articles_dir / "new.txt").write_text(front_matter(article_record(900)))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    assert snapshot_rows() == [1, 2]  # base + delta: the base was not rewritten
+    (articles_dir / "0001.txt").unlink()
+    (articles_dir / "new.txt").write_text(front_matter(article_record(901)))  # edited
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert report.parsed == 1 and report.removed == 1
+    titles = {a.title for a in catalog.selected_articles()}
+    assert "Article number 901" in titles and "Article number 900" not in titles
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0  # base + delta == the files
+    for path in list(articles_dir.iterdir())[:120]:  # a large change: a new base
+        os.utime(path, ns=(1, 1))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 120
+    assert snapshot_rows() == [1]
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
