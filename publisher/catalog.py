@@ -18,6 +18,7 @@ import json
 import marshal
 import os
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from publisher.selection import topic_slug
 # Below this many changed files, worker processes cost more than they save.
 PARALLEL_MIN_FILES = 2000
 BATCH_FILES = 500
+COLD_COMMIT_FILES = 5000  # an empty catalog is filled in fewer, larger transactions
 
 def catalog_schema(dialect: str) -> list[str]:
     """The catalog's tables, for ``dialect`` ("sqlite" or "postgresql")."""
@@ -41,7 +43,7 @@ def catalog_schema(dialect: str) -> list[str]:
     unplanned = _unplanned_predicate(dialect)
     return [
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE IF NOT EXISTS catalog (
+        f"""CREATE TABLE IF NOT EXISTS catalog (
             path TEXT PRIMARY KEY,
             file_key TEXT NOT NULL,  -- "size mtime_ns ctime_ns inode" when parsed
             problem TEXT,
@@ -51,7 +53,7 @@ def catalog_schema(dialect: str) -> list[str]:
             quality BIGINT NOT NULL DEFAULT 0,
             published_us BIGINT NOT NULL DEFAULT 0,
             digest TEXT,
-            data TEXT,
+            data {blob},  -- the normalised article: JSON, zlib-compressed
             selected BIGINT NOT NULL DEFAULT 0,
             planned TEXT  -- the digest last planned into the ledger
         )""",
@@ -111,7 +113,7 @@ _SAVE_SNAPSHOT = upsert("catalog_snapshot", ("id", "data"), ("id",))
 FINGERPRINT_KEY = "catalog_scan_fingerprint"  # a hash of the snapshot, checked first
 PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: file size cap, parser
 # Bump when the loader's output changes, so every file is parsed again.
-PARSER_VERSION = "1"
+PARSER_VERSION = "2"  # 2: compressed article data
 URL_KEY = 4  # a row's url_key column
 
 
@@ -200,6 +202,9 @@ class Catalog:
             self.set_meta(FINGERPRINT_KEY, fingerprint)  # the same files, listed in a new order
             return SyncReport(files=len(on_disk), problems=self._problems())
         report = SyncReport(files=len(on_disk), removed=len(removed))
+        # An empty catalog is filled in bulk and selected once at the end: no reader can
+        # have seen any of it, so nothing it saw can change under it.
+        cold = not previous
         with self._transaction():
             # Until this sync completes, the rows may be ahead of the snapshot: say so, and
             # an interrupted sync is followed by a full comparison with the rows.
@@ -208,14 +213,27 @@ class Catalog:
                              (PARSING_KEY, FINGERPRINT_KEY))
             if not same_threshold:
                 self._select_all(min_quality)
+        waiting: list[Row] = []  # a cold sync commits fewer, larger transactions
         for batch in parse_files(changed, max_file_bytes, workers=workers, progress=progress):
             if stop is not None and stop.is_set():
                 raise SyncInterrupted("stopped while reading article files")
-            with self._transaction():
-                self._add(batch, min_quality)
+            if cold:
+                waiting.extend(batch)
+                if len(waiting) >= COLD_COMMIT_FILES:
+                    with self._transaction():
+                        self._insert(waiting)
+                    waiting = []
+            else:
+                with self._transaction():
+                    self._add(batch, min_quality)
             report.parsed += len(batch)
+        if waiting:
+            with self._transaction():
+                self._insert(waiting)
         with self._transaction():
             self._remove(removed, min_quality)
+            if cold:
+                self._select_all(min_quality)
             self.set_meta(PARSING_KEY, parsing)
             self._save_snapshot(on_disk, snapshot, stored, changed, removed)
             self.set_meta(FINGERPRINT_KEY, fingerprint)
@@ -278,6 +296,14 @@ class Catalog:
             self._db.executemany("DELETE FROM catalog_slugs WHERE path=?", chunk)
         for key in keys:
             self._select_one(key, min_quality)
+
+    def _insert(self, rows: Sequence[Row]) -> None:
+        """Rows of files the catalog has never seen, not yet selected."""
+        self._db.executemany(_UPSERT_ROW, [row[:-1] for row in rows])
+        self._db.executemany(
+            "INSERT INTO catalog_slugs (path, slug, published_us, article_id) VALUES (?,?,?,?)",
+            [(row[0], slug, row[7], row[3]) for row in rows for slug in row[-1]],
+        )
 
     def _add(self, rows: Sequence[Row], min_quality: int) -> None:
         keys = self._url_keys([row[0] for row in rows])  # the URLs these files had before
@@ -391,7 +417,7 @@ class Catalog:
     def articles_at(self, paths: Sequence[str]) -> list[Article]:
         """The articles of these catalog paths, in the given order."""
         data = {row[0]: row[1] for row in self._rows_at(paths, "data")}
-        return [article_from_json(data[path]) for path in paths]
+        return [stored_article(data[path]) for path in paths]
 
     def _rows_at(self, paths: Sequence[str], columns: str) -> Iterator[tuple[Any, ...]]:
         for start in range(0, len(paths), 500):
@@ -407,7 +433,7 @@ class Catalog:
         query = "SELECT data FROM catalog WHERE selected = 1 ORDER BY published_us DESC, " \
                 "article_id DESC"
         for row in self._db.execute(query):
-            yield article_from_json(row[0])
+            yield stored_article(row[0])
 
     def unplanned_articles(self) -> list[Article]:
         """Selected articles whose current record has not been planned into the ledger."""
@@ -416,7 +442,7 @@ class Catalog:
             f"SELECT data FROM catalog{hint} WHERE {_unplanned_predicate(self._db.dialect)} "
             "ORDER BY published_us, article_id"
         )
-        return [article_from_json(row[0]) for row in self._db.execute(query)]
+        return [stored_article(row[0]) for row in self._db.execute(query)]
 
     def mark_planned(self, articles: Iterable[Article]) -> None:
         """Remember that these records (exactly these versions) are planned into the ledger."""
@@ -434,7 +460,7 @@ class Catalog:
         row = self._db.execute(
             "SELECT data FROM catalog WHERE article_id = ? AND selected = 1", (article_id,)
         ).fetchone()
-        return article_from_json(row[0]) if row else None
+        return stored_article(row[0]) if row else None
 
 
 def create_schema(db: Database) -> None:
@@ -516,10 +542,12 @@ def _row(path: str, file_key: FileKey, max_file_bytes: int) -> Row:
             return (path, key, outcome.reason, None, None, 0, 0, 0, None, None, ())
         data = article_to_json(outcome)
         slugs = tuple(dict.fromkeys(topic_slug(name) for name in outcome.topics))
+        # Compressed: a third of the bytes to pass from the workers and write to the state.
+        packed = zlib.compress(data.encode("utf-8", "surrogatepass"), 1)
         return (
             path, key, None, outcome.id, normalise_url(outcome.url), int(outcome.published),
             outcome.quality, to_microseconds(outcome.published_at),
-            _digest(data), data, slugs,
+            _digest(data), packed, slugs,
         )
     except Exception as exc:  # never let one file stop the sync of all the others
         reason = f"unusable: {type(exc).__name__}: {exc}"
@@ -545,6 +573,13 @@ def article_to_json(article: Article) -> str:
         ],
         ensure_ascii=False, separators=(",", ":"),
     )
+
+
+def stored_article(data: bytes | memoryview | str) -> Article:
+    """The article of a catalog row's ``data`` (compressed JSON; plain in older rows)."""
+    if isinstance(data, str):
+        return article_from_json(data)
+    return article_from_json(zlib.decompress(data).decode("utf-8", "surrogatepass"))
 
 
 def article_from_json(text: str) -> Article:

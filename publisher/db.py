@@ -129,6 +129,10 @@ class SQLiteDatabase:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
+                # Up to 64 MiB of pages in memory (allocated only as they are read): a cold
+                # sync inserts into several indexes at random places, and re-reading evicted
+                # pages cost more than parsing.
+                self._db.execute("PRAGMA cache_size=-65536")
             except sqlite3.DatabaseError as exc:
                 raise StateError(f"state database {path} is unusable: {exc}") from None
 
