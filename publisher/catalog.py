@@ -156,7 +156,7 @@ class Catalog:
 
     def sync(self, directory: Path, max_file_bytes: int, min_quality: int,
              progress: Progress | None = None, workers: int | None = None,
-             stop: threading.Event | None = None) -> SyncReport:
+             stop: threading.Event | None = None, allow_empty: bool = True) -> SyncReport:
         """Bring the catalog in line with the files under ``directory`` and the settings.
 
         Syncs are serialised across processes (a lock file beside the database), so two of
@@ -171,14 +171,22 @@ class Catalog:
         try:
             with self._db.exclusive("sync", stop):
                 return self._sync(directory, max_file_bytes, min_quality, progress, workers,
-                                  stop)
+                                  stop, allow_empty)
         except Interrupted:
             raise SyncInterrupted("stopped while waiting for another sync") from None
 
     def _sync(self, directory: Path, max_file_bytes: int, min_quality: int,
               progress: Progress | None, workers: int | None,
-              stop: threading.Event | None) -> SyncReport:
+              stop: threading.Event | None, allow_empty: bool) -> SyncReport:
         on_disk = scan(directory)
+        if not on_disk and not allow_empty:
+            known = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
+            if known:
+                raise ArticleError(
+                    f"the articles folder {directory} is empty, but {known} article files "
+                    "were known: not forgetting them all (an unmounted share looks empty); "
+                    "set articles.allow_empty = true if they were removed on purpose"
+                )
         snapshot = marshal.dumps(on_disk)
         fingerprint = hashlib.blake2b(snapshot, digest_size=16).hexdigest()
         parsing = f"{max_file_bytes}:{PARSER_VERSION}"

@@ -32,6 +32,9 @@ OFFICIAL_API_BASE_URL = "https://api.telegram.org/bot"
 class ArticlesConfig:
     dir: Path = Path("articles")
     max_file_bytes: int = 1024 * 1024
+    # An emptied folder (an unmounted share looks empty) is refused while articles are known,
+    # rather than forgetting them all: their pending posts would be skipped, the feeds emptied.
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -339,7 +342,8 @@ def _validate_state(config: Config) -> None:
     url = config.state.url
     scheme = urlsplit(url).scheme
     if not (url.startswith("sqlite:///") or scheme in ("postgresql", "postgres")):
-        shown = url if not urlsplit(url).password else f"{scheme}://..."
+        shown = url if not (urlsplit(url).password or "password" in urlsplit(url).query) \
+            else f"{scheme}://..."
         raise ConfigError(
             f"config key state.url must be sqlite:///PATH or postgresql://USER@HOST/DB, "
             f"not {shown!r}"

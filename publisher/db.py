@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from publisher.errors import StateError
 
@@ -62,25 +63,40 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(SQLITE_PREFIX):])
 
 
+def url_passwords(url: str) -> list[str]:
+    """Every password a database URL carries: after the user name, or as a ``password``
+    query parameter (both valid for libpq), as written and percent-decoded."""
+    parts = urlsplit(url)
+    found = [parts.password or ""]
+    found += [value for key, value in parse_qsl(parts.query, keep_blank_values=True)
+              if key == "password"]
+    found += re.findall(r"(?:^|&)password=([^&]*)", parts.query)
+    variants = {text for password in found for text in (password, unquote(password)) if text}
+    return sorted(variants, key=len, reverse=True)
+
+
 def url_password(url: str) -> str:
-    return urlsplit(url).password or ""
+    passwords = url_passwords(url)
+    return passwords[0] if passwords else ""
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***."""
+    """The URL with every password in it replaced by ***."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    if parts.password:
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[2]}")
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(query=query))
 
 
 def connect(url: str, *, readonly: bool = False, threaded: bool = False) -> Database:
     if is_postgres_url(url):
         from publisher.logs import add_secret
 
-        add_secret(url_password(url))  # a password in the URL never reaches a log line
+        for password in url_passwords(url):  # a password in the URL never reaches a log line
+            add_secret(password)
         return PostgresDatabase(url)
     return SQLiteDatabase(sqlite_path(url), readonly=readonly, threaded=threaded)
 
@@ -137,10 +153,16 @@ class SQLiteDatabase:
                 raise StateError(f"state database {path} is unusable: {exc}") from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return self._db.execute(sql, params)
+        try:
+            return self._db.execute(sql, params)
+        except self._errors as exc:
+            raise StateError(f"state database {self.path}: {exc}") from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
-        return self._db.executemany(sql, rows).rowcount
+        try:
+            return self._db.executemany(sql, rows).rowcount
+        except self._errors as exc:
+            raise StateError(f"state database {self.path}: {exc}") from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -214,6 +236,7 @@ class PostgresDatabase:
         self._depth = 0  # open transaction blocks
         self._sql: dict[str, str] = {}
         self._keys: dict[str, int] = {}  # advisory lock keys by name (the schema is fixed)
+        self._session_locks = 0  # advisory locks held by this connection's session
         self._db = self._connect()
 
     def _connect(self) -> Any:
@@ -225,7 +248,10 @@ class PostgresDatabase:
             ) from None
 
     def _connection(self) -> Any:
-        if self._depth == 0 and (self._db.closed or self._db.broken):
+        if self._db.closed or self._db.broken:
+            if self._depth or self._session_locks:
+                # A new session would not hold what this one held: fail, never carry on.
+                raise StateError(f"lost the connection to the state database {self.description}")
             self._db = self._connect()
         return self._db
 
@@ -272,9 +298,11 @@ class PostgresDatabase:
             lambda: bool(self.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0]),
             stop, name,
         )
+        self._session_locks += 1
         try:
             yield
         finally:
+            self._session_locks -= 1
             if not (self._db.closed or self._db.broken):
                 self.execute("SELECT pg_advisory_unlock(?)", (key,))
 

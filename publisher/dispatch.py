@@ -17,6 +17,7 @@ the claim is what keeps them from posting anything twice. Outcomes decide what h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -112,6 +113,18 @@ Sleep = Callable[[float], Awaitable[None]]
 Lookup = Callable[[str], Article | None]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    article: Article
+    message: Message
+    target: str  # the chat id to post to (where the chat migrated, if it did)
+
+
+@dataclass(frozen=True)
+class Skip:
+    article: Article | None  # None: no longer selected
+
+
 class Outcome(enum.Enum):
     DONE = "done"  # the article reached a final state in this chat
     RETRY = "retry"  # back to pending; the chat goes on
@@ -146,6 +159,8 @@ class Dispatcher:
         self._config = config
         self._settings = config.telegram
         self._lease_seconds = config.state.lease_seconds
+        self._send_deadline = config.state.lease_seconds * 0.9
+        self._lookup: Lookup = lambda article_id: None
         self._sleep = sleep
         self._clock = clock
         self._owner = instance_name()
@@ -162,6 +177,7 @@ class Dispatcher:
         ``lookup`` gives the currently selected article of an id, or None when it is no
         longer selected (its pending posts are then skipped).
         """
+        self._lookup = lookup
         report = PushReport()
         now = datetime.fromtimestamp(self._clock(), UTC)
         report.new = self._store.add_deliveries(plan_deliveries(new_articles, self._config, now))
@@ -177,7 +193,7 @@ class Dispatcher:
         # Every chat runs to its end even when another fails, so no send is left in flight
         # behind the report; the first unexpected error is raised after all have finished.
         outcomes = await asyncio.gather(
-            *(self._run_chat(chat, lookup, report) for chat in chats), return_exceptions=True
+            *(self._run_chat(chat, report) for chat in chats), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -205,7 +221,7 @@ class Dispatcher:
             max_wait=settings.max_wait_seconds,
         )
 
-    async def _run_chat(self, chat_id: str, lookup: Lookup, report: PushReport) -> None:
+    async def _run_chat(self, chat_id: str, report: PushReport) -> None:
         """Reserve a pacing slot, wait for it, claim the oldest due post, send it; repeat.
 
         The claim comes after the wait, so no claim is held while pacing; a slot left unused
@@ -230,19 +246,37 @@ class Dispatcher:
             if item is None:
                 self._store.cancel_reservation(chat_id, slot)
                 return
-            article = lookup(item.article_id)
-            oldest = self._oldest_allowed()
-            if article is None or (oldest is not None and article.published_at < oldest):
+            try:
+                prepared = self._prepare(item)
+            except BaseException:
+                # Nothing has left yet: give the pair back rather than leave it "sending"
+                # (which the next run would have to call uncertain).
+                with contextlib.suppress(Exception):
+                    self._store.mark_retry(item.article_id, chat_id, "interrupted before "
+                                           "sending", 0, count_attempt=False, owner=self._owner)
+                raise
+            if isinstance(prepared, Skip):
                 self._store.cancel_reservation(chat_id, slot)
-                self._skip(item, article, chat_report)
+                self._skip(item, prepared.article, chat_report)
                 continue
             outcome = await self._send_claimed(
-                item, article, tries.setdefault(item.article_id, Tries()), chat_report
+                item, prepared, tries.setdefault(item.article_id, Tries()), chat_report
             )
             if outcome is Outcome.STOP:
                 return
             if outcome is Outcome.DONE and budget is not None:
                 budget -= 1
+
+    def _prepare(self, item: Delivery) -> Prepared | Skip:
+        """What to send for a claimed pair (or why not): every step that can fail before the
+        request, so a failure here provably posted nothing."""
+        article = self._lookup(item.article_id)
+        oldest = self._oldest_allowed()
+        if article is None or (oldest is not None and article.published_at < oldest):
+            return Skip(article)
+        message = render_message(article, timezone=self._settings.timezone)
+        target = self._store.migration_for(item.chat_id) or item.chat_id
+        return Prepared(article, message, target)
 
     def _oldest_allowed(self) -> datetime | None:
         hours = self._settings.max_age_hours
@@ -256,30 +290,37 @@ class Dispatcher:
             if article is None
             else f"older than telegram.max_age_hours ({self._settings.max_age_hours:g} h)"
         )
-        self._store.mark_skipped(item.article_id, item.chat_id, reason)
+        self._settled(item.article_id, item.chat_id,
+                      self._store.mark_skipped(item.article_id, item.chat_id, reason,
+                                               owner=self._owner))
         chat_report.skipped += 1
         event(log, logging.INFO, "skipped", chat=item.chat_id, article=item.article_id,
               reason=reason)
 
-    async def _send_claimed(self, item: Delivery, article: Article, tries: Tries,
+    def _settled(self, article_id: str, chat_id: str, recorded: bool) -> None:
+        if not recorded:  # our lease ran out and another instance took the pair over
+            event(log, logging.WARNING, "claim_lost", chat=chat_id, article=article_id)
+
+    async def _send_claimed(self, item: Delivery, prepared: Prepared, tries: Tries,
                             chat_report: ChatReport) -> Outcome:
         """Post one claimed article to its chat and record what happened."""
-        message = render_message(article, timezone=self._settings.timezone)
+        article, message, target = prepared.article, prepared.message, prepared.target
         chat_id = item.chat_id
-        target = self._store.migration_for(chat_id) or chat_id
         try:
-            message_id = await self._post(target, message)
+            message_id = await self._post_within_lease(target, message)
         except RateLimited as exc:
             chat_report.rate_limited += 1
             return await self._wait_rate_limit(article.id, chat_id, exc)
         except ChatMigrated as exc:
             tries.migrations += 1
             if tries.migrations > MAX_MIGRATIONS:
-                self._store.mark_failed(article.id, chat_id, f"the chat keeps moving: {exc}")
+                self._settled(article.id, chat_id, self._store.mark_failed(
+                    article.id, chat_id, f"the chat keeps moving: {exc}", owner=self._owner))
                 chat_report.failed += 1
                 return Outcome.DONE
             self._store.record_migration(chat_id, exc.new_chat_id)
-            self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
+            self._settled(article.id, chat_id, self._store.mark_retry(
+                article.id, chat_id, exc.reason, 0, count_attempt=False, owner=self._owner))
             event(log, logging.WARNING, "chat_migrated", chat=chat_id, to=exc.new_chat_id)
             return Outcome.RETRY
         except NotSent as exc:
@@ -287,30 +328,34 @@ class Dispatcher:
         except Ambiguous as exc:
             if self._settings.on_uncertain == "resend":
                 return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
-            self._store.mark_uncertain(article.id, chat_id, exc.reason)
+            self._settled(article.id, chat_id, self._store.mark_uncertain(
+                article.id, chat_id, exc.reason, owner=self._owner))
             chat_report.uncertain += 1
             event(log, logging.WARNING, "uncertain", chat=chat_id, article=article.id,
                   reason=exc.reason, title=article.title)
             return Outcome.DONE
         except Rejected as exc:
-            self._store.mark_failed(article.id, chat_id, exc.reason)
+            self._settled(article.id, chat_id, self._store.mark_failed(
+                article.id, chat_id, exc.reason, owner=self._owner))
             chat_report.failed += 1
             event(log, logging.ERROR, "failed", chat=chat_id, article=article.id,
                   reason=exc.reason, title=article.title)
             return Outcome.DONE
         except ChatForbidden as exc:
-            self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
+            self._settled(article.id, chat_id, self._store.mark_retry(
+                article.id, chat_id, exc.reason, 0, count_attempt=False, owner=self._owner))
             chat_report.error = f"cannot post to {chat_id}: {exc.reason}"
             event(log, logging.ERROR, "chat_stopped", chat=chat_id, reason=exc.reason)
             return Outcome.STOP
         except Unauthorized as exc:
-            self._store.mark_retry(article.id, chat_id, exc.reason, 0, count_attempt=False)
+            self._settled(article.id, chat_id, self._store.mark_retry(
+                article.id, chat_id, exc.reason, 0, count_attempt=False, owner=self._owner))
             self._fatal = chat_report.error = exc.reason
             event(log, logging.ERROR, "unauthorized", reason=exc.reason)
             return Outcome.STOP
         except Exception as exc:  # a bug or a surprise: the request may have left
             reason = f"unexpected error while sending: {type(exc).__name__}: {exc}"
-            self._store.mark_uncertain(article.id, chat_id, reason)
+            self._store.mark_uncertain(article.id, chat_id, reason, owner=self._owner)
             chat_report.uncertain += 1
             raise
         self._store.mark_sent(article.id, chat_id, message_id, target)
@@ -318,6 +363,16 @@ class Dispatcher:
         event(log, logging.INFO, "sent", chat=chat_id, article=article.id,
               message_id=message_id, title=article.title)
         return Outcome.DONE
+
+    async def _post_within_lease(self, chat_id: str, message: Message) -> int:
+        """The post, bounded so that it settles before the claim's lease runs out (or is
+        recorded as ambiguous): no other instance takes over a send that is still running."""
+        try:
+            return await asyncio.wait_for(self._post(chat_id, message), self._send_deadline)
+        except TimeoutError:
+            raise Ambiguous(
+                f"no answer within {self._send_deadline:g} s (the claim's lease)"
+            ) from None
 
     async def _post(self, chat_id: str, message: Message) -> int:
         if message.photo_url:
@@ -349,8 +404,9 @@ class Dispatcher:
     async def _wait_rate_limit(self, article_id: str, chat_id: str,
                                exc: RateLimited) -> Outcome:
         wait = exc.retry_after + random.uniform(0.05, 0.5)
-        self._store.mark_retry(article_id, chat_id, exc.reason, self._clock() + wait,
-                               count_attempt=False)
+        self._settled(article_id, chat_id, self._store.mark_retry(
+            article_id, chat_id, exc.reason, self._clock() + wait, count_attempt=False,
+            owner=self._owner))
         event(log, logging.WARNING, "rate_limited", chat=chat_id, retry_after=exc.retry_after)
         if wait > self._settings.max_wait_seconds or self._stop:
             return Outcome.STOP
@@ -362,7 +418,8 @@ class Dispatcher:
         """Back to pending; retry in this run while tries remain, else leave it for the next."""
         tries.not_sent += 1
         delay = min(2.0 ** (tries.not_sent - 1), MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
-        self._store.mark_retry(article_id, chat_id, reason, self._clock() + delay)
+        self._settled(article_id, chat_id, self._store.mark_retry(
+            article_id, chat_id, reason, self._clock() + delay, owner=self._owner))
         event(log, logging.WARNING, "retry_later", chat=chat_id, article=article_id,
               reason=reason, tries=tries.not_sent)
         if tries.not_sent >= self._settings.max_tries or self._stop:

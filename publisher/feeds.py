@@ -170,7 +170,8 @@ def render_changed_feeds(
         if known.get(slug) == digests[slug]:
             unchanged.update(feed_name(slug, kind) for kind in FEED_SUFFIXES)
             count = counts.get(slug)
-        feed_entries = entries.first(articles, config.max_items if count is None else HEADLINES)
+        shown = config.max_items if count is None else min(HEADLINES, config.max_items)
+        feed_entries = entries.first(articles, shown)
         if feed_entries or slug == ALL_SLUG:  # a topic without an http(s) link has no feed
             feeds.append(_Feed(slug, name, title, feed_entries, count))
         else:

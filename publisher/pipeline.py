@@ -127,7 +127,7 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
     started = time.perf_counter()
     sync = catalog.sync(
         config.articles.dir, config.articles.max_file_bytes, config.select.min_quality,
-        progress, stop=stop,
+        progress, stop=stop, allow_empty=config.articles.allow_empty,
     )
     return CorpusReport(
         files=sync.files,

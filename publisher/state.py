@@ -156,13 +156,31 @@ class Store(Protocol):
                    lease_until: float) -> Delivery | None: ...
     def pending_chats(self) -> list[str]: ...
     def reserve_send(self, chat_id: str, now: float, pacing: Pacing) -> float | None: ...
+    def _free_global_slot(self, earliest: float, interval: float) -> float:
+        """The first moment from ``earliest`` at least ``interval`` away from every bot-wide
+        reservation: a gap between other chats' slots is used, so a chat waiting out its own
+        budget far ahead never holds the others back."""
+        slot = earliest
+        rows = self.db.execute(
+            "SELECT at FROM send_log WHERE chat_id=? AND at>? ORDER BY at",
+            (GLOBAL_PACE, earliest - interval),
+        )
+        for (taken,) in rows:
+            if taken - slot >= interval:
+                break  # the gap before this reservation is wide enough
+            slot = max(slot, taken + interval)
+        return slot
+
     def cancel_reservation(self, chat_id: str, at: float) -> None: ...
     def mark_sent(self, article_id: str, chat_id: str, message_id: int, sent_to: str) -> None: ...
-    def mark_failed(self, article_id: str, chat_id: str, reason: str) -> None: ...
-    def mark_uncertain(self, article_id: str, chat_id: str, reason: str) -> None: ...
-    def mark_skipped(self, article_id: str, chat_id: str, reason: str) -> None: ...
+    def mark_failed(self, article_id: str, chat_id: str, reason: str,
+                    owner: str | None = None) -> bool: ...
+    def mark_uncertain(self, article_id: str, chat_id: str, reason: str,
+                       owner: str | None = None) -> bool: ...
+    def mark_skipped(self, article_id: str, chat_id: str, reason: str,
+                     owner: str | None = None) -> bool: ...
     def mark_retry(self, article_id: str, chat_id: str, reason: str, not_before: float,
-                   count_attempt: bool = True) -> None: ...
+                   count_attempt: bool = True, owner: str | None = None) -> bool: ...
     def requeue(self, state: str, chat_id: str | None, article_ids: Sequence[str]) -> int: ...
     def migration_for(self, chat_id: str) -> str | None: ...
     def record_migration(self, chat_id: str, migrated_to: str) -> None: ...
@@ -181,8 +199,12 @@ class SQLStore:
         self.readonly = readonly
         self.description = db.description
         self.empty = False  # read-only: nothing was ever written here (no schema yet)
+        self._columns = DELIVERY_COLUMNS
         if readonly:
-            self.empty = self._schema_version() == 0
+            version = self._schema_version()
+            self.empty = version == 0
+            if version < 4:  # read as it is, without migrating: no claims before version 4
+                self._columns = DELIVERY_COLUMNS.replace("claimed_by", "NULL AS claimed_by")
         else:
             try:
                 self._migrate()
@@ -213,6 +235,8 @@ class SQLStore:
                     f"state database {self.description} has schema {version}, newer than "
                     f"this publisher understands ({SCHEMA_VERSION}); upgrade the publisher"
                 )
+            if version == SCHEMA_VERSION:
+                return  # current: no DDL at all (PostgreSQL would lock the tables for it)
             if 0 < version < SCHEMA_VERSION and self.db.dialect == "sqlite":
                 self._upgrade_sqlite(version)
             for statement in ledger_schema(self.db.dialect) + catalog_schema(self.db.dialect):
@@ -335,7 +359,7 @@ class SQLStore:
     def due(self, chat_id: str, now: float, limit: int | None = None) -> list[Delivery]:
         """Pending pairs of a chat whose backoff has passed, oldest article first."""
         sql = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE chat_id=? AND state='pending' "
+            f"SELECT {self._columns} FROM deliveries WHERE chat_id=? AND state='pending' "
             "AND next_attempt_at<=? ORDER BY published_at, article_id"
         )
         params: list[Any] = [chat_id, now]
@@ -356,35 +380,47 @@ class SQLStore:
             (message_id, sent_to, utc_now_iso()),
         )
 
-    def mark_failed(self, article_id: str, chat_id: str, reason: str) -> None:
-        self._set(article_id, chat_id, "state='failed', reason=?", (reason,))
+    # The outcomes below take the claimer's name: given, they apply only while the pair is
+    # still its claim (False when its lease ran out and another instance took the pair over).
+    # ``mark_sent`` always applies: that the post went out is the truth whoever holds it.
 
-    def mark_uncertain(self, article_id: str, chat_id: str, reason: str) -> None:
-        self._set(article_id, chat_id, "state='uncertain', reason=?", (reason,))
+    def mark_failed(self, article_id: str, chat_id: str, reason: str,
+                    owner: str | None = None) -> bool:
+        return self._set(article_id, chat_id, "state='failed', reason=?", (reason,), owner)
 
-    def mark_skipped(self, article_id: str, chat_id: str, reason: str) -> None:
-        self._set(article_id, chat_id, "state='skipped', reason=?", (reason,))
+    def mark_uncertain(self, article_id: str, chat_id: str, reason: str,
+                       owner: str | None = None) -> bool:
+        return self._set(article_id, chat_id, "state='uncertain', reason=?", (reason,), owner)
+
+    def mark_skipped(self, article_id: str, chat_id: str, reason: str,
+                     owner: str | None = None) -> bool:
+        return self._set(article_id, chat_id, "state='skipped', reason=?", (reason,), owner)
 
     def mark_retry(self, article_id: str, chat_id: str, reason: str, not_before: float,
-                   count_attempt: bool = True) -> None:
+                   count_attempt: bool = True, owner: str | None = None) -> bool:
         """Back to pending, not to be tried before ``not_before`` (a Unix time)."""
         undo = "" if count_attempt else (
             ", attempts=CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
         )
-        self._set(
+        return self._set(
             article_id, chat_id,
             f"state='pending', claimed_by=NULL, reason=?, next_attempt_at=?{undo}",
-            (reason, not_before),
+            (reason, not_before), owner,
         )
 
     def _set(self, article_id: str, chat_id: str, assignments: str,
-             params: Sequence[Any] = ()) -> None:
+             params: Sequence[Any] = (), owner: str | None = None) -> bool:
+        claim = "" if owner is None else " AND state='sending' AND claimed_by=?"
         changed = self._write(
-            f"UPDATE deliveries SET {assignments}, updated_at=? WHERE article_id=? AND chat_id=?",
-            (*params, utc_now_iso(), article_id, chat_id),
+            f"UPDATE deliveries SET {assignments}, updated_at=? "
+            f"WHERE article_id=? AND chat_id=?{claim}",
+            (*params, utc_now_iso(), article_id, chat_id, *(() if owner is None else (owner,))),
         )
-        if changed != 1:
+        if changed == 1:
+            return True
+        if owner is None:
             raise StateError(f"ledger has no entry for {article_id} in {chat_id}")
+        return False
 
     def requeue(self, state: str, chat_id: str | None, article_ids: Sequence[str]) -> int:
         """Put pairs in ``state`` (uncertain or failed) back to pending, e.g. after a look."""
@@ -437,11 +473,7 @@ class SQLStore:
                 slot = max(slot, latest[0] + pacing.per_chat_interval)
             if len(latest) >= budget:
                 slot = max(slot, latest[budget - 1] + 60.0)
-            last_global = self.db.execute(
-                "SELECT max(at) FROM send_log WHERE chat_id=?", (GLOBAL_PACE,)
-            ).fetchone()[0]
-            if last_global is not None:
-                slot = max(slot, last_global + pacing.global_interval)
+            slot = self._free_global_slot(slot, pacing.global_interval)
             if slot - now > pacing.max_wait:
                 return None
             self.db.executemany(
@@ -452,6 +484,21 @@ class SQLStore:
                 "DELETE FROM send_log WHERE chat_id IN (?, ?) AND at < ?",
                 (chat_id, GLOBAL_PACE, now - 3600),
             )
+        return slot
+
+    def _free_global_slot(self, earliest: float, interval: float) -> float:
+        """The first moment from ``earliest`` at least ``interval`` away from every bot-wide
+        reservation: a gap between other chats' slots is used, so a chat waiting out its own
+        budget far ahead never holds the others back."""
+        slot = earliest
+        rows = self.db.execute(
+            "SELECT at FROM send_log WHERE chat_id=? AND at>? ORDER BY at",
+            (GLOBAL_PACE, earliest - interval),
+        )
+        for (taken,) in rows:
+            if taken - slot >= interval:
+                break  # the gap before this reservation is wide enough
+            slot = max(slot, taken + interval)
         return slot
 
     def cancel_reservation(self, chat_id: str, at: float) -> None:
@@ -508,7 +555,7 @@ class SQLStore:
 
     def deliveries(self, states: Sequence[str], limit: int = 20) -> list[Delivery]:
         rows = self.db.execute(
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries "
+            f"SELECT {self._columns} FROM deliveries "
             f"WHERE state IN ({','.join('?' * len(states))}) "
             "ORDER BY updated_at DESC, article_id LIMIT ?",
             (*states, limit),

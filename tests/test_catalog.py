@@ -324,3 +324,40 @@ def test_small_changes_are_saved_as_a_delta_of_the_snapshot(
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 120
     assert snapshot_rows() == [1]
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
+
+
+def test_landing_page_of_unchanged_feeds_equals_a_full_render_with_few_items(
+    tmp_path: Path, articles_dir: Path
+) -> None:
+    from publisher import pipeline
+    from publisher.config import load_config
+
+    for index, topic in enumerate(["AI", "AI", "AI", "Space", "Space", "Space"], start=1):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index,
+                                                                               topics=[topic])))
+    config_path = tmp_path / "config.toml"
+    config_path.write_text('[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\nmax_items = 2\n')
+    config = load_config(config_path, environ={})
+    pipeline.build(config)
+    (articles_dir / "7.txt").write_text(front_matter(article_record(7, topics=["AI"])))
+    pipeline.build(config)  # "space" is unchanged: its landing-page part comes from memory
+    expected = render_feeds(select(load_articles(articles_dir).articles, 0), config.feeds)
+    assert (config.feeds.dir / "index.html").read_bytes() == expected["index.html"]
+
+
+def test_an_emptied_folder_is_refused_unless_allowed(tmp_path: Path, articles_dir: Path) -> None:
+    from publisher import pipeline
+    from publisher.config import load_config
+    from publisher.errors import ArticleError
+
+    (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
+    config_path = tmp_path / "config.toml"
+    config_path.write_text('[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\n')
+    pipeline.build(load_config(config_path, environ={}))
+    (articles_dir / "a.txt").unlink()  # as an unmounted share looks
+    with pytest.raises(ArticleError, match="is empty, but 1 article files were known"):
+        pipeline.build(load_config(config_path, environ={}))
+    assert "Article number 1" in (tmp_path / "feeds" / "all.rss.xml").read_text()
+    allowed = load_config(config_path, environ={"PUBLISHER_ARTICLES_ALLOW_EMPTY": "true"})
+    assert pipeline.build(allowed).corpus.selected == 0
+    assert "Article number 1" not in (tmp_path / "feeds" / "all.rss.xml").read_text()

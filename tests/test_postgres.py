@@ -203,9 +203,12 @@ def test_a_lost_connection_fails_one_statement_then_reconnects(postgres_url: str
         admin.close()
 
 
-def test_the_password_in_the_url_never_shows(tmp_path: Path) -> None:
-    url = "postgresql://publisher:Sup3rS3cretPw@127.0.0.1:1/nowhere"
-    assert redact_url(url) == "postgresql://publisher:***@127.0.0.1:1/nowhere"
+@pytest.mark.parametrize("url", [
+    "postgresql://publisher:Sup3rS3cretPw@127.0.0.1:1/nowhere",
+    "postgresql://publisher@127.0.0.1:1/nowhere?password=Sup3rS3cretPw&connect_timeout=5",
+])
+def test_the_password_in_the_url_never_shows(tmp_path: Path, url: str) -> None:
+    assert "Sup3rS3cretPw" not in redact_url(url) and "***" in redact_url(url)
     (tmp_path / "articles").mkdir()
     config = tmp_path / "config.toml"
     config.write_text(f'[articles]\ndir = "articles"\n[state]\nurl = "{url}"\n')
@@ -213,9 +216,7 @@ def test_the_password_in_the_url_never_shows(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, [*command, "-c", str(config)])
         assert result.exit_code == 1, result.output
         assert "Sup3rS3cretPw" not in result.output
-        assert "cannot connect to the state database postgresql://publisher:***@" in (
-            result.output
-        )
+        assert "cannot connect to the state database postgresql://publisher" in result.output
         debug = CliRunner().invoke(cli, [*command, "-c", str(config), "--debug"])
         trace = "".join(traceback.format_exception(debug.exception))
         assert "cannot connect" in trace and "Sup3rS3cretPw" not in trace
@@ -250,6 +251,11 @@ def test_a_version_3_sqlite_ledger_is_migrated_in_place(tmp_path: Path) -> None:
         """
     )
     db.close()
+    before = open_store(f"sqlite:///{path}", readonly=True)  # `publisher status` before any write
+    try:
+        assert [d.title for d in before.deliveries(["sent"])] == ["Old post"]
+    finally:
+        before.close()
     store = SQLStore(SQLiteDatabase(path))
     try:
         assert store.counts() == {"@one": {"pending": 1, "sent": 1}}
@@ -330,3 +336,44 @@ def test_each_feeds_folder_is_kept_current_and_identical(
             tmp_path / "feeds-b" / name).read_bytes(), name
     again = build(load_config(tmp_path / "a.toml", environ={}))
     assert again.feeds is None  # host a's folder is still current
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_chat_waiting_out_its_budget_never_holds_the_others_back(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = (str(request.getfixturevalue("postgres_url")) if engine == "postgresql"
+           else f"sqlite:///{tmp_path / 'state.db'}")
+    store = open_store(url)
+    try:
+        pacing = Pacing(per_chat_interval=0.0, per_chat_per_minute=2, global_interval=0.5,
+                        max_wait=300)
+        now = time.time()
+        first = [store.reserve_send("@busy", now, pacing) for _ in range(3)]
+        assert first[2] is not None and first[2] >= now + 60  # its budget: a minute ahead
+        other = store.reserve_send("@quiet", now, pacing)
+        assert other is not None and other < now + 2  # a gap near now, not after @busy
+        taken = sorted([*first, other])  # type: ignore[type-var]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(taken)]
+        assert min(gaps) >= 0.5 - 1e-6  # the bot-wide rate still holds
+    finally:
+        store.close()
+
+
+def test_an_outcome_after_a_lost_claim_never_undoes_the_takeover(postgres_url: str) -> None:
+    slow, survivor = open_store(postgres_url), open_store(postgres_url)
+    try:
+        slow.add_deliveries(plan(1, ("@one",)))
+        now = time.time()
+        assert slow.claim_next("@one", now, "slow", now + 3) is not None
+        assert survivor.recover_interrupted(("@one",), now + 4) == 1  # lease over: requeued
+        taken = survivor.claim_next("@one", now + 4, "survivor", now + 60)
+        assert taken is not None and taken.claimed_by == "survivor"
+        # The slow instance's late answer (a 5xx) must not put the pair back to pending.
+        assert slow.mark_retry("a0000", "@one", "502", now, owner="slow") is False
+        assert slow.mark_uncertain("a0000", "@one", "timeout", owner="slow") is False
+        assert survivor.counts() == {"@one": {"sending": 1}}
+        assert survivor.mark_retry("a0000", "@one", "502", now, owner="survivor") is True
+    finally:
+        slow.close()
+        survivor.close()

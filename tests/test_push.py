@@ -582,3 +582,29 @@ def test_unreadable_success_answer_counts_as_maybe_posted() -> None:
     sender = TelegramSender(DEFAULT_TOKEN, "http://127.0.0.1:9/bot")
     assert isinstance(sender._translate(TelegramError("Invalid server response")), Ambiguous)
     asyncio.run(sender.close())
+
+
+def test_a_failure_after_the_claim_but_before_the_request_loses_nothing(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from publisher.catalog import Catalog
+    from publisher.errors import StateError
+
+    write_article("a.txt", 1)
+    config = make_config()
+    real = Catalog.selected_article
+    calls: list[str] = []
+
+    def flaky(self: Catalog, article_id: str) -> object:
+        calls.append(article_id)
+        if len(calls) == 1:
+            raise StateError("state database: server closed the connection unexpectedly")
+        return real(self, article_id)
+
+    monkeypatch.setattr(Catalog, "selected_article", flaky)
+    with pytest.raises(StateError):
+        push(config)
+    assert ledger(config) == {CHAT: {"pending": 1}}  # given back, not left "sending"
+    assert push(config).report.total("sent") == 1
+    assert len(botapi.messages) == 1

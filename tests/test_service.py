@@ -345,8 +345,10 @@ def test_kill_9_during_sends_neither_loses_nor_duplicates(
     assert len(posted) == len(set(posted)), "an article was posted twice"
     sent, uncertain = ledger_titles(tmp_path, "sent"), ledger_titles(tmp_path, "uncertain")
     assert len(sent) + len(uncertain) == total
-    assert 1 <= len(uncertain) <= 2  # exactly the sends in flight at the mid-send kills
-    assert set(posted) == sent | uncertain  # the held ones did reach the channel here
+    # The two mid-send kills leave one uncertain post each; the other kill may land between a
+    # claim and its answer too (then the post may or may not have left).
+    assert 2 <= len(uncertain) <= 3
+    assert sent <= set(posted) <= sent | uncertain
 
 
 def _run_then_kill(publisher: Publisher, standin: StandinProcess, mid_send: bool) -> None:
