@@ -156,21 +156,6 @@ class Store(Protocol):
                    lease_until: float) -> Delivery | None: ...
     def pending_chats(self) -> list[str]: ...
     def reserve_send(self, chat_id: str, now: float, pacing: Pacing) -> float | None: ...
-    def _free_global_slot(self, earliest: float, interval: float) -> float:
-        """The first moment from ``earliest`` at least ``interval`` away from every bot-wide
-        reservation: a gap between other chats' slots is used, so a chat waiting out its own
-        budget far ahead never holds the others back."""
-        slot = earliest
-        rows = self.db.execute(
-            "SELECT at FROM send_log WHERE chat_id=? AND at>? ORDER BY at",
-            (GLOBAL_PACE, earliest - interval),
-        )
-        for (taken,) in rows:
-            if taken - slot >= interval:
-                break  # the gap before this reservation is wide enough
-            slot = max(slot, taken + interval)
-        return slot
-
     def cancel_reservation(self, chat_id: str, at: float) -> None: ...
     def mark_sent(self, article_id: str, chat_id: str, message_id: int, sent_to: str) -> None: ...
     def mark_failed(self, article_id: str, chat_id: str, reason: str,
