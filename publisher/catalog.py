@@ -221,23 +221,18 @@ class Catalog:
                              (PARSING_KEY, FINGERPRINT_KEY))
             if not same_threshold:
                 self._select_all(min_quality)
-        waiting: list[Row] = []  # a cold sync commits fewer, larger transactions
-        for batch in parse_files(changed, max_file_bytes, workers=workers, progress=progress):
+        batches = parse_files(changed, max_file_bytes, workers=workers, progress=progress)
+        if cold:  # fewer, larger transactions
+            batches = _regrouped(batches, COLD_COMMIT_FILES)
+        for batch in batches:
             if stop is not None and stop.is_set():
                 raise SyncInterrupted("stopped while reading article files")
-            if cold:
-                waiting.extend(batch)
-                if len(waiting) >= COLD_COMMIT_FILES:
-                    with self._transaction():
-                        self._insert(waiting)
-                    waiting = []
-            else:
-                with self._transaction():
+            with self._transaction():
+                if cold:
+                    self._insert(batch)
+                else:
                     self._add(batch, min_quality)
             report.parsed += len(batch)
-        if waiting:
-            with self._transaction():
-                self._insert(waiting)
         with self._transaction():
             self._remove(removed, min_quality)
             if cold:
@@ -469,6 +464,18 @@ class Catalog:
             "SELECT data FROM catalog WHERE article_id = ? AND selected = 1", (article_id,)
         ).fetchone()
         return stored_article(row[0]) if row else None
+
+
+def _regrouped(batches: Iterable[list[Row]], size: int) -> Iterator[list[Row]]:
+    """The same rows in batches of at least ``size`` (the last one may be smaller)."""
+    waiting: list[Row] = []
+    for batch in batches:
+        waiting.extend(batch)
+        if len(waiting) >= size:
+            yield waiting
+            waiting = []
+    if waiting:
+        yield waiting
 
 
 def create_schema(db: Database) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from publisher.db import redact_url
 from publisher.errors import ConfigError
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
@@ -342,11 +343,9 @@ def _validate_state(config: Config) -> None:
     url = config.state.url
     scheme = urlsplit(url).scheme
     if not (url.startswith("sqlite:///") or scheme in ("postgresql", "postgres")):
-        shown = url if not (urlsplit(url).password or "password" in urlsplit(url).query) \
-            else f"{scheme}://..."
         raise ConfigError(
             f"config key state.url must be sqlite:///PATH or postgresql://USER@HOST/DB, "
-            f"not {shown!r}"
+            f"not {redact_url(url)!r}"
         )
     # A claim must outlive the request it covers, or a slow send would be taken over.
     minimum = 3 * config.telegram.timeout_seconds

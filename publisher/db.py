@@ -16,20 +16,21 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from publisher.errors import StateError
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 LOCK_POLL_SECONDS = 0.1
+# libpq also takes ?password=...: the value of that query parameter
+_QUERY_PASSWORD = re.compile(r"(?:(?<=^password=)|(?<=&password=))[^&]*")
 
 
 class Cursor(Protocol):
     rowcount: int
 
     def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
     def __iter__(self) -> Iterator[Any]: ...
 
 
@@ -67,17 +68,9 @@ def url_passwords(url: str) -> list[str]:
     """Every password a database URL carries: after the user name, or as a ``password``
     query parameter (both valid for libpq), as written and percent-decoded."""
     parts = urlsplit(url)
-    found = [parts.password or ""]
-    found += [value for key, value in parse_qsl(parts.query, keep_blank_values=True)
-              if key == "password"]
-    found += re.findall(r"(?:^|&)password=([^&]*)", parts.query)
+    found = [parts.password or "", *_QUERY_PASSWORD.findall(parts.query)]
     variants = {text for password in found for text in (password, unquote(password)) if text}
     return sorted(variants, key=len, reverse=True)
-
-
-def url_password(url: str) -> str:
-    passwords = url_passwords(url)
-    return passwords[0] if passwords else ""
 
 
 def redact_url(url: str) -> str:
@@ -87,7 +80,7 @@ def redact_url(url: str) -> str:
         netloc = parts.netloc.rpartition("@")
         user = netloc[0].partition(":")[0]
         parts = parts._replace(netloc=f"{user}:***@{netloc[2]}")
-    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    query = _QUERY_PASSWORD.sub("***", parts.query)
     return urlunsplit(parts._replace(query=query))
 
 
@@ -166,13 +159,13 @@ class SQLiteDatabase:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")  # one writer at a time: the engine serialises
+        self.execute("BEGIN IMMEDIATE")  # one writer at a time: the engine serialises
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        self.execute("COMMIT")
 
     @contextlib.contextmanager
     def exclusive(self, name: str, stop: threading.Event | None = None) -> Iterator[None]:

@@ -160,7 +160,12 @@ class Dispatcher:
         self._settings = config.telegram
         self._lease_seconds = config.state.lease_seconds
         self._send_deadline = config.state.lease_seconds * 0.9
-        self._lookup: Lookup = lambda article_id: None
+        self._pacing = Pacing(
+            per_chat_interval=config.telegram.per_chat_interval_seconds,
+            per_chat_per_minute=config.telegram.per_chat_per_minute,
+            global_interval=1.0 / config.telegram.global_per_second,
+            max_wait=config.telegram.max_wait_seconds,
+        )
         self._sleep = sleep
         self._clock = clock
         self._owner = instance_name()
@@ -177,7 +182,6 @@ class Dispatcher:
         ``lookup`` gives the currently selected article of an id, or None when it is no
         longer selected (its pending posts are then skipped).
         """
-        self._lookup = lookup
         report = PushReport()
         now = datetime.fromtimestamp(self._clock(), UTC)
         report.new = self._store.add_deliveries(plan_deliveries(new_articles, self._config, now))
@@ -193,7 +197,7 @@ class Dispatcher:
         # Every chat runs to its end even when another fails, so no send is left in flight
         # behind the report; the first unexpected error is raised after all have finished.
         outcomes = await asyncio.gather(
-            *(self._run_chat(chat, report) for chat in chats), return_exceptions=True
+            *(self._run_chat(chat, lookup, report) for chat in chats), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -212,16 +216,7 @@ class Dispatcher:
             return False
         return True
 
-    def _pacing(self) -> Pacing:
-        settings = self._settings
-        return Pacing(
-            per_chat_interval=settings.per_chat_interval_seconds,
-            per_chat_per_minute=settings.per_chat_per_minute,
-            global_interval=1.0 / settings.global_per_second,
-            max_wait=settings.max_wait_seconds,
-        )
-
-    async def _run_chat(self, chat_id: str, report: PushReport) -> None:
+    async def _run_chat(self, chat_id: str, lookup: Lookup, report: PushReport) -> None:
         """Reserve a pacing slot, wait for it, claim the oldest due post, send it; repeat.
 
         The claim comes after the wait, so no claim is held while pacing; a slot left unused
@@ -231,7 +226,7 @@ class Dispatcher:
         budget = self._settings.max_per_run or None
         tries: dict[str, Tries] = {}
         while not (self._stop or self._fatal) and (budget is None or budget > 0):
-            slot = self._store.reserve_send(chat_id, self._clock(), self._pacing())
+            slot = self._store.reserve_send(chat_id, self._clock(), self._pacing)
             if slot is None:
                 event(log, logging.INFO, "pacing_deferred", chat=chat_id)
                 return
@@ -247,7 +242,7 @@ class Dispatcher:
                 self._store.cancel_reservation(chat_id, slot)
                 return
             try:
-                prepared = self._prepare(item)
+                prepared = self._prepare(item, lookup)
             except BaseException:
                 # Nothing has left yet: give the pair back rather than leave it "sending"
                 # (which the next run would have to call uncertain).
@@ -267,10 +262,10 @@ class Dispatcher:
             if outcome is Outcome.DONE and budget is not None:
                 budget -= 1
 
-    def _prepare(self, item: Delivery) -> Prepared | Skip:
+    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip:
         """What to send for a claimed pair (or why not): every step that can fail before the
         request, so a failure here provably posted nothing."""
-        article = self._lookup(item.article_id)
+        article = lookup(item.article_id)
         oldest = self._oldest_allowed()
         if article is None or (oldest is not None and article.published_at < oldest):
             return Skip(article)

@@ -16,6 +16,7 @@ instances.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -31,6 +32,7 @@ from publisher.errors import AlreadyRunning, StateError
 # 2: the article catalog (parse cache); 3: its file keys and plans; 4: claims with leases,
 # pacing reservations, the scan snapshot in its own table (PostgreSQL starts here).
 SCHEMA_VERSION = 4
+CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
 
 PENDING = "pending"
 SENDING = "sending"
@@ -188,7 +190,7 @@ class SQLStore:
         if readonly:
             version = self._schema_version()
             self.empty = version == 0
-            if version < 4:  # read as it is, without migrating: no claims before version 4
+            if version < CLAIMS_VERSION:  # read as it is, without migrating it
                 self._columns = DELIVERY_COLUMNS.replace("claimed_by", "NULL AS claimed_by")
         else:
             try:
@@ -226,8 +228,7 @@ class SQLStore:
                 self._upgrade_sqlite(version)
             for statement in ledger_schema(self.db.dialect) + catalog_schema(self.db.dialect):
                 self.db.execute(statement)
-            if version < SCHEMA_VERSION:
-                self._set_meta("schema_version", str(SCHEMA_VERSION))
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _schema_version(self) -> int:
         if self.db.dialect == "sqlite":
@@ -249,7 +250,7 @@ class SQLStore:
             for table in ("catalog", "catalog_slugs", "catalog_topics"):
                 self.db.execute(f"DROP TABLE IF EXISTS {table}")
             self.db.execute("DELETE FROM meta WHERE key LIKE 'catalog%' OR key LIKE '%digest'")
-        if version < 4:
+        if version < CLAIMS_VERSION:
             ledger = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
             if ledger and "claimed_by" not in ledger:
                 self.db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
@@ -330,28 +331,6 @@ class SQLStore:
                 (owner, lease_until, utc_now_iso(), row[0], chat_id),
             ).fetchone()
         return Delivery(*claimed) if claimed else None
-
-    def claim(self, article_id: str, chat_id: str, owner: str = "",
-              lease_until: float = 0.0) -> bool:
-        """Claim one named pending pair; False when it is no longer pending."""
-        changed = self._write(
-            "UPDATE deliveries SET state='sending', attempts=attempts+1, claimed_by=?, "
-            "lease_until=?, updated_at=? WHERE article_id=? AND chat_id=? AND state='pending'",
-            (owner, lease_until, utc_now_iso(), article_id, chat_id),
-        )
-        return changed == 1
-
-    def due(self, chat_id: str, now: float, limit: int | None = None) -> list[Delivery]:
-        """Pending pairs of a chat whose backoff has passed, oldest article first."""
-        sql = (
-            f"SELECT {self._columns} FROM deliveries WHERE chat_id=? AND state='pending' "
-            "AND next_attempt_at<=? ORDER BY published_at, article_id"
-        )
-        params: list[Any] = [chat_id, now]
-        if limit:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [Delivery(*row) for row in self.db.execute(sql, params)]
 
     def pending_chats(self) -> list[str]:
         rows = self.db.execute(
@@ -495,14 +474,6 @@ class SQLStore:
                 (chat_id, GLOBAL_PACE, at),
             )
 
-    def sends_since(self, chat_id: str, since: float) -> list[float]:
-        rows = self.db.execute(
-            "SELECT at FROM send_log WHERE chat_id=? AND at>=? ORDER BY at", (chat_id, since)
-        )
-        return [row[0] for row in rows]
-
-    # -- runs and reporting -------------------------------------------------------------------
-
     def record_run(self, run: RunRecord) -> None:
         with self.db.transaction():
             self.db.execute(
@@ -557,9 +528,6 @@ class SQLStore:
         self.db.close()
 
 
-SQLiteStore = SQLStore  # the name earlier versions (and scripts) used
-
-
 def open_store(url: str, *, readonly: bool = False, threaded: bool = False) -> SQLStore:
     return SQLStore.open(url, readonly=readonly, threaded=threaded)
 
@@ -569,17 +537,9 @@ def state_exists(url: str) -> bool:
     return is_postgres_url(url) or sqlite_path(url).exists()
 
 
-def instance_lock(url: str) -> InstanceLock | _NoLock:
+def instance_lock(url: str) -> contextlib.AbstractContextManager[object]:
     """The single-instance lock for a SQLite state; PostgreSQL states admit many instances."""
-    return _NoLock() if is_postgres_url(url) else InstanceLock(url)
-
-
-class _NoLock:
-    def __enter__(self) -> _NoLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return contextlib.nullcontext() if is_postgres_url(url) else InstanceLock(url)
 
 
 class InstanceLock:

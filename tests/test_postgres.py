@@ -27,7 +27,7 @@ from publisher.db import (
     SQLiteDatabase,
     is_postgres_url,
     redact_url,
-    url_password,
+    url_passwords,
 )
 from publisher.errors import StateError
 from publisher.pipeline import build
@@ -304,7 +304,7 @@ def test_claim_counts_are_exact_under_contention(postgres_url: str) -> None:
 def test_the_two_host_example_config_is_valid() -> None:
     config = load_config(REPO / "deploy" / "two-hosts" / "config.toml", environ={})
     assert is_postgres_url(config.state.url) and "@" in config.state.url
-    assert url_password(config.state.url) == ""  # the password lives in PGPASSFILE
+    assert url_passwords(config.state.url) == []  # the password lives in PGPASSFILE
 
 
 def test_status_of_a_fresh_database_says_so(postgres_url: str, tmp_path: Path) -> None:
