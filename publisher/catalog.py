@@ -27,7 +27,14 @@ from typing import Any
 
 from publisher.db import Database, Interrupted, upsert
 from publisher.errors import ArticleError
-from publisher.loader import FileKey, Problem, load_file, scan_article_keys
+from publisher.loader import (
+    FileKey,
+    Problem,
+    ScanEntry,
+    load_file,
+    scan_chunks,
+    scan_prefix,
+)
 from publisher.models import Article, Image, Provider, Related, normalise_url
 from publisher.selection import topic_slug
 
@@ -73,8 +80,10 @@ def catalog_schema(dialect: str) -> list[str]:
         )""",
         "CREATE INDEX IF NOT EXISTS catalog_slugs_newest "
         "ON catalog_slugs (slug, selected, published_us, article_id)",
-        "CREATE TABLE IF NOT EXISTS catalog_snapshot "
-        f"(id BIGINT PRIMARY KEY, data {blob} NOT NULL)",
+        # The last completed scan in chunks (see ``loader.scan_chunks``): each chunk's
+        # entries (marshal), keyed by their digest.
+        "CREATE TABLE IF NOT EXISTS catalog_scan "
+        f"(digest {blob} PRIMARY KEY, data {blob} NOT NULL)",
     ]
 
 
@@ -106,11 +115,11 @@ _NEWEST = (
     "SELECT path FROM catalog WHERE selected = 1 ORDER BY published_us DESC, article_id DESC"
 )
 THRESHOLD_KEY = "catalog_min_quality"
-# The keys of the files as last synced (marshal): a base, a delta against it, and a marker
-# that a sync is under way (its rows may be ahead of the snapshot).
-_BASE, _DELTA, _IN_PROGRESS = 1, 2, 3
-_SAVE_SNAPSHOT = upsert("catalog_snapshot", ("id", "data"), ("id",))
-FINGERPRINT_KEY = "catalog_scan_fingerprint"  # a hash of the snapshot, checked first
+_SAVE_CHUNK = upsert("catalog_scan", ("digest", "data"), ("digest",))
+FINGERPRINT_KEY = "catalog_scan_fingerprint"  # a hash of the folder and every chunk digest
+# The folder the stored chunks are relative to; absent while a sync is under way (its rows
+# may be ahead of the chunks) or when there are none.
+SCAN_ROOT_KEY = "catalog_scan_root"
 PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: file size cap, parser
 # Bump when the loader's output changes, so every file is parsed again.
 PARSER_VERSION = "2"  # 2: compressed article data
@@ -133,12 +142,52 @@ class SyncReport:
 
 
 @dataclass
-class Snapshot:
-    """The file keys of the last completed sync: a base and the paths changed since."""
+class Scan:
+    """What a sync found on disk: the chunks of ``loader.scan_chunks``, marshalled and
+    digested, and a fingerprint of them all and of the folder."""
 
-    base: dict[str, FileKey]
-    previous: dict[str, FileKey]  # the base with the changes applied
-    touched: set[str]  # paths whose key differs from the base's (or that left it)
+    prefix: str
+    chunks: list[list[ScanEntry]]
+    blobs: list[bytes]
+    digests: list[bytes]
+    fingerprint: str
+
+    @classmethod
+    def of(cls, directory: Path) -> Scan:
+        prefix = scan_prefix(directory)
+        chunks = scan_chunks(directory)
+        blobs = [marshal.dumps(chunk) for chunk in chunks]
+        digests = [hashlib.blake2b(blob, digest_size=16).digest() for blob in blobs]
+        whole = hashlib.blake2b(prefix.encode("utf-8", "surrogateescape"), digest_size=16)
+        whole.update(b"".join(digests))
+        return cls(prefix, chunks, blobs, digests, whole.hexdigest())
+
+    @property
+    def files(self) -> int:
+        return sum(map(len, self.chunks))
+
+    def keys(self, chunks: Iterable[int]) -> dict[str, FileKey]:
+        """Path -> key of the files in these chunks."""
+        prefix = self.prefix
+        return {prefix + entry[0]: entry[1:] for index in chunks for entry in self.chunks[index]}
+
+
+@dataclass
+class FeedSelection:
+    """The newest selected articles, overall and of every topic slug, as (path, digest of
+    the record) newest first; every path of them once, newest first; a digest of them all."""
+
+    newest: list[tuple[str, str]]
+    topics: dict[str, list[tuple[str, str]]]
+    paths: list[str]
+    digest: str
+
+
+@dataclass
+class Changes:
+    changed: list[FileJob]  # files to parse, sorted by path
+    removed: list[str]  # paths that are gone, sorted
+    cold: bool  # the catalog was empty
 
 
 class Catalog:
@@ -178,8 +227,9 @@ class Catalog:
     def _sync(self, directory: Path, max_file_bytes: int, min_quality: int,
               progress: Progress | None, workers: int | None,
               stop: threading.Event | None, allow_empty: bool) -> SyncReport:
-        on_disk = scan(directory)
-        if not on_disk and not allow_empty:
+        scan = Scan.of(directory)
+        files = scan.files
+        if not files and not allow_empty:
             known = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
             if known:
                 raise ArticleError(
@@ -187,101 +237,112 @@ class Catalog:
                     "were known: not forgetting them all (an unmounted share looks empty); "
                     "set articles.allow_empty = true if they were removed on purpose"
                 )
-        snapshot = marshal.dumps(on_disk)
-        fingerprint = hashlib.blake2b(snapshot, digest_size=16).hexdigest()
         parsing = f"{max_file_bytes}:{PARSER_VERSION}"
         same_parsing = self.get_meta(PARSING_KEY) == parsing
         same_threshold = self.get_meta(THRESHOLD_KEY) == str(min_quality)
-        if same_parsing and same_threshold and self.get_meta(FINGERPRINT_KEY) == fingerprint:
+        if same_parsing and same_threshold and self.get_meta(FINGERPRINT_KEY) == scan.fingerprint:
             # Exactly the files (and keys) of the last completed sync: nothing to read.
-            return SyncReport(files=len(on_disk), problems=self._problems())
-        stored = self._stored_snapshot() if same_parsing else None
-        if stored is None:  # no usable snapshot: compare with the rows themselves
-            previous = {
-                path: _key_from_text(text)
-                for path, text in self._db.execute("SELECT path, file_key FROM catalog")
-            }
+            return SyncReport(files=files, problems=self._problems())
+        stored = self._stored_digests(scan.prefix) if same_parsing else None
+        if stored is None:
+            changes = self._changes_from_rows(scan, same_parsing)
         else:
-            previous = stored.previous
-        # Set differences run in C: at 100,000 files a Python loop would cost more.
-        changed = sorted(on_disk.items() - previous.items() if same_parsing else on_disk.items())
-        removed = sorted(previous.keys() - on_disk.keys())
-        if not changed and not removed and same_threshold:
-            self.set_meta(FINGERPRINT_KEY, fingerprint)  # the same files, listed in a new order
-            return SyncReport(files=len(on_disk), problems=self._problems())
-        report = SyncReport(files=len(on_disk), removed=len(removed))
-        # An empty catalog is filled in bulk and selected once at the end: no reader can
-        # have seen any of it, so nothing it saw can change under it.
-        cold = not previous
+            changes = self._changes_in_chunks(scan, stored)
+        if not changes.changed and not changes.removed and same_threshold:
+            # The same files, listed in another order: remember the new listing.
+            with self._transaction():
+                self._save_scan(scan, stored)
+            return SyncReport(files=files, problems=self._problems())
+        report = SyncReport(files=files, removed=len(changes.removed))
         with self._transaction():
-            # Until this sync completes, the rows may be ahead of the snapshot: say so, and
-            # an interrupted sync is followed by a full comparison with the rows.
-            self._db.execute(_SAVE_SNAPSHOT, (_IN_PROGRESS, b""))
-            self._db.execute("DELETE FROM meta WHERE key IN (?, ?)",
-                             (PARSING_KEY, FINGERPRINT_KEY))
+            # Until this sync completes, the rows may be ahead of the stored scan: say so,
+            # and an interrupted sync is followed by a full comparison with the rows.
+            self._db.execute("DELETE FROM meta WHERE key IN (?, ?, ?)",
+                             (PARSING_KEY, FINGERPRINT_KEY, SCAN_ROOT_KEY))
             if not same_threshold:
                 self._select_all(min_quality)
-        batches = parse_files(changed, max_file_bytes, workers=workers, progress=progress)
-        if cold:  # fewer, larger transactions
+        self._parse_changed(changes, max_file_bytes, min_quality, workers, progress, stop,
+                            report)
+        with self._transaction():
+            self._remove(changes.removed, min_quality)
+            if changes.cold:
+                self._select_all(min_quality)
+            self.set_meta(PARSING_KEY, parsing)
+            self._save_scan(scan, stored)
+        report.problems = self._problems()
+        return report
+
+    def _parse_changed(self, changes: Changes, max_file_bytes: int, min_quality: int,
+                       workers: int | None, progress: Progress | None,
+                       stop: threading.Event | None, report: SyncReport) -> None:
+        batches = parse_files(changes.changed, max_file_bytes, workers=workers,
+                              progress=progress)
+        # An empty catalog is filled in bulk and selected once at the end: no reader can
+        # have seen any of it, so nothing it saw can change under it.
+        if changes.cold:  # fewer, larger transactions
             batches = _regrouped(batches, COLD_COMMIT_FILES)
         for batch in batches:
             if stop is not None and stop.is_set():
                 raise SyncInterrupted("stopped while reading article files")
             with self._transaction():
-                if cold:
+                if changes.cold:
                     self._insert(batch)
                 else:
                     self._add(batch, min_quality)
             report.parsed += len(batch)
-        with self._transaction():
-            self._remove(removed, min_quality)
-            if cold:
-                self._select_all(min_quality)
-            self.set_meta(PARSING_KEY, parsing)
-            self._save_snapshot(on_disk, snapshot, stored, changed, removed)
-            self.set_meta(FINGERPRINT_KEY, fingerprint)
-        report.problems = self._problems()
-        return report
 
-    def _stored_snapshot(self) -> Snapshot | None:
-        """The keys of the files as last synced, or None when there is no usable snapshot
-        (none yet, unreadable, or a sync was interrupted)."""
-        rows = dict(self._db.execute("SELECT id, data FROM catalog_snapshot"))
-        if _IN_PROGRESS in rows or _BASE not in rows:
-            return None
-        try:
-            base = marshal.loads(rows[_BASE])
-            changed, removed = marshal.loads(rows[_DELTA]) if _DELTA in rows else ({}, [])
-        except (EOFError, ValueError, TypeError):
-            return None
-        if not isinstance(base, dict) or not isinstance(changed, dict):
-            return None
-        previous = dict(base)
-        previous.update(changed)
-        for path in removed:
-            previous.pop(path, None)
-        return Snapshot(base, previous, set(changed) | set(removed))
+    def _changes_from_rows(self, scan: Scan, same_parsing: bool) -> Changes:
+        """Every file compared with the catalog's rows (no usable stored scan)."""
+        previous = {
+            path: _key_from_text(text)
+            for path, text in self._db.execute("SELECT path, file_key FROM catalog")
+        }
+        on_disk = scan.keys(range(len(scan.chunks)))
+        # Set differences run in C: at 100,000 files a Python loop would cost more.
+        changed = on_disk.items() - previous.items() if same_parsing else on_disk.items()
+        return Changes(sorted(changed), sorted(previous.keys() - on_disk.keys()),
+                       cold=not previous)
 
-    def _save_snapshot(self, on_disk: dict[str, FileKey], blob: bytes,
-                       stored: Snapshot | None, changed: Sequence[FileJob],
-                       removed: Sequence[str]) -> None:
-        """A small change is saved as a delta against the base, so one new file does not
-        rewrite megabytes; past 5% of the files, the whole listing becomes the new base."""
-        if stored is not None:
-            base = stored.base
-            touched = stored.touched | {path for path, _ in changed} | set(removed)
-            if len(touched) <= max(100, len(on_disk) // 20):
-                delta_changed = {
-                    path: on_disk[path] for path in touched
-                    if path in on_disk and base.get(path) != on_disk[path]
-                }
-                delta_removed = [path for path in touched if path in base and path not in on_disk]
-                delta = marshal.dumps((delta_changed, delta_removed))
-                self._db.execute(_SAVE_SNAPSHOT, (_DELTA, delta))
-                self._db.execute("DELETE FROM catalog_snapshot WHERE id = ?", (_IN_PROGRESS,))
-                return
-        self._db.execute("DELETE FROM catalog_snapshot")
-        self._db.execute(_SAVE_SNAPSHOT, (_BASE, blob))
+    def _changes_in_chunks(self, scan: Scan, stored: set[bytes]) -> Changes:
+        """The files of the chunks that are new, compared with those of the stored chunks
+        that are gone: every other file is in a chunk that is exactly as it was."""
+        fresh = [i for i, digest in enumerate(scan.digests) if digest not in stored]
+        gone = list(stored.difference(scan.digests))
+        before: dict[str, FileKey] = {}
+        for start in range(0, len(gone), 500):
+            chunk = gone[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT data FROM catalog_scan WHERE digest IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for (data,) in rows:
+                before.update((scan.prefix + entry[0], entry[1:]) for entry in marshal.loads(data))
+        now = scan.keys(fresh)
+        return Changes(sorted(now.items() - before.items()), sorted(before.keys() - now.keys()),
+                       cold=False)
+
+    def _stored_digests(self, prefix: str) -> set[bytes] | None:
+        """The chunk digests of the last completed scan of the folder at ``prefix``; None
+        when there is none (a new state, another folder, or a sync that did not complete)."""
+        if self.get_meta(SCAN_ROOT_KEY) != prefix:
+            return None
+        return {bytes(row[0]) for row in self._db.execute("SELECT digest FROM catalog_scan")}
+
+    def _save_scan(self, scan: Scan, stored: set[bytes] | None) -> None:
+        """Store the chunks that are new and drop those that are gone (all of them when
+        ``stored`` is None), then the folder and the fingerprint."""
+        if stored is None:
+            self._db.execute("DELETE FROM catalog_scan")
+            stored = set()
+        self._db.executemany("DELETE FROM catalog_scan WHERE digest = ?",
+                             [(digest,) for digest in stored.difference(scan.digests)])
+        self._db.executemany(
+            _SAVE_CHUNK,
+            [(digest, blob) for digest, blob in zip(scan.digests, scan.blobs, strict=True)
+             if digest not in stored],
+        )
+        self.set_meta(SCAN_ROOT_KEY, scan.prefix)
+        self.set_meta(FINGERPRINT_KEY, scan.fingerprint)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -402,20 +463,29 @@ class Catalog:
     def feed_articles(self, limit: int) -> tuple[list[Article], str]:
         """The articles the feeds show (the newest ``limit`` of every topic and of all),
         newest first, and a digest of exactly those records."""
-        paths, digest = self.feed_selection(limit)
-        return self.articles_at(paths), digest
+        selection = self.feed_selection(limit)
+        return self.articles_at(selection.paths), selection.digest
 
-    def feed_selection(self, limit: int) -> tuple[list[str], str]:
-        """The paths of ``feed_articles``, newest first, and their digest (nothing decoded)."""
-        paths = {row[0] for row in self._db.execute(f"{_NEWEST} LIMIT ?", (limit,))}
-        for slug in self.topic_slugs():
-            paths.update(row[0] for row in self._db.execute(_TOPIC_NEWEST, (slug, limit)))
+    def feed_selection(self, limit: int) -> FeedSelection:
+        """What ``feed_articles`` returns, feed by feed, nothing decoded."""
+        newest = [row[0] for row in self._db.execute(f"{_NEWEST} LIMIT ?", (limit,))]
+        topics = {
+            slug: [row[0] for row in self._db.execute(_TOPIC_NEWEST, (slug, limit))]
+            for slug in self.topic_slugs()
+        }
         rows = sorted(
-            self._rows_at(list(paths), "published_us, article_id, digest"),
+            self._rows_at(list(set(newest).union(*topics.values())),
+                          "published_us, article_id, digest"),
             key=lambda row: (row[1], row[2]), reverse=True,
         )
-        digest = hashlib.sha256("".join(row[3] for row in rows).encode()).hexdigest()
-        return [row[0] for row in rows], digest
+        digests = {row[0]: row[3] for row in rows}
+        return FeedSelection(
+            newest=[(path, digests[path]) for path in newest],
+            topics={slug: [(path, digests[path]) for path in paths]
+                    for slug, paths in topics.items()},
+            paths=[row[0] for row in rows],
+            digest=hashlib.sha256("".join(row[3] for row in rows).encode()).hexdigest(),
+        )
 
     def articles_at(self, paths: Sequence[str]) -> list[Article]:
         """The articles of these catalog paths, in the given order."""
@@ -498,11 +568,6 @@ _UPSERT_ROW = upsert(
 
 
 # -- files to rows -------------------------------------------------------------------------
-
-
-def scan(directory: Path) -> dict[str, FileKey]:
-    """Every article file with its key (size, mtime_ns, ctime_ns, inode); zeros: no stat."""
-    return scan_article_keys(directory)
 
 
 def key_text(key: FileKey) -> str:

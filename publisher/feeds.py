@@ -28,7 +28,6 @@ acceptable because feeds are built by one thread at a time; never render feeds c
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import json
 import os
@@ -138,44 +137,37 @@ def render_feeds(selected: Sequence[Article], config: FeedsConfig) -> dict[str, 
 
 @dataclass(frozen=True)
 class Rendering:
-    """Files rendered now, files left as they are, and the digest of every feed's content."""
+    """Files rendered now, and files left as they are."""
 
     rendered: dict[str, bytes]
     unchanged: frozenset[str]
-    digests: dict[str, str]
     counts: dict[str, int]  # entries per feed, for the next rendering's landing page
 
 
 def render_changed_feeds(
-    selected: Sequence[Article], config: FeedsConfig, known: Mapping[str, str],
-    counts: Mapping[str, int] | None = None,
+    selected: Sequence[Article], config: FeedsConfig, unchanged_counts: Mapping[str, int]
 ) -> Rendering:
-    """Like ``render_feeds``, but a feed whose content digest is in ``known`` (from an earlier
-    rendering of the same settings) is not rendered again: its files are ``unchanged``.
+    """Like ``render_feeds``, but the feeds in ``unchanged_counts`` (slug -> the number of
+    entries their files hold, from an earlier rendering of the same content and settings)
+    are not rendered again: their files are ``unchanged``.
 
-    The landing page and the OPML list every feed, so they are always rendered; for an
-    unchanged feed whose entry count is in ``counts`` only its headlines are prepared.
+    ``selected`` is newest first and holds every article a changed feed may show; of an
+    unchanged feed only its first ``HEADLINES`` are needed, for the landing page and the
+    OPML, which list every feed and so are always rendered.
     """
-    counts = counts or {}
     channel = _channel_settings(config)
     entries = _EntryCache()
     rendered: dict[str, bytes] = {}
     unchanged: set[str] = set()
-    digests: dict[str, str] = {}
-    seen: dict[str, bytes] = {}
     feeds: list[_Feed] = []
     for slug, name, title, articles in _feed_members(selected, channel):
-        digests[slug] = _feed_digest(slug, title, articles, seen)
-        count = None
-        if known.get(slug) == digests[slug]:
+        count = unchanged_counts.get(slug)
+        if count is not None:
             unchanged.update(feed_name(slug, kind) for kind in FEED_SUFFIXES)
-            count = counts.get(slug)
         shown = config.max_items if count is None else min(HEADLINES, config.max_items)
         feed_entries = entries.first(articles, shown)
         if feed_entries or slug == ALL_SLUG:  # a topic without an http(s) link has no feed
             feeds.append(_Feed(slug, name, title, feed_entries, count))
-        else:
-            digests.pop(slug)
     links = [_links(feed, channel) for feed in feeds]
     site = _site(channel)
     for feed, feed_links in zip(feeds, links, strict=True):
@@ -188,7 +180,7 @@ def render_changed_feeds(
     rendered[OPML_NAME] = render_opml(links, site)
     rendered[INDEX_NAME] = render_landing_page(links, site)
     sizes = {feed.slug: link.size for feed, link in zip(feeds, links, strict=True)}
-    return Rendering(rendered, frozenset(unchanged), digests, sizes)
+    return Rendering(rendered, frozenset(unchanged), sizes)
 
 
 def _feed_members(
@@ -201,25 +193,6 @@ def _feed_members(
     for slug, topic in group_by_topic(selected).items():
         name = _text(topic.name) or slug
         yield slug, name, f"{channel.title}: {name}", topic.articles
-
-
-def _feed_digest(slug: str, title: str, articles: Sequence[Article],
-                 seen: dict[str, bytes]) -> str:
-    """Everything a feed is made of but the settings (the caller's part of the key).
-
-    It covers all the feed's candidate articles, not only the shown ones: a change beyond
-    ``max_items`` costs a needless render, never a stale feed. ``seen`` keeps each article's
-    digest, as an article appears in several feeds.
-    """
-    digest = hashlib.blake2b(f"{slug}\0{title}".encode("utf-8", "surrogatepass"),
-                             digest_size=16)
-    for article in articles:
-        part = seen.get(article.id)
-        if part is None:
-            text = repr(article).encode("utf-8", "surrogatepass")
-            part = seen[article.id] = hashlib.blake2b(text, digest_size=16).digest()
-        digest.update(part)
-    return digest.hexdigest()
 
 
 def write_feeds(rendered: Mapping[str, bytes], out_dir: Path,

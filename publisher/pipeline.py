@@ -13,17 +13,18 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from publisher.catalog import Catalog
+from publisher.catalog import Catalog, FeedSelection
 from publisher.config import Config
 from publisher.errors import ConfigError
 from publisher.loader import LoadResult, Problem, Progress, load_articles
 from publisher.logs import add_secret
 from publisher.models import Article
-from publisher.names import FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
+from publisher.names import ALL_SLUG, FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
 from publisher.selection import select
 from publisher.state import (
     PENDING,
@@ -154,32 +155,68 @@ def feeds_key(config: Config) -> str:
 
 
 def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
-    paths, entries = catalog.feed_selection(config.feeds.max_items)
+    selection = catalog.feed_selection(config.feeds.max_items)
     settings = _digest(repr(config.feeds))
     key = feeds_key(config)
     last = _json_object(catalog.get_meta(key))
     known = last.get("feeds", {}) if last.get("settings") == settings else {}
     known = {slug: digest for slug, digest in known.items() if _feed_files_exist(config, slug)}
     pages = all((config.feeds.dir / name).is_file() for name in (OPML_NAME, INDEX_NAME))
-    if last.get("entries") == entries and known and known == last.get("feeds") and pages:
+    if last.get("entries") == selection.digest and known and known == last.get("feeds") and pages:
         if config.feeds.websub_hub:
             from publisher.websub import announce_changed
 
             announce_changed(None, config.feeds)  # retry what the hub has not accepted yet
         return None
-    from publisher.feeds import render_changed_feeds, write_feeds
+    from publisher.feeds import HEADLINES, render_changed_feeds, write_feeds
     from publisher.websub import announce_changed
 
+    digests = _feed_digests(selection)
     counts = last.get("counts", {}) if known else {}
-    rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, known, counts)
+    unchanged = {
+        slug: counts[slug]
+        for slug, digest in digests.items()
+        if known.get(slug) == digest and isinstance(counts.get(slug), int)
+    }
+    paths = _paths_to_render(selection, unchanged, HEADLINES)
+    rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, unchanged)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
+    feeds = {slug: digest for slug, digest in digests.items() if slug in rendering.counts}
     catalog.set_meta(
         key,
-        json.dumps({"entries": entries, "settings": settings, "feeds": rendering.digests,
+        json.dumps({"entries": selection.digest, "settings": settings, "feeds": feeds,
                     "counts": rendering.counts}),
     )
     announce_changed(result, config.feeds)
     return result
+
+
+def _feed_members(selection: FeedSelection) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    yield ALL_SLUG, selection.newest
+    yield from selection.topics.items()
+
+
+def _feed_digests(selection: FeedSelection) -> dict[str, str]:
+    """Per feed, a digest of the records it may show, in order (the settings are compared on
+    their own): equal digests, equal files."""
+    digests = {}
+    for slug, members in _feed_members(selection):
+        digest = hashlib.blake2b(slug.encode(), digest_size=16)
+        for _, record in members:
+            digest.update(record.encode())
+        digests[slug] = digest.hexdigest()
+    return digests
+
+
+def _paths_to_render(selection: FeedSelection, unchanged: Mapping[str, int],
+                     headlines: int) -> list[str]:
+    """Every article of a changed feed, the first ``headlines`` of an unchanged one (for the
+    landing page); newest first."""
+    wanted: set[str] = set()
+    for slug, members in _feed_members(selection):
+        shown = members[:headlines] if slug in unchanged else members
+        wanted.update(path for path, _ in shown)
+    return [path for path in selection.paths if path in wanted]
 
 
 def _json_object(text: str | None) -> dict[str, Any]:

@@ -31,8 +31,9 @@ from publisher.errors import AlreadyRunning, StateError
 
 # 2: the article catalog (parse cache); 3: its file keys and plans; 4: claims with leases,
 # pacing reservations, the scan snapshot in its own table (PostgreSQL starts here).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
+SCAN_BUCKETS_VERSION = 5  # catalog_scan (buckets) replaced catalog_snapshot
 
 PENDING = "pending"
 SENDING = "sending"
@@ -226,6 +227,11 @@ class SQLStore:
                 return  # current: no DDL at all (PostgreSQL would lock the tables for it)
             if 0 < version < SCHEMA_VERSION and self.db.dialect == "sqlite":
                 self._upgrade_sqlite(version)
+            if 0 < version < SCAN_BUCKETS_VERSION:
+                # The stored scan is a cache: its old layout goes, the next sync compares
+                # the files with the catalog's rows once.
+                self.db.execute("DROP TABLE IF EXISTS catalog_snapshot")
+                self.db.execute("DELETE FROM meta WHERE key = 'catalog_scan_fingerprint'")
             for statement in ledger_schema(self.db.dialect) + catalog_schema(self.db.dialect):
                 self.db.execute(statement)
             self._set_meta("schema_version", str(SCHEMA_VERSION))

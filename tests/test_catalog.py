@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import random
 import sqlite3
@@ -298,32 +299,99 @@ def test_an_older_catalog_layout_is_rebuilt(tmp_path: Path, articles_dir: Path) 
     store.close()
 
 
-def test_small_changes_are_saved_as_a_delta_of_the_snapshot(
+def test_a_small_change_rewrites_only_its_own_chunks_of_the_stored_scan(
     open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
 ) -> None:
-    random_corpus(articles_dir, 150, 4)
+    random_corpus(articles_dir, 600, 4)
     catalog = open_catalog(tmp_path)
     catalog.sync(articles_dir, 1 << 20, 0)
 
-    def snapshot_rows() -> list[int]:
-        return sorted(row[0] for row in catalog.db.execute("SELECT id FROM catalog_snapshot"))
+    def stored() -> dict[bytes, list[str]]:
+        rows = catalog.db.execute("SELECT digest, data FROM catalog_scan")
+        return {bytes(digest): [e[0] for e in marshal.loads(data)] for digest, data in rows}
 
-    assert snapshot_rows() == [1]  # the base only
+    chunks = stored()
+    assert len(chunks) > 4  # ~60 files a chunk
+    assert sorted(name for names in chunks.values() for name in names) == sorted(
+        path.name for path in articles_dir.iterdir()
+    )
+
+    def changed_since(before: dict[bytes, list[str]]) -> tuple[set[str], set[str]]:
+        """The names in chunks that were added, and in chunks that went."""
+        after = stored()
+        added = {name for digest in after.keys() - before.keys() for name in after[digest]}
+        gone = {name for digest in before.keys() - after.keys() for name in before[digest]}
+        return added, gone
+
     (articles_dir / "new.txt").write_text(front_matter(article_record(900)))
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
-    assert snapshot_rows() == [1, 2]  # base + delta: the base was not rewritten
-    (articles_dir / "0001.txt").unlink()
-    (articles_dir / "new.txt").write_text(front_matter(article_record(901)))  # edited
+    added, gone = changed_since(chunks)
+    assert "new.txt" in added and len(gone) < 200  # one chunk (two if it split one)
+    chunks = stored()
+    victim = next(Path(a.source_path).name for a in catalog.selected_articles()
+                  if Path(a.source_path).name != "new.txt")
+    text = (articles_dir / victim).read_text()  # edited in place below: same size
+    (articles_dir / victim).write_text(text.replace("Article number", "Article NUMBER"))
     report = catalog.sync(articles_dir, 1 << 20, 0)
-    assert report.parsed == 1 and report.removed == 1
-    titles = {a.title for a in catalog.selected_articles()}
-    assert "Article number 901" in titles and "Article number 900" not in titles
-    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0  # base + delta == the files
-    for path in list(articles_dir.iterdir())[:120]:  # a large change: a new base
-        os.utime(path, ns=(1, 1))
-    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 120
-    assert snapshot_rows() == [1]
+    assert report.parsed == 1 and report.removed == 0
+    assert any("NUMBER" in a.title for a in catalog.selected_articles())
+    added, gone = changed_since(chunks)
+    assert victim in added and victim in gone and len(gone) < 200
+    chunks = stored()
+    (articles_dir / "new.txt").unlink()
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert report.parsed == 0 and report.removed == 1
+    assert "Article number 900" not in {a.title for a in catalog.selected_articles()}
+    added, gone = changed_since(chunks)
+    assert "new.txt" in gone and "new.txt" not in added
+    chunks = stored()
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
+    assert stored() == chunks
+
+
+def test_a_scan_of_another_folder_is_compared_with_the_rows(
+    open_catalog: CatalogOpener, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    random_corpus(first, 30, 5)
+    random_corpus(second, 30, 5)  # the same names and contents, other files
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(first, 1 << 20, 0).parsed == 30
+    report = catalog.sync(second, 1 << 20, 0)
+    assert report.parsed == 30 and report.removed == 30
+    paths = {row[0] for row in catalog.db.execute("SELECT path FROM catalog")}
+    assert paths == {str(path) for path in second.iterdir()}
+
+
+def test_folders_are_scanned_and_links_to_folders_are_not_followed(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    (articles_dir / "2024" / "05").mkdir(parents=True)
+    (articles_dir / "2024" / "05" / "a.txt").write_text(front_matter(article_record(1)))
+    (articles_dir / "named.txt").mkdir()  # a folder with an article's name: a folder
+    (articles_dir / "named.txt" / "b.md").write_text(front_matter(article_record(2)))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "c.txt").write_text(front_matter(article_record(3)))
+    (articles_dir / "linked").symlink_to(outside)  # not followed
+    (articles_dir / "linked.txt").symlink_to(outside)  # not followed either
+    (articles_dir / "file-link.txt").symlink_to(outside / "c.txt")  # a file: read
+    (articles_dir / ".hidden.txt").write_text(front_matter(article_record(4)))
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 3
+    paths = sorted(row[0] for row in catalog.db.execute("SELECT path FROM catalog"))
+    assert paths == sorted(
+        str(articles_dir / name) for name in ("2024/05/a.txt", "named.txt/b.md", "file-link.txt")
+    )
+    (articles_dir / "2024" / "05" / "d.txt").write_text(front_matter(article_record(5)))
+    (articles_dir / "named.txt" / "b.md").unlink()
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (report.parsed, report.removed) == (1, 1)
+    assert {a.title for a in catalog.selected_articles()} == {
+        "Article number 1", "Article number 3", "Article number 5"
+    }
 
 
 def test_landing_page_of_unchanged_feeds_equals_a_full_render_with_few_items(
