@@ -190,12 +190,16 @@ def publisher_cmd(*args: str) -> list[str]:
 def snapshot_code(workdir: Path, ref: str) -> tuple[Path, str]:
     """``git archive`` of ``ref`` (publisher/ and the stand-in), and its commit.
 
-    ``worktree``: no snapshot (''), the installed publisher with uncommitted edits.
+    The snapshot is byte-compiled, as ``pip install`` does: with PYTHONDONTWRITEBYTECODE set
+    (some CI images and containers set it) every run would otherwise compile the package
+    again, which no installed publisher does. ``worktree``: no snapshot (''), the installed
+    publisher with uncommitted edits (byte-compiled in place the same way).
     """
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse",
                              "HEAD" if ref == "worktree" else ref],
                             check=True, capture_output=True, text=True).stdout.strip()
     if ref == "worktree":
+        compile_package(REPO / "publisher")
         return Path(""), commit + "+worktree"
     target = workdir / f"code-{commit[:12]}"
     if not target.exists():
@@ -207,7 +211,15 @@ def snapshot_code(workdir: Path, ref: str) -> tuple[Path, str]:
              "tests/data"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
         staging.rename(target)
+    compile_package(target / "publisher")
     return target, commit
+
+
+def compile_package(folder: Path) -> None:
+    import compileall
+
+    if not compileall.compile_dir(folder, quiet=1):
+        raise RuntimeError(f"could not byte-compile {folder}")
 
 
 def ensure_corpus(workdir: Path, size: int, seed: int) -> Path:

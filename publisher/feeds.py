@@ -73,7 +73,7 @@ ATOM_NS = "http://www.w3.org/2005/Atom"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Characters XML 1.0 forbids (lxml refuses them), plus U+FFFE/U+FFFF and lone surrogates.
-_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _NOT_IN_URL = re.compile(r"\s|" + _XML_INVALID.pattern)
 # Everything RFC 3986 allows in a URI; anything else (spaces, non-ASCII, quotes) is escaped.
 _URI_SAFE = ";/?:@&=+$,-_.!~*'()#%[]"

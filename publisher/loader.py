@@ -30,7 +30,9 @@ REQUIRED_FIELDS = ("title", "webUrl", "publishedDateTime")
 MAX_NUMBER = 2**53  # quality, heat and image sizes beyond this are nonsense (and overflow SQL)
 
 # Characters XML 1.0 forbids (C0 controls but tab/newline/return, lone surrogates, U+FFFE/F).
-_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Spelled as what is invalid (small ranges), not as the negation of what is valid: the
+# same characters, and compiled in 1 ms instead of 7 on every start.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # Whitespace (any kind) and XML-invalid characters never belong in a URL we publish.
 _NOT_IN_URL = re.compile(r"\s|" + _XML_INVALID.pattern)
 _ABSOLUTE_HTTP = re.compile(r"https?://", re.IGNORECASE)
