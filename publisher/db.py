@@ -137,7 +137,10 @@ class SQLiteDatabase:
         if not readonly:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                # FULL: a commit is on disk before it returns. With NORMAL, a power cut may
+                # roll back the last commits, and a send recorded as under way would be
+                # sent again; a commit costs one fsync more, and few are made.
+                self._db.execute("PRAGMA synchronous=FULL")
                 # Up to 64 MiB of pages in memory (allocated only as they are read): a cold
                 # sync inserts into several indexes at random places, and re-reading evicted
                 # pages cost more than parsing.

@@ -299,6 +299,37 @@ def test_an_older_catalog_layout_is_rebuilt(tmp_path: Path, articles_dir: Path) 
     store.close()
 
 
+def test_a_version_4_state_keeps_its_parsed_rows(tmp_path: Path, articles_dir: Path) -> None:
+    """The stored scan changed layout in version 5: the upgrade drops the old one and the
+    next sync compares the files with the rows, parsing nothing again."""
+    from publisher.state import SCHEMA_VERSION, open_store
+
+    random_corpus(articles_dir, 40, 6)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = open_store(url)
+    assert Catalog(store.db).sync(articles_dir, 1 << 20, 0).parsed == 40
+    store.close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript("""
+        DROP TABLE catalog_scan;
+        CREATE TABLE catalog_snapshot (id BIGINT PRIMARY KEY, data BLOB NOT NULL);
+        INSERT INTO catalog_snapshot VALUES (1, x'00');
+        DELETE FROM meta WHERE key = 'catalog_scan_root';
+        UPDATE meta SET value = '4' WHERE key = 'schema_version';
+    """)
+    db.close()
+    store = open_store(url)
+    tables = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
+    assert "catalog_snapshot" not in tables and "catalog_scan" in tables
+    catalog = Catalog(store.db)
+    assert catalog.get_meta("schema_version") == str(SCHEMA_VERSION)
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (report.parsed, report.removed, report.files) == (0, 0, 40)
+    (articles_dir / "new.txt").write_text(front_matter(article_record(900)))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    store.close()
+
+
 def test_a_small_change_rewrites_only_its_own_chunks_of_the_stored_scan(
     open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
 ) -> None:
