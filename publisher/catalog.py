@@ -244,10 +244,10 @@ class Catalog:
             # Exactly the files (and keys) of the last completed sync: nothing to read.
             return SyncReport(files=files, problems=self._problems())
         stored = self._stored_digests(scan.prefix) if same_parsing else None
-        if stored is None:
+        changes = self._changes_in_chunks(scan, stored) if stored is not None else None
+        if changes is None:  # no usable stored scan: compare with the rows themselves
+            stored = None
             changes = self._changes_from_rows(scan, same_parsing)
-        else:
-            changes = self._changes_in_chunks(scan, stored)
         if not changes.changed and not changes.removed and same_threshold:
             # The same files, listed in another order: remember the new listing.
             with self._transaction():
@@ -303,9 +303,10 @@ class Catalog:
         return Changes(sorted(changed), sorted(previous.keys() - on_disk.keys()),
                        cold=not previous)
 
-    def _changes_in_chunks(self, scan: Scan, stored: set[bytes]) -> Changes:
+    def _changes_in_chunks(self, scan: Scan, stored: set[bytes]) -> Changes | None:
         """The files of the chunks that are new, compared with those of the stored chunks
-        that are gone: every other file is in a chunk that is exactly as it was."""
+        that are gone: every other file is in a chunk that is exactly as it was. None when
+        a stored chunk cannot be read."""
         fresh = [i for i, digest in enumerate(scan.digests) if digest not in stored]
         gone = list(stored.difference(scan.digests))
         before: dict[str, FileKey] = {}
@@ -316,7 +317,12 @@ class Catalog:
                 chunk,
             )
             for (data,) in rows:
-                before.update((scan.prefix + entry[0], entry[1:]) for entry in marshal.loads(data))
+                try:
+                    before.update(
+                        (scan.prefix + entry[0], tuple(entry[1:])) for entry in marshal.loads(data)
+                    )
+                except (EOFError, ValueError, TypeError, IndexError):
+                    return None
         now = scan.keys(fresh)
         return Changes(sorted(now.items() - before.items()), sorted(before.keys() - now.keys()),
                        cold=False)

@@ -396,6 +396,21 @@ def test_a_scan_of_another_folder_is_compared_with_the_rows(
     assert paths == {str(path) for path in second.iterdir()}
 
 
+def test_an_unreadable_stored_scan_falls_back_to_the_rows(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    random_corpus(articles_dir, 200, 7)
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    with catalog.db.transaction():
+        catalog.db.execute("UPDATE catalog_scan SET data = ?", (b"\x00garbage",))
+    (articles_dir / "0003.txt").unlink()
+    (articles_dir / "new.txt").write_text(front_matter(article_record(900)))
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (report.parsed, report.removed) == (1, 1)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0  # stored again, readable
+
+
 def test_folders_are_scanned_and_links_to_folders_are_not_followed(
     open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
 ) -> None:
