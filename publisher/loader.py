@@ -6,12 +6,14 @@ The loader knows nothing of feeds or Telegram. A bad file never stops a load: it
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -120,17 +122,31 @@ def scan_chunks(directory: Path | str) -> list[list[ScanEntry]]:
     chunks: list[list[ScanEntry]] = [[]]
     root = scan_prefix(directory)
     pending = [""]
-    while pending:
-        relative = pending.pop()
-        try:
-            fd = os.open(root + relative, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            _scan_folder(root, relative, fd, chunks, pending)
-        finally:
-            os.close(fd)
+    with _no_cyclic_gc():  # 100,000 tuples of numbers cannot form a cycle
+        while pending:
+            relative = pending.pop()
+            try:
+                fd = os.open(root + relative, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                _scan_folder(root, relative, fd, chunks, pending)
+            finally:
+                os.close(fd)
     return [chunk for chunk in chunks if chunk]
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cycle collector paused: it would run ~150 times while a large scan allocates, to
+    find nothing (~20-45 ms at 100,000 files); one pass afterwards untracks the lot."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _scan_folder(root: str, relative: str, fd: int, chunks: list[list[ScanEntry]],
