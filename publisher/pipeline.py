@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from publisher import __version__
 from publisher.catalog import Catalog, FeedSelection
 from publisher.config import Config
 from publisher.errors import ConfigError
@@ -156,7 +157,8 @@ def feeds_key(config: Config) -> str:
 
 def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     selection = catalog.feed_selection(config.feeds.max_items)
-    settings = _digest(repr(config.feeds))
+    # A new publisher version may render differently: its first build renders every feed.
+    settings = _digest(__version__, repr(config.feeds))
     key = feeds_key(config)
     last = _json_object(catalog.get_meta(key))
     known = last.get("feeds", {}) if last.get("settings") == settings else {}
