@@ -324,8 +324,12 @@ class Catalog:
                 except (EOFError, ValueError, TypeError, IndexError):
                     return None
         now = scan.keys(fresh)
-        return Changes(sorted(now.items() - before.items()), sorted(before.keys() - now.keys()),
-                       cold=False)
+        removed = before.keys() - now.keys()
+        if removed:  # a listing made while the folder changed can hold a name twice
+            removed -= scan.keys(range(len(scan.chunks))).keys()
+        # No stored chunk: the last sync found no file, and the catalog should be empty.
+        cold = not stored and self._db.execute("SELECT 1 FROM catalog LIMIT 1").fetchone() is None
+        return Changes(sorted(now.items() - before.items()), sorted(removed), cold=cold)
 
     def _stored_digests(self, prefix: str) -> set[bytes] | None:
         """The chunk digests of the last completed scan of the folder at ``prefix``; None
@@ -485,9 +489,11 @@ class Catalog:
             key=lambda row: (row[1], row[2]), reverse=True,
         )
         digests = {row[0]: row[3] for row in rows}
+        # A row another process removed between these queries is left out; the digest then
+        # differs from the next build's, which renders again.
         return FeedSelection(
-            newest=[(path, digests[path]) for path in newest],
-            topics={slug: [(path, digests[path]) for path in paths]
+            newest=[(path, digests[path]) for path in newest if path in digests],
+            topics={slug: [(path, digests[path]) for path in paths if path in digests]
                     for slug, paths in topics.items()},
             paths=[row[0] for row in rows],
             digest=hashlib.sha256("".join(row[3] for row in rows).encode()).hexdigest(),
@@ -496,7 +502,7 @@ class Catalog:
     def articles_at(self, paths: Sequence[str]) -> list[Article]:
         """The articles of these catalog paths, in the given order."""
         data = {row[0]: row[1] for row in self._rows_at(paths, "data")}
-        return [stored_article(data[path]) for path in paths]
+        return [stored_article(data[path]) for path in paths if path in data]
 
     def _rows_at(self, paths: Sequence[str], columns: str) -> Iterator[tuple[Any, ...]]:
         for start in range(0, len(paths), 500):

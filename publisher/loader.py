@@ -121,6 +121,8 @@ def scan_chunks(directory: Path | str) -> list[list[ScanEntry]]:
     """
     chunks: list[list[ScanEntry]] = [[]]
     root = scan_prefix(directory)
+    if not root.isascii() and not _printable_name(root, "articles folder"):
+        return []
     pending = [""]
     with _no_cyclic_gc():  # 100,000 tuples of numbers cannot form a cycle
         while pending:
@@ -139,7 +141,9 @@ def scan_chunks(directory: Path | str) -> list[list[ScanEntry]]:
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
     """The cycle collector paused: it would run ~150 times while a large scan allocates, to
-    find nothing (~20-45 ms at 100,000 files); one pass afterwards untracks the lot."""
+    find nothing (~20-45 ms at 100,000 files); its next run untracks the lot in one pass.
+    (Paused for the whole process, other threads too: for a fraction of a second, and
+    only cyclic garbage waits.)"""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -163,11 +167,11 @@ def _scan_folder(root: str, relative: str, fd: int, chunks: list[list[ScanEntry]
         name = entry.name
         if name.startswith("."):
             continue
+        if not name.isascii() and not _printable_name(root + relative + name):
+            continue  # (a folder too: every path below it would be unprintable)
         if not name.endswith(ARTICLE_SUFFIXES):
             if entry.is_dir(follow_symlinks=False):
                 pending.append(relative + name + os.sep)
-            continue
-        if not name.isascii() and not _printable_name(root + relative + name):
             continue
         try:
             info = stat(name, dir_fd=fd)
@@ -185,12 +189,13 @@ def _scan_folder(root: str, relative: str, fd: int, chunks: list[list[ScanEntry]
             chunks.append(chunk)
 
 
-def _printable_name(path: str) -> bool:
-    """File names that are not UTF-8 cannot be stored or reported: warn and leave them."""
+def _printable_name(path: str, what: str = "article file or folder") -> bool:
+    """Names that are not UTF-8 cannot be stored or reported: warn and leave them."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        log.warning("skipping an article file whose name is not UTF-8: %r", path)
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        log.warning("skipping an %s whose name is not UTF-8: %s", what, shown)
         return False
     return True
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import SEEDS, article_record, front_matter
 
 from publisher import catalog as catalog_module
+from publisher import loader as loader_module
 from publisher.catalog import Catalog, article_from_json, article_to_json, create_schema
 from publisher.config import FeedsConfig
 from publisher.db import Database, PostgresDatabase, SQLiteDatabase
@@ -84,18 +85,27 @@ def test_sql_selection_equals_the_pure_functions(
     assert render_feeds(shown, config) == render_feeds(expected, config)
 
 
+@pytest.mark.parametrize("modulus", [1, 2, 61])
 def test_incremental_syncs_stay_equal_to_the_pure_functions(
-    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, modulus: int,
 ) -> None:
-    """Edits, deletions, new duplicates and threshold changes, re-synced round after round."""
+    """Edits, deletions, moves between folders, new duplicates and threshold changes,
+    re-synced round after round; chunks of the stored scan of one, two or ~60 files."""
+    monkeypatch.setattr(loader_module, "CHUNK_INODE_MODULUS", modulus)
     random_corpus(articles_dir, 80, 11)
+    folders = [articles_dir, articles_dir / "2030", articles_dir / "2030" / "12"]
+    for folder in folders[1:]:
+        folder.mkdir()
     catalog = open_catalog(tmp_path)
     catalog.sync(articles_dir, 1 << 20, 50)
     rng = random.Random(5)
     for round_number in range(6):
-        files = sorted(articles_dir.iterdir())
+        files = sorted(path for path in articles_dir.rglob("*.txt"))
         for path in rng.sample(files, 8):
             path.unlink()
+        for path in rng.sample(sorted(articles_dir.rglob("*.txt")), 5):  # moved elsewhere
+            path.rename(rng.choice(folders) / f"moved-{round_number}-{path.name}")
         for index in range(6):
             number = 1000 + round_number * 10 + index
             record = article_record(
@@ -104,7 +114,7 @@ def test_incremental_syncs_stay_equal_to_the_pure_functions(
                 publishedDateTime=f"2031-01-{rng.randrange(1, 28):02d}T00:00:00Z",
                 topics=rng.sample(TOPICS, rng.randrange(0, 3)),
             )
-            (articles_dir / f"{number}.txt").write_text(front_matter(record))
+            (rng.choice(folders) / f"{number}.txt").write_text(front_matter(record))
         min_quality = 50 if round_number < 4 else 120
         catalog.sync(articles_dir, 1 << 20, min_quality)
         expected = select(load_articles(articles_dir).articles, min_quality)
@@ -315,6 +325,8 @@ def test_a_version_4_state_keeps_its_parsed_rows(tmp_path: Path, articles_dir: P
         CREATE TABLE catalog_snapshot (id BIGINT PRIMARY KEY, data BLOB NOT NULL);
         INSERT INTO catalog_snapshot VALUES (1, x'00');
         DELETE FROM meta WHERE key = 'catalog_scan_root';
+        UPDATE meta SET value = 'a hash of the old snapshot'
+            WHERE key = 'catalog_scan_fingerprint';
         UPDATE meta SET value = '4' WHERE key = 'schema_version';
     """)
     db.close()
@@ -323,6 +335,7 @@ def test_a_version_4_state_keeps_its_parsed_rows(tmp_path: Path, articles_dir: P
     assert "catalog_snapshot" not in tables and "catalog_scan" in tables
     catalog = Catalog(store.db)
     assert catalog.get_meta("schema_version") == str(SCHEMA_VERSION)
+    assert catalog.get_meta("catalog_scan_fingerprint") is None
     report = catalog.sync(articles_dir, 1 << 20, 0)
     assert (report.parsed, report.removed, report.files) == (0, 0, 40)
     (articles_dir / "new.txt").write_text(front_matter(article_record(900)))
@@ -408,7 +421,10 @@ def test_an_unreadable_stored_scan_falls_back_to_the_rows(
     (articles_dir / "new.txt").write_text(front_matter(article_record(900)))
     report = catalog.sync(articles_dir, 1 << 20, 0)
     assert (report.parsed, report.removed) == (1, 1)
-    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0  # stored again, readable
+    stored = [marshal.loads(row[0]) for row in catalog.db.execute("SELECT data FROM catalog_scan")]
+    assert sorted(entry[0] for chunk in stored for entry in chunk) == sorted(
+        path.name for path in articles_dir.iterdir()
+    )  # stored again, readable
 
 
 def test_folders_are_scanned_and_links_to_folders_are_not_followed(
@@ -438,6 +454,105 @@ def test_folders_are_scanned_and_links_to_folders_are_not_followed(
     assert {a.title for a in catalog.selected_articles()} == {
         "Article number 1", "Article number 3", "Article number 5"
     }
+
+
+def test_a_name_listed_twice_while_the_folder_changed_is_not_lost(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listing made while files are replaced may hold a name twice (POSIX allows it): the
+    stored scan then has it in two chunks, and one of them changing must not drop it."""
+    monkeypatch.setattr(loader_module, "CHUNK_INODE_MODULUS", 1)  # a chunk per file
+    random_corpus(articles_dir, 20, 8)
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    rows = {bytes(digest): marshal.loads(data)
+            for digest, data in catalog.db.execute("SELECT digest, data FROM catalog_scan")}
+    (_, (twice,)), (other_digest, (other,)) = list(rows.items())[:2]
+    with catalog.db.transaction():  # what a listing with ``twice`` in it twice stored
+        catalog.db.execute("UPDATE catalog_scan SET data = ? WHERE digest = ?",
+                           (marshal.dumps([other, twice]), other_digest))
+    (articles_dir / other[0]).write_text(front_matter(article_record(500)))  # its chunk changes
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (report.parsed, report.removed) == (1, 0)
+    paths = {row[0] for row in catalog.db.execute("SELECT path FROM catalog")}
+    assert str(articles_dir / twice[0]) in paths and len(paths) == 20
+
+
+def test_names_that_are_not_utf8_are_skipped_with_a_warning(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (articles_dir / "good.txt").write_text(front_matter(article_record(1)))
+    folder = os.fsencode(articles_dir) + b"/M\xe4rz"
+    os.mkdir(folder)
+    with open(folder + b"/inside.txt", "w") as handle:  # an ASCII name, in a latin-1 folder
+        handle.write(front_matter(article_record(2)))
+    with open(os.fsencode(articles_dir) + b"/b\xe4d.txt", "w") as handle:
+        handle.write(front_matter(article_record(3)))
+    catalog = open_catalog(tmp_path)
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (report.parsed, report.files, report.problems) == (1, 1, [])
+    assert [a.title for a in catalog.selected_articles()] == ["Article number 1"]
+    assert [a.title for a in load_articles(articles_dir).articles] == ["Article number 1"]
+    warned = [r.getMessage() for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert any("M\\xe4rz" in line for line in warned), warned
+    assert any("b\\xe4d.txt" in line for line in warned), warned
+
+
+def test_files_after_an_empty_folder_are_loaded_in_bulk(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(articles_dir, 1 << 20, 0).files == 0  # a share not mounted yet, say
+    random_corpus(articles_dir, 60, 9)
+    bulk: list[int] = []
+    insert = Catalog._insert
+    monkeypatch.setattr(Catalog, "_insert",
+                        lambda self, rows: bulk.append(len(rows)) or insert(self, rows))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 60
+    assert bulk == [60]
+    assert list(catalog.selected_articles()) == select(load_articles(articles_dir).articles, 0)
+
+
+def test_incremental_feeds_equal_a_full_render_as_topics_grow_and_go(
+    tmp_path: Path, articles_dir: Path
+) -> None:
+    """Unchanged feeds longer than their landing-page headlines, a changed one, and a topic
+    whose last article goes: every file equals a full render, unchanged ones untouched."""
+    from publisher import pipeline
+    from publisher.config import load_config
+
+    topics = ["AI"] * 12 + ["Space"] * 9 + ["Climate"]
+    for index, topic in enumerate(topics, start=1):
+        record = article_record(index, topics=[topic, "News"],
+                                publishedDateTime=f"2030-01-{index:02d}T00:00:00Z")
+        (articles_dir / f"{index:02d}.txt").write_text(front_matter(record))
+    config_path = tmp_path / "config.toml"
+    config_path.write_text('[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\n'
+                           "max_items = 8\n")
+    config = load_config(config_path, environ={})
+
+    def full_render() -> dict[str, bytes]:
+        return render_feeds(select(load_articles(articles_dir).articles, 0), config.feeds)
+
+    def on_disk() -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in config.feeds.dir.iterdir()}
+
+    pipeline.build(config)
+    assert on_disk() == full_render()
+    space = (config.feeds.dir / "space.rss.xml").stat().st_mtime_ns
+    record = article_record(50, topics=["AI"], publishedDateTime="2030-02-01T00:00:00Z")
+    (articles_dir / "50.txt").write_text(front_matter(record))
+    written = pipeline.build(config).feeds
+    assert written is not None and on_disk() == full_render()
+    assert "space.rss.xml" not in {f.path.name for f in written.files if f.changed}
+    assert (config.feeds.dir / "space.rss.xml").stat().st_mtime_ns == space
+    (articles_dir / f"{len(topics):02d}.txt").unlink()  # the only "Climate" article
+    pipeline.build(config)
+    assert "climate.rss.xml" not in on_disk() and on_disk() == full_render()
+    assert (config.feeds.dir / "space.rss.xml").stat().st_mtime_ns == space
 
 
 def test_landing_page_of_unchanged_feeds_equals_a_full_render_with_few_items(
