@@ -121,6 +121,7 @@ FINGERPRINT_KEY = "catalog_scan_fingerprint"  # a hash of the folder and every c
 # may be ahead of the chunks) or when there are none.
 SCAN_ROOT_KEY = "catalog_scan_root"
 PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: file size cap, parser
+BULK_LOAD_KEY = "catalog_bulk_load"  # an empty catalog is being filled: select all at the end
 # Bump when the loader's output changes, so every file is parsed again.
 PARSER_VERSION = "2"  # 2: compressed article data
 URL_KEY = 4  # a row's url_key column
@@ -256,17 +257,24 @@ class Catalog:
         report = SyncReport(files=files, removed=len(changes.removed))
         with self._transaction():
             # Until this sync completes, the rows may be ahead of the stored scan: say so,
-            # and an interrupted sync is followed by a full comparison with the rows.
-            self._db.execute("DELETE FROM meta WHERE key IN (?, ?, ?)",
-                             (PARSING_KEY, FINGERPRINT_KEY, SCAN_ROOT_KEY))
+            # and an interrupted sync is followed by a comparison with the rows, which
+            # parses only what it had not committed yet. Rows parsed with other settings
+            # are all parsed again, however far this sync gets.
+            stale = (FINGERPRINT_KEY, SCAN_ROOT_KEY) + (() if same_parsing else (PARSING_KEY,))
+            self._db.execute(f"DELETE FROM meta WHERE key IN ({','.join('?' * len(stale))})",
+                             stale)
+            if changes.cold:  # its rows are selected at the end, by whichever sync gets there
+                self.set_meta(BULK_LOAD_KEY, "1")
+                self.set_meta(PARSING_KEY, parsing)  # no row was parsed otherwise
             if not same_threshold:
                 self._select_all(min_quality)
         self._parse_changed(changes, max_file_bytes, min_quality, workers, progress, stop,
                             report)
         with self._transaction():
             self._remove(changes.removed, min_quality)
-            if changes.cold:
+            if self.get_meta(BULK_LOAD_KEY) is not None:
                 self._select_all(min_quality)
+                self._db.execute("DELETE FROM meta WHERE key = ?", (BULK_LOAD_KEY,))
             self.set_meta(PARSING_KEY, parsing)
             self._save_scan(scan, stored)
         report.problems = self._problems()

@@ -6,6 +6,7 @@ import marshal
 import os
 import random
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -235,9 +236,38 @@ def test_interrupted_sync_leaves_nothing_stale(
     (articles_dir / "4.txt").unlink()
     (articles_dir / "5.txt").unlink()
     (articles_dir / "1.txt").unlink()
-    catalog.sync(articles_dir, 1 << 20, 0)
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (report.parsed, report.removed) == (0, 2)  # picked up: nothing parsed again
     assert [a.title for a in catalog.selected_articles()] == ["Article number 3",
                                                                "Article number 2"]
+
+
+def test_an_interrupted_bulk_load_is_picked_up_and_selected(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    random_corpus(articles_dir, 40, 12)
+    catalog = open_catalog(tmp_path)
+    stop = threading.Event()
+    insert = Catalog._insert
+
+    def insert_then_stop(self: Catalog, rows: list[tuple[object, ...]]) -> None:
+        insert(self, rows)
+        stop.set()  # a SIGTERM after the first committed part of the load
+
+    monkeypatch.setattr(catalog_module, "BATCH_FILES", 10)
+    monkeypatch.setattr(catalog_module, "COLD_COMMIT_FILES", 10)
+    monkeypatch.setattr(Catalog, "_insert", insert_then_stop)
+    with pytest.raises(catalog_module.SyncInterrupted):
+        catalog.sync(articles_dir, 1 << 20, 0, stop=stop)
+    monkeypatch.setattr(Catalog, "_insert", insert)
+    assert catalog.db.execute("SELECT count(*) FROM catalog").fetchone()[0] == 10
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert report.parsed == 30  # the rest, not all 40
+    expected = select(load_articles(articles_dir).articles, 0)
+    assert list(catalog.selected_articles()) == expected
+    config = FeedsConfig(dir=tmp_path / "feeds", max_items=50)
+    assert render_feeds(catalog.feed_articles(50)[0], config) == render_feeds(expected, config)
 
 
 def test_a_renamed_file_stays_selected_throughout_the_sync(

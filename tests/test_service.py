@@ -344,7 +344,7 @@ def test_kill_9_during_sends_neither_loses_nor_duplicates(
         posted = titles(standin)
     assert len(posted) == len(set(posted)), "an article was posted twice"
     sent, uncertain = ledger_titles(tmp_path, "sent"), ledger_titles(tmp_path, "uncertain")
-    assert len(sent) + len(uncertain) == total
+    assert len(sent) + len(uncertain) == total, (ledger(tmp_path), sent, uncertain)
     # The two mid-send kills leave one uncertain post each; the other kill may land between a
     # claim and its answer too (then the post may or may not have left).
     assert 2 <= len(uncertain) <= 3
