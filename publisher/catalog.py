@@ -249,8 +249,12 @@ class Catalog:
         if changes is None:  # no usable stored scan: compare with the rows themselves
             stored = None
             changes = self._changes_from_rows(scan, same_parsing)
-        if not changes.changed and not changes.removed and same_threshold:
-            # The same files, listed in another order: remember the new listing.
+        unfinished_bulk_load = self.get_meta(BULK_LOAD_KEY) is not None
+        if (not changes.changed and not changes.removed and same_threshold
+                and not unfinished_bulk_load):
+            # The same files, listed in another order: remember the new listing. (A bulk
+            # load that died in its last transaction has every row and none selected yet:
+            # it goes on to the end, where its rows are selected.)
             with self._transaction():
                 self._save_scan(scan, stored)
             return SyncReport(files=files, problems=self._problems())

@@ -270,6 +270,32 @@ def test_an_interrupted_bulk_load_is_picked_up_and_selected(
     assert render_feeds(catalog.feed_articles(50)[0], config) == render_feeds(expected, config)
 
 
+def test_a_bulk_load_that_dies_in_its_last_transaction_is_selected_by_the_next_sync(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    random_corpus(articles_dir, 30, 13)
+    catalog = open_catalog(tmp_path)
+    real_remove = Catalog._remove
+
+    def die_in_the_last_transaction(self: Catalog, paths: list[str], min_quality: int) -> None:
+        raise KeyboardInterrupt  # a kill, a lost connection, a full disk: rolled back
+
+    monkeypatch.setattr(Catalog, "_remove", die_in_the_last_transaction)
+    with pytest.raises(KeyboardInterrupt):
+        catalog.sync(articles_dir, 1 << 20, 0)
+    monkeypatch.setattr(Catalog, "_remove", real_remove)
+    assert catalog.db.execute("SELECT count(*) FROM catalog").fetchone()[0] == 30
+    assert catalog.selected_count() == 0  # every row, none selected yet
+    expected = select(load_articles(articles_dir).articles, 0)
+    assert expected
+    for _ in range(2):  # the next sync finishes the load; the one after finds it finished
+        report = catalog.sync(articles_dir, 1 << 20, 0)
+        assert report.parsed == 0
+        assert list(catalog.selected_articles()) == expected
+    assert catalog.get_meta(catalog_module.BULK_LOAD_KEY) is None
+
+
 def test_a_renamed_file_stays_selected_throughout_the_sync(
     open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
