@@ -182,6 +182,7 @@ class FeedSelection:
     topics: dict[str, list[tuple[str, str]]]
     paths: list[str]
     digest: str
+    records: dict[str, str]  # path -> digest of its record, as read
 
 
 @dataclass
@@ -509,7 +510,21 @@ class Catalog:
                     for slug, paths in topics.items()},
             paths=[row[0] for row in rows],
             digest=hashlib.sha256("".join(row[3] for row in rows).encode()).hexdigest(),
+            records=digests,
         )
+
+    def articles_as_selected(self, selection: FeedSelection, paths: Sequence[str]
+                             ) -> tuple[list[Article], set[str]]:
+        """The articles at ``paths`` (some of ``selection.paths``), in that order, and the
+        paths whose record another process changed or removed after ``selection`` was read:
+        those articles are as they are now, not as ``selection`` digested them."""
+        rows = {row[0]: (row[1], row[2]) for row in self._rows_at(paths, "digest, data")}
+        articles = [stored_article(rows[path][1]) for path in paths if path in rows]
+        moved = {
+            path for path in paths
+            if path not in rows or rows[path][0] != selection.records.get(path)
+        }
+        return articles, moved
 
     def articles_at(self, paths: Sequence[str]) -> list[Article]:
         """The articles of these catalog paths, in the given order."""

@@ -181,13 +181,19 @@ def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None
         if known.get(slug) == digest and isinstance(counts.get(slug), int)
     }
     paths = _paths_to_render(selection, unchanged, HEADLINES)
-    rendering = render_changed_feeds(catalog.articles_at(paths), config.feeds, unchanged)
+    articles, moved = catalog.articles_as_selected(selection, paths)
+    rendering = render_changed_feeds(articles, config.feeds, unchanged)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
-    feeds = {slug: digest for slug, digest in digests.items() if slug in rendering.counts}
+    # What another process changed after the selection was read was rendered as it is now,
+    # not as digested: the feeds holding it, and the pages, are not remembered as current
+    # (a later return to the digested records must not find them "unchanged").
+    stale = _feeds_holding(selection, moved)
+    feeds = {slug: digest for slug, digest in digests.items()
+             if slug in rendering.counts and slug not in stale}
     catalog.set_meta(
         key,
-        json.dumps({"entries": selection.digest, "settings": settings, "feeds": feeds,
-                    "counts": rendering.counts}),
+        json.dumps({"entries": "" if moved else selection.digest, "settings": settings,
+                    "feeds": feeds, "counts": rendering.counts}),
     )
     announce_changed(result, config.feeds)
     return result
@@ -208,6 +214,13 @@ def _feed_digests(selection: FeedSelection) -> dict[str, str]:
             digest.update(record.encode())
         digests[slug] = digest.hexdigest()
     return digests
+
+
+def _feeds_holding(selection: FeedSelection, paths: set[str]) -> set[str]:
+    if not paths:
+        return set()
+    return {slug for slug, members in _feed_members(selection)
+            if any(path in paths for path, _ in members)}
 
 
 def _paths_to_render(selection: FeedSelection, unchanged: Mapping[str, int],

@@ -172,6 +172,52 @@ def test_parallel_parse_gives_the_same_catalog(
     assert parallel.feed_articles(5) == serial.feed_articles(5)
 
 
+def test_a_sync_between_selecting_and_rendering_feeds_leaves_no_feed_stale(
+    tmp_path: Path, articles_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from publisher import pipeline
+    from publisher.config import load_config
+    from publisher.state import open_store
+
+    article = articles_dir / "a.txt"
+    mtime = 1_900_000_000_000_000_000
+
+    def write_title(title: str) -> None:  # same size every time: only mtime tells
+        nonlocal mtime
+        article.write_text(front_matter(article_record(1, title=title)))
+        mtime += 1_000_000_000
+        os.utime(article, ns=(mtime, mtime))
+
+    (articles_dir / "b.txt").write_text(front_matter(article_record(2, topics=["Space"])))
+    write_title("Title one")
+    config_path = tmp_path / "config.toml"
+    config_path.write_text('[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\n')
+    config = load_config(config_path, environ={})
+    pipeline.build(config)
+    write_title("Title two")
+    real_selection = Catalog.feed_selection
+
+    def another_process_syncs_after_the_selection(self: Catalog, limit: int) -> object:
+        selection = real_selection(self, limit)
+        write_title("Title one")  # the file goes back, and another instance syncs it
+        other = open_store(config.state.url)
+        try:
+            pipeline.sync_corpus(config, Catalog(other.db))
+        finally:
+            other.close()
+        return selection
+
+    monkeypatch.setattr(Catalog, "feed_selection", another_process_syncs_after_the_selection)
+    assert pipeline.build(config).feeds is not None  # selected "two", rendered "one"
+    monkeypatch.setattr(Catalog, "feed_selection", real_selection)
+    write_title("Title two")  # back to the records that build selected
+    pipeline.build(config)
+    expected = render_feeds(select(load_articles(articles_dir).articles, 0), config.feeds)
+    written = {p.name: p.read_bytes() for p in config.feeds.dir.iterdir()}
+    assert b"Title two" in written["all.rss.xml"]
+    assert written == expected
+
+
 def test_missing_folder_is_a_clear_error(open_catalog: CatalogOpener, tmp_path: Path) -> None:
     from publisher.errors import ArticleError
 
