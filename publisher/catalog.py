@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import marshal
 import os
 import threading
@@ -37,6 +38,8 @@ from publisher.loader import (
 )
 from publisher.models import Article, Image, Provider, Related, normalise_url
 from publisher.selection import topic_slug
+
+log = logging.getLogger(__name__)
 
 # Below this many changed files, worker processes cost more than they save.
 PARALLEL_MIN_FILES = 2000
@@ -152,16 +155,18 @@ class Scan:
     blobs: list[bytes]
     digests: list[bytes]
     fingerprint: str
+    unreadable: dict[str, str]  # folders that could not be read (see ``loader.Listing``)
 
     @classmethod
     def of(cls, directory: Path) -> Scan:
         prefix = scan_prefix(directory)
-        chunks = scan_chunks(directory)
+        listing = scan_chunks(directory)
+        chunks = listing.chunks
         blobs = [marshal.dumps(chunk) for chunk in chunks]
         digests = [hashlib.blake2b(blob, digest_size=16).digest() for blob in blobs]
         whole = hashlib.blake2b(prefix.encode("utf-8", "surrogateescape"), digest_size=16)
         whole.update(b"".join(digests))
-        return cls(prefix, chunks, blobs, digests, whole.hexdigest())
+        return cls(prefix, chunks, blobs, digests, whole.hexdigest(), listing.unreadable)
 
     @property
     def files(self) -> int:
@@ -230,8 +235,12 @@ class Catalog:
               progress: Progress | None, workers: int | None,
               stop: threading.Event | None, allow_empty: bool) -> SyncReport:
         scan = Scan.of(directory)
+        if "" in scan.unreadable:
+            raise ArticleError(
+                f"cannot read the articles folder {directory}: {scan.unreadable['']}"
+            )
         files = scan.files
-        if not files and not allow_empty:
+        if not files and not scan.unreadable and not allow_empty:
             known = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
             if known:
                 raise ArticleError(
@@ -250,6 +259,8 @@ class Catalog:
         if changes is None:  # no usable stored scan: compare with the rows themselves
             stored = None
             changes = self._changes_from_rows(scan, same_parsing)
+        if scan.unreadable:
+            changes.removed = _kept_under_unreadable_folders(scan, changes.removed)
         unfinished_bulk_load = self.get_meta(BULK_LOAD_KEY) is not None
         if (not changes.changed and not changes.removed and same_threshold
                 and not unfinished_bulk_load):
@@ -353,7 +364,14 @@ class Catalog:
 
     def _save_scan(self, scan: Scan, stored: set[bytes] | None) -> None:
         """Store the chunks that are new and drop those that are gone (all of them when
-        ``stored`` is None), then the folder and the fingerprint."""
+        ``stored`` is None), then the folder and the fingerprint. While a folder cannot be
+        read, no scan is kept: the next sync compares with the rows, which kept its files,
+        so what was deleted from it meanwhile is seen once it can be read."""
+        if scan.unreadable:
+            self._db.execute("DELETE FROM catalog_scan")
+            self._db.execute("DELETE FROM meta WHERE key IN (?, ?)",
+                             (SCAN_ROOT_KEY, FINGERPRINT_KEY))
+            return
         if stored is None:
             self._db.execute("DELETE FROM catalog_scan")
             stored = set()
@@ -607,6 +625,17 @@ _UPSERT_ROW = upsert(
 
 
 # -- files to rows -------------------------------------------------------------------------
+
+
+def _kept_under_unreadable_folders(scan: Scan, removed: list[str]) -> list[str]:
+    """``removed`` without the files under folders the scan could not read (a failing disk,
+    a permission, a folder renamed under the scan): only a listing that lacks a file says
+    it is gone, and forgetting an article skips its pending posts for good."""
+    for relative, reason in sorted(scan.unreadable.items()):
+        log.warning("cannot read the article folder %s (%s): its articles are kept as they "
+                    "were until it can be read", Path(scan.prefix + relative), reason)
+    folders = tuple(scan.prefix + relative for relative in scan.unreadable)
+    return [path for path in removed if not path.startswith(folders)]
 
 
 def key_text(key: FileKey) -> str:

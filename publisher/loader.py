@@ -72,8 +72,14 @@ def load_articles(
     """Load every article file under ``directory`` (no cache: the catalog is the cache)."""
     if not directory.is_dir():
         raise ArticleError(f"articles folder not found: {directory}")
-    files = scan_article_files(directory)
+    listing = scan_chunks(directory)
+    prefix = scan_prefix(directory)
+    files = sorted((prefix + entry[0], entry[1:]) for chunk in listing.chunks for entry in chunk)
     result = LoadResult(files_read=len(files))
+    result.problems.extend(
+        Problem(Path(prefix + folder), f"cannot read this folder: {reason}")
+        for folder, reason in sorted(listing.unreadable.items())
+    )
     for index, (path, (size, *_)) in enumerate(files, 1):
         outcome = load_file(Path(path), max_file_bytes, size=size)
         if isinstance(outcome, Problem):
@@ -85,14 +91,6 @@ def load_articles(
     return result
 
 
-def scan_article_files(directory: Path | str) -> list[tuple[str, FileKey]]:
-    """Every article file under ``directory`` with its key, sorted by path."""
-    prefix = scan_prefix(directory)
-    return sorted(
-        (prefix + entry[0], entry[1:]) for chunk in scan_chunks(directory) for entry in chunk
-    )
-
-
 # An article file found by a scan: its path relative to the scanned folder, then its key
 # (size, mtime_ns, ctime_ns, inode).
 ScanEntry = tuple[str, int, int, int, int]
@@ -101,13 +99,23 @@ ScanEntry = tuple[str, int, int, int, int]
 CHUNK_INODE_MODULUS = 61
 
 
+@dataclass
+class Listing:
+    """What ``scan_chunks`` found: article files in chunks, and the folders that could not be
+    opened or listed (relative, ending in a separator; "" is the scanned folder) with why:
+    nothing is known of the files in those, not even that they are gone."""
+
+    chunks: list[list[ScanEntry]]
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
 def scan_prefix(directory: Path | str) -> str:
     """What goes before a ``ScanEntry`` path to make the file's path."""
     folder = os.fspath(directory)
     return folder if folder.endswith(os.sep) else folder + os.sep
 
 
-def scan_chunks(directory: Path | str) -> list[list[ScanEntry]]:
+def scan_chunks(directory: Path | str) -> Listing:
     """Every article file under ``directory``, in the file system's listing order, cut into
     chunks that end after a file whose inode number is a multiple of ``CHUNK_INODE_MODULUS``.
 
@@ -117,25 +125,26 @@ def scan_chunks(directory: Path | str) -> list[list[ScanEntry]]:
     ``stat`` per file, relative to the open folder, in a loop that does little else: at
     100,000 files this is the floor of every warm build. Symbolic links to folders are not
     followed (as ``os.walk``); links to files are. A file that cannot be stat'ed gets a key
-    of zeros.
+    of zeros; a folder that cannot be opened or listed is in ``Listing.unreadable``.
     """
     chunks: list[list[ScanEntry]] = [[]]
+    unreadable: dict[str, str] = {}
     root = scan_prefix(directory)
     if not root.isascii() and not _printable_name(root, "articles folder"):
-        return []
+        return Listing([], {"": "its name is not UTF-8"})
     pending = [""]
     with _no_cyclic_gc():  # 100,000 tuples of numbers cannot form a cycle
         while pending:
             relative = pending.pop()
             try:
                 fd = os.open(root + relative, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                continue
-            try:
-                _scan_folder(root, relative, fd, chunks, pending)
-            finally:
-                os.close(fd)
-    return [chunk for chunk in chunks if chunk]
+                try:
+                    _scan_folder(root, relative, fd, chunks, pending)
+                finally:
+                    os.close(fd)
+            except OSError as exc:  # gone since its parent was listed, EACCES, EIO...
+                unreadable[relative] = exc.strerror or type(exc).__name__
+    return Listing([chunk for chunk in chunks if chunk], unreadable)
 
 
 @contextlib.contextmanager
@@ -155,11 +164,8 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 def _scan_folder(root: str, relative: str, fd: int, chunks: list[list[ScanEntry]],
                  pending: list[str]) -> None:
-    try:
-        with os.scandir(fd) as listing:
-            entries = list(listing)
-    except OSError:
-        return
+    with os.scandir(fd) as listing:
+        entries = list(listing)
     stat = os.stat
     modulus = CHUNK_INODE_MODULUS
     chunk = chunks[-1]

@@ -218,6 +218,57 @@ def test_a_sync_between_selecting_and_rendering_feeds_leaves_no_feed_stale(
     assert written == expected
 
 
+def test_a_folder_that_cannot_be_read_keeps_its_articles_until_it_can(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from publisher.errors import ArticleError
+
+    sub = articles_dir / "2026" / "11"
+    sub.mkdir(parents=True)
+    (articles_dir / "a.txt").write_text(front_matter(article_record(1)))
+    (sub / "b.txt").write_text(front_matter(article_record(2)))
+    (sub / "c.txt").write_text(front_matter(article_record(3)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    everything = list(catalog.selected_articles())
+    assert len(everything) == 3
+    real_open = os.open
+    failing: set[str] = set()
+
+    def open_failing(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if os.fspath(path).rstrip(os.sep) in failing:  # as root, chmod 000 would not do
+            raise OSError(5, "Input/output error")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_failing)
+    failing.add(str(sub))
+    for _ in range(2):  # every sync says so, and keeps them
+        caplog.clear()
+        report = catalog.sync(articles_dir, 1 << 20, 0)
+        assert report.removed == 0
+        assert list(catalog.selected_articles()) == everything
+        assert f"cannot read the article folder {sub} (Input/output error)" in caplog.text
+        (sub / "c.txt").unlink(missing_ok=True)  # deleted while it cannot be read
+    (articles_dir / "d.txt").write_text(front_matter(article_record(4)))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1  # the rest goes on
+    assert len(list(catalog.selected_articles())) == 4
+    failing.clear()
+    report = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (report.parsed, report.removed) == (0, 1)  # readable again: c.txt is gone
+    assert [a.title for a in catalog.selected_articles()] == [
+        "Article number 4", "Article number 2", "Article number 1"]
+    failing.add(str(articles_dir))
+    with pytest.raises(ArticleError, match=r"cannot read the articles folder .*: Input/output"):
+        catalog.sync(articles_dir, 1 << 20, 0)
+    assert len(list(catalog.selected_articles())) == 3
+    failing.clear()
+    assert load_articles(articles_dir).problems == []
+    failing.add(str(sub))
+    assert [str(p) for p in load_articles(articles_dir).problems] == [
+        f"{sub}: cannot read this folder: Input/output error"]
+
+
 def test_missing_folder_is_a_clear_error(open_catalog: CatalogOpener, tmp_path: Path) -> None:
     from publisher.errors import ArticleError
 
