@@ -17,8 +17,10 @@ import hashlib
 import json
 import logging
 import marshal
+import operator
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -145,28 +147,52 @@ class SyncReport:
     problems: list[Problem] = field(default_factory=list)
 
 
+# A file changed this shortly before a scan may be written again after it was read, within
+# the same tick of the file system's clock and at the same size: its key would not change.
+# Such a "racy" file (git's word) is saved with a size of -1, which no stat gives, so every
+# sync reads it again until it is older. Local Linux file systems stamp in ticks of a few
+# ms; FAT in 2 s steps, and network file systems with the server's clock.
+RACY_NS = 2_000_000_000
+_CTIME = operator.itemgetter(3)  # of a ScanEntry
+
+
 @dataclass
 class Scan:
-    """What a sync found on disk: the chunks of ``loader.scan_chunks``, marshalled and
-    digested, and a fingerprint of them all and of the folder."""
+    """What a sync found on disk: the chunks of ``loader.scan_chunks`` with their digests
+    and a fingerprint of them all and of the folder, compared with what the last sync
+    saved; and what this one saves: the same, but for racy files (``RACY_NS``)."""
 
     prefix: str
     chunks: list[list[ScanEntry]]
-    blobs: list[bytes]
     digests: list[bytes]
     fingerprint: str
+    saved: list[tuple[bytes, bytes]]  # (digest, marshalled entries) of each chunk
+    saved_fingerprint: str
+    racy_since: int  # a file whose ctime_ns is this or later is racy
     unreadable: dict[str, str]  # folders that could not be read (see ``loader.Listing``)
 
     @classmethod
     def of(cls, directory: Path) -> Scan:
+        racy_since = time.time_ns() - RACY_NS
         prefix = scan_prefix(directory)
         listing = scan_chunks(directory)
-        chunks = listing.chunks
-        blobs = [marshal.dumps(chunk) for chunk in chunks]
-        digests = [hashlib.blake2b(blob, digest_size=16).digest() for blob in blobs]
-        whole = hashlib.blake2b(prefix.encode("utf-8", "surrogateescape"), digest_size=16)
-        whole.update(b"".join(digests))
-        return cls(prefix, chunks, blobs, digests, whole.hexdigest(), listing.unreadable)
+        digests: list[bytes] = []
+        saved: list[tuple[bytes, bytes]] = []
+        for chunk in listing.chunks:
+            blob = marshal.dumps(chunk)
+            digests.append(_chunk_digest(blob))
+            if max(map(_CTIME, chunk)) >= racy_since:
+                blob = marshal.dumps(
+                    [(entry[0], *_saved_key(entry[1:], racy_since)) for entry in chunk]
+                )
+                saved.append((_chunk_digest(blob), blob))
+            else:
+                saved.append((digests[-1], blob))
+        return cls(
+            prefix, listing.chunks, digests, _scan_fingerprint(prefix, digests), saved,
+            _scan_fingerprint(prefix, [digest for digest, _ in saved]), racy_since,
+            listing.unreadable,
+        )
 
     @property
     def files(self) -> int:
@@ -176,6 +202,24 @@ class Scan:
         """Path -> key of the files in these chunks."""
         prefix = self.prefix
         return {prefix + entry[0]: entry[1:] for index in chunks for entry in self.chunks[index]}
+
+    def to_parse(self, changed: Iterable[tuple[str, FileKey]]) -> list[FileJob]:
+        """Changed files, sorted, with the keys to save for them."""
+        return sorted((path, _saved_key(key, self.racy_since)) for path, key in changed)
+
+
+def _saved_key(key: FileKey, racy_since: int) -> FileKey:
+    return (-1, key[1], key[2], key[3]) if key[2] >= racy_since else key
+
+
+def _chunk_digest(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _scan_fingerprint(prefix: str, digests: list[bytes]) -> str:
+    whole = hashlib.blake2b(prefix.encode("utf-8", "surrogateescape"), digest_size=16)
+    whole.update(b"".join(digests))
+    return whole.hexdigest()
 
 
 @dataclass
@@ -324,7 +368,7 @@ class Catalog:
         on_disk = scan.keys(range(len(scan.chunks)))
         # Set differences run in C: at 100,000 files a Python loop would cost more.
         changed = on_disk.items() - previous.items() if same_parsing else on_disk.items()
-        return Changes(sorted(changed), sorted(previous.keys() - on_disk.keys()),
+        return Changes(scan.to_parse(changed), sorted(previous.keys() - on_disk.keys()),
                        cold=not previous)
 
     def _changes_in_chunks(self, scan: Scan, stored: set[bytes]) -> Changes | None:
@@ -353,7 +397,7 @@ class Catalog:
             removed -= scan.keys(range(len(scan.chunks))).keys()
         # No stored chunk: the last sync found no file, and the catalog should be empty.
         cold = not stored and self._db.execute("SELECT 1 FROM catalog LIMIT 1").fetchone() is None
-        return Changes(sorted(now.items() - before.items()), sorted(removed), cold=cold)
+        return Changes(scan.to_parse(now.items() - before.items()), sorted(removed), cold=cold)
 
     def _stored_digests(self, prefix: str) -> set[bytes] | None:
         """The chunk digests of the last completed scan of the folder at ``prefix``; None
@@ -375,15 +419,14 @@ class Catalog:
         if stored is None:
             self._db.execute("DELETE FROM catalog_scan")
             stored = set()
+        saved = {digest for digest, _ in scan.saved}
         self._db.executemany("DELETE FROM catalog_scan WHERE digest = ?",
-                             [(digest,) for digest in stored.difference(scan.digests)])
+                             [(digest,) for digest in stored.difference(saved)])
         self._db.executemany(
-            _SAVE_CHUNK,
-            [(digest, blob) for digest, blob in zip(scan.digests, scan.blobs, strict=True)
-             if digest not in stored],
+            _SAVE_CHUNK, [(digest, blob) for digest, blob in scan.saved if digest not in stored]
         )
         self.set_meta(SCAN_ROOT_KEY, scan.prefix)
-        self.set_meta(FINGERPRINT_KEY, scan.fingerprint)
+        self.set_meta(FINGERPRINT_KEY, scan.saved_fingerprint)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -619,8 +662,10 @@ _UPSERT_ROW = upsert(
     ("path", "file_key", "problem", "article_id", "url_key", "published", "quality",
      "published_us", "digest", "data"),
     ("path",),
-    # A new parse is a new record: selection is decided again and it is not yet planned.
-    also="selected = 0, planned = NULL",
+    # A new parse: selection is decided again. ``planned`` is kept: it is the digest of the
+    # record last planned, so a changed record is unplanned and the same one read again
+    # (a touched or racy file) is not planned twice.
+    also="selected = 0",
 )
 
 

@@ -7,6 +7,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def random_corpus(directory: Path, count: int, seed: int) -> None:
 
 
 CatalogOpener = Callable[[Path], Catalog]
+RACY_NS = catalog_module.RACY_NS
+
+
+@pytest.fixture(autouse=True)
+def _files_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests write files and sync within milliseconds, so every file would be racy
+    and read again by the next sync (``catalog.RACY_NS``; its own test below): here a
+    file is read once per change, as it is when it was written a few seconds earlier."""
+    monkeypatch.setattr(catalog_module, "RACY_NS", 0)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -152,6 +162,69 @@ def test_sync_reparses_only_what_changed_and_never_serves_stale(
     assert (report.parsed, report.removed) == (1, 1)
     assert [p.path.name for p in report.problems] == ["1.txt"]
     assert [a.title for a in catalog.selected_articles()] == ["Article number X"]
+
+
+def test_a_file_rewritten_within_one_tick_of_the_file_clock_is_read_again(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(catalog_module, "RACY_NS", RACY_NS)
+    article = articles_dir / "a.txt"
+    (articles_dir / "b.txt").write_text(front_matter(article_record(2)))
+    article.write_text(front_matter(article_record(1, title="Title one")))
+    real_scan = catalog_module.scan_chunks
+    first_seen: dict[str, tuple[object, ...]] = {}
+
+    def coarse_clock_scan(directory: Path) -> loader_module.Listing:
+        """A file system whose clock stamps both writes of a.txt alike: same key."""
+        listing = real_scan(directory)
+        listing.chunks = [[first_seen.setdefault(entry[0], entry) for entry in chunk]
+                          for chunk in listing.chunks]
+        return listing
+
+    monkeypatch.setattr(catalog_module, "scan_chunks", coarse_clock_scan)
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2
+
+    def titles() -> set[str]:
+        return {a.title for a in catalog.selected_articles()}
+
+    for title in ("Title two", "Title six"):  # same size: only the content differs
+        article.write_text(front_matter(article_record(1, title=title)))
+        assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2  # both are still racy
+        assert title in titles()
+    # An interrupted sync leaves no stored scan: the comparison with the rows re-reads too.
+    catalog.db.execute("DELETE FROM meta WHERE key = ?", (catalog_module.SCAN_ROOT_KEY,))
+    article.write_text(front_matter(article_record(1, title="Title ten")))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2
+    assert "Title ten" in titles()
+    later = time.time_ns() + RACY_NS
+    monkeypatch.setattr(catalog_module.time, "time_ns", lambda: later)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2  # once more, with their keys
+    for _ in range(2):  # no longer racy: settled
+        assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
+    assert titles() == {"Title ten", "Article number 2"}
+
+
+def test_a_file_read_again_unchanged_stays_planned_and_a_changed_one_does_not(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    for index in (1, 2):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    assert [a.title for a in catalog.unplanned_articles()] == ["Article number 1",
+                                                               "Article number 2"]
+    catalog.mark_planned(catalog.unplanned_articles())
+    assert catalog.unplanned_articles() == []
+    touched = articles_dir / "1.txt"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    assert catalog.unplanned_articles() == []  # the same record: nothing to plan again
+    edited = articles_dir / "2.txt"
+    edited.write_text(front_matter(article_record(2, title="Article number 2, corrected")))
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    assert [a.title for a in catalog.unplanned_articles()] == ["Article number 2, corrected"]
 
 
 def test_parallel_parse_gives_the_same_catalog(
