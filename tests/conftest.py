@@ -30,7 +30,7 @@ def article_record(index: int = 1, **fields: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
         "title": f"Article number {index}",
         "excerpt": f"Excerpt of article {index}.",
-        "publishedDateTime": f"2030-01-01T{index % 24:02d}:{index % 60:02d}:00Z",
+        "publishedDateTime": f"2025-01-01T{index % 24:02d}:{index % 60:02d}:00Z",
         "webUrl": f"https://news.example.com/articles/{index}",
         "type": "article",
         "quality": 100,

@@ -45,7 +45,7 @@ CHATS = ("@one", "@two")
 def plan(count: int, chats: tuple[str, ...] = CHATS) -> list[NewDelivery]:
     return [
         NewDelivery(f"a{index:04d}", chat, f"Title {index}", f"https://e.com/{index}",
-                    f"2030-01-01T00:{index // 60 % 60:02d}:{index % 60:02d}+00:00")
+                    f"2025-01-01T00:{index // 60 % 60:02d}:{index % 60:02d}+00:00")
         for index in range(count) for chat in chats
     ]
 
