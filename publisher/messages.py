@@ -18,12 +18,14 @@ Layout (blocks separated by a blank line, empty blocks left out)::
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -53,7 +55,6 @@ _HASHTAG_SPELLINGS = {"+": "Plus", "#": "Sharp"}
 # Only after a word character: "C++" and "F#" are names, a leading "#" just marks a tag.
 _SPELLED_RE = re.compile(r"(?<=\w)[+#]+")
 _TAG_RE = re.compile(r"<[^>]*>")
-_ZWJ = "\u200d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +107,14 @@ def visible_length(html_text: str) -> int:
     return telegram_length(html.unescape(_TAG_RE.sub("", html_text)))
 
 
-def _char_units(char: str) -> int:
-    return 2 if ord(char) > 0xFFFF else 1
-
-
 # --- shortening ----------------------------------------------------------------------------
 
 
 def shorten(text: str, limit: int) -> str:
     """``text`` if it fits ``limit`` UTF-16 units, else its start cut at a word boundary + "…".
 
-    The cut is made on code points, so a surrogate pair is never split, and never between a
-    character and what modifies it (combining mark, variation selector, skin tone, ZWJ).
+    The cut is made between grapheme clusters, so neither a surrogate pair nor a visible
+    character (a flag, a ZWJ sequence, a letter with its marks) is ever split.
     A text without a usable word boundary (one huge word, a run of emoji) is cut mid-word.
     """
     if telegram_length(text) <= limit:
@@ -131,30 +128,24 @@ def shorten(text: str, limit: int) -> str:
 
 
 def _fitting_prefix_end(text: str, units: int) -> int:
-    """The largest index such that ``text[:index]`` takes at most ``units`` UTF-16 units."""
+    """The largest index that ends a grapheme cluster such that ``text[:index]`` takes at
+    most ``units`` UTF-16 units: a cut never splits what a reader sees as one character
+    (a flag, a ZWJ family, a letter and its marks, an emoji and its skin tone)."""
     used = 0
-    for index, char in enumerate(text):
-        used += _char_units(char)
+    for cluster in _graphemes().finditer(text):
+        used += telegram_length(cluster.group())
         if used > units:
-            end = index
-            break
-    else:
-        return len(text)
-    while end > 0 and _continues_cluster(text, end):
-        end -= 1
-    return end
+            return cluster.start()
+    return len(text)
 
 
-def _continues_cluster(text: str, index: int) -> bool:
-    """True if cutting before ``text[index]`` would split a visible character."""
-    char = text[index]
-    return (
-        text[index - 1] == _ZWJ
-        or char == _ZWJ
-        or unicodedata.category(char).startswith("M")  # combining and enclosing marks
-        or "\ufe00" <= char <= "\ufe0f"  # variation selectors
-        or "\U0001f3fb" <= char <= "\U0001f3ff"  # skin-tone modifiers
-    )
+@functools.cache
+def _graphemes() -> Any:
+    r"""Extended grapheme clusters (Unicode's ``\X``), from ``regex``: the standard library's
+    ``re`` has no ``\X``. Imported on the first cut, which most messages never need."""
+    import regex
+
+    return regex.compile(r"\X")
 
 
 def _word_boundary(text: str, end: int) -> int:

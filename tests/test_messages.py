@@ -393,3 +393,13 @@ def test_shorten_always_fits_and_keeps_a_prefix(text: str, limit: int) -> None:
     if result != text and result:
         assert result.endswith(ELLIPSIS)
         assert text.startswith(result.removesuffix(ELLIPSIS))
+
+
+def test_shorten_never_splits_a_flag_or_an_emoji_with_its_skin_tone() -> None:
+    flags = "🇩🇪" * 10  # each flag: two regional indicators, four UTF-16 units
+    result = shorten(flags, 7)
+    assert result == "🇩🇪" + ELLIPSIS
+    waving = "👋🏽" * 5  # an emoji and its skin-tone modifier: one visible character
+    assert shorten(waving, 7) == "👋🏽" + ELLIPSIS
+    keycap = "1\ufe0f\u20e3" * 5  # digit, variation selector, combining keycap
+    assert shorten(keycap, 8) == "1\ufe0f\u20e3" * 2 + ELLIPSIS
