@@ -27,9 +27,10 @@ from typing import Any
 
 MESSAGE_METHODS = frozenset({"sendphoto", "sendmessage"})
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SENT_LINE = re.compile(r"Sent (?P<sent>\d+),.*\((?P<new>\d+) new in the ledger\)")
+SENT_LINE = re.compile(r"Sent (?P<sent>\d+) posts?;.* (?P<new>\d+) new pairs? in the ledger")
 BENCH_TOKEN = "123456:ABC-bench_token"
 BENCH_CHAT = "@bench_channel"
+BENCH_CHAT_ID = -1001000000000  # what the stand-in answers for the first username it meets
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,9 +110,10 @@ def parse_summary(stdout: str) -> tuple[int, int]:
 def seed(config_path: Path) -> int:
     """Record every selected article of the corpus as already sent; returns the row count."""
     from publisher.config import load_config
+    from publisher.destinations import remembered_destinations
     from publisher.dispatch import plan_deliveries
     from publisher.pipeline import load_and_select
-    from publisher.state import open_store, sqlite_path
+    from publisher.state import ChatRecord, open_store, sqlite_path
 
     config = load_config(config_path)
     db = sqlite_path(config.state.url)
@@ -120,7 +122,13 @@ def seed(config_path: Path) -> int:
     loaded = load_and_select(config)
     store = open_store(config.state.url)
     try:
-        store.add_deliveries(plan_deliveries(loaded.selected, config, datetime.now(UTC)))
+        # As a push left it: the channel resolved (the stand-in's id for the first username it
+        # meets), every article planned under that id.
+        channel = ChatRecord(str(BENCH_CHAT_ID), "channel", BENCH_CHAT[1:], BENCH_CHAT[1:])
+        store.remember_chat(BENCH_CHAT, channel, [])
+        destinations = remembered_destinations(config, store)
+        store.add_deliveries(plan_deliveries(loaded.selected, config, datetime.now(UTC),
+                                             destinations))
     finally:
         store.close()
     with sqlite3.connect(db) as connection:

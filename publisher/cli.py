@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -140,6 +140,7 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
         report = run_build(config, progress=progress)
     for problem in report.corpus.problems:
         ctx.echo(str(problem), err=True)
+    _warn_routes(ctx, config, report.corpus.topic_slugs)
     summary = report.summary()
     written = (
         f"wrote {summary['written']} files ({summary['unchanged']} unchanged) to"
@@ -151,6 +152,13 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
         f"selected {summary['selected']} articles in {summary['topics']} topics; "
         f"{written} {config.feeds.dir} in {summary['seconds']:.2f} s."
     )
+
+
+def _warn_routes(ctx: Context, config: Config, topic_slugs: Iterable[str]) -> None:
+    from publisher.pipeline import route_warnings
+
+    for warning in route_warnings(config, topic_slugs):
+        ctx.echo(f"Warning: {warning}", err=True)
 
 
 def _path_overrides(articles: Path | None, output: Path | None) -> dict[str, Any]:
@@ -188,22 +196,34 @@ def _progress(ctx: Context, config: Config) -> Iterator[Callable[[int, int], Non
 @cli.command()
 @click.option("--articles", type=click.Path(file_okay=False, path_type=Path),
               help="Article folder (overrides articles.dir).")
+@click.option("--telegram", is_flag=True,
+              help="Check the bot and every destination instead of the articles (needs the "
+                   "token): can the bot post there? One line each; exit 1 on a problem.")
 @command
-def check(ctx: Context, articles: Path | None) -> None:
+def check(ctx: Context, articles: Path | None, telegram: bool) -> None:
     """Validate every article file like a linter: one line per bad file; exit 1 if any.
+
+    With --telegram, ask Telegram instead (getMe, then getChat and getChatMember for every
+    configured destination): one line each, exit 1 when the bot cannot post somewhere.
 
     \b
     Example:
       publisher check -c config.toml
       publisher check --articles seeds
+      TELEGRAM_BOT_TOKEN=123:abc publisher check -c config.toml --telegram
     """
+    if telegram:
+        _check_telegram(ctx, ctx.config())
+        return
     from publisher.pipeline import load_and_select
+    from publisher.selection import topic_slug
 
     config = ctx.config(**_path_overrides(articles, None))
     with _progress(ctx, config) as progress:
         loaded = load_and_select(config, progress=progress)
     for problem in loaded.load.problems:
         click.echo(str(problem))
+    _warn_routes(ctx, config, {topic_slug(t) for a in loaded.selected for t in a.topics})
     bad = len(loaded.load.problems)
     ctx.echo(
         f"{loaded.load.files_read} files checked: {bad} bad, "
@@ -212,6 +232,26 @@ def check(ctx: Context, articles: Path | None) -> None:
     )
     if bad:
         sys.exit(1)
+
+
+def _check_telegram(ctx: Context, config: Config) -> None:
+    import asyncio
+
+    from publisher.destinations import check_telegram
+    from publisher.pipeline import make_sender, require_chat
+    from publisher.status import plural
+
+    require_chat(config)
+    checks = asyncio.run(check_telegram(config, make_sender(config)))
+    for check in checks:
+        click.echo(redact_text(f"{'ok  ' if check.ok else 'FAIL'}  {check.subject}: "
+                               f"{check.detail}"))
+    problems = sum(1 for check in checks if not check.ok)
+    if problems:
+        ctx.echo(f"{plural(problems, 'problem')}: the bot cannot post everywhere it should.",
+                 err=True)
+        sys.exit(1)
+    ctx.echo(f"The bot can post to {plural(len(checks) - 1, 'destination')}.")
 
 
 @cli.command()
@@ -242,15 +282,22 @@ def push(ctx: Context, dry_run: bool) -> None:
         return
     import asyncio
 
+    from publisher.status import plural
+
     outcome = asyncio.run(pipeline.push(config))
     for problem in outcome.corpus.problems:
         ctx.echo(str(problem), err=True)
+    for warning in outcome.route_warnings:
+        ctx.echo(f"Warning: {warning}", err=True)
     summary = outcome.summary()
     ctx.echo(
-        f"Sent {summary['sent']}, failed {summary['failed']}, uncertain {summary['uncertain']}, "
-        f"skipped {summary['skipped']} ({summary['new']} new in the ledger) "
-        f"in {summary['seconds']:.2f} s."
+        f"Sent {plural(int(summary['sent']), 'post')}; {summary['failed']} failed, "
+        f"{summary['uncertain']} uncertain, {summary['skipped']} skipped, "
+        f"{summary['orphaned']} orphaned; {plural(int(summary['new']), 'new pair')} in the "
+        f"ledger; {summary['seconds']:.2f} s."
     )
+    for chat, reason in outcome.report.held.items():
+        ctx.echo(f"{chat}: {reason}")
     for error in outcome.report.errors.values():
         click.echo(f"Error: {redact_text(error)}", err=True)
     if not outcome.report.ok:
@@ -258,48 +305,149 @@ def push(ctx: Context, dry_run: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document, for scripts.")
 @command
-def status(ctx: Context) -> None:
-    """Show the last build and push, ledger counts per chat, recent errors and uncertain posts.
+def status(ctx: Context, as_json: bool) -> None:
+    """Show the last build and push, each destination, recent posts, what waits and why,
+    and the orphaned, uncertain and failed posts.
 
     \b
     Example:
       publisher status -c config.toml
+      publisher status -c config.toml --json | jq '.waiting'
     """
     from publisher.status import render_status
 
-    click.echo(render_status(ctx.config(), ctx.config_path))
+    click.echo(render_status(ctx.config(), ctx.config_path, as_json=as_json))
+
+
+def _chat_keys(store: Any, config: Config, chat: str | None) -> list[str] | None:
+    """The ledger keys ``--chat`` names ("@name" as configured, or a numeric id), or None
+    for every chat; an unknown chat is an error."""
+    if chat is None:
+        return None
+    from publisher.destinations import chat_name, follow_migrations, is_chat_id
+
+    name = chat_name(chat)
+    keys = {chat.strip(), name}
+    if name in store.chat_names():
+        keys.add(store.chat_names()[name])
+    keys |= {key for key, known in store.chats().items()
+             if known.username and f"@{known.username.lower()}" == name}
+    keys |= {follow_migrations(store.migrations(), key) for key in list(keys)}
+    present = [key for key in sorted(keys) if key in store.counts()]
+    if not present:
+        hint = "" if is_chat_id(name) or name.startswith("@") else " (a chat is @name or an id)"
+        raise click.UsageError(f"no post for the chat {chat} in the ledger{hint}")
+    return present
+
+
+def _select_posts(article_ids: tuple[str, ...], everything: bool) -> None:
+    if not article_ids and not everything:
+        raise click.UsageError("name article ids, or pass --all")
+    if article_ids and everything:
+        raise click.UsageError("name article ids or pass --all, not both")
+
+
+def _report_unmatched(ctx: Context, state: str, article_ids: tuple[str, ...],
+                      changed: list[tuple[str, str]], chat: str | None) -> None:
+    """Ids that matched no post in ``state``: said, and exit 1."""
+    missing = sorted(set(article_ids) - {article for article, _ in changed})
+    if not missing and (changed or article_ids):
+        return
+    where = f" in {chat}" if chat else ""
+    if missing:
+        ctx.echo(f"No {state} post{where} for: {', '.join(missing)}", err=True)
+    else:
+        ctx.echo(f"No {state} post{where}: nothing to do.", err=True)
+    sys.exit(1)
 
 
 @cli.command()
 @click.argument("article_ids", nargs=-1)
-@click.option("--chat", help="Only this chat.")
-@click.option("--failed", "state", flag_value="failed", help="Requeue failed posts instead.")
+@click.option("--chat", help="Only this destination: @name as configured, or its numeric id.")
 @click.option("--uncertain", "state", flag_value="uncertain", default=True,
-              help="Requeue posts whose delivery is uncertain (the default).")
+              help="Posts whose delivery is uncertain (the default): you looked, it is not "
+                   "in the channel.")
+@click.option("--failed", "state", flag_value="failed", help="Failed posts instead.")
+@click.option("--sent", "state", flag_value="sent",
+              help="Post again articles that were sent, on purpose (name their ids).")
 @click.option("--all", "everything", is_flag=True, help="Every post in that state.")
 @command
 def resend(ctx: Context, article_ids: tuple[str, ...], chat: str | None, state: str,
            everything: bool) -> None:
-    """Queue uncertain (or failed) posts again, after you checked the channel.
+    """Queue posts again: uncertain ones not in the channel (or failed, or sent ones).
+
+    If an uncertain post is in the channel after all, run `publisher ack` instead. Exit 1
+    when nothing matches.
 
     \b
     Example:
       publisher resend -c config.toml urn:uuid:583f497a-565f-59e8-bf35-c074cf266bce
       publisher resend -c config.toml --all --chat @mychannel
+      publisher resend -c config.toml --sent urn:uuid:583f497a-565f-59e8-bf35-c074cf266bce
     """
     from publisher.state import open_store
+    from publisher.status import plural
 
-    if not article_ids and not everything:
-        raise click.UsageError("name article ids, or pass --all")
+    _select_posts(article_ids, everything)
+    if state == "sent" and everything:
+        raise click.UsageError("--sent posts articles again: name their ids (not --all)")
     config = ctx.config()
     # One UPDATE, safe beside a running service: no instance lock needed.
     store = open_store(config.state.url)
     try:
-        count = store.requeue(state, chat, list(article_ids))
+        changed = store.requeue(state, _chat_keys(store, config, chat), list(article_ids))
     finally:
         store.close()
-    ctx.echo(f"Requeued {count} {state} posts; the next push sends them.")
+    if changed:
+        them = "it" if len(changed) == 1 else "them"
+        ctx.echo(f"Requeued {plural(len(changed), state + ' post')}; the next push sends {them}.")
+    _report_unmatched(ctx, state, article_ids, changed, chat)
+
+
+@cli.command()
+@click.argument("article_ids", nargs=-1)
+@click.option("--chat", help="Only this destination: @name as configured, or its numeric id.")
+@click.option("--all", "everything", is_flag=True, help="Every uncertain post.")
+@click.option("--message-id", type=click.IntRange(min=1),
+              help="The post's message id in the channel (one post only), for its link.")
+@command
+def ack(ctx: Context, article_ids: tuple[str, ...], chat: str | None, everything: bool,
+        message_id: int | None) -> None:
+    """Mark uncertain posts as sent: you looked, they are in the channel.
+
+    They are never posted again. If a post is not there, run `publisher resend` instead.
+    Exit 1 when nothing matches.
+
+    \b
+    Example:
+      publisher ack -c config.toml urn:uuid:583f497a-565f-59e8-bf35-c074cf266bce
+      publisher ack -c config.toml --all --chat @mychannel
+      publisher ack -c config.toml urn:uuid:583f497a-565f-59e8-bf35-c074cf266bce --message-id 42
+    """
+    from publisher.state import UNCERTAIN, open_store
+    from publisher.status import plural
+
+    _select_posts(article_ids, everything)
+    config = ctx.config()
+    store = open_store(config.state.url)
+    try:
+        keys = _chat_keys(store, config, chat)
+        if message_id is not None:
+            matches = store.matching(UNCERTAIN, keys, list(article_ids))
+            if len(matches) != 1:
+                raise click.UsageError(
+                    f"--message-id names one post; {plural(len(matches), 'uncertain post')} "
+                    "match (name one article id, and --chat if it went to several)"
+                )
+        changed = store.acknowledge(keys, list(article_ids), message_id)
+    finally:
+        store.close()
+    if changed:
+        ctx.echo(f"Marked {plural(len(changed), 'uncertain post')} as sent; "
+                 f"{'it is' if len(changed) == 1 else 'they are'} never posted again.")
+    _report_unmatched(ctx, UNCERTAIN, article_ids, changed, chat)
 
 
 @cli.command()

@@ -10,6 +10,7 @@ Environment variables: ``PUBLISHER_<SECTION>_<KEY>`` (e.g. ``PUBLISHER_FEEDS_DIR
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import tomllib
@@ -135,13 +136,37 @@ class Config:
         return token
 
     def chats_for(self, topics: tuple[str, ...]) -> tuple[str, ...]:
-        """Every distinct chat an article with these topics goes to, main chat first."""
+        """Every distinct chat an article with these topics goes to, main chat first.
+
+        A route names its topic by name or slug, in any case: ``robotics``, ``Robotics``
+        and "Robotics" all route the topic "Robotics" (the same slug, the same feed).
+        """
+        from publisher.selection import topic_slug
+
         chats: list[str] = [self.telegram.chat_id] if self.telegram.chat_id else []
         for topic in topics:
-            for chat in self.telegram.routes.get(topic, ()):
+            for chat in self._routes_by_slug.get(topic_slug(topic), ()):
                 if chat not in chats:
                     chats.append(chat)
         return tuple(chats)
+
+    @functools.cached_property
+    def _routes_by_slug(self) -> dict[str, tuple[str, ...]]:
+        from publisher.selection import topic_slug
+
+        by_slug: dict[str, tuple[str, ...]] = {}
+        for route, chats in self.telegram.routes.items():
+            slug = topic_slug(route)
+            by_slug[slug] = tuple(dict.fromkeys((*by_slug.get(slug, ()), *chats)))
+        return by_slug
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """Every distinct chat configured (the main one, then each route's), as written."""
+        chats = [self.telegram.chat_id] if self.telegram.chat_id else []
+        for route_chats in self.telegram.routes.values():
+            chats.extend(route_chats)
+        return tuple(dict.fromkeys(chats))
 
 
 SECTIONS: dict[str, type] = {

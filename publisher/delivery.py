@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -105,6 +106,39 @@ class Unauthorized(SendError):
     """The bot token was refused: nothing can be sent until the operator fixes it."""
 
 
+@dataclass(frozen=True, slots=True)
+class BotInfo:
+    """Who the bot is (``getMe``)."""
+
+    id: int
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInfo:
+    """What ``getChat`` says of a chat: its numeric id is the ledger's key for it."""
+
+    id: int
+    type: str  # "channel", "supergroup", "group" or "private"
+    title: str = ""
+    username: str = ""  # without "@"; empty for a private channel or group
+    # Whether plain members may send messages (a group's default permissions); None: unknown.
+    members_can_send: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """What ``getChatMember`` says of the bot in a chat."""
+
+    status: str  # "creator", "administrator", "member", "restricted", "left" or "kicked"
+    can_post_messages: bool | None = None  # administrators of channels
+    can_send_messages: bool | None = None  # restricted members
+    is_member: bool | None = None  # restricted members
+
+
+T = TypeVar("T")
+
+
 class Sender(Protocol):
     """Posts rendered messages; raises ``SendError`` subclasses; returns the message id."""
 
@@ -112,6 +146,15 @@ class Sender(Protocol):
         """Prepare the connection; idempotent. Raises SendError when Telegram is unusable."""
 
     async def close(self) -> None: ...
+
+    async def get_me(self) -> BotInfo:
+        """The bot (after ``start``)."""
+
+    async def get_chat(self, chat_id: str) -> ChatInfo:
+        """The chat ``chat_id`` ("@username" or a numeric id) names; ``ChatMigrated`` when
+        the group became a supergroup, ``ChatForbidden`` when it is unknown."""
+
+    async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo: ...
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
@@ -170,6 +213,40 @@ class TelegramSender:
             self._started = False
         for request in self._requests:
             await request.shutdown()
+
+    async def get_me(self) -> BotInfo:
+        await self.start()
+        me = self._bot.bot
+        return BotInfo(id=me.id, username=me.username or "")
+
+    async def get_chat(self, chat_id: str) -> ChatInfo:
+        chat = await self._asked(self._bot.get_chat(chat_id=chat_id))
+        permissions = chat.permissions
+        return ChatInfo(
+            id=chat.id,
+            type=str(chat.type),
+            title=chat.title or chat.full_name or "",
+            username=chat.username or "",
+            members_can_send=None if permissions is None else permissions.can_send_messages,
+        )
+
+    async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo:
+        member = await self._asked(self._bot.get_chat_member(chat_id=chat_id, user_id=user_id))
+        return MemberInfo(
+            status=str(member.status),
+            can_post_messages=getattr(member, "can_post_messages", None),
+            can_send_messages=getattr(member, "can_send_messages", None),
+            is_member=getattr(member, "is_member", None),
+        )
+
+    async def _asked(self, request: Awaitable[T]) -> T:
+        """The answer to a question (it changes nothing, so any failure is just an error)."""
+        try:
+            return await request
+        except tg_error.TelegramError as exc:
+            raise self._translate(exc) from None
+        except Exception as exc:  # PTB choking on an odd answer
+            raise NotSent(f"unreadable answer: {type(exc).__name__}") from exc
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]

@@ -1,9 +1,11 @@
 """Dispatch: the ledger-driven loop that posts pending articles, paced and fault-tolerant.
 
-For each chat, oldest article first: reserve a pacing slot in the state, wait for it, claim
-the oldest due pair (``sending``, committed, with this process's name and a lease), post,
-then record the outcome. Several processes sharing a PostgreSQL state run this same loop;
-the claim is what keeps them from posting anything twice. Outcomes decide what happens next:
+At its start a push asks Telegram which chat each destination is (``destinations``): the
+ledger keys chats by that numeric id. For each chat, oldest article first: reserve a pacing
+slot in the state, wait for it, claim the oldest due pair (``sending``, committed, with this
+process's name and a lease), post, then record the outcome. Several processes sharing a
+PostgreSQL state run this same loop; the claim is what keeps them from posting anything
+twice. Outcomes decide what happens next:
 
 * posted -> ``sent`` with the message id;
 * provably not posted (connection refused, 5xx) -> back to ``pending`` with backoff,
@@ -11,7 +13,8 @@ the claim is what keeps them from posting anything twice. Outcomes decide what h
 * maybe posted (timeout after the request left) -> ``uncertain`` (or ``pending`` again for
   chats configured ``on_uncertain = "resend"``);
 * 429 -> wait ``retry_after`` plus jitter and retry the same message, never dropping it;
-* 400 about the message -> ``failed`` with the reason; 403 -> the chat stops for this run.
+* 400 about the message -> ``failed`` with the reason; 403 -> the chat stops for this run;
+* a pair its destination no longer wants (a chat or route removed) -> ``orphaned``, unsent.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -43,31 +47,50 @@ from publisher.delivery import (
     SendError,
     Unauthorized,
 )
+from publisher.destinations import (
+    MAX_MIGRATIONS,
+    Destinations,
+    remembered_destinations,
+    resolve_destinations,
+)
 from publisher.logs import event
 from publisher.messages import Message, render_message
 from publisher.models import Article
-from publisher.state import PENDING, SKIPPED, Delivery, NewDelivery, Pacing, Store
+from publisher.state import (
+    ORPHANED,
+    PENDING,
+    SKIPPED,
+    UNCERTAIN,
+    Delivery,
+    NewDelivery,
+    Pacing,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 300.0
-MAX_MIGRATIONS = 2  # a chat that keeps answering "migrated" is not followed forever
 
 
 @dataclass
 class ChatReport:
+    """One destination in one push. Counts are of ledger changes: ``uncertain`` includes
+    sends found interrupted (and held), ``skipped`` pairs too old when planned."""
+
     sent: int = 0
     failed: int = 0
     uncertain: int = 0
     skipped: int = 0
+    orphaned: int = 0
     rate_limited: int = 0
     error: str = ""
+    held: str = ""  # why posts due now were left for a later push (pacing, max_per_run...)
 
 
 @dataclass
 class PushReport:
     new: int = 0
-    chats: dict[str, ChatReport] = field(default_factory=dict)
+    chats: dict[str, ChatReport] = field(default_factory=dict)  # by destination label
     fatal: str = ""
 
     def chat(self, chat_id: str) -> ChatReport:
@@ -81,20 +104,29 @@ class PushReport:
         return {chat: report.error for chat, report in self.chats.items() if report.error}
 
     @property
+    def held(self) -> dict[str, str]:
+        """Why chats left posts that were due for a later push (without an error)."""
+        return {chat: report.held for chat, report in self.chats.items()
+                if report.held and not report.error}
+
+    @property
     def ok(self) -> bool:
         return not self.fatal and not self.errors and self.total("failed") == 0
 
 
 def plan_deliveries(
-    selected: Iterable[Article], config: Config, now: datetime
+    selected: Iterable[Article], config: Config, now: datetime,
+    destinations: Destinations | None = None,
 ) -> list[NewDelivery]:
-    """Every (article, chat) pair the selection asks for; too-old articles marked skipped."""
+    """Every (article, chat) pair the selection asks for, keyed as ``destinations`` key its
+    chats (without: as the state remembers them); too-old articles marked skipped."""
+    destinations = destinations or remembered_destinations(config, None)
     max_age = config.telegram.max_age_hours
     oldest = now - timedelta(hours=max_age) if max_age else None
     planned: list[NewDelivery] = []
     for article in selected:
         too_old = oldest is not None and article.published_at < oldest
-        for chat in config.chats_for(article.topics):
+        for chat in destinations.keys_for(article.topics):
             planned.append(
                 NewDelivery(
                     article_id=article.id,
@@ -125,9 +157,15 @@ class Skip:
     article: Article | None  # None: no longer selected
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """The pair's destination no longer wants the article (its route or chat removed)."""
+
+
 class Outcome(enum.Enum):
     DONE = "done"  # the article reached a final state in this chat
     RETRY = "retry"  # back to pending; the chat goes on
+    MOVED = "moved"  # the chat migrated: it goes on under its new id
     STOP = "stop"  # the chat stops for this run
 
 
@@ -137,6 +175,24 @@ class Tries:
 
     not_sent: int = 0
     migrations: int = 0
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why nothing can be posted in this run (every chat waits)."""
+
+    reason: str
+    error: str  # what each destination with posts waiting reports
+
+
+@dataclass
+class ChatRun:
+    """One chat's loop in this run; ``key`` changes when the chat migrates."""
+
+    key: str
+    report: ChatReport
+    budget: int | None
+    tries: dict[str, Tries] = field(default_factory=dict)
 
 
 def instance_name() -> str:
@@ -171,29 +227,44 @@ class Dispatcher:
         self._owner = instance_name()
         self._stop = False
         self._fatal = ""
+        self.destinations = remembered_destinations(config, store)
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run."""
         self._stop = True
 
-    async def run(self, new_articles: Iterable[Article], lookup: Lookup) -> PushReport:
+    async def run(self, new_articles: Sequence[Article], lookup: Lookup, *,
+                  replan: bool = False) -> PushReport:
         """Plan ``new_articles`` into the ledger, then post what is due.
 
         ``lookup`` gives the currently selected article of an id, or None when it is no
-        longer selected (its pending posts are then skipped).
+        longer selected (its pending posts are then skipped). ``replan``: the routing
+        changed and ``new_articles`` is every selected article; pairs no longer wanted are
+        orphaned, orphaned ones wanted again are pending again.
         """
         report = PushReport()
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        report.new = self._store.add_deliveries(plan_deliveries(new_articles, self._config, now))
-        # Every configured chat: the main one and each route's.
-        every_chat = self._config.chats_for(tuple(self._settings.routes))
-        resend_chats = every_chat if self._settings.on_uncertain == "resend" else ()
-        recovered = self._store.recover_interrupted(resend_chats, self._clock())
-        if recovered:
-            event(log, logging.WARNING, "recovered_interrupted_sends", count=recovered)
-        chats = self._store.pending_chats()
-        if chats and not await self._start_sender(chats, report):
+        destinations = self.destinations = remembered_destinations(self._config, self._store)
+        self._recover(destinations, report)
+        # Telegram is asked only when there is something to plan or to post.
+        work = bool(new_articles) or self._store.has_pending(destinations.keys())
+        unavailable = await self._start_sender() if work else None
+        if work and unavailable is None:
+            destinations, unavailable = await self._resolve(destinations)
+        # Planned even when Telegram is unusable (under the remembered ids): nothing is lost.
+        self.destinations = destinations
+        self._plan(new_articles, replan, report)
+        if unavailable is not None:
+            report.fatal = unavailable.reason
+            pending = set(self._store.pending_chats())
+            for item in destinations.items:
+                if item.key in pending:
+                    report.chat(item.configured).error = unavailable.error
             return report
+        for item in destinations.items:
+            if item.error:
+                report.chat(item.configured).error = item.error
+        pending = set(self._store.pending_chats())
+        chats = [key for key in destinations.postable_keys() if key in pending]
         # Every chat runs to its end even when another fails, so no send is left in flight
         # behind the report; the first unexpected error is raised after all have finished.
         outcomes = await asyncio.gather(
@@ -205,16 +276,52 @@ class Dispatcher:
         report.fatal = self._fatal
         return report
 
-    async def _start_sender(self, chats: list[str], report: PushReport) -> bool:
+    def _recover(self, destinations: Destinations, report: PushReport) -> None:
+        """Sends a dead process left in flight: uncertain (counted as this push's), or
+        pending again for at-least-once chats."""
+        resend = destinations.keys() if self._settings.on_uncertain == "resend" else ()
+        recovered = self._store.recover_interrupted_by_chat(resend, self._clock())
+        if recovered:
+            event(log, logging.WARNING, "recovered_interrupted_sends",
+                  count=sum(recovered.values()))
+        for (chat, state), count in recovered.items():
+            if state == UNCERTAIN:
+                report.chat(destinations.label(chat)).uncertain += count
+
+    async def _resolve(self, destinations: Destinations
+                       ) -> tuple[Destinations, Unavailable | None]:
+        try:
+            return await resolve_destinations(self._config, self._store, self._sender), None
+        except Unauthorized as exc:
+            event(log, logging.ERROR, "unauthorized", reason=exc.reason)
+            return destinations, Unavailable(exc.reason, exc.reason)
+
+    def _plan(self, articles: Sequence[Article], replan: bool, report: PushReport) -> None:
+        """The new pairs into the ledger (too old: skipped, counted as this push's); after a
+        routing change, what is no longer wanted is orphaned and what is wanted again not."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        planned = plan_deliveries(articles, self._config, now, self.destinations)
+        added = self._store.add_deliveries_by_chat(planned)
+        report.new = sum(added.values())
+        moved: Counter[tuple[str, str]] = Counter()
+        if replan:
+            moved = self._store.reconcile(
+                {(item.article_id, item.chat_id) for item in planned},
+                {article.id for article in articles}, set(self.destinations.keys()),
+            )
+        for (chat, state), count in (added + moved).items():
+            if state == SKIPPED:
+                report.chat(self.destinations.label(chat)).skipped += count
+            elif state == ORPHANED:
+                report.chat(self.destinations.label(chat)).orphaned += count
+
+    async def _start_sender(self) -> Unavailable | None:
         try:
             await self._sender.start()
         except SendError as exc:
-            report.fatal = exc.reason
-            for chat in chats:
-                report.chat(chat).error = f"Telegram unavailable: {exc.reason}"
             event(log, logging.ERROR, "telegram_unavailable", reason=exc.reason)
-            return False
-        return True
+            return Unavailable(exc.reason, f"Telegram unavailable: {exc.reason}")
+        return None
 
     async def _run_chat(self, chat_id: str, lookup: Lookup, report: PushReport) -> None:
         """Reserve a pacing slot, wait for it, claim the oldest due post, send it; repeat.
@@ -222,56 +329,72 @@ class Dispatcher:
         The claim comes after the wait, so no claim is held while pacing; a slot left unused
         (nothing due, or the post skipped) is given back.
         """
-        chat_report = report.chat(chat_id)
-        budget = self._settings.max_per_run or None
-        tries: dict[str, Tries] = {}
-        while not (self._stop or self._fatal) and (budget is None or budget > 0):
-            slot = self._store.reserve_send(chat_id, self._clock(), self._pacing)
+        run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
+                      self._settings.max_per_run or None)
+        while not (self._stop or self._fatal):
+            if run.budget is not None and run.budget <= 0:
+                if self._store.has_pending([run.key]):
+                    run.report.held = (f"telegram.max_per_run ({self._settings.max_per_run}) "
+                                       "reached: the rest wait for the next push")
+                return
+            slot = self._store.reserve_send(run.key, self._clock(), self._pacing)
             if slot is None:
-                event(log, logging.INFO, "pacing_deferred", chat=chat_id)
+                event(log, logging.INFO, "pacing_deferred", chat=self._label(run.key))
+                run.report.held = ("pacing: the next free slot is more than "
+                                   "telegram.max_wait_seconds away")
                 return
             delay = slot - self._clock()
             if delay > 0:
                 await self._sleep(delay)
             if self._stop or self._fatal:
-                self._store.cancel_reservation(chat_id, slot)
+                self._store.cancel_reservation(run.key, slot)
                 return
-            now = self._clock()
-            item = self._store.claim_next(chat_id, now, self._owner, now + self._lease_seconds)
-            if item is None:
-                self._store.cancel_reservation(chat_id, slot)
+            if not await self._claim_and_send(run, slot, lookup):
                 return
-            try:
-                prepared = self._prepare(item, lookup)
-            except BaseException:
-                # Nothing has left yet: give the pair back rather than leave it "sending"
-                # (which the next run would have to call uncertain).
-                with contextlib.suppress(Exception):
-                    self._store.mark_retry(item.article_id, chat_id, "interrupted before "
-                                           "sending", 0, count_attempt=False, owner=self._owner)
-                raise
-            if isinstance(prepared, Skip):
-                self._store.cancel_reservation(chat_id, slot)
-                self._skip(item, prepared.article, chat_report)
-                continue
-            outcome = await self._send_claimed(
-                item, prepared, tries.setdefault(item.article_id, Tries()), chat_report
-            )
-            if outcome is Outcome.STOP:
-                return
-            if outcome is Outcome.DONE and budget is not None:
-                budget -= 1
 
-    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip:
+    async def _claim_and_send(self, run: ChatRun, slot: float, lookup: Lookup) -> bool:
+        """One claim in a reserved slot; False when the chat is done for this run."""
+        now = self._clock()
+        item = self._store.claim_next(run.key, now, self._owner, now + self._lease_seconds)
+        if item is None:
+            self._store.cancel_reservation(run.key, slot)
+            return False
+        try:
+            prepared = self._prepare(item, lookup)
+        except BaseException:
+            # Nothing has left yet: give the pair back rather than leave it "sending"
+            # (which the next run would have to call uncertain).
+            with contextlib.suppress(Exception):
+                self._store.mark_retry(item.article_id, item.chat_id, "interrupted before "
+                                       "sending", 0, count_attempt=False, owner=self._owner)
+            raise
+        if isinstance(prepared, Skip | Orphan):
+            self._store.cancel_reservation(run.key, slot)
+            if isinstance(prepared, Skip):
+                self._skip(item, prepared.article, run.report)
+            else:
+                self._orphan(item, run.report)
+            return True
+        outcome = await self._send_claimed(
+            item, prepared, run.tries.setdefault(item.article_id, Tries()), run
+        )
+        if outcome is Outcome.STOP:
+            return False
+        if outcome is Outcome.DONE and run.budget is not None:
+            run.budget -= 1
+        return True
+
+    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip | Orphan:
         """What to send for a claimed pair (or why not): every step that can fail before the
         request, so a failure here provably posted nothing."""
         article = lookup(item.article_id)
         oldest = self._oldest_allowed()
         if article is None or (oldest is not None and article.published_at < oldest):
             return Skip(article)
+        if item.chat_id not in self.destinations.keys_for(article.topics):
+            return Orphan()
         message = render_message(article, timezone=self._settings.timezone)
-        target = self._store.migration_for(item.chat_id) or item.chat_id
-        return Prepared(article, message, target)
+        return Prepared(article, message, item.chat_id)
 
     def _oldest_allowed(self) -> datetime | None:
         hours = self._settings.max_age_hours
@@ -289,23 +412,37 @@ class Dispatcher:
                       self._store.mark_skipped(item.article_id, item.chat_id, reason,
                                                owner=self._owner))
         chat_report.skipped += 1
-        event(log, logging.INFO, "skipped", chat=item.chat_id, article=item.article_id,
-              reason=reason)
+        event(log, logging.INFO, "skipped", chat=self._label(item.chat_id),
+              article=item.article_id, reason=reason)
+
+    def _orphan(self, item: Delivery, chat_report: ChatReport) -> None:
+        self._settled(item.article_id, item.chat_id,
+                      self._store.mark_orphaned(item.article_id, item.chat_id, self._owner))
+        chat_report.orphaned += 1
+        event(log, logging.INFO, "orphaned", chat=self._label(item.chat_id),
+              article=item.article_id)
+
+    def _label(self, key: str) -> str:
+        """A chat in the log: as configured (the ledger keys it by its numeric id)."""
+        return self.destinations.label(key)
 
     def _settled(self, article_id: str, chat_id: str, recorded: bool) -> None:
         if not recorded:  # our lease ran out and another instance took the pair over
-            event(log, logging.WARNING, "claim_lost", chat=chat_id, article=article_id)
+            event(log, logging.WARNING, "claim_lost", chat=self._label(chat_id), article=article_id)
 
     async def _send_claimed(self, item: Delivery, prepared: Prepared, tries: Tries,
-                            chat_report: ChatReport) -> Outcome:
+                            run: ChatRun) -> Outcome:
         """Post one claimed article to its chat and record what happened."""
         article, message, target = prepared.article, prepared.message, prepared.target
-        chat_id = item.chat_id
+        chat_id, chat_report = item.chat_id, run.report
         try:
             message_id = await self._post_within_lease(target, message)
         except RateLimited as exc:
             chat_report.rate_limited += 1
-            return await self._wait_rate_limit(article.id, chat_id, exc)
+            outcome = await self._wait_rate_limit(article.id, chat_id, exc)
+            if outcome is Outcome.STOP:
+                chat_report.held = f"rate limited: Telegram asked to wait {exc.retry_after:g} s"
+            return outcome
         except ChatMigrated as exc:
             tries.migrations += 1
             if tries.migrations > MAX_MIGRATIONS:
@@ -313,11 +450,8 @@ class Dispatcher:
                     article.id, chat_id, f"the chat keeps moving: {exc}", owner=self._owner))
                 chat_report.failed += 1
                 return Outcome.DONE
-            self._store.record_migration(chat_id, exc.new_chat_id)
-            self._settled(article.id, chat_id, self._store.mark_retry(
-                article.id, chat_id, exc.reason, 0, count_attempt=False, owner=self._owner))
-            event(log, logging.WARNING, "chat_migrated", chat=chat_id, to=exc.new_chat_id)
-            return Outcome.RETRY
+            self._follow_migration(item, exc, run)
+            return Outcome.MOVED
         except NotSent as exc:
             return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
         except Ambiguous as exc:
@@ -326,21 +460,23 @@ class Dispatcher:
             self._settled(article.id, chat_id, self._store.mark_uncertain(
                 article.id, chat_id, exc.reason, owner=self._owner))
             chat_report.uncertain += 1
-            event(log, logging.WARNING, "uncertain", chat=chat_id, article=article.id,
+            event(log, logging.WARNING, "uncertain", chat=self._label(chat_id), article=article.id,
                   reason=exc.reason, title=article.title)
             return Outcome.DONE
         except Rejected as exc:
             self._settled(article.id, chat_id, self._store.mark_failed(
                 article.id, chat_id, exc.reason, owner=self._owner))
             chat_report.failed += 1
-            event(log, logging.ERROR, "failed", chat=chat_id, article=article.id,
+            event(log, logging.ERROR, "failed", chat=self._label(chat_id), article=article.id,
                   reason=exc.reason, title=article.title)
             return Outcome.DONE
         except ChatForbidden as exc:
             self._settled(article.id, chat_id, self._store.mark_retry(
                 article.id, chat_id, exc.reason, 0, count_attempt=False, owner=self._owner))
-            chat_report.error = f"cannot post to {chat_id}: {exc.reason}"
-            event(log, logging.ERROR, "chat_stopped", chat=chat_id, reason=exc.reason)
+            chat_report.error = (
+                f"cannot post to {self.destinations.label(chat_id)}: {exc.reason}"
+            )
+            event(log, logging.ERROR, "chat_stopped", chat=self._label(chat_id), reason=exc.reason)
             return Outcome.STOP
         except Unauthorized as exc:
             self._settled(article.id, chat_id, self._store.mark_retry(
@@ -355,9 +491,21 @@ class Dispatcher:
             raise
         self._store.mark_sent(article.id, chat_id, message_id, target)
         chat_report.sent += 1
-        event(log, logging.INFO, "sent", chat=chat_id, article=article.id,
+        event(log, logging.INFO, "sent", chat=self._label(chat_id), article=article.id,
               message_id=message_id, title=article.title)
         return Outcome.DONE
+
+    def _follow_migration(self, item: Delivery, exc: ChatMigrated, run: ChatRun) -> None:
+        """The group became a supergroup: its pairs (this one given back first) move to the
+        new id, remembered, and the chat's loop goes on there."""
+        self._settled(item.article_id, item.chat_id, self._store.mark_retry(
+            item.article_id, item.chat_id, exc.reason, 0, count_attempt=False,
+            owner=self._owner))
+        event(log, logging.WARNING, "chat_migrated", chat=self._label(item.chat_id),
+              to=exc.new_chat_id)
+        self._store.move_chat(item.chat_id, exc.new_chat_id)
+        self.destinations = self.destinations.moved(item.chat_id, exc.new_chat_id)
+        run.key = exc.new_chat_id
 
     async def _post_within_lease(self, chat_id: str, message: Message) -> int:
         """The post, bounded so that it settles before the claim's lease runs out (or is
@@ -376,7 +524,7 @@ class Dispatcher:
                     chat_id, message.photo_url, message.html, message.buttons
                 )
             except PhotoRejected as exc:
-                event(log, logging.WARNING, "photo_refused", chat=chat_id,
+                event(log, logging.WARNING, "photo_refused", chat=self._label(chat_id),
                       article=message.article_id, reason=exc.reason, photo=message.photo_url)
             except EntitiesRejected as exc:
                 return await self._post_plain(chat_id, message, exc)
@@ -389,8 +537,8 @@ class Dispatcher:
             return await self._post_plain(chat_id, message, exc)
 
     async def _post_plain(self, chat_id: str, message: Message, exc: EntitiesRejected) -> int:
-        event(log, logging.ERROR, "bug_html_refused", chat=chat_id, article=message.article_id,
-              reason=exc.reason)
+        event(log, logging.ERROR, "bug_html_refused", chat=self._label(chat_id),
+              article=message.article_id, reason=exc.reason)
         return await self._sender.send_text(
             chat_id, message.plain, html=False, buttons=message.buttons,
             preview_url=message.preview_url,
@@ -402,7 +550,8 @@ class Dispatcher:
         self._settled(article_id, chat_id, self._store.mark_retry(
             article_id, chat_id, exc.reason, self._clock() + wait, count_attempt=False,
             owner=self._owner))
-        event(log, logging.WARNING, "rate_limited", chat=chat_id, retry_after=exc.retry_after)
+        event(log, logging.WARNING, "rate_limited", chat=self._label(chat_id),
+              retry_after=exc.retry_after)
         if wait > self._settings.max_wait_seconds or self._stop:
             return Outcome.STOP
         await self._sleep(wait)
@@ -415,10 +564,12 @@ class Dispatcher:
         delay = min(2.0 ** (tries.not_sent - 1), MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
         self._settled(article_id, chat_id, self._store.mark_retry(
             article_id, chat_id, reason, self._clock() + delay, owner=self._owner))
-        event(log, logging.WARNING, "retry_later", chat=chat_id, article=article_id,
+        event(log, logging.WARNING, "retry_later", chat=self._label(chat_id), article=article_id,
               reason=reason, tries=tries.not_sent)
         if tries.not_sent >= self._settings.max_tries or self._stop:
-            chat_report.error = f"Telegram unavailable for {chat_id}: {reason}"
+            chat_report.error = (
+                f"Telegram unavailable for {self.destinations.label(chat_id)}: {reason}"
+            )
             return Outcome.STOP
         await self._sleep(delay)
         return Outcome.RETRY

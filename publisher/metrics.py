@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from publisher.loader import yaml_loader
+
+OPEN_STATES = ("pending", "uncertain", "failed", "orphaned")
 
 if TYPE_CHECKING:
     from publisher.dispatch import PushReport
@@ -30,6 +33,13 @@ class Metrics:
             "publisher_rate_limited", "429 answers from Telegram.", ["chat"],
             registry=self.registry,
         )
+        self.posts = Gauge(
+            "publisher_posts",
+            "Posts still open in the ledger by destination (as configured; its numeric id "
+            "once no longer configured) and state: pending, uncertain, failed, orphaned.",
+            ["chat", "state"], registry=self.registry,
+        )
+        self._post_series: set[tuple[str, str]] = set()
         self.job_runs = Counter(
             "publisher_job_runs", "Job runs by job and result.", ["job", "result"],
             registry=self.registry,
@@ -58,12 +68,20 @@ class Metrics:
 
     def observe_push(self, report: PushReport) -> None:
         for chat, chat_report in report.chats.items():
-            for outcome in ("sent", "failed", "uncertain", "skipped"):
+            for outcome in ("sent", "failed", "uncertain", "skipped", "orphaned"):
                 count = getattr(chat_report, outcome)
                 if count:
                     self.messages.labels(chat, outcome).inc(count)
             if chat_report.rate_limited:
                 self.rate_limited.labels(chat).inc(chat_report.rate_limited)
+
+    def observe_ledger(self, open_posts: Mapping[str, Mapping[str, int]]) -> None:
+        """The gauges of open posts, from the ledger after a push; a destination whose
+        posts all settled reads 0 (its series stays, so an alert sees the drop)."""
+        series = {(chat, state) for chat in open_posts for state in OPEN_STATES}
+        for chat, state in series | self._post_series:
+            self.posts.labels(chat, state).set(open_posts.get(chat, {}).get(state, 0))
+        self._post_series |= series
 
     def job_succeeded(self, job: str) -> None:
         self._last_success[job] = time.time()

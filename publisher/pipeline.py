@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,12 +39,16 @@ from publisher.state import (
 
 if TYPE_CHECKING:  # rendering and the Telegram side are imported only when used
     from publisher.delivery import Sender
+    from publisher.destinations import Destinations
     from publisher.dispatch import Dispatcher, PushReport
     from publisher.feeds import BuildResult
     from publisher.messages import Message
 
 FEEDS_KEY = "feeds_digest"
 ROUTING_KEY = "routing_digest"
+# Bump when the same config routes differently (2: routes match topics by slug; chats are
+# keyed by numeric id): the first push of a new version plans every article once more.
+ROUTING_VERSION = "2"
 
 
 @dataclass
@@ -57,6 +61,7 @@ class CorpusReport:
     topics: int
     parsed: int
     seconds: float
+    topic_slugs: tuple[str, ...] = ()  # of the selected articles
 
 
 @dataclass
@@ -83,6 +88,10 @@ class PushOutcome:
     corpus: CorpusReport
     report: PushReport
     seconds: float
+    # Per destination label, the pairs still open after the push (pending, uncertain,
+    # failed, orphaned): the metrics' gauges.
+    open_posts: dict[str, dict[str, int]] = field(default_factory=dict)
+    route_warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         report = self.report
@@ -95,8 +104,10 @@ class PushOutcome:
             "failed": report.total("failed"),
             "uncertain": report.total("uncertain"),
             "skipped": report.total("skipped"),
+            "orphaned": report.total("orphaned"),
             "rate_limited": report.total("rate_limited"),
             "errors": report.errors,
+            "held": {chat: r.held for chat, r in report.chats.items() if r.held},
             "seconds": round(self.seconds, 3),
         }
 
@@ -131,14 +142,25 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
         config.articles.dir, config.articles.max_file_bytes, config.select.min_quality,
         progress, stop=stop, allow_empty=config.articles.allow_empty,
     )
+    slugs = tuple(catalog.topic_slugs())
     return CorpusReport(
         files=sync.files,
         problems=sync.problems,
         selected=catalog.selected_count(),
-        topics=len(catalog.topic_slugs()),
+        topics=len(slugs),
         parsed=sync.parsed,
         seconds=time.perf_counter() - started,
+        topic_slugs=slugs,
     )
+
+
+def route_warnings(config: Config, topic_slugs: Iterable[str]) -> list[str]:
+    """A line per ``[telegram.routes]`` key that matches no topic of the selected articles."""
+    if not config.telegram.routes:
+        return []
+    from publisher.destinations import route_warnings as warnings
+
+    return warnings(config.telegram.routes, topic_slugs)
 
 
 def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
@@ -303,16 +325,23 @@ async def deliver(
     """Post what is new and due from a synced catalog; records the run."""
     started = time.perf_counter()
     started_at = utc_now_iso()
-    routing = _digest(config.telegram.chat_id, json.dumps(config.telegram.routes, sort_keys=True),
-                      str(config.telegram.max_age_hours))
-    if routing == catalog.get_meta(ROUTING_KEY):
-        new = catalog.unplanned_articles()  # new or changed since they were last planned
-    else:  # chats or routes changed: every selected article may owe a post somewhere new
-        new = list(catalog.selected_articles())
-    report = await dispatcher.run(new, catalog.selected_article)
+    # The chats as last resolved are part of it: a destination that now names another chat
+    # (or resolved at last) is planned again, and what its old chat waited for orphaned.
+    remembered = [item.key for item in dispatcher.destinations.items]
+    routing = _digest(ROUTING_VERSION, config.telegram.chat_id,
+                      json.dumps(config.telegram.routes, sort_keys=True),
+                      str(config.telegram.max_age_hours), json.dumps(remembered))
+    replan = routing != catalog.get_meta(ROUTING_KEY)
+    # Unchanged routing: what is new or changed since it was last planned; else every
+    # selected article, which may owe a post somewhere new (or no longer).
+    new = list(catalog.selected_articles()) if replan else catalog.unplanned_articles()
+    report = await dispatcher.run(new, catalog.selected_article, replan=replan)
     catalog.mark_planned(new)
     catalog.set_meta(ROUTING_KEY, routing)
-    outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started)
+    labels = dispatcher.destinations
+    open_posts = {labels.label(chat): states for chat, states in store.open_counts().items()}
+    outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started,
+                          open_posts, route_warnings(config, corpus.topic_slugs))
     store.record_run(RunRecord("push", started_at, utc_now_iso(), report.ok, outcome.summary()))
     return outcome
 
@@ -335,13 +364,14 @@ def dry_run(config: Config) -> DryRun:
     from publisher.messages import render_message
 
     loaded = load_and_select(config)
-    known = _known_pairs(config)
+    known, destinations = _known_pairs(config)
     now = datetime.now(UTC)
     budget: dict[str, int] = {}
     by_id = {article.id: article for article in loaded.selected}
     result = DryRun(loaded)
     planned = sorted(
-        (p for p in plan_deliveries(loaded.selected, config, now) if p.state == PENDING),
+        (p for p in plan_deliveries(loaded.selected, config, now, destinations)
+         if p.state == PENDING),
         key=lambda p: (p.published_at, p.article_id),
     )
     for item in planned:
@@ -352,15 +382,21 @@ def dry_run(config: Config) -> DryRun:
             continue
         budget[item.chat_id] = used + 1
         message = render_message(by_id[item.article_id], timezone=config.telegram.timezone)
-        result.items.append(DryRunItem(item.chat_id, message))
+        result.items.append(DryRunItem(destinations.label(item.chat_id), message))
     return result
 
 
-def _known_pairs(config: Config) -> set[tuple[str, str]]:
+def _known_pairs(config: Config) -> tuple[set[tuple[str, str]], Destinations]:
+    """The pairs the ledger knows, and the destinations as it remembers them (a dry run
+    asks Telegram nothing)."""
+    from publisher.destinations import remembered_destinations
+
     if not state_exists(config.state.url):
-        return set()
+        return set(), remembered_destinations(config, None)
     store = open_store(config.state.url, readonly=True)
     try:
-        return set() if store.empty else store.known_pairs()
+        if store.empty:
+            return set(), remembered_destinations(config, None)
+        return store.known_pairs(), remembered_destinations(config, store)
     finally:
         store.close()

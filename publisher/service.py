@@ -152,6 +152,7 @@ class Service:
         self._notifier = SystemdNotifier()
         self._signals = 0
         self._reported_problems: set[Path] = set()
+        self._reported_routes: set[str] = set()
         self.metrics = Metrics()
         self.health = {name: JobHealth() for name in JOBS}
 
@@ -434,6 +435,10 @@ class Service:
         for path in problems.keys() - self._reported_problems:
             event(log, logging.WARNING, "bad_article", file=path, reason=problems[path].reason)
         self._reported_problems = set(problems)
+        routes = pipeline.route_warnings(self.config, corpus.topic_slugs)
+        for warning in sorted(set(routes) - self._reported_routes):
+            event(log, logging.WARNING, "route_unmatched", warning=warning)
+        self._reported_routes = set(routes)
         return corpus
 
     async def _push(self) -> None:
@@ -448,6 +453,7 @@ class Service:
         finally:
             self._dispatcher = None
         self.metrics.observe_push(outcome.report)
+        self.metrics.observe_ledger(outcome.open_posts)
         summary = outcome.summary()
         if summary["sent"] or summary["failed"] or summary["uncertain"] or summary["errors"]:
             event(log, logging.INFO, "push_done", **{k: v for k, v in summary.items() if v})

@@ -1,9 +1,15 @@
-"""Durable state: the delivery ledger, chat migrations, pacing, run history.
+"""Durable state: the delivery ledger, chat identities and migrations, pacing, run history.
 
 The ledger is the source of truth for what was posted. Each (article, chat) pair moves
-pending -> sending -> sent | failed | uncertain, or is recorded as skipped. ``sending`` is a
-claim committed *before* the HTTP request leaves, with the claimer's name and a lease, so a
-crash mid-send is visible afterwards and is never silently repeated.
+pending -> sending -> sent | failed | uncertain, or is recorded as skipped, or waits as
+orphaned while its destination is not configured. ``sending`` is a claim committed *before*
+the HTTP request leaves, with the claimer's name and a lease, so a crash mid-send is visible
+afterwards and is never silently repeated.
+
+A chat is keyed by Telegram's numeric chat id (what ``getChat`` answers for "@name"), never
+by the text of the config: ``@opnews`` and ``-1001000000000`` are one chat. The names are
+remembered (``chat_names``), and pairs planned under a name before it was resolved (or by a
+publisher before version 6) are re-keyed to the id once, merged without losing a ``sent``.
 
 Storage is SQL over ``publisher.db``: SQLite by default (one process at a time, held by a
 ``flock`` beside the file), or PostgreSQL, where several instances share one state. There
@@ -20,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,10 +37,12 @@ from publisher.db import Database, connect, is_postgres_url, sqlite_path, upsert
 from publisher.errors import AlreadyRunning, StateError
 
 # 2: the article catalog (parse cache); 3: its file keys and plans; 4: claims with leases,
-# pacing reservations, the scan snapshot in its own table (PostgreSQL starts here).
-SCHEMA_VERSION = 5
+# pacing reservations, the scan snapshot in its own table (PostgreSQL starts here); 6: chats
+# keyed by numeric id (chats, chat_names), the orphaned state.
+SCHEMA_VERSION = 6
 CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
 SCAN_BUCKETS_VERSION = 5  # catalog_scan (buckets) replaced catalog_snapshot
+CHAT_IDS_VERSION = 6  # chats, chat_names; 'orphaned' allowed in deliveries.state
 
 PENDING = "pending"
 SENDING = "sending"
@@ -41,9 +50,14 @@ SENT = "sent"
 FAILED = "failed"
 UNCERTAIN = "uncertain"
 SKIPPED = "skipped"
-STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED)
+ORPHANED = "orphaned"
+STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED, ORPHANED)
 GLOBAL_PACE = "*"  # the send_log rows of the bot-wide rate
 INTERRUPTED = "interrupted while sending: it may or may not have been posted"
+NOT_ROUTED = "its destination is not configured for this article (a chat or route removed)"
+# Two rows of one article under two keys of one chat: the one that says more about what
+# happened wins, so a pair sent (or maybe sent) under either key is never sent again.
+MERGE_RANK = {SENT: 6, SENDING: 5, UNCERTAIN: 4, FAILED: 3, SKIPPED: 2, ORPHANED: 1, PENDING: 0}
 
 
 def ledger_schema(dialect: str) -> list[str]:
@@ -77,6 +91,19 @@ def ledger_schema(dialect: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state)",
         """CREATE TABLE IF NOT EXISTS chat_migrations (
             chat_id TEXT PRIMARY KEY, migrated_to TEXT NOT NULL, at TEXT NOT NULL
+        )""",
+        # What getChat said of each chat (by numeric id), for status and t.me links.
+        """CREATE TABLE IF NOT EXISTS chats (
+            chat_id TEXT PRIMARY KEY,
+            type TEXT NOT NULL DEFAULT '',
+            title TEXT NOT NULL DEFAULT '',
+            username TEXT NOT NULL DEFAULT '',
+            resolved_at TEXT NOT NULL
+        )""",
+        # Each destination as configured (normalised: "@name" lower-cased, ids as integers)
+        # and the chat it named when last resolved.
+        """CREATE TABLE IF NOT EXISTS chat_names (
+            name TEXT PRIMARY KEY, chat_id TEXT NOT NULL, resolved_at TEXT NOT NULL
         )""",
         "CREATE TABLE IF NOT EXISTS send_log (chat_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
         "CREATE INDEX IF NOT EXISTS send_log_chat ON send_log (chat_id, at)",
@@ -114,6 +141,11 @@ class Delivery:
 
 
 DELIVERY_COLUMNS = ", ".join(Delivery.__slots__)
+LEDGER_COLUMNS = (
+    "article_id", "chat_id", "state", "title", "url", "published_at", "attempts", "message_id",
+    "sent_to", "sent_at", "reason", "next_attempt_at", "created_at", "updated_at", "claimed_by",
+    "lease_until",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +159,21 @@ class NewDelivery:
     published_at: str
     state: str = PENDING
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRecord:
+    """A chat as Telegram described it; ``chat_id`` is the ledger's key for it."""
+
+    chat_id: str
+    type: str = ""
+    title: str = ""
+    username: str = ""
+
+    @property
+    def public_name(self) -> str:
+        """"@username" of a public chat, else ""."""
+        return f"@{self.username}" if self.username else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +200,13 @@ class Store(Protocol):
 
     db: Database
 
-    def add_deliveries(self, items: Iterable[NewDelivery]) -> int: ...
-    def recover_interrupted(self, resend_chats: Iterable[str], now: float) -> int: ...
+    def add_deliveries_by_chat(self, items: Iterable[NewDelivery]
+                               ) -> Counter[tuple[str, str]]: ...
+    def recover_interrupted_by_chat(self, resend_chats: Iterable[str], now: float
+                                    ) -> Counter[tuple[str, str]]: ...
+    def reconcile(self, wanted: set[tuple[str, str]], selected: set[str],
+                  keys: set[str]) -> Counter[tuple[str, str]]: ...
+    def has_pending(self, chats: Iterable[str]) -> bool: ...
     def claim_next(self, chat_id: str, now: float, owner: str,
                    lease_until: float) -> Delivery | None: ...
     def pending_chats(self) -> list[str]: ...
@@ -167,15 +219,18 @@ class Store(Protocol):
                        owner: str | None = None) -> bool: ...
     def mark_skipped(self, article_id: str, chat_id: str, reason: str,
                      owner: str | None = None) -> bool: ...
+    def mark_orphaned(self, article_id: str, chat_id: str, owner: str) -> bool: ...
     def mark_retry(self, article_id: str, chat_id: str, reason: str, not_before: float,
                    count_attempt: bool = True, owner: str | None = None) -> bool: ...
-    def requeue(self, state: str, chat_id: str | None, article_ids: Sequence[str]) -> int: ...
-    def migration_for(self, chat_id: str) -> str | None: ...
+    def migrations(self) -> dict[str, str]: ...
     def record_migration(self, chat_id: str, migrated_to: str) -> None: ...
+    def move_chat(self, old: str, new: str) -> int: ...
+    def chat_names(self) -> dict[str, str]: ...
+    def chats(self) -> dict[str, ChatRecord]: ...
+    def remember_chat(self, name: str, chat: ChatRecord, sources: Iterable[str]) -> int: ...
     def record_run(self, run: RunRecord) -> None: ...
     def last_runs(self) -> dict[str, RunRecord]: ...
-    def counts(self) -> dict[str, dict[str, int]]: ...
-    def deliveries(self, states: Sequence[str], limit: int = 20) -> list[Delivery]: ...
+    def open_counts(self) -> dict[str, dict[str, int]]: ...
     def close(self) -> None: ...
 
 
@@ -188,8 +243,9 @@ class SQLStore:
         self.description = db.description
         self.empty = False  # read-only: nothing was ever written here (no schema yet)
         self._columns = DELIVERY_COLUMNS
+        self.version = SCHEMA_VERSION
         if readonly:
-            version = self._schema_version()
+            self.version = version = self._schema_version()
             self.empty = version == 0
             if version < CLAIMS_VERSION:  # read as it is, without migrating it
                 self._columns = DELIVERY_COLUMNS.replace("claimed_by", "NULL AS claimed_by")
@@ -227,6 +283,8 @@ class SQLStore:
                 return  # current: no DDL at all (PostgreSQL would lock the tables for it)
             if 0 < version < SCHEMA_VERSION and self.db.dialect == "sqlite":
                 self._upgrade_sqlite(version)
+            if 0 < version < CHAT_IDS_VERSION and self.db.dialect == "postgresql":
+                self._allow_every_state_postgres()
             if 0 < version < SCAN_BUCKETS_VERSION:
                 # The stored scan is a cache: its old layout goes, the next sync compares
                 # the files with the catalog's rows once.
@@ -265,6 +323,28 @@ class SQLStore:
                     "NOT NULL DEFAULT 0"
                 )
             self.db.execute("DELETE FROM meta WHERE key = 'catalog_scan'")  # now a table
+        if version < CHAT_IDS_VERSION:
+            self._allow_every_state_sqlite()
+
+    def _allow_every_state_sqlite(self) -> None:
+        """A CHECK constraint cannot be altered in SQLite: the ledger table is copied into
+        one that allows every state of this version (its indexes are made again after)."""
+        if not list(self.db.execute("PRAGMA table_info(deliveries)")):
+            return
+        create = next(s for s in ledger_schema("sqlite") if "TABLE IF NOT EXISTS deliveries" in s)
+        columns = ", ".join(LEDGER_COLUMNS)
+        self.db.execute(create.replace("TABLE IF NOT EXISTS deliveries", "TABLE deliveries_new"))
+        self.db.execute(f"INSERT INTO deliveries_new ({columns}) SELECT {columns} FROM deliveries")
+        self.db.execute("DROP TABLE deliveries")
+        self.db.execute("ALTER TABLE deliveries_new RENAME TO deliveries")
+
+    def _allow_every_state_postgres(self) -> None:
+        states = ", ".join(repr(s) for s in STATES)
+        self.db.execute("ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_state_check")
+        self.db.execute(
+            f"ALTER TABLE deliveries ADD CONSTRAINT deliveries_state_check "
+            f"CHECK (state IN ({states}))"
+        )
 
     def _set_meta(self, key: str, value: str) -> None:
         self.db.execute(upsert("meta", ("key", "value"), ("key",)), (key, value))
@@ -276,23 +356,38 @@ class SQLStore:
 
     def add_deliveries(self, items: Iterable[NewDelivery]) -> int:
         """Insert pairs the ledger has not seen; known pairs are left exactly as they are."""
+        return sum(self.add_deliveries_by_chat(items).values())
+
+    def add_deliveries_by_chat(self, items: Iterable[NewDelivery]) -> Counter[tuple[str, str]]:
+        """``add_deliveries``, saying how many pairs it added per (chat, state)."""
         now = utc_now_iso()
         # One order for every writer, so instances planning the same pairs never deadlock.
         rows = sorted(
             (i.article_id, i.chat_id, i.state, i.title, i.url, i.published_at, i.reason, now, now)
             for i in items
         )
+        groups: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+        for row in rows:
+            groups.setdefault((row[1], row[2]), []).append(row)
+        added: Counter[tuple[str, str]] = Counter()
         with self.db.transaction():
-            return self.db.executemany(
-                "INSERT INTO deliveries (article_id, chat_id, state, title, url, "
-                "published_at, reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (article_id, chat_id) DO NOTHING",
-                rows,
-            )
+            # By group: a row count per (chat, state) is what the push summary reports.
+            for group, members in sorted(groups.items()):
+                added[group] = self.db.executemany(
+                    "INSERT INTO deliveries (article_id, chat_id, state, title, url, "
+                    "published_at, reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (article_id, chat_id) DO NOTHING",
+                    members,
+                )
+        return +added
 
     def recover_interrupted(self, resend_chats: Iterable[str], now: float) -> int:
+        return sum(self.recover_interrupted_by_chat(resend_chats, now).values())
+
+    def recover_interrupted_by_chat(self, resend_chats: Iterable[str], now: float
+                                    ) -> Counter[tuple[str, str]]:
         """Claims left in ``sending`` by a process that died: ``uncertain``, or ``pending``
-        again for at-least-once chats.
+        again for at-least-once chats; how many per (chat, new state).
 
         A private state (SQLite, one process at a time) has no live claim but ours, so every
         one is recovered; a shared state recovers only the claims whose lease ran out.
@@ -302,17 +397,69 @@ class SQLStore:
         stale = "state='sending'" + ("" if not self.shared else " AND lease_until < ?")
         stale_params: tuple[Any, ...] = (now,) if self.shared else ()
         stamp = utc_now_iso()
+        recovered: Counter[tuple[str, str]] = Counter()
         with self.db.transaction():
-            requeued = self._write(
+            requeued = self.db.execute(
                 f"UPDATE deliveries SET state='pending', reason=?, claimed_by=NULL, "
-                f"updated_at=? WHERE {stale} AND chat_id IN ({marks})",
+                f"updated_at=? WHERE {stale} AND chat_id IN ({marks}) RETURNING chat_id",
                 (INTERRUPTED, stamp, *stale_params, *resend),
             )
-            held = self._write(
-                f"UPDATE deliveries SET state='uncertain', reason=?, updated_at=? WHERE {stale}",
+            recovered.update((chat, PENDING) for (chat,) in requeued.fetchall())
+            held = self.db.execute(
+                f"UPDATE deliveries SET state='uncertain', reason=?, updated_at=? WHERE {stale} "
+                "RETURNING chat_id",
                 (INTERRUPTED, stamp, *stale_params),
             )
-        return requeued + held
+            recovered.update((chat, UNCERTAIN) for (chat,) in held.fetchall())
+        return recovered
+
+    def reconcile(self, wanted: set[tuple[str, str]], selected: set[str],
+                  keys: set[str]) -> Counter[tuple[str, str]]:
+        """After the routing changed: pending pairs no longer wanted become ``orphaned``,
+        orphaned pairs wanted again ``pending``; how many per (chat, new state).
+
+        ``wanted``: every (article, chat) the routing asks for now, of the ``selected``
+        articles; ``keys``: every chat configured. A pending pair of an article no longer
+        selected stays pending (its send is skipped as such), unless its chat is gone.
+        Only pending and orphaned rows are read: a backlog, not the archive.
+        """
+        changes: list[tuple[str, str, str]] = []
+        rows = self.db.execute(
+            "SELECT article_id, chat_id, state FROM deliveries WHERE state IN (?, ?)",
+            (PENDING, ORPHANED),
+        ).fetchall()
+        for article_id, chat_id, state in rows:
+            pair = (article_id, chat_id)
+            if state == ORPHANED and pair in wanted:
+                changes.append((PENDING, article_id, chat_id))
+            elif state == PENDING and pair not in wanted and (
+                chat_id not in keys or article_id in selected
+            ):
+                changes.append((ORPHANED, article_id, chat_id))
+        moved: Counter[tuple[str, str]] = Counter()
+        with self.db.transaction():
+            for new, article_id, chat_id in sorted(changes, key=lambda c: (c[1], c[2])):
+                old = ORPHANED if new == PENDING else PENDING
+                reason = "" if new == PENDING else NOT_ROUTED
+                if self._write(
+                    "UPDATE deliveries SET state=?, reason=?, updated_at=? "
+                    "WHERE article_id=? AND chat_id=? AND state=?",
+                    (new, reason, utc_now_iso(), article_id, chat_id, old),
+                ):
+                    moved[(chat_id, new)] += 1
+        return moved
+
+    def has_pending(self, chats: Iterable[str]) -> bool:
+        """Whether any of these chats has a pending pair (due or not)."""
+        keys = list(chats)
+        if not keys:
+            return False
+        row = self.db.execute(
+            f"SELECT 1 FROM deliveries WHERE state='pending' AND chat_id IN "
+            f"({','.join('?' * len(keys))}) LIMIT 1",
+            keys,
+        ).fetchone()
+        return row is not None
 
     def claim_next(self, chat_id: str, now: float, owner: str,
                    lease_until: float) -> Delivery | None:
@@ -366,6 +513,15 @@ class SQLStore:
                      owner: str | None = None) -> bool:
         return self._set(article_id, chat_id, "state='skipped', reason=?", (reason,), owner)
 
+    def mark_orphaned(self, article_id: str, chat_id: str, owner: str) -> bool:
+        """A claimed pair its destination no longer wants: back from the claim, never sent
+        unless the routing asks for it again."""
+        return self._set(
+            article_id, chat_id, "state='orphaned', claimed_by=NULL, reason=?,"
+            " attempts=CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END",
+            (NOT_ROUTED,), owner,
+        )
+
     def mark_retry(self, article_id: str, chat_id: str, reason: str, not_before: float,
                    count_attempt: bool = True, owner: str | None = None) -> bool:
         """Back to pending, not to be tried before ``not_before`` (a Unix time)."""
@@ -392,34 +548,163 @@ class SQLStore:
             raise StateError(f"ledger has no entry for {article_id} in {chat_id}")
         return False
 
-    def requeue(self, state: str, chat_id: str | None, article_ids: Sequence[str]) -> int:
-        """Put pairs in ``state`` (uncertain or failed) back to pending, e.g. after a look."""
-        sql = (
-            "UPDATE deliveries SET state='pending', next_attempt_at=0, attempts=0, "
-            "claimed_by=NULL, reason='requeued by the operator', updated_at=? WHERE state=?"
+    def requeue(self, state: str, chats: Sequence[str] | None,
+                article_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """Put pairs in ``state`` (uncertain, failed or sent) back to pending, e.g. after a
+        look at the channel; the (article, chat) pairs it changed."""
+        return self._operator_update(
+            "state='pending', next_attempt_at=0, attempts=0, claimed_by=NULL, "
+            "reason='requeued by the operator'", (), state, chats, article_ids,
         )
-        params: list[Any] = [utc_now_iso(), state]
-        if chat_id:
-            sql += " AND chat_id=?"
-            params.append(chat_id)
+
+    def acknowledge(self, chats: Sequence[str] | None, article_ids: Sequence[str],
+                    message_id: int | None = None) -> list[tuple[str, str]]:
+        """Uncertain pairs the operator found in the channel: ``sent`` (with the message
+        id when given); the pairs it changed."""
+        return self._operator_update(
+            "state='sent', message_id=COALESCE(?, message_id), sent_to=chat_id, sent_at=?, "
+            "claimed_by=NULL, reason='acknowledged by the operator'",
+            (message_id, utc_now_iso()), UNCERTAIN, chats, article_ids,
+        )
+
+    def _operator_update(self, assignments: str, params: Sequence[Any], state: str,
+                         chats: Sequence[str] | None,
+                         article_ids: Sequence[str]) -> list[tuple[str, str]]:
+        sql = f"UPDATE deliveries SET {assignments}, updated_at=? WHERE state=?"
+        values: list[Any] = [*params, utc_now_iso(), state]
+        if chats is not None:
+            sql += f" AND chat_id IN ({','.join('?' * len(chats)) or chr(39) * 2})"
+            values.extend(chats)
         if article_ids:
             sql += f" AND article_id IN ({','.join('?' * len(article_ids))})"
-            params.extend(article_ids)
-        return self._write(sql, params)
+            values.extend(article_ids)
+        with self.db.transaction():
+            rows = self.db.execute(sql + " RETURNING article_id, chat_id", values).fetchall()
+        return sorted((article, chat) for article, chat in rows)
 
     # -- chats and pacing ---------------------------------------------------------------------
 
-    def migration_for(self, chat_id: str) -> str | None:
-        row = self.db.execute(
-            "SELECT migrated_to FROM chat_migrations WHERE chat_id=?", (chat_id,)
-        ).fetchone()
-        return row[0] if row else None
+    def migrations(self) -> dict[str, str]:
+        """Every chat that moved (a group that became a supergroup) -> where it went."""
+        rows = self.db.execute("SELECT chat_id, migrated_to FROM chat_migrations")
+        return {old: new for old, new in rows}
 
     def record_migration(self, chat_id: str, migrated_to: str) -> None:
         self.db.execute(
             upsert("chat_migrations", ("chat_id", "migrated_to", "at"), ("chat_id",)),
             (chat_id, migrated_to, utc_now_iso()),
         )
+
+    def move_chat(self, old: str, new: str) -> int:
+        """The chat keyed ``old`` is now ``new`` (it migrated): remembered, its names point
+        at ``new``, and its pairs are re-keyed there; how many rows moved."""
+        with self.db.transaction():
+            self.db.lock_in_transaction("chats")
+            self.record_migration(old, new)
+            self.db.execute("UPDATE chat_names SET chat_id=? WHERE chat_id=?", (new, old))
+            moved, _ = self._rekey([old], new)
+        return moved
+
+    def chat_names(self) -> dict[str, str]:
+        """Each destination name ever resolved -> the chat id it named."""
+        if self.version < CHAT_IDS_VERSION:
+            return {}
+        return {name: chat for name, chat in self.db.execute(
+            "SELECT name, chat_id FROM chat_names")}
+
+    def chats(self) -> dict[str, ChatRecord]:
+        """What Telegram last said of each chat, by chat id."""
+        if self.version < CHAT_IDS_VERSION:
+            return {}
+        rows = self.db.execute("SELECT chat_id, type, title, username FROM chats")
+        return {row[0]: ChatRecord(*row) for row in rows}
+
+    def remember_chat(self, name: str, chat: ChatRecord, sources: Iterable[str]) -> int:
+        """Remember that destination ``name`` is ``chat``; returns the rows re-keyed.
+
+        When the name is new (or named another chat), pairs kept under ``sources`` (the name
+        as configured before it was resolved, or by an older publisher; a chat it migrated
+        from) are re-keyed to the chat id, merged with what is there (see ``_rekey``). If a
+        claim in flight kept a row behind, the name is not remembered yet, so the next
+        resolution moves it.
+        """
+        stamp = utc_now_iso()
+        with self.db.transaction():
+            self.db.lock_in_transaction("chats")  # instances resolving together re-key once
+            self.db.execute(
+                upsert("chats", ("chat_id", "type", "title", "username", "resolved_at"),
+                       ("chat_id",)),
+                (chat.chat_id, chat.type, chat.title, chat.username, stamp),
+            )
+            row = self.db.execute("SELECT chat_id FROM chat_names WHERE name=?",
+                                  (name,)).fetchone()
+            if row is not None and row[0] == chat.chat_id:
+                return 0
+            moved, left = self._rekey(sources, chat.chat_id)
+            if not left:
+                self.db.execute(
+                    upsert("chat_names", ("name", "chat_id", "resolved_at"), ("name",)),
+                    (name, chat.chat_id, stamp),
+                )
+        return moved
+
+    def _rekey(self, sources: Iterable[str], key: str) -> tuple[int, int]:
+        """Move the rows kept under ``sources`` (case-insensitive: "@OpNews" is "@opnews")
+        to ``key``; (rows moved or merged, rows left behind). Inside a transaction.
+
+        A pair under both keys keeps the row that says more (``MERGE_RANK``: sent, then
+        uncertain...), so a post sent under either key is sent. A row being sent right now
+        (either side) is left for a later resolution: its outcome is still to be recorded.
+        """
+        wanted = sorted({source.lower() for source in sources} - {key.lower()})
+        if not wanted:
+            return 0, 0
+        # The exact spellings present (one scan, only when a name is first resolved), then
+        # one key at a time: two spellings of one article would collide if moved together.
+        olds = [
+            row[0] for row in self.db.execute(
+                f"SELECT DISTINCT chat_id FROM deliveries WHERE lower(chat_id) IN "
+                f"({','.join('?' * len(wanted))})", wanted,
+            )
+        ]
+        moved = left = 0
+        for old in sorted(olds):
+            merged, kept = self._rekey_one(old, key)
+            moved, left = moved + merged, left + kept
+        return moved, left
+
+    def _rekey_one(self, old: str, key: str) -> tuple[int, int]:
+        rank = "CASE {0}.state " + " ".join(
+            f"WHEN '{state}' THEN {value}" for state, value in MERGE_RANK.items()
+        ) + " END"
+        here, there = rank.format("deliveries"), rank.format("k")
+        other = (
+            "EXISTS (SELECT 1 FROM deliveries k WHERE k.article_id = deliveries.article_id "
+            "AND k.chat_id = ? AND k.state <> 'sending' AND {0})"
+        )
+        # Old rows that the row under the key outranks (or equals) go...
+        moved = self._write(
+            "DELETE FROM deliveries WHERE chat_id = ? AND state <> 'sending' AND "
+            + other.format(f"{there} >= {here}"),
+            (old, key),
+        )
+        # ...rows under the key that an old row outranks make way for it...
+        self._write(
+            "DELETE FROM deliveries WHERE chat_id = ? AND state <> 'sending' AND "
+            + other.format(f"{there} > {here}"),
+            (key, old),
+        )
+        # ...and the old rows left alone under their key move.
+        moved += self._write(
+            "UPDATE deliveries SET chat_id = ?, updated_at = ? WHERE chat_id = ? "
+            "AND state <> 'sending' AND NOT EXISTS (SELECT 1 FROM deliveries k "
+            "WHERE k.article_id = deliveries.article_id AND k.chat_id = ?)",
+            (key, utc_now_iso(), old, key),
+        )
+        left = self.db.execute(
+            "SELECT count(*) FROM deliveries WHERE chat_id = ?", (old,)
+        ).fetchone()[0]
+        return moved, int(left)
 
     def reserve_send(self, chat_id: str, now: float, pacing: Pacing) -> float | None:
         """Reserve the earliest moment a message to ``chat_id`` may leave, or None when that
@@ -505,6 +790,19 @@ class SQLStore:
             for kind, started, finished, ok, summary in rows
         }
 
+    def open_counts(self) -> dict[str, dict[str, int]]:
+        """Per chat, the pairs still open: pending, uncertain, failed and orphaned (read
+        through the state index: the archive of sent posts is never counted here)."""
+        counts: dict[str, dict[str, int]] = {}
+        rows = self.db.execute(
+            "SELECT chat_id, state, count(*) FROM deliveries WHERE state IN (?, ?, ?, ?) "
+            "GROUP BY chat_id, state ORDER BY chat_id, state",
+            (PENDING, UNCERTAIN, FAILED, ORPHANED),
+        )
+        for chat, state, number in rows:
+            counts.setdefault(chat, {})[state] = int(number)
+        return counts
+
     def counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
@@ -523,6 +821,48 @@ class SQLStore:
             (*states, limit),
         )
         return [Delivery(*row) for row in rows]
+
+    def recent(self, state: str, limit: int) -> list[Delivery]:
+        """The latest pairs in ``state``, newest first (sent: by when they went out)."""
+        order = "sent_at DESC, updated_at DESC" if state == SENT else "updated_at DESC"
+        rows = self.db.execute(
+            f"SELECT {self._columns} FROM deliveries WHERE state=? "
+            f"ORDER BY {order}, article_id LIMIT ?",
+            (state, limit),
+        )
+        return [Delivery(*row) for row in rows]
+
+    def pending_by_chat(self, now: float) -> dict[str, tuple[int, int]]:
+        """Per chat, its pending pairs: (due now, backing off until later)."""
+        rows = self.db.execute(
+            "SELECT chat_id, count(*), sum(CASE WHEN next_attempt_at > ? THEN 1 ELSE 0 END) "
+            "FROM deliveries WHERE state='pending' GROUP BY chat_id ORDER BY chat_id",
+            (now,),
+        )
+        return {chat: (int(total) - int(later or 0), int(later or 0))
+                for chat, total, later in rows}
+
+    def backing_off(self, now: float, limit: int) -> list[Delivery]:
+        """Pending pairs not due yet (a retry after an error), the soonest first."""
+        rows = self.db.execute(
+            f"SELECT {self._columns} FROM deliveries WHERE state='pending' "
+            "AND next_attempt_at > ? ORDER BY next_attempt_at, article_id LIMIT ?",
+            (now, limit),
+        )
+        return [Delivery(*row) for row in rows]
+
+    def matching(self, state: str, chats: Sequence[str] | None,
+                 article_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """The (article, chat) pairs in ``state`` an operator's command names."""
+        sql = "SELECT article_id, chat_id FROM deliveries WHERE state=?"
+        values: list[Any] = [state]
+        if chats is not None:
+            sql += f" AND chat_id IN ({','.join('?' * len(chats)) or chr(39) * 2})"
+            values.extend(chats)
+        if article_ids:
+            sql += f" AND article_id IN ({','.join('?' * len(article_ids))})"
+            values.extend(article_ids)
+        return sorted((article, chat) for article, chat in self.db.execute(sql, values))
 
     def known_pairs(self) -> set[tuple[str, str]]:
         return {

@@ -1,60 +1,254 @@
-"""``publisher status``: what the ledger says, for an operator at a terminal."""
+"""``publisher status``: what the ledger says, for an operator at a terminal or a script.
+
+One document (``collect_status``), rendered as text or as JSON (``--json``): the last build
+and push, every destination with its counts, the recent posts with their links, what waits
+and why, the orphaned, uncertain and failed posts, and the commands that settle them.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from publisher.config import Config
 from publisher.db import sqlite_path
-from publisher.state import FAILED, STATES, UNCERTAIN, SQLStore, open_store, state_exists
+from publisher.destinations import Destinations, is_chat_id, remembered_destinations
+from publisher.state import (
+    FAILED,
+    ORPHANED,
+    SENT,
+    STATES,
+    UNCERTAIN,
+    Delivery,
+    SQLStore,
+    open_store,
+    state_exists,
+)
+
+RECENT_POSTS = 10
+LISTED = 20  # uncertain, orphaned, failed and backing-off posts listed (all are counted)
 
 
-def render_status(config: Config, config_path: Path | None) -> str:
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """"1 post", "2 posts" ("1 entry", "2 entries" with ``many``)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
+def render_status(config: Config, config_path: Path | None, *, as_json: bool = False) -> str:
+    document = status_document(config, config_path)
+    if as_json:
+        return json.dumps(document, indent=2, ensure_ascii=False)
+    return render_text(document)
+
+
+def status_document(config: Config, config_path: Path | None) -> dict[str, Any]:
     if not state_exists(config.state.url):
-        return f"No state yet ({sqlite_path(config.state.url)}): nothing has been pushed."
+        return {"state": str(sqlite_path(config.state.url)), "empty": True}
     store = open_store(config.state.url, readonly=True)
     try:
         if store.empty:
-            return f"No state yet ({store.description}): nothing has been pushed."
-        return "\n".join(_sections(store, config_path))
+            return {"state": store.description, "empty": True}
+        return collect_status(store, config, config_path, time.time())
     finally:
         store.close()
 
 
-def _sections(store: SQLStore, config_path: Path | None) -> list[str]:
-    lines = [f"State: {store.description}", ""]
+def collect_status(store: SQLStore, config: Config, config_path: Path | None,
+                   now: float) -> dict[str, Any]:
+    """Everything ``publisher status`` shows, as JSON-ready values."""
+    destinations = remembered_destinations(config, store)
     runs = store.last_runs()
+    last_push = runs.get("push")
+    uncertain = store.recent(UNCERTAIN, LISTED)
+    counts = store.counts()
+    config_flag = f" -c {config_path}" if config_path else ""
+    return {
+        "state": store.description,
+        "empty": False,
+        "runs": {
+            kind: None if run is None else {
+                "started_at": run.started_at, "finished_at": run.finished_at, "ok": run.ok,
+                "summary": run.summary,
+            }
+            for kind, run in ((kind, runs.get(kind)) for kind in ("build", "push"))
+        },
+        "destinations": _destinations(destinations, counts),
+        "recent": [_post(d, destinations) for d in store.recent(SENT, RECENT_POSTS)],
+        "waiting": _waiting(store, destinations, last_push.summary if last_push else {}, now),
+        "orphaned": [_post(d, destinations) for d in store.recent(ORPHANED, LISTED)],
+        "uncertain": [_post(d, destinations) for d in uncertain],
+        "failed": [_post(d, destinations) for d in store.recent(FAILED, LISTED)],
+        "commands": {
+            "ack": f"publisher ack{config_flag} --all",
+            "resend": f"publisher resend{config_flag} --all",
+        } if uncertain else {},
+    }
+
+
+def _destinations(destinations: Destinations, counts: dict[str, dict[str, int]]
+                  ) -> list[dict[str, Any]]:
+    configured = destinations.keys()
+    keys = configured + sorted(set(counts) - set(configured))
+    listed = []
+    for key in keys:
+        chat = destinations.chat(key)
+        listed.append({
+            "destination": destinations.label(key),
+            "chat_id": key if is_chat_id(key) else None,
+            "configured": key in configured,
+            "type": chat.type if chat else "",
+            "title": chat.title if chat else "",
+            "username": chat.username if chat else "",
+            "link": f"https://t.me/{chat.username}" if chat and chat.username else "",
+            "counts": {state: counts.get(key, {}).get(state, 0) for state in STATES
+                       if counts.get(key, {}).get(state)},
+        })
+    return listed
+
+
+def _post(delivery: Delivery, destinations: Destinations) -> dict[str, Any]:
+    chat = destinations.chat(delivery.chat_id)
+    link = ""
+    if chat is not None and chat.username and delivery.message_id:
+        link = f"https://t.me/{chat.username}/{delivery.message_id}"
+    return {
+        "destination": destinations.label(delivery.chat_id),
+        "chat_id": delivery.chat_id,
+        "article_id": delivery.article_id,
+        "title": delivery.title,
+        "at": delivery.sent_at or delivery.updated_at,
+        "message_id": delivery.message_id,
+        "link": link,
+        "reason": delivery.reason,
+    }
+
+
+def _waiting(store: SQLStore, destinations: Destinations, last_push: dict[str, Any],
+             now: float) -> list[dict[str, Any]]:
+    """Per chat with pending posts: how many are due now and why they still wait, and the
+    ones backing off after an error, until when."""
+    configured = set(destinations.keys())
+    errors = last_push.get("errors") or {}
+    held = last_push.get("held") or {}
+    backing_off: dict[str, list[Delivery]] = {}
+    for delivery in store.backing_off(now, LISTED):
+        backing_off.setdefault(delivery.chat_id, []).append(delivery)
+    waiting = []
+    for key, (due, later) in store.pending_by_chat(now).items():
+        label = destinations.label(key)
+        if key not in configured:
+            why = "its destination is no longer configured: orphaned at the next push"
+        elif not is_chat_id(key):
+            why = errors.get(label) or f"{label} is not resolved yet (the next push asks)"
+        else:
+            why = errors.get(label) or held.get(label) or "the next push sends them"
+        waiting.append({
+            "destination": label,
+            "chat_id": key if is_chat_id(key) else None,
+            "due_now": due,
+            "backing_off": later,
+            "why": why,
+            "retries": [
+                {**_post(d, destinations), "not_before": _iso(d.next_attempt_at)}
+                for d in backing_off.get(key, [])
+            ],
+        })
+    return waiting
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def render_text(document: dict[str, Any]) -> str:
+    if document.get("empty"):
+        return f"No state yet ({document['state']}): nothing has been pushed."
+    lines = [f"State: {document['state']}", ""]
+    lines += _runs_text(document["runs"])
+    lines += ["", "Destinations:"]
+    lines += [_destination_text(d) for d in document["destinations"]] or ["  none yet"]
+    if document["recent"]:
+        lines += ["", "Recent posts:"]
+        lines += [_recent_text(post) for post in document["recent"]]
+    if document["waiting"]:
+        lines += ["", "Waiting:"]
+        for wait in document["waiting"]:
+            lines += _waiting_text(wait)
+    if document["orphaned"]:
+        lines += ["", "Orphaned (never sent unless their destination is configured for them "
+                      "again):"]
+        lines += [f"  {p['destination']} {p['article_id']} {p['title']!r}"
+                  for p in document["orphaned"]]
+    if document["uncertain"]:
+        lines += ["", "Uncertain (may or may not have been posted; look in the channel):"]
+        lines += [f"  {p['destination']} {p['article_id']} {p['title']!r} ({p['reason']})"
+                  for p in document["uncertain"]]
+        commands = document["commands"]
+        lines.append(f"  It is there:     {commands['ack']}  (or name article ids)")
+        lines.append(f"  It is not there: {commands['resend']}  (or name article ids)")
+    if document["failed"]:
+        lines += ["", "Recent failures:"]
+        lines += [f"  {p['at']} {p['destination']} {p['title']!r}: {p['reason']}"
+                  for p in document["failed"]]
+    return "\n".join(lines)
+
+
+def _runs_text(runs: dict[str, Any]) -> list[str]:
+    lines = []
     for kind in ("build", "push"):
         run = runs.get(kind)
         if run is None:
             lines.append(f"Last {kind}: never")
             continue
-        outcome = "ok" if run.ok else "FAILED"
+        outcome = "ok" if run["ok"] else "FAILED"
         details = ", ".join(
-            f"{key} {value}" for key, value in run.summary.items() if key != "errors" and value
+            f"{key} {value}" for key, value in run["summary"].items()
+            if value and not isinstance(value, dict)
         )
-        lines.append(f"Last {kind}: {run.finished_at} {outcome} ({details})")
-        for chat, error in (run.summary.get("errors") or {}).items():
+        lines.append(f"Last {kind}: {run['finished_at']} {outcome} ({details})")
+        for chat, error in (run["summary"].get("errors") or {}).items():
             lines.append(f"  error in {chat}: {error}")
-    lines += ["", "Posts per chat:"]
-    counts = store.counts()
-    if not counts:
-        lines.append("  none yet")
-    for chat, by_state in counts.items():
-        cells = ", ".join(f"{state} {by_state[state]}" for state in STATES if state in by_state)
-        lines.append(f"  {chat}: {cells}")
-    failed = store.deliveries([FAILED], limit=10)
-    if failed:
-        lines += ["", "Recent failures:"]
-        lines += [f"  {d.updated_at} {d.chat_id} {d.title!r}: {d.reason}" for d in failed]
-    uncertain = store.deliveries([UNCERTAIN], limit=50)
-    if uncertain:
-        config_flag = f" -c {config_path}" if config_path else ""
-        lines += ["", "Uncertain (may or may not have been posted; check the channel):"]
-        for d in uncertain:
-            lines.append(f"  {d.chat_id} {d.article_id} {d.title!r} ({d.reason})")
-        lines.append(
-            f"  To post them again: publisher resend{config_flag} --all  "
-            f"(or name article ids)"
-        )
+    return lines
+
+
+def _destination_text(destination: dict[str, Any]) -> str:
+    described = []
+    if destination["type"]:
+        title = f' "{destination["title"]}"' if destination["title"] else ""
+        described.append(f"{destination['type']}{title}")
+    if destination["chat_id"] and destination["chat_id"] != destination["destination"]:
+        described.append(destination["chat_id"])
+    if destination["link"]:
+        described.append(destination["link"])
+    if not destination["configured"]:
+        described.append("no longer configured")
+    elif not destination["chat_id"]:
+        described.append("not resolved yet")
+    about = f" ({', '.join(described)})" if described else ""
+    counts = ", ".join(f"{number} {state}" for state, number in destination["counts"].items())
+    return f"  {destination['destination']}{about}: {counts or 'no posts yet'}"
+
+
+def _recent_text(post: dict[str, Any]) -> str:
+    message = f"message {post['message_id']}" if post["message_id"] else "message id unknown"
+    link = f"  {post['link']}" if post["link"] else ""
+    return f"  {post['at']}  {post['destination']}  {post['title']!r}  {message}{link}"
+
+
+def _waiting_text(wait: dict[str, Any]) -> list[str]:
+    lines = []
+    if wait["due_now"]:
+        lines.append(f"  {wait['destination']}: {plural(wait['due_now'], 'post')} due now: "
+                     f"{wait['why']}")
+    if wait["backing_off"]:
+        lines.append(f"  {wait['destination']}: {plural(wait['backing_off'], 'post')} "
+                     "backing off after an error:")
+        lines += [f"    {r['title']!r} not before {r['not_before']}: {r['reason']}"
+                  for r in wait["retries"]]
     return lines

@@ -716,6 +716,60 @@ def chat_json(chat_id: int, username: str | None) -> Json:
     return chat
 
 
+CHAT_QUESTIONS = frozenset({"getChat", "getChatMember"})
+MEMBER_STATUSES = frozenset({"creator", "administrator", "member", "restricted", "left",
+                             "kicked"})
+_ADMIN_RIGHTS = (
+    "can_be_edited", "is_anonymous", "can_manage_chat", "can_delete_messages",
+    "can_manage_video_chats", "can_restrict_members", "can_promote_members", "can_change_info",
+    "can_invite_users", "can_post_stories", "can_edit_stories", "can_delete_stories",
+)
+_RESTRICTED_RIGHTS = (
+    "can_send_audios", "can_send_documents", "can_send_photos", "can_send_videos",
+    "can_send_video_notes", "can_send_voice_notes", "can_send_polls", "can_send_other_messages",
+    "can_add_web_page_previews", "can_react_to_messages", "can_edit_tag", "can_change_info",
+    "can_invite_users", "can_pin_messages", "can_manage_topics",
+)
+
+
+def chat_full_info(chat: Json) -> Json:
+    """getChat's answer: a ChatFullInfo with every field the spec requires."""
+    info: Json = {
+        **chat,
+        "accent_color_id": 0,
+        "max_reaction_count": 11,
+        "accepted_gift_types": {
+            "unlimited_gifts": False, "limited_gifts": False, "unique_gifts": False,
+            "premium_subscription": False, "gifts_from_channels": False,
+        },
+    }
+    if chat["type"] in ("group", "supergroup"):
+        info["permissions"] = {"can_send_messages": True, "can_send_photos": True}
+    return info
+
+
+def default_member_status(chat_type: str) -> str:
+    """A bot that posts to a channel is one of its administrators; in a group, a member."""
+    return "administrator" if chat_type == "channel" else "member"
+
+
+def chat_member(status: str, user: Json, **rights: bool) -> Json:
+    """A ChatMember of the given status with the fields the spec requires for it."""
+    member: Json = {"status": status, "user": user}
+    if status == "creator":
+        member["is_anonymous"] = False
+    elif status == "administrator":
+        member.update(dict.fromkeys(_ADMIN_RIGHTS, False))
+        member.update(can_post_messages=True, can_edit_messages=True)
+    elif status == "restricted":
+        member.update(dict.fromkeys(_RESTRICTED_RIGHTS, True))
+        member.update(is_member=True, can_send_messages=False, until_date=0)
+    elif status == "kicked":
+        member["until_date"] = 0
+    member.update(rights)
+    return member
+
+
 # --------------------------------------------------------------------------- rate limits
 
 
@@ -817,15 +871,22 @@ class RequestLog:
 class Fault:
     kind: str
     remaining: int
-    method: str | None  # lower-cased; None matches any method except getMe
+    # Lower-cased; None matches any method but the questions (getMe, getChat, getChatMember):
+    # a fault is for what a test sends unless it names the method.
+    method: str | None
     chat: int | str | None
     retry_after: int
 
     def matches(self, method: str, chat: int | str | None) -> bool:
         if self.remaining <= 0:
             return False
-        method_ok = method.lower() != "getme" if self.method is None else self.method == method
+        method_ok = (
+            method.lower() not in _QUESTIONS if self.method is None else self.method == method
+        )
         return method_ok and (self.chat is None or self.chat == chat)
+
+
+_QUESTIONS = frozenset({"getme", "getchat", "getchatmember"})
 
 
 @dataclass(frozen=True)
@@ -911,6 +972,7 @@ class BotApiStandin:
         self._usernames: dict[str, int] = {}  # "@name" -> chat id
         self._display_names: dict[int, str] = {}  # chat id -> username as first seen
         self._next_message_id: dict[int, int] = collections.defaultdict(lambda: 1)
+        self._members: dict[int, tuple[str, dict[str, bool]]] = {}  # chat id -> the bot's
         self._down = False
         self._status_all: int | None = None
         self.limiter.reset()
@@ -970,7 +1032,8 @@ class BotApiStandin:
         chat_id: int | str | None = None,
         retry_after: int = 1,
     ) -> None:
-        """Queue a fault for the next `times` matching requests (method=None: all but getMe)."""
+        """Queue a fault for the next `times` matching requests (method=None: every method
+        but getMe, getChat and getChatMember)."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
         chat = None if chat_id is None else chat_key(chat_id)
@@ -998,6 +1061,16 @@ class BotApiStandin:
 
     def unknown_chat(self, chat: int | str) -> None:
         self._set_chat_rule(chat, ApiError(400, CHAT_NOT_FOUND))
+
+    def set_member(self, chat: int | str, status: str, **rights: bool) -> None:
+        """What getChatMember says of the bot in chat: "administrator", "member",
+        "restricted", "left", "kicked" or "creator"; rights override the defaults (e.g.
+        can_post_messages=False, can_send_messages=False)."""
+        if status not in MEMBER_STATUSES:
+            raise ValueError(f"status must be one of {sorted(MEMBER_STATUSES)}")
+        with self._lock:
+            chat_id = self._resolve_chat(chat, sending=False)["id"]
+            self._members[chat_id] = (status, dict(rights))
 
     def allow_chat(self, chat: int | str) -> None:
         """Drop any forbid/migrate/unknown rule for chat."""
@@ -1114,8 +1187,10 @@ class BotApiStandin:
     def _take_fault(self, method: str, raw_chat: Any) -> Fault | None:
         chat = chat_key(raw_chat) if isinstance(raw_chat, int | str) else None
         with self._lock:
+            # A fault for "@name" also meets what is sent to that channel by its id.
+            names: list[int | str | None] = [None] if chat is None else self._aliases(chat)
             for fault in self._faults:
-                if fault.matches(method.lower(), chat):
+                if any(fault.matches(method.lower(), name) for name in names):
                     fault.remaining -= 1
                     return fault
         return None
@@ -1141,7 +1216,15 @@ class BotApiStandin:
     def _perform(self, method: MethodSpec, params: dict[str, Any]) -> _Outcome:
         if method.name == "getMe":
             return _Outcome(self._bot_user())
-        chat = self._resolve_chat(params["chat_id"]) if "chat_id" in params else None
+        sending = method.name not in CHAT_QUESTIONS
+        chat = (
+            self._resolve_chat(params["chat_id"], sending=sending) if "chat_id" in params
+            else None
+        )
+        if chat is not None and method.name == "getChat":
+            return _Outcome(chat_full_info(chat))
+        if chat is not None and method.name == "getChatMember":
+            return _Outcome(self._chat_member(chat, params["user_id"]))
         if chat is None or not method.creates_message:
             return _Outcome(True)
         builders = {
@@ -1153,6 +1236,27 @@ class BotApiStandin:
         if self.rate_limits:
             self.limiter.acquire(chat["id"], len(records))
         return self._assign_ids(method, chat, records)
+
+    def _aliases(self, key: int | str) -> list[int | str]:
+        """Both names of a chat: its id and its "@username" (rules set by either apply)."""
+        if isinstance(key, str):
+            chat_id = self._usernames.get(key)
+            return [key] if chat_id is None else [key, chat_id]
+        username = self._display_names.get(key)
+        return [key] if username is None else [key, f"@{username}".lower()]
+
+    def _chat_member(self, chat: Json, user_id: int) -> Json:
+        """The bot's membership in chat (other users are not tracked)."""
+        bot = self._bot_user()
+        if user_id != bot["id"]:
+            raise bad_request("user not found")
+        rule = next((self._chat_rules[alias] for alias in self._aliases(chat["id"])
+                     if alias in self._chat_rules), None)
+        if rule is not None and rule.error_code == 403:
+            status = "kicked" if rule.description == KICKED else "left"
+            return chat_member(status, bot)
+        status, rights = self._members.get(chat["id"], (None, {}))
+        return chat_member(status or default_member_status(chat["type"]), bot, **rights)
 
     def _bot_user(self) -> Json:
         bot_id = int(self.token.split(":", 1)[0])
@@ -1166,11 +1270,14 @@ class BotApiStandin:
             "supports_inline_queries": False,
         }
 
-    def _resolve_chat(self, chat: int | str) -> Json:
+    def _resolve_chat(self, chat: int | str, *, sending: bool = True) -> Json:
+        """The chat a chat_id names; its rules apply (a ban only to what it sends: the
+        bot can still look a public channel up, and finds itself kicked from it)."""
         key = chat_key(chat)
-        for candidate in (key, self._usernames.get(str(key))):
-            if candidate in self._chat_rules:
-                raise self._chat_rules[candidate]
+        for candidate in self._aliases(key):
+            rule = self._chat_rules.get(candidate)
+            if rule is not None and (sending or rule.error_code != 403):
+                raise rule
         if (isinstance(key, str) and not _USERNAME_RE.match(key)) or key == 0:
             raise ApiError(400, CHAT_NOT_FOUND)
         if self._known is not None and key not in self._known:
@@ -1410,6 +1517,9 @@ class BotApiStandin:
             "migrate_chat": lambda: self.migrate_chat(payload["chat"], payload["new_id"]),
             "unknown_chat": lambda: self.unknown_chat(payload["chat"]),
             "allow_chat": lambda: self.allow_chat(payload["chat"]),
+            "set_member": lambda: self.set_member(
+                payload["chat"], payload["status"], **payload.get("rights", {})
+            ),
         }
         commands[action]()
 

@@ -73,9 +73,11 @@ def posted(standin: StandinProcess) -> Counter[tuple[str, str]]:
 
 
 def ledger(url: str) -> dict[str, dict[str, int]]:
+    """Counts per chat, by its name (the ledger keys chats by their numeric id)."""
     store = open_store(url, readonly=True)
     try:
-        return store.counts()
+        names = {chat: name for name, chat in store.chat_names().items()}
+        return {names.get(chat, chat): states for chat, states in store.counts().items()}
     finally:
         store.close()
 

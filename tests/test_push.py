@@ -19,7 +19,8 @@ from conftest import ArticleWriter
 
 from publisher import pipeline
 from publisher.config import Config, load_config
-from publisher.delivery import Rejected
+from publisher.delivery import BotInfo, ChatInfo, MemberInfo, Rejected
+from publisher.destinations import remembered_destinations
 from publisher.errors import AlreadyRunning
 from publisher.logs import configure_logging
 from publisher.state import InstanceLock, open_store
@@ -85,9 +86,12 @@ def push(config: Config) -> pipeline.PushOutcome:
 
 
 def ledger(config: Config) -> dict[str, dict[str, int]]:
+    """The ledger's counts per chat, each chat called as the config names it (the ledger
+    keys chats by their numeric id)."""
     store = open_store(config.state.url)
     try:
-        return store.counts()
+        labels = remembered_destinations(config, store)
+        return {labels.label(chat): by_state for chat, by_state in store.counts().items()}
     finally:
         store.close()
 
@@ -251,7 +255,7 @@ def test_ambiguous_sends_are_held_as_uncertain_not_resent(
     assert len(recorded) == expected_posts and len(set(recorded)) == len(recorded)
     # After a look, the operator requeues it; it goes out.
     store = open_store(config.state.url)
-    assert store.requeue("uncertain", None, []) == 1
+    assert len(store.requeue("uncertain", None, [])) == 1
     store.close()
     push(config)
     assert ledger(config) == {CHAT: {"sent": 2}}
@@ -355,11 +359,27 @@ def test_unknown_chat_stops_only_that_chat(
     write_article("a.txt", 1)
     botapi.unknown_chat("@elsewhere")
     outcome = push(make_config(extra='[telegram.routes]\nAI = "@elsewhere"\n'))
-    assert [r.chat_id for r in botapi.messages] == [CHAT]
+    assert len(botapi.messages) == 1 and len(botapi.sent_to(CHAT)) == 1
     assert "chat not found" in outcome.report.errors["@elsewhere"].lower()
 
 
-class RefusingSender:
+class FakeChats:
+    """The chat questions of a Sender without Telegram: every "@name" is a channel with an
+    id of its own (the same one each time)."""
+
+    async def get_me(self) -> BotInfo:
+        return BotInfo(1, "fake_bot")
+
+    async def get_chat(self, chat_id: str) -> ChatInfo:
+        number = int(chat_id) if chat_id.lstrip("-").isdigit() else (
+            -1_002_000_000_000 - sum(ord(c) for c in chat_id))
+        return ChatInfo(number, "channel", chat_id, chat_id.lstrip("@"))
+
+    async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo:
+        return MemberInfo("administrator", can_post_messages=True)
+
+
+class RefusingSender(FakeChats):
     """A Sender whose Telegram refuses one article's message with a 400."""
 
     def __init__(self, refused_title: str) -> None:
@@ -476,15 +496,15 @@ def test_cli_push_status_resend_and_no_token_in_output(
     botapi.inject("slow_after_record", times=1)
     result = run_cli("push", "-c", str(config.path), "-vv", "--debug", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Sent 1, failed 0, uncertain 1" in result.stdout
+    assert "Sent 1 post; 0 failed, 1 uncertain" in result.stdout
     status = run_cli("status", "-c", str(config.path), cwd=tmp_path)
     assert status.returncode == 0
-    assert f"{CHAT}: sent 1, uncertain 1" in status.stdout
-    assert "publisher resend -c" in status.stdout
+    assert f"{CHAT} (channel" in status.stdout and ": 1 sent, 1 uncertain" in status.stdout
+    assert "publisher resend -c" in status.stdout and "publisher ack -c" in status.stdout
     resend = run_cli("resend", "-c", str(config.path), "--all", cwd=tmp_path)
-    assert "Requeued 1 uncertain" in resend.stdout
+    assert "Requeued 1 uncertain post;" in resend.stdout
     again = run_cli("push", "-c", str(config.path), cwd=tmp_path)
-    assert again.returncode == 0 and "Sent 1," in again.stdout
+    assert again.returncode == 0 and "Sent 1 post;" in again.stdout
     everything = "".join(r.stdout + r.stderr for r in (result, status, resend, again))
     assert DEFAULT_TOKEN not in everything and DEFAULT_TOKEN.partition(":")[2] not in everything
 
@@ -534,7 +554,7 @@ class ExplodingSender(RefusingSender):
 
     async def send_photo(self, chat_id: str, photo_url: str, caption_html: str,
                          buttons: object) -> int:
-        if chat_id == "@broken":
+        if chat_id == str((await self.get_chat("@broken")).id):
             raise RuntimeError("surprise")
         self.posted.append(f"{chat_id} {caption_html[:40]}")
         return len(self.posted)

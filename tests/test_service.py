@@ -158,9 +158,11 @@ def titles(standin: StandinProcess) -> list[str]:
 
 
 def ledger(tmp_path: Path) -> dict[str, dict[str, int]]:
+    """Counts per chat, by its name (the ledger keys chats by their numeric id)."""
     store = open_store(f"sqlite:///{tmp_path / 'state' / 'publisher.db'}", readonly=True)
     try:
-        return store.counts()
+        names = {chat: name for name, chat in store.chat_names().items()}
+        return {names.get(chat, chat): states for chat, states in store.counts().items()}
     finally:
         store.close()
 
@@ -238,7 +240,7 @@ def test_new_files_become_one_post_each_and_feed_entries(
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert "Last build:" in report and "Last push:" in report
-    assert f"{CHAT}: sent 5" in report
+    assert f"{CHAT} (channel" in report and ": 5 sent" in report
 
     configure(schedule="1h", title="Renamed")
     publisher.signal(signal.SIGHUP)

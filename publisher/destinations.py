@@ -1,0 +1,311 @@
+"""Destinations: the chats the config names, as Telegram's numeric chat ids.
+
+The config names a chat as "@opnews" or as "-1001000000000"; the ledger keys it by the id
+``getChat`` answers, so both spellings are one chat and nothing is posted twice when the
+config changes from one to the other. Each push resolves every destination once, at its
+start; what Telegram said is remembered in the state (``chat_names``, ``chats``). When
+Telegram cannot be asked, the remembered id is used (a numeric id needs none); an "@name"
+never resolved cannot be posted to in that run: its pairs are planned under the name and
+re-keyed when it resolves, so nothing is lost.
+
+Routes match topics by slug: ``robotics``, ``Robotics`` and ``"Robotics "`` route the topic
+"Robotics"; a route that matches no topic of the corpus is reported (``route_warnings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from publisher.config import Config
+from publisher.delivery import (
+    ChatForbidden,
+    ChatInfo,
+    ChatMigrated,
+    MemberInfo,
+    Rejected,
+    Sender,
+    SendError,
+    Unauthorized,
+)
+from publisher.logs import event
+from publisher.selection import topic_slug
+from publisher.state import ChatRecord, Store
+
+log = logging.getLogger(__name__)
+
+MAX_MIGRATIONS = 2  # a chat that keeps answering "migrated" is not followed forever
+_CHAT_ID = re.compile(r"^-?\d+$")
+
+
+def is_chat_id(text: str) -> bool:
+    """Whether ``text`` is a numeric chat id (what the ledger keys a resolved chat by)."""
+    return bool(_CHAT_ID.match(text.strip()))
+
+
+def chat_name(text: str) -> str:
+    """A destination as configured, normalised: "@OpNews" -> "@opnews" (Telegram's names
+    are case-insensitive), " -100123 " -> "-100123"."""
+    text = text.strip()
+    return str(int(text)) if is_chat_id(text) else text.lower()
+
+
+def follow_migrations(migrations: Mapping[str, str], chat: str) -> str:
+    """Where a chat that migrated (a group that became a supergroup) went, hop by hop."""
+    seen = {chat}
+    while chat in migrations and migrations[chat] not in seen:
+        chat = migrations[chat]
+        seen.add(chat)
+    return chat
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One chat as configured, and the ledger key it has in this push."""
+
+    configured: str  # as written in the config
+    key: str  # Telegram's numeric id; the configured text while never resolved
+    chat: ChatRecord | None = None  # what Telegram said of it (now or when last asked)
+    error: str = ""  # why it cannot be posted to in this push
+
+    @property
+    def postable(self) -> bool:
+        return not self.error and is_chat_id(self.key)
+
+
+class Destinations:
+    """Every configured destination of one push, and the ledger keys of its topics."""
+
+    def __init__(self, config: Config, items: Sequence[Destination],
+                 chats: Mapping[str, ChatRecord] | None = None) -> None:
+        self._config = config
+        self.items = list(items)
+        self._by_text = {item.configured: item for item in self.items}
+        self._chats = dict(chats or {})
+        for item in self.items:
+            if item.chat is not None:
+                self._chats[item.key] = item.chat
+
+    def key(self, configured: str) -> str:
+        return self._by_text[configured].key
+
+    def keys(self) -> list[str]:
+        """Every ledger key of a configured destination, main chat first."""
+        return list(dict.fromkeys(item.key for item in self.items))
+
+    def postable_keys(self) -> list[str]:
+        return list(dict.fromkeys(item.key for item in self.items if item.postable))
+
+    def keys_for(self, topics: tuple[str, ...]) -> list[str]:
+        """The ledger keys an article with these topics goes to (two spellings of one chat
+        are one key)."""
+        return list(dict.fromkeys(self.key(text) for text in self._config.chats_for(topics)))
+
+    def label(self, key: str) -> str:
+        """What to call a ledger key: the destination as configured; for a chat no longer
+        configured, its "@username", else its id."""
+        for item in self.items:
+            if item.key == key:
+                return item.configured
+        chat = self._chats.get(key)
+        return (chat.public_name if chat else "") or key
+
+    def chat(self, key: str) -> ChatRecord | None:
+        return self._chats.get(key)
+
+    def moved(self, old: str, new: str) -> Destinations:
+        """The same destinations after the chat keyed ``old`` migrated to ``new``."""
+        items = [replace(item, key=new) if item.key == old else item for item in self.items]
+        return Destinations(self._config, items, self._chats)
+
+
+def remembered_destinations(config: Config, store: Store | None) -> Destinations:
+    """The destinations as the state remembers them, asking Telegram nothing."""
+    names = store.chat_names() if store is not None else {}
+    migrations = store.migrations() if store is not None else {}
+    chats = store.chats() if store is not None else {}
+    items = []
+    for text in config.destinations:
+        name = chat_name(text)
+        key = names.get(name) or (name if is_chat_id(name) else None)
+        if key is None:
+            items.append(Destination(text, text.strip(), error=(
+                f"cannot post to {text}: Telegram has not resolved it yet; its posts wait")))
+            continue
+        key = follow_migrations(migrations, key)
+        items.append(Destination(text, key, chats.get(key)))
+    return Destinations(config, items, chats)
+
+
+async def resolve_destinations(config: Config, store: Store, sender: Sender) -> Destinations:
+    """Ask Telegram (``getChat``) which chat each destination is, remember it, and re-key
+    what the ledger kept under an older name of it. Raises ``Unauthorized`` only."""
+    known = remembered_destinations(config, store)
+    names = store.chat_names()
+    migrations = dict(store.migrations())
+    asked = list(dict.fromkeys(chat_name(text) for text in config.destinations))
+    answers = await asyncio.gather(
+        *(_ask(name, follow_migrations(migrations, name), store, sender) for name in asked),
+        return_exceptions=True,  # every question answered before anything is raised
+    )
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    by_name = dict(zip(asked, answers, strict=True))
+    items = []
+    for text in config.destinations:
+        answer = by_name[chat_name(text)]
+        fallback = known._by_text[text]
+        if isinstance(answer, Resolved):
+            # What the ledger kept under another name of this chat is re-keyed: the text as
+            # written ("@OpNews", before it resolved or by an older publisher), its
+            # @username (a config now naming it by id), a group it migrated from.
+            sources = [text.strip(), chat_name(text), answer.chat.public_name, *answer.hops]
+            unchanged = (names.get(chat_name(text)) == answer.chat.chat_id
+                         and known.chat(answer.chat.chat_id) == answer.chat)
+            if not unchanged:  # the usual case writes nothing
+                store.remember_chat(chat_name(text), answer.chat, [s for s in sources if s])
+            items.append(Destination(text, answer.chat.chat_id, answer.chat))
+        elif isinstance(answer, Unreachable) and fallback.postable:
+            event(log, logging.WARNING, "chat_unresolved", chat=text, reason=answer.reason,
+                  using=fallback.key)
+            items.append(fallback)
+        elif isinstance(answer, Unreachable):
+            items.append(replace(fallback, error=(
+                f"cannot resolve {text}: {answer.reason}; its posts wait")))
+        else:
+            items.append(replace(fallback, error=f"cannot post to {text}: {answer}"))
+    return Destinations(config, items, known._chats)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    chat: ChatRecord
+    hops: tuple[str, ...]  # the chats it migrated from, on the way
+
+
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    """Telegram could not be asked (down, timed out, rate limited)."""
+
+    reason: str
+
+
+async def _ask(name: str, target: str, store: Store,
+               sender: Sender) -> Resolved | Unreachable | str:
+    """What Telegram says ``name`` is: the chat, Unreachable, or why it cannot be used."""
+    hops = [name] if target != name else []
+    for _ in range(MAX_MIGRATIONS + 1):
+        try:
+            info = await sender.get_chat(target)
+        except ChatMigrated as exc:
+            store.move_chat(target, exc.new_chat_id)
+            event(log, logging.WARNING, "chat_migrated", chat=target, to=exc.new_chat_id)
+            hops.append(target)
+            target = exc.new_chat_id
+            continue
+        except Unauthorized:
+            raise
+        except (ChatForbidden, Rejected) as exc:
+            return exc.reason
+        except SendError as exc:
+            return Unreachable(exc.reason)
+        return Resolved(ChatRecord(str(info.id), info.type, info.title, info.username),
+                        tuple(hops))
+    return f"the chat keeps moving (now {target})"
+
+
+def route_warnings(routes: Mapping[str, Sequence[str]], topic_slugs: Iterable[str]) -> list[str]:
+    """One line per route that matches no topic of the corpus, with the closest topic."""
+    slugs = sorted(set(topic_slugs))
+    warnings = []
+    for route in routes:
+        slug = topic_slug(route)
+        if slug in slugs:
+            continue
+        close = difflib.get_close_matches(slug, slugs, n=1, cutoff=0.6)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        warnings.append(f'route "{route}" matches no topic of the selected articles{hint}')
+    return warnings
+
+
+# -- publisher check --telegram ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    subject: str  # "bot", or a destination as configured
+    detail: str
+
+
+async def check_telegram(config: Config, sender: Sender) -> list[Check]:
+    """getMe, then for every destination getChat and getChatMember: can the bot post there?
+
+    Asks only; writes nothing (not even the state). The first check is the bot's.
+    """
+    try:
+        await sender.start()
+        me = await sender.get_me()
+    except SendError as exc:
+        await sender.close()
+        return [Check(False, "bot", exc.reason)]
+    try:
+        checks = [Check(True, "bot", f"@{me.username} (id {me.id}): the token works")]
+        for text in config.destinations:
+            checks.append(await _check_destination(text, me.id, sender))
+        return checks
+    finally:
+        await sender.close()
+
+
+async def _check_destination(text: str, bot_id: int, sender: Sender) -> Check:
+    target, moved = chat_name(text), ""
+    for _ in range(MAX_MIGRATIONS + 1):
+        try:
+            chat = await sender.get_chat(target)
+            break
+        except ChatMigrated as exc:
+            target, moved = exc.new_chat_id, f" (migrated to {exc.new_chat_id}: followed)"
+        except SendError as exc:
+            return Check(False, text, exc.reason)
+    else:
+        return Check(False, text, f"the chat keeps moving (now {target})")
+    title = f' "{chat.title}"' if chat.title else ""
+    described = f"{chat.type}{title} ({chat.id}){moved}"
+    try:
+        member = await sender.get_chat_member(str(chat.id), bot_id)
+    except SendError as exc:
+        return Check(False, text, f"{described}: cannot see the bot's membership: {exc.reason}")
+    ok, verdict = can_post(chat, member)
+    return Check(ok, text, f"{described}: {verdict}")
+
+
+def can_post(chat: ChatInfo, member: MemberInfo) -> tuple[bool, str]:
+    """Whether a bot with this membership can post to this chat, and why (not)."""
+    status = member.status
+    if status in ("left", "kicked"):
+        return False, f"the bot is not a member ({status})"
+    if chat.type == "channel":
+        if status == "creator":
+            return True, "the bot owns the channel"
+        if status == "administrator" and member.can_post_messages:
+            return True, "the bot is an administrator and can post messages"
+        if status == "administrator":
+            return False, "the bot is an administrator without the right to post messages"
+        return False, f"the bot is a {status}, not an administrator who can post messages"
+    if chat.type in ("group", "supergroup"):
+        if status in ("creator", "administrator"):
+            return True, f"the bot is an {status if status != 'creator' else 'owner'}"
+        if status == "restricted":
+            if member.is_member and member.can_send_messages:
+                return True, "the bot is a restricted member that may send messages"
+            return False, "the bot is restricted from sending messages"
+        if chat.members_can_send is False:
+            return False, "the bot is a member, but members may not send messages"
+        return True, "the bot is a member and may send messages"
+    return True, "a private chat: it exists (its user must have started the bot)"
