@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -742,6 +743,80 @@ def test_a_wrong_token_is_reported_as_refused_in_push_and_status(
     status = run_cli("status", "-c", str(config.path), cwd=tmp_path)
     assert f"error in {CHAT}: the bot token was refused (401)" in status.stdout
     assert "unavailable" not in status.stdout.lower()
+
+
+def test_cli_push_exits_nonzero_when_no_post_surely_went_out(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config()
+    botapi.inject("slow_after_record")
+    result = run_cli("push", "-c", str(config.path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Sent 0, failed 0, uncertain 1" in result.stdout
+    assert "Error: no post surely went out: 1 uncertain, 0 failed" in result.stderr
+    again = run_cli("push", "-c", str(config.path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # nothing to do is no failure
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def start_cli_push(config: Config, tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "publisher", "push", "-c", str(config.path)], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_held_reply(api: BotApiStandin, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r.fault == "slow_after_record" for r in api.requests):
+        assert time.monotonic() < deadline, "no reply was held back"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("on_uncertain", ["hold", "resend"])
+def test_sigterm_lets_push_finish_the_send_in_flight_and_record_it(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path, on_uncertain: str,
+) -> None:
+    write_article("a.txt", 1)
+    write_article("b.txt", 2)
+    config = make_config(on_uncertain=on_uncertain, timeout_seconds=3)
+    botapi.inject("slow_after_record")  # the reply comes back after slow_seconds
+    process = start_cli_push(config, tmp_path)
+    wait_for_held_reply(botapi)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "Sent 1, failed 0, uncertain 0" in out
+    assert "Stopped by SIGTERM after the send in flight, which was recorded" in err
+    assert ledger(config) == {CHAT: {"pending": 1, "sent": 1}}
+    assert push(config).report.total("sent") == 1
+    assert titles(botapi) == ["Article number 1", "Article number 2"]  # none posted twice
+
+
+@pytest.mark.parametrize("state_url", [SQLITE_STATE])  # the process's stop, not the ledger
+def test_sigterm_abandons_a_push_send_hanging_past_the_stop_deadline(
+    make_config: ConfigMaker, write_article: ArticleWriter, tmp_path: Path
+) -> None:
+    from publisher.stopping import STOP_DEADLINE_SECONDS
+
+    write_article("a.txt", 1)
+    with BotApiStandin(DEFAULT_TOKEN, slow_seconds=STOP_DEADLINE_SECONDS + 3) as api:
+        config = make_config(base_url=api.base_url, timeout_seconds=STOP_DEADLINE_SECONDS + 5)
+        api.inject("slow_after_record")
+        process = start_cli_push(config, tmp_path)
+        wait_for_held_reply(api)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=15)
+        assert STOP_DEADLINE_SECONDS <= time.monotonic() - started < STOP_DEADLINE_SECONDS + 3
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "Error: stopped by SIGTERM: a send still hanging after 7 s was abandoned" in err
+    assert ledger(config) == {CHAT: {"sending": 1}}  # the next start calls it uncertain
 
 
 # -- pacing ------------------------------------------------------------------------------------
