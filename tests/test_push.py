@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -758,6 +759,28 @@ def test_cli_push_exits_nonzero_when_no_post_surely_went_out(
     assert "Error: no post surely went out: 1 uncertain, 0 failed" in result.stderr
     again = run_cli("push", "-c", str(config.path), cwd=tmp_path)
     assert again.returncode == 0, again.stderr  # nothing to do is no failure
+
+
+def test_cli_push_log_lines_stay_one_line_without_bodies_or_tracebacks(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config(max_tries=1)
+    botapi.inject("502_html")
+    result = run_cli("push", "-c", str(config.path), "-v", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "<html>" not in result.stderr and "Traceback" not in result.stderr
+    assert any(" retry_later " in line for line in lines)
+    for line in lines:
+        assert LOG_LINE.match(line) or line.startswith("Error: "), line
+
+
+LOG_LINE = re.compile(
+    r'^\d{4}-\d\d-\d\dT[\d:.]+\+00:00 (debug|info|warning|error|critical) [\w.]+'
+    r'( [^\s=]+=("([^"\\]|\\.)*"|[^\s"]+))*$'
+)
 
 
 # -- signals -----------------------------------------------------------------------------------
