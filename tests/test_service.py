@@ -558,7 +558,8 @@ def test_retry_in_says_when_a_failing_job_really_runs_again(
     for failure in failures:
         failed_at = datetime.fromisoformat(failure["time"]).timestamp()
         retried_at = min(at for at in attempts if at > failed_at)
-        assert abs(retried_at - failed_at - failure["retry_in"]) < 0.5, (failure, attempts)
+        # The request leaves after the push has synced the corpus: allow for that.
+        assert abs(retried_at - failed_at - failure["retry_in"]) < 1.0, (failure, attempts)
     assert failures[1]["retry_in"] > failures[0]["retry_in"]  # backing off
     assert publisher.stop() == 0
 
