@@ -822,6 +822,25 @@ def test_sigterm_lets_push_finish_the_send_in_flight_and_record_it(
 
 
 @pytest.mark.parametrize("state_url", [SQLITE_STATE])  # the process's stop, not the ledger
+def test_a_second_signal_stops_push_at_once_with_status_1(
+    make_config: ConfigMaker, write_article: ArticleWriter, tmp_path: Path
+) -> None:
+    write_article("a.txt", 1)
+    with BotApiStandin(DEFAULT_TOKEN, slow_seconds=30) as api:
+        config = make_config(base_url=api.base_url, timeout_seconds=20)
+        api.inject("slow_after_record")
+        process = start_cli_push(config, tmp_path)
+        wait_for_held_reply(api)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+        assert time.monotonic() - started < 2
+    assert process.returncode == 1
+
+
+@pytest.mark.parametrize("state_url", [SQLITE_STATE])  # the process's stop, not the ledger
 def test_sigterm_abandons_a_push_send_hanging_past_the_stop_deadline(
     make_config: ConfigMaker, write_article: ArticleWriter, tmp_path: Path
 ) -> None:

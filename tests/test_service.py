@@ -469,6 +469,26 @@ def test_sigterm_during_a_held_reply_records_the_send_and_never_posts_twice(
     assert ledger(tmp_path) == {CHAT: {"sent": 1}}
 
 
+def test_a_second_signal_exits_at_once_with_status_1(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, tmp_path: Path,
+) -> None:
+    write_article("1.txt", 1)
+    with StandinProcess(DEFAULT_TOKEN, extra_args=["--slow-seconds", "30"]) as standin:
+        configure(schedule="1h", api_base_url=standin.base_url, timeout_seconds=20)
+        standin.control("inject", {"fault": "slow_after_record"})
+        publisher = start()
+        wait_for(lambda: _held_replies(standin), "a post whose reply is held back")
+        started = time.monotonic()
+        publisher.signal(signal.SIGTERM)
+        wait_for(lambda: publisher.events("stopping"), "the first signal to be taken")
+        publisher.signal(signal.SIGTERM)
+        assert publisher.process.wait(STOP_LIMIT) == 1
+        assert time.monotonic() - started < 3
+        publisher.close()
+    assert publisher.events("second_signal_exiting_now")
+
+
 def write_service_config(path: Path, base_url: str, *, build: str = "1h", push: str = "1h",
                          watch: bool = True, articles: str = "articles",
                          title: str = "Publisher", min_quality: int = 0,
