@@ -262,7 +262,9 @@ def push(ctx: Context, dry_run: bool) -> None:
     """Post new selected articles to Telegram, each exactly once per chat.
 
     The bot token comes from the environment variable TELEGRAM_BOT_TOKEN (or
-    telegram.token_file). Exit status 1 when a chat failed or a message was refused.
+    telegram.token_file). Exit status 1 when a chat failed, a message was refused or no
+    post surely went out (each uncertain or failed). SIGTERM or SIGINT stops it after the
+    send in flight, with status 128 + the signal's number.
 
     \b
     Example:
@@ -283,8 +285,16 @@ def push(ctx: Context, dry_run: bool) -> None:
     import asyncio
 
     from publisher.status import plural
+    from publisher.stopping import STOP_DEADLINE_SECONDS, push_once
 
-    outcome = asyncio.run(pipeline.push(config))
+    run = asyncio.run(push_once(config))
+    stopped_by = signal_name(run.signal) if run.signal else ""
+    if run.outcome is None:
+        click.echo(f"Error: stopped by {stopped_by}: a send still hanging after "
+                   f"{STOP_DEADLINE_SECONDS:g} s was abandoned; the next push records it as "
+                   "uncertain (see publisher status).", err=True)
+        sys.exit(128 + (run.signal or 0))
+    outcome = run.outcome
     for problem in outcome.corpus.problems:
         ctx.echo(str(problem), err=True)
     for warning in outcome.route_warnings:
@@ -300,8 +310,24 @@ def push(ctx: Context, dry_run: bool) -> None:
         ctx.echo(f"{chat}: {reason}")
     for error in outcome.report.errors.values():
         click.echo(f"Error: {redact_text(error)}", err=True)
+    if outcome.report.nothing_delivered and not outcome.report.errors:
+        click.echo(f"Error: no post surely went out: {summary['uncertain']} uncertain, "
+                   f"{summary['failed']} failed (see publisher status).", err=True)
+    if run.signal:
+        click.echo(f"Stopped by {stopped_by} after the send in flight, which was recorded; "
+                   "the rest waits for the next push.", err=True)
+        sys.exit(128 + run.signal)
     if not outcome.report.ok:
         sys.exit(1)
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 @cli.command()

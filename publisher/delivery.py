@@ -3,16 +3,26 @@
 Everything python-telegram-bot raises is translated here into a ``SendError`` subclass that
 says what the dispatcher needs to know: was the message posted, provably not posted, or
 maybe posted. No token ever leaves this module inside an error message.
+
+The HTTP exchange is our own ``BoundedRequest`` (python-telegram-bot's ``BaseRequest`` over an
+httpx stream), because an answer must be judged before PTB reads it: every request has an
+overall deadline (a trickling answer never holds a push), answers are size-capped (a huge one
+never fills the memory), whether the request had started to leave is known (so a failure is
+"not sent" or "maybe sent" by fact, not by guess), and a 200 answer must be a well-formed
+``{"ok": true, "result": ...}`` envelope.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -28,7 +38,7 @@ from telegram import (
 )
 from telegram import error as tg_error
 from telegram.constants import ParseMode
-from telegram.request import HTTPXRequest
+from telegram.request import BaseRequest, RequestData
 
 from publisher.errors import DeliveryError
 from publisher.logs import redact_text, secret_variants
@@ -56,6 +66,9 @@ CHAT_ERRORS = (
     "chat_restricted",
     "bot is not a member",
 )
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # Bot API answers to what we send are a few KB
+MAX_CONNECT_SECONDS = 10.0
+CONNECTIONS = 8  # chats are sent to concurrently, one request in flight each
 
 
 class SendError(DeliveryError):
@@ -75,8 +88,14 @@ class Ambiguous(SendError):
 
 
 class RateLimited(SendError):
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"Telegram asked to wait {retry_after:g} s (429)")
+    """A 429. ``retry_after`` is None when the answer's value was unusable (not a number)."""
+
+    def __init__(self, retry_after: float | None, asked: object = None) -> None:
+        if retry_after is None:
+            reason = f"Telegram answered 429 with an unusable retry_after ({asked!r})"
+        else:
+            reason = f"Telegram asked to wait {retry_after:g} s (429)"
+        super().__init__(reason)
         self.retry_after = retry_after
 
 
@@ -137,6 +156,222 @@ class MemberInfo:
 
 
 T = TypeVar("T")
+class Unavailable(SendError):
+    """getMe failed: Telegram (or what answers at its URL) cannot be used for this run."""
+
+
+# -- the HTTP exchange -------------------------------------------------------------------------
+
+
+class ExchangeFailed(tg_error.TelegramError):
+    """No usable answer. ``left``: the request had started to leave, so it may have been
+    carried out; otherwise it provably was not."""
+
+    def __init__(self, message: str, *, left: bool) -> None:
+        super().__init__(message)
+        self.left = left
+
+
+class RefusedAnswer(tg_error.TelegramError):
+    """A 2xx answer saying ``"ok": false``: nothing was done."""
+
+
+class FloodWait(tg_error.TelegramError):
+    """An error answer carrying ``parameters.retry_after``, as a number of seconds or None."""
+
+    def __init__(self, seconds: float | None, asked: object) -> None:
+        super().__init__(f"retry after {asked!r}")
+        self.seconds = seconds
+        self.asked = asked
+
+
+class TokenRefused(tg_error.TelegramError):
+    """401 or 404 at the bot's URL: the token (or telegram.api_base_url) is wrong."""
+
+
+class _Progress:
+    """Whether a request has started to leave, from httpcore's trace events."""
+
+    def __init__(self) -> None:
+        self.left = False
+
+    async def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith("send_request_headers.started"):
+            self.left = True
+
+
+class BoundedRequest(BaseRequest):
+    """PTB's transport over httpx, with an overall deadline and a cap on the answer's size.
+
+    Failures are raised as ``ExchangeFailed`` (with whether the request had left),
+    ``RefusedAnswer``, ``FloodWait`` or ``TokenRefused``; error answers without those are
+    handed to PTB, which turns them into its usual exceptions.
+    """
+
+    def __init__(self, deadline: float, *, max_bytes: int = MAX_ANSWER_BYTES,
+                 verify: Any = True) -> None:
+        self._deadline = deadline
+        self._max_bytes = max_bytes
+        self._verify = verify
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def read_timeout(self) -> float:
+        return self._deadline
+
+    async def initialize(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._deadline,
+                                      connect=min(self._deadline, MAX_CONNECT_SECONDS),
+                                      pool=min(self._deadline, MAX_CONNECT_SECONDS)),
+                limits=httpx.Limits(max_connections=CONNECTIONS,
+                                    max_keepalive_connections=CONNECTIONS),
+                verify=self._verify,
+            )
+
+    async def shutdown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    @staticmethod
+    def parse_json_payload(payload: bytes) -> dict[str, Any]:
+        """PTB's, without its log line: PTB logs the whole unreadable body with a traceback."""
+        try:
+            return json.loads(payload.decode("utf-8", "replace"))  # type: ignore[no-any-return]
+        except ValueError:
+            raise tg_error.TelegramError("Invalid server response") from None
+
+    async def do_request(
+        self,
+        url: str,
+        method: str,
+        request_data: RequestData | None = None,
+        read_timeout: Any = BaseRequest.DEFAULT_NONE,
+        write_timeout: Any = BaseRequest.DEFAULT_NONE,
+        connect_timeout: Any = BaseRequest.DEFAULT_NONE,
+        pool_timeout: Any = BaseRequest.DEFAULT_NONE,
+    ) -> tuple[int, bytes]:
+        """One exchange within the deadline; the timeout arguments are PTB's per-call
+        overrides, which this bot never passes: the deadline covers everything."""
+        await self.initialize()
+        progress = _Progress()
+        try:
+            async with asyncio.timeout(self._deadline):
+                status, body = await self._exchange(url, method, request_data, progress)
+        except TimeoutError:
+            raise ExchangeFailed(f"no complete answer within {self._deadline:g} s",
+                                 left=progress.left) from None
+        except httpx.HTTPError as exc:
+            raise ExchangeFailed(_describe(exc, progress.left), left=_may_have_left(
+                exc, progress.left)) from None
+        if 200 <= status <= 299:
+            _check_envelope(body)
+        else:
+            _check_error_answer(status, body)
+        return status, body
+
+    async def _exchange(self, url: str, method: str, request_data: RequestData | None,
+                        progress: _Progress) -> tuple[int, bytes]:
+        assert self._client is not None
+        request = self._client.build_request(
+            method, url, headers={"User-Agent": self.USER_AGENT},
+            data=request_data.json_parameters if request_data else None,
+            files=request_data.multipart_data if request_data else None,
+            extensions={"trace": progress.trace},
+        )
+        response = await self._client.send(request, stream=True)
+        try:
+            body = await self._read_capped(response)
+        finally:
+            await response.aclose()
+        return response.status_code, body
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The (decoded) body, at most ``max_bytes``: an error answer is cut there (its status
+        says enough), a success answer that long is no answer."""
+        success = 200 <= response.status_code <= 299
+        declared = response.headers.get("Content-Length", "")
+        if success and declared.isdigit() and int(declared) > self._max_bytes:
+            raise ExchangeFailed(self._too_large(f"{int(declared)} bytes announced"), left=True)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self._max_bytes:
+                if success:
+                    raise ExchangeFailed(self._too_large("cut off"), left=True)
+                return b"".join(chunks)[: self._max_bytes]
+        return b"".join(chunks)
+
+    def _too_large(self, detail: str) -> str:
+        return f"the answer is larger than {self._max_bytes // 1024} KiB ({detail})"
+
+
+def _may_have_left(exc: httpx.HTTPError, started: bool) -> bool:
+    never_left = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                  httpx.UnsupportedProtocol, httpx.InvalidURL)
+    return started and not isinstance(exc, never_left)
+
+
+def _describe(exc: httpx.HTTPError, left: bool) -> str:
+    kind = type(exc).__name__
+    if not _may_have_left(exc, left):
+        if isinstance(exc, httpx.TimeoutException):
+            return f"timed out before the request left ({kind})"
+        return f"cannot connect: {kind}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer in time ({kind})"
+    return f"connection lost after sending: {kind}"
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _check_envelope(body: bytes) -> None:
+    """A 2xx answer must be ``{"ok": true, "result": ...}``; PTB would fail on anything else
+    with a KeyError (or log the body) and lose what the answer said."""
+    envelope = _json_object(body)
+    if envelope is None:
+        raise ExchangeFailed("the answer is not a JSON object", left=True)
+    if envelope.get("ok") is False:
+        description = envelope.get("description")
+        raise RefusedAnswer(str(description) if description else "no description")
+    if envelope.get("ok") is not True or "result" not in envelope:
+        raise ExchangeFailed('the answer has no "ok": true and result', left=True)
+
+
+def _check_error_answer(status: int, body: bytes) -> None:
+    """What PTB misreads in an error answer: a 401 or 404 (PTB's message would name the
+    token) and a retry_after that is not a usable number (PTB would loop on a negative one
+    and crash on a string)."""
+    if status == 401:
+        raise TokenRefused("the bot token was refused (401)")
+    if status == 404:
+        raise TokenRefused("the Bot API answered 404 Not Found: check the bot token and "
+                           "telegram.api_base_url")
+    envelope = _json_object(body) or {}
+    parameters = envelope.get("parameters")
+    if not isinstance(parameters, dict) or parameters.get("migrate_to_chat_id"):
+        return
+    if "retry_after" in parameters:
+        asked = parameters["retry_after"]
+        raise FloodWait(_seconds(asked), asked)
+
+
+def _seconds(value: object) -> float | None:
+    """A JSON number of seconds, or None (a string, a bool, NaN, an infinity...)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) else None
 
 
 class Sender(Protocol):
@@ -176,23 +411,11 @@ class TelegramSender:
 
     def __init__(self, token: str, base_url: str, timeout: float = 20.0) -> None:
         self._token = token
-        # One TLS context for both clients, made as httpx makes it (certifi, SSL_CERT_FILE):
-        # loading the CA bundle twice cost more CPU than the rest of a push's start.
-        tls = httpx.create_ssl_context()
-        self._requests = tuple(
-            HTTPXRequest(
-                connection_pool_size=size,
-                connect_timeout=min(timeout, 10.0),
-                read_timeout=timeout,
-                write_timeout=timeout,
-                pool_timeout=min(timeout, 10.0),
-                httpx_kwargs={"verify": tls},
-            )
-            for size in (8, 1)
-        )
+        # One client (this bot never calls getUpdates), with a TLS context made as httpx makes
+        # it (certifi, SSL_CERT_FILE): loading the CA bundle is most of a push's start-up CPU.
+        self._request = BoundedRequest(timeout, verify=httpx.create_ssl_context())
         self._bot = Bot(
-            token, base_url=base_url, request=self._requests[0],
-            get_updates_request=self._requests[1],
+            token, base_url=base_url, request=self._request, get_updates_request=self._request,
         )
         self._started = False
 
@@ -203,16 +426,22 @@ class TelegramSender:
         try:
             await self._bot.initialize()
         except tg_error.TelegramError as exc:
-            raise self._translate(exc) from None
+            error = self._translate(exc)
+            if isinstance(error, Unauthorized):
+                raise error from None
+            raise Unavailable(f"getMe failed: {error.reason}") from None
+        except Exception as exc:  # a 200 answer whose result is no bot user
+            raise Unavailable(
+                f"getMe failed: the answer is not a bot user ({type(exc).__name__})"
+            ) from None
         self._started = True
 
     async def close(self) -> None:
-        """Close the HTTP clients, also when ``start`` failed half-way (PTB would not)."""
+        """Close the HTTP client, also when ``start`` failed half-way (PTB would not)."""
         if self._started:
             await self._bot.shutdown()
             self._started = False
-        for request in self._requests:
-            await request.shutdown()
+        await self._request.shutdown()
 
     async def get_me(self) -> BotInfo:
         await self.start()
@@ -297,41 +526,34 @@ class TelegramSender:
         return message.message_id
 
     def _translate(self, exc: tg_error.TelegramError, *, photo: bool = False) -> SendError:
-        """PTB's exception to ours. Order matters: TimedOut and BadRequest are NetworkErrors."""
+        """PTB's exception (or our transport's) to ours. Order matters: BadRequest and
+        Forbidden answers are NetworkErrors to PTB."""
         reason = self._redact(_first_line(exc.message))
         match exc:
+            case ExchangeFailed():
+                return Ambiguous(reason) if exc.left else NotSent(reason)
+            case RefusedAnswer():
+                return NotSent(f"Telegram answered ok:false: {reason}")
+            case FloodWait():
+                return RateLimited(exc.seconds, exc.asked)
+            case TokenRefused():
+                return Unauthorized(reason)
             case tg_error.RetryAfter():
                 return RateLimited(_retry_after_seconds(exc))
             case tg_error.ChatMigrated():
                 return ChatMigrated(str(exc.new_chat_id))
             case tg_error.InvalidToken():
-                return Unauthorized(f"the bot token was refused: {reason}")
+                return Unauthorized("the bot token was refused")
             case tg_error.Forbidden():
                 return ChatForbidden(reason)
-            case tg_error.TimedOut():
-                return self._timed_out(exc, reason)
             case tg_error.BadRequest():
                 return _bad_request(reason, photo=photo)
             case tg_error.NetworkError():
-                return self._network_error(exc, reason)
-        # Anything else (an answer that could not be read, a 2xx without a result...) came
-        # back after the request reached Telegram: it may have been posted.
+                # An HTTP error answer (5xx, a proxy's HTML page): the message was not posted.
+                return NotSent(f"Telegram answered with an error: {reason}")
+        # Anything else (an answer PTB could not read) came back after the request reached
+        # Telegram: it may have been posted.
         return Ambiguous(f"{type(exc).__name__}: {reason}")
-
-    def _timed_out(self, exc: tg_error.TimedOut, reason: str) -> SendError:
-        cause = exc.__cause__
-        if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout):
-            return NotSent(f"timed out before the request left ({type(cause).__name__})")
-        return Ambiguous(f"no answer in time ({type(cause).__name__ if cause else reason})")
-
-    def _network_error(self, exc: tg_error.NetworkError, reason: str) -> SendError:
-        cause = exc.__cause__
-        if cause is None or isinstance(cause, tg_error.TelegramError):
-            # An HTTP error answer (5xx, a proxy's HTML page): the message was not posted.
-            return NotSent(f"Telegram answered with an error: {reason}")
-        if isinstance(cause, httpx.ConnectError | httpx.UnsupportedProtocol | httpx.InvalidURL):
-            return NotSent(f"cannot connect: {type(cause).__name__}")
-        return Ambiguous(f"connection lost after sending: {type(cause).__name__}")
 
     def _redact(self, text: str) -> str:
         return redact_text(text, secret_variants(self._token))

@@ -12,9 +12,14 @@ twice. Outcomes decide what happens next:
   a bounded number of tries per run, then left for the next run;
 * maybe posted (timeout after the request left) -> ``uncertain`` (or ``pending`` again for
   chats configured ``on_uncertain = "resend"``);
-* 429 -> wait ``retry_after`` plus jitter and retry the same message, never dropping it;
+* 429 -> wait ``retry_after`` plus jitter and retry the same message, never dropping it (a
+  retry_after that is not a number, negative or above ``max_wait_seconds`` counts as
+  ``max_wait_seconds``, which leaves the chat for the next run);
 * 400 about the message -> ``failed`` with the reason; 403 -> the chat stops for this run;
 * a pair its destination no longer wants (a chat or route removed) -> ``orphaned``, unsent.
+
+Pacing keeps a margin (``PACING_MARGIN``) below Telegram's limits: a request paced exactly at
+the limit arrives a few milliseconds early as often as late, and then draws a 429.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ from publisher.state import (
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 300.0
+MAX_RATE_LIMITS = 5  # 429s for one article in one run; then the chat waits for the next run
+# Sends stay this fraction slower than each of Telegram's limits (per chat, per minute, bot
+# wide): enough for tens of milliseconds of network jitter per second of interval.
+PACING_MARGIN = 0.05
 
 
 @dataclass
@@ -83,6 +92,7 @@ class ChatReport:
     skipped: int = 0
     orphaned: int = 0
     rate_limited: int = 0
+    recovered: int = 0  # of ``uncertain``: sends an earlier process left in flight
     error: str = ""
     held: str = ""  # why posts due now were left for a later push (pacing, max_per_run...)
 
@@ -110,8 +120,16 @@ class PushReport:
                 if report.held and not report.error}
 
     @property
+    def nothing_delivered(self) -> bool:
+        """Posts were tried and not one surely went out: each ended uncertain or failed
+        (sends an earlier process left in flight were not tried by this push)."""
+        tried_uncertain = self.total("uncertain") - self.total("recovered")
+        return self.total("sent") == 0 and tried_uncertain + self.total("failed") > 0
+
+    @property
     def ok(self) -> bool:
-        return not self.fatal and not self.errors and self.total("failed") == 0
+        return (not self.fatal and not self.errors and self.total("failed") == 0
+                and not self.nothing_delivered)
 
 
 def plan_deliveries(
@@ -145,6 +163,19 @@ Sleep = Callable[[float], Awaitable[None]]
 Lookup = Callable[[str], Article | None]
 
 
+def paced_with_margin(config: Config) -> Pacing:
+    """Telegram's limits from the config, each made ``PACING_MARGIN`` stricter."""
+    slower = 1.0 + PACING_MARGIN
+    telegram = config.telegram
+    return Pacing(
+        per_chat_interval=telegram.per_chat_interval_seconds * slower,
+        per_chat_per_minute=telegram.per_chat_per_minute,
+        global_interval=slower / telegram.global_per_second,
+        max_wait=telegram.max_wait_seconds,
+        window=60.0 * slower,
+    )
+
+
 @dataclass(frozen=True)
 class Prepared:
     article: Article
@@ -175,6 +206,7 @@ class Tries:
 
     not_sent: int = 0
     migrations: int = 0
+    rate_limited: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,29 +241,44 @@ class Dispatcher:
         *,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        stop: asyncio.Event | None = None,
     ) -> None:
+        """``stop``: an event whose setting is a stop request (as ``request_stop``)."""
         self._store = store
         self._sender = sender
         self._config = config
         self._settings = config.telegram
         self._lease_seconds = config.state.lease_seconds
         self._send_deadline = config.state.lease_seconds * 0.9
-        self._pacing = Pacing(
-            per_chat_interval=config.telegram.per_chat_interval_seconds,
-            per_chat_per_minute=config.telegram.per_chat_per_minute,
-            global_interval=1.0 / config.telegram.global_per_second,
-            max_wait=config.telegram.max_wait_seconds,
-        )
+        self._pacing = paced_with_margin(config)
         self._sleep = sleep
         self._clock = clock
         self._owner = instance_name()
-        self._stop = False
+        self._stopping = stop if stop is not None else asyncio.Event()
         self._fatal = ""
         self.destinations = remembered_destinations(config, store)
 
     def request_stop(self) -> None:
-        """Finish the send in flight, record it, and post nothing more in this run."""
-        self._stop = True
+        """Finish the send in flight, record it, and post nothing more in this run; a wait
+        (pacing, a 429, a retry's backoff) ends at once."""
+        self._stopping.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping.is_set()
+
+    async def _pause(self, seconds: float) -> None:
+        """The injected sleep, cut short by a stop request."""
+        if self._stopping.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (sleeper, stopper):
+                waiter.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
 
     async def run(self, new_articles: Sequence[Article], lookup: Lookup, *,
                   replan: bool = False) -> PushReport:
@@ -286,7 +333,9 @@ class Dispatcher:
                   count=sum(recovered.values()))
         for (chat, state), count in recovered.items():
             if state == UNCERTAIN:
-                report.chat(destinations.label(chat)).uncertain += count
+                chat_report = report.chat(destinations.label(chat))
+                chat_report.uncertain += count
+                chat_report.recovered += count
 
     async def _resolve(self, destinations: Destinations
                        ) -> tuple[Destinations, Unavailable | None]:
@@ -318,6 +367,9 @@ class Dispatcher:
     async def _start_sender(self) -> Unavailable | None:
         try:
             await self._sender.start()
+        except Unauthorized as exc:
+            event(log, logging.ERROR, "unauthorized", reason=exc.reason)
+            return Unavailable(exc.reason, exc.reason)
         except SendError as exc:
             event(log, logging.ERROR, "telegram_unavailable", reason=exc.reason)
             return Unavailable(exc.reason, f"Telegram unavailable: {exc.reason}")
@@ -331,7 +383,7 @@ class Dispatcher:
         """
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
                       self._settings.max_per_run or None)
-        while not (self._stop or self._fatal):
+        while not (self.stop_requested or self._fatal):
             if run.budget is not None and run.budget <= 0:
                 if self._store.has_pending([run.key]):
                     run.report.held = (f"telegram.max_per_run ({self._settings.max_per_run}) "
@@ -345,8 +397,8 @@ class Dispatcher:
                 return
             delay = slot - self._clock()
             if delay > 0:
-                await self._sleep(delay)
-            if self._stop or self._fatal:
+                await self._pause(delay)
+            if self.stop_requested or self._fatal:
                 self._store.cancel_reservation(run.key, slot)
                 return
             if not await self._claim_and_send(run, slot, lookup):
@@ -439,9 +491,9 @@ class Dispatcher:
             message_id = await self._post_within_lease(target, message)
         except RateLimited as exc:
             chat_report.rate_limited += 1
-            outcome = await self._wait_rate_limit(article.id, chat_id, exc)
+            outcome = await self._wait_rate_limit(article.id, chat_id, exc, tries)
             if outcome is Outcome.STOP:
-                chat_report.held = f"rate limited: Telegram asked to wait {exc.retry_after:g} s"
+                chat_report.held = f"rate limited: {exc.reason}"
             return outcome
         except ChatMigrated as exc:
             tries.migrations += 1
@@ -537,24 +589,39 @@ class Dispatcher:
             return await self._post_plain(chat_id, message, exc)
 
     async def _post_plain(self, chat_id: str, message: Message, exc: EntitiesRejected) -> int:
+        """The plain-text fallback; refused too, the message has failed, for both reasons."""
         event(log, logging.ERROR, "bug_html_refused", chat=self._label(chat_id),
               article=message.article_id, reason=exc.reason)
-        return await self._sender.send_text(
-            chat_id, message.plain, html=False, buttons=message.buttons,
-            preview_url=message.preview_url,
-        )
+        try:
+            return await self._sender.send_text(
+                chat_id, message.plain, html=False, buttons=message.buttons,
+                preview_url=message.preview_url,
+            )
+        except (Rejected, EntitiesRejected, PhotoRejected) as plain:
+            raise Rejected(
+                f"HTML refused: {exc.reason}; plain text refused too: {plain.reason}"
+            ) from None
 
-    async def _wait_rate_limit(self, article_id: str, chat_id: str,
-                               exc: RateLimited) -> Outcome:
-        wait = exc.retry_after + random.uniform(0.05, 0.5)
+    async def _wait_rate_limit(self, article_id: str, chat_id: str, exc: RateLimited,
+                               tries: Tries) -> Outcome:
+        """Wait out a 429 and retry, or leave the chat for the next run when the wait is
+        too long (or unusable: it then counts as ``max_wait_seconds``) or keeps coming."""
+        tries.rate_limited += 1
+        max_wait = self._settings.max_wait_seconds
+        asked = exc.retry_after
+        usable = asked is not None and 0 <= asked <= max_wait
+        retry_after = asked if usable and asked is not None else max_wait
+        wait = retry_after + random.uniform(0.05, 0.5)
         self._settled(article_id, chat_id, self._store.mark_retry(
             article_id, chat_id, exc.reason, self._clock() + wait, count_attempt=False,
             owner=self._owner))
-        event(log, logging.WARNING, "rate_limited", chat=self._label(chat_id),
-              retry_after=exc.retry_after)
-        if wait > self._settings.max_wait_seconds or self._stop:
+        fields: dict[str, object] = {"retry_after": round(retry_after, 3)}
+        if not usable:
+            fields["reason"] = exc.reason
+        event(log, logging.WARNING, "rate_limited", chat=self._label(chat_id), **fields)
+        if wait > max_wait or self.stop_requested or tries.rate_limited >= MAX_RATE_LIMITS:
             return Outcome.STOP
-        await self._sleep(wait)
+        await self._pause(wait)
         return Outcome.RETRY
 
     async def _back_off(self, article_id: str, chat_id: str, reason: str, tries: Tries,
@@ -566,10 +633,12 @@ class Dispatcher:
             article_id, chat_id, reason, self._clock() + delay, owner=self._owner))
         event(log, logging.WARNING, "retry_later", chat=self._label(chat_id), article=article_id,
               reason=reason, tries=tries.not_sent)
-        if tries.not_sent >= self._settings.max_tries or self._stop:
+        if self.stop_requested:
+            return Outcome.STOP
+        if tries.not_sent >= self._settings.max_tries:
             chat_report.error = (
                 f"Telegram unavailable for {self.destinations.label(chat_id)}: {reason}"
             )
             return Outcome.STOP
-        await self._sleep(delay)
+        await self._pause(delay)
         return Outcome.RETRY

@@ -53,6 +53,14 @@ class Metrics:
         info = Gauge("publisher_loader_info", "YAML loader in use.", ["loader"],
                      registry=self.registry)
         info.labels(yaml_loader()[1]).set(1)
+        self.reload_failures = Counter(
+            "publisher_reload_failures", "Config reloads (SIGHUP) refused; the old config ran on.",
+            registry=self.registry,
+        )
+        self.config_reload_ok = gauge(
+            "publisher_config_reload_ok", "0 after a refused config reload, else 1."
+        )
+        self.config_reload_ok.set(1)
 
     def _gauge(self, name: str, documentation: str) -> Gauge:
         return Gauge(name, documentation, registry=self.registry)
@@ -89,6 +97,13 @@ class Metrics:
 
     def job_failed(self, job: str) -> None:
         self.job_runs.labels(job, "error").inc()
+
+    def reload_failed(self) -> None:
+        self.reload_failures.inc()
+        self.config_reload_ok.set(0)
+
+    def reloaded(self) -> None:
+        self.config_reload_ok.set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

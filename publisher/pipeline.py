@@ -8,6 +8,7 @@ memory. ``load_and_select`` is the pure path (no state at all) used by ``check``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -298,8 +299,12 @@ def require_chat(config: Config) -> None:
         raise ConfigError("no chat to post to: set telegram.chat_id in the config")
 
 
-async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
-    """One delivery pass, as ``publisher push`` runs it: under the single-instance lock."""
+async def push(config: Config, sender: Sender | None = None, *,
+               stop: asyncio.Event | None = None) -> PushOutcome:
+    """One delivery pass, as ``publisher push`` runs it: under the single-instance lock.
+
+    Setting ``stop`` ends the pass after the send in flight (which is recorded).
+    """
     from publisher.dispatch import Dispatcher
 
     require_chat(config)
@@ -310,7 +315,7 @@ async def push(config: Config, sender: Sender | None = None) -> PushOutcome:
             catalog = Catalog(store.db)
             corpus = sync_corpus(config, catalog)
             try:
-                dispatcher = Dispatcher(store, sender, config)
+                dispatcher = Dispatcher(store, sender, config, stop=stop)
                 return await deliver(config, store, dispatcher, catalog, corpus)
             finally:
                 await sender.close()

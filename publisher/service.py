@@ -8,7 +8,12 @@ the source of truth: jobs live in memory and a restart simply runs both jobs onc
 
 Signals: SIGTERM/SIGINT stop the triggers, let the send in flight finish and be recorded,
 close the bot session and exit 0; a second one exits at once. SIGHUP reloads the config
-(``state`` and ``server`` changes need a restart).
+(``state`` and ``server`` changes need a restart). Only a stop request ends the service: the
+file watcher has a stop event of its own (watchfiles sets the event it is given when it is
+cancelled, as a reload does), and the scheduler is paused, not shut down, until the work in
+flight is over (shutting APScheduler's asyncio executor down cancels the jobs it runs).
+
+``publisher push`` stops the same way (``publisher.stopping``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +49,17 @@ from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, start_server
 from publisher.state import RunRecord, SQLStore, instance_lock, open_store, utc_now_iso
+from publisher.stopping import STOP_DEADLINE_SECONDS
 
 log = logging.getLogger(__name__)
 
-STOP_DEADLINE_SECONDS = 7.0  # systemd and the issue allow 10 s; leave room to close up
 SENDER_CLOSE_SECONDS = 2.0
 MAX_FAILURE_BACKOFF_SECONDS = 300.0
 MAX_BACKOFF_BASE_SECONDS = 60.0
 WATCH_MAX_BATCH_SECONDS = 5.0  # a never-ending stream of changes still triggers this often
 WATCH_RETRY_SECONDS = 5.0
+TICK_SLACK_SECONDS = 0.5  # a tick this close to the end of a backoff runs the job
+MAX_TICKS_SCANNED = 100_000  # bounds the search for the tick that ends a backoff
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 JOBS = ("build", "push")
@@ -87,7 +94,7 @@ class JobHealth:
 
     failures: int = 0
     last_error: str = ""
-    not_before: float = 0.0  # time.monotonic()
+    not_before: float = 0.0  # time.time(): the job's ticks before this do nothing
 
     def succeeded(self) -> None:
         self.failures, self.last_error, self.not_before = 0, "", 0.0
@@ -97,7 +104,7 @@ class JobHealth:
         self.failures += 1
         self.last_error = error
         delay = min(base_seconds * 2 ** (self.failures - 1), MAX_FAILURE_BACKOFF_SECONDS)
-        self.not_before = time.monotonic() + delay
+        self.not_before = time.time() + delay
         return delay
 
 
@@ -143,11 +150,13 @@ class Service:
         self._stop_sync = threading.Event()
         self._sync_future: asyncio.Future[pipeline.CorpusReport] | None = None
         self._catalog: Catalog | None = None
+        # Set by request_stop only, and handed to no library: it ends the service.
         self._stopping = asyncio.Event()
-        self._dispatcher: Dispatcher | None = None
+        self._push_stop = asyncio.Event()  # every push's dispatcher stops on it
         self._store: SQLStore | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._watch_stop: asyncio.Event | None = None  # the running watcher's own
         self._reload_tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
         self._notifier = SystemdNotifier()
         self._signals = 0
@@ -185,7 +194,10 @@ class Service:
 
     def _start(self) -> None:
         self._install_signal_handlers()
-        self._start_scheduler()
+        self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(),
+                                           timezone="UTC")
+        self._schedule_jobs()
+        self._scheduler.start()
         self._start_watcher()
         self._notifier.notify("READY=1\nSTATUS=running")
         event(log, logging.INFO, "started", articles=self.config.articles.dir,
@@ -209,20 +221,25 @@ class Service:
             os._exit(1)
         event(log, logging.INFO, "stopping")
         self._notifier.notify("STOPPING=1")
-        if self._dispatcher is not None:
-            self._dispatcher.request_stop()
+        self._push_stop.set()
         self._stopping.set()
+        if self._watch_stop is not None:
+            self._watch_stop.set()
         self._stop_sync.set()  # a long sync in a worker thread ends at its next batch
 
     async def _shutdown(self) -> None:
+        # Paused, not shut down: shutting down APScheduler's asyncio executor cancels the
+        # jobs it runs, the send in flight with them.
         if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+            self._scheduler.pause()
         await self._finish_work_in_flight()
-        for task in (self._watch_task, *self._runners.values()):  # idle now: we hold the locks
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)  # nothing of ours runs in it any more
+        await self._stop_watcher()
+        for task in self._runners.values():  # idle now: we hold the locks
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._sender is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._sender.close(), SENDER_CLOSE_SECONDS)
@@ -269,6 +286,7 @@ class Service:
             new = self._read_new_config()
             sender = self._sender_factory(new) if new.telegram != self.config.telegram else None
         except PublisherError as exc:
+            self.metrics.reload_failed()
             event(log, logging.ERROR, "reload_failed", error=str(exc))
             return
         async with self._locks["build"], self._locks["push"]:
@@ -279,13 +297,13 @@ class Service:
                 if self._sender is not None:
                     await self._sender.close()
                 self._sender = sender
-            if self._scheduler is not None:
-                self._scheduler.shutdown(wait=False)
-            self._start_scheduler()
+            for health in self.health.values():  # the new config may well have fixed it
+                health.not_before = 0.0
+            self._schedule_jobs()
             if new.articles.dir != old.articles.dir or new.schedule != old.schedule:
-                if self._watch_task is not None:
-                    self._watch_task.cancel()
+                await self._stop_watcher()
                 self._start_watcher()
+        self.metrics.reloaded()
         event(log, logging.INFO, "reloaded", config=self.config.path)
 
     def _read_new_config(self) -> Config:
@@ -301,35 +319,50 @@ class Service:
 
     # -- triggers ----------------------------------------------------------------------------
 
-    def _start_scheduler(self) -> None:
-        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone="UTC")
+    def _schedule_jobs(self) -> None:
+        """(Re)schedule both jobs from the config, each to run at once. Replacing a job does
+        not touch a run of it in flight."""
+        assert self._scheduler is not None
         for name, job in (("build", self.build_job), ("push", self.push_job)):
             spec = getattr(self.config.schedule, name)
             # A tick delayed by a busy loop still runs if late by less than one interval.
             grace = int(max(30, min(interval_seconds(spec) or 300, 3600)))
-            scheduler.add_job(
+            self._scheduler.add_job(
                 job, parse_schedule(spec, f"schedule.{name}"), id=name, name=name,
                 next_run_time=datetime.now(UTC), misfire_grace_time=grace,
-                max_instances=1, coalesce=True,
+                max_instances=1, coalesce=True, replace_existing=True,
             )
-        scheduler.start()
-        self._scheduler = scheduler
 
     def _start_watcher(self) -> None:
         if self.config.schedule.watch:
-            self._watch_task = asyncio.create_task(self._watch(self.config.articles.dir))
+            stop = asyncio.Event()
+            self._watch_stop = stop
+            self._watch_task = asyncio.create_task(self._watch(self.config.articles.dir, stop))
 
-    async def _watch(self, directory: Path) -> None:
-        """Build + push once per burst of article changes (quiet for ``debounce_seconds``)."""
+    async def _stop_watcher(self) -> None:
+        task, stop = self._watch_task, self._watch_stop
+        self._watch_task = self._watch_stop = None
+        if stop is not None:
+            stop.set()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch(self, directory: Path, stop: asyncio.Event) -> None:
+        """Build + push once per burst of article changes (quiet for ``debounce_seconds``).
+
+        ``stop`` is this watcher's own: watchfiles sets it when the watcher is cancelled.
+        """
         quiet_ms = max(int(self.config.schedule.debounce_seconds * 1000), 50)
         max_ms = max(int(WATCH_MAX_BATCH_SECONDS * 1000), quiet_ms)
-        while not self._stopping.is_set():
+        while not stop.is_set():
             if not directory.is_dir():
-                await asyncio.sleep(WATCH_RETRY_SECONDS)
+                await _wait_or_timeout(stop, WATCH_RETRY_SECONDS)
                 continue
             try:
                 async for changes in watchfiles.awatch(
-                    directory, debounce=max_ms, step=quiet_ms, stop_event=self._stopping,
+                    directory, debounce=max_ms, step=quiet_ms, stop_event=stop,
                     watch_filter=_article_filter, recursive=True,
                 ):
                     event(log, logging.INFO, "articles_changed", files=len(changes))
@@ -338,7 +371,7 @@ class Service:
             except (OSError, RuntimeError) as exc:
                 # A watcher that dies (folder removed, inotify limits) falls back to the ticks.
                 event(log, logging.WARNING, "watcher_error", error=str(exc))
-                await asyncio.sleep(WATCH_RETRY_SECONDS)
+                await _wait_or_timeout(stop, WATCH_RETRY_SECONDS)
 
     def _want(self, name: str) -> None:
         """Run a job now, or once more after the run in flight; requests in between merge."""
@@ -363,7 +396,7 @@ class Service:
     async def _guarded(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run one job under its lock; a failure is logged, counted and backed off."""
         health = self.health[name]
-        if self._stopping.is_set() or time.monotonic() < health.not_before:
+        if self._stopping.is_set() or time.time() < health.not_before:
             return
         async with self._locks[name]:
             if self._stopping.is_set():
@@ -390,11 +423,32 @@ class Service:
         if isinstance(exc, PushIncomplete) and not exc.back_off:
             base = 0.0
         delay = health.failed(error, base)
+        retry_in = self._retry_in(name, health, delay)
         self.metrics.job_failed(name)
         # A traceback only for an unexpected error, and only once per streak.
         trace = health.failures == 1 and not isinstance(exc, PublisherError)
         event(log, logging.ERROR, f"{name}_failed", error=error, failures=health.failures,
-              retry_in=round(delay, 1), exc_info=trace)
+              retry_in=round(retry_in, 1), exc_info=trace)
+
+    def _retry_in(self, name: str, health: JobHealth, delay: float) -> float:
+        """Seconds until the job really runs again: its first tick once the backoff is over
+        (the ticks before it do nothing), which ``not_before`` is moved to."""
+        tick = self._first_tick_from(name, health.not_before - TICK_SLACK_SECONDS)
+        if tick is None:
+            return delay
+        health.not_before = tick - TICK_SLACK_SECONDS
+        return max(tick - time.time(), 0.0)
+
+    def _first_tick_from(self, name: str, earliest: float) -> float | None:
+        """The time of the job's first scheduled run at or after ``earliest``."""
+        job = self._scheduler.get_job(name) if self._scheduler is not None else None
+        fire = job.next_run_time if job is not None else None
+        for _ in range(MAX_TICKS_SCANNED):
+            if fire is None or fire.timestamp() >= earliest:
+                return fire.timestamp() if fire is not None else None
+            assert job is not None
+            fire = job.trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        return None
 
     async def _build(self) -> None:
         assert self._store is not None
@@ -444,14 +498,10 @@ class Service:
     async def _push(self) -> None:
         assert self._store is not None and self._sender is not None
         corpus = await self._load()
-        self._dispatcher = Dispatcher(self._store, self._sender, self.config, sleep=self._sleep)
-        try:
-            outcome = await pipeline.deliver(
-                self.config, self._store, self._dispatcher, Catalog(self._store.db),
-                corpus,
-            )
-        finally:
-            self._dispatcher = None
+        dispatcher = Dispatcher(self._store, self._sender, self.config, stop=self._push_stop)
+        outcome = await pipeline.deliver(
+            self.config, self._store, dispatcher, Catalog(self._store.db), corpus,
+        )
         self.metrics.observe_push(outcome.report)
         self.metrics.observe_ledger(outcome.open_posts)
         summary = outcome.summary()
@@ -464,11 +514,6 @@ class Service:
                 outcome.report.chats
             )
             raise PushIncomplete(errors, back_off=not partial)
-
-    async def _sleep(self, seconds: float) -> None:
-        """The dispatcher's waits (pacing, 429, retry backoff) end early when stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     # -- health and metrics ------------------------------------------------------------------
 
@@ -484,6 +529,11 @@ class Service:
             self.config.server.listen, feeds_dir=feeds_dir, health=self.healthy,
             metrics=self.metrics.render, cache_seconds=interval_seconds(self.config.schedule.build),
         )
+
+
+async def _wait_or_timeout(event_: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event_.wait(), seconds)
 
 
 def _article_filter(change: watchfiles.Change, path: str) -> bool:

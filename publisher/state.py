@@ -193,6 +193,7 @@ class Pacing:
     per_chat_per_minute: int
     global_interval: float
     max_wait: float
+    window: float = 60.0  # the span of the per-minute budget
 
 
 class Store(Protocol):
@@ -720,14 +721,14 @@ class SQLStore:
             latest = [  # newest first: the last send and the one a full budget ago
                 row[0] for row in self.db.execute(
                     "SELECT at FROM send_log WHERE chat_id=? AND at>=? ORDER BY at DESC LIMIT ?",
-                    (chat_id, now - 60.0, budget),
+                    (chat_id, now - pacing.window, budget),
                 )
             ]
             slot = now
             if latest:
                 slot = max(slot, latest[0] + pacing.per_chat_interval)
             if len(latest) >= budget:
-                slot = max(slot, latest[budget - 1] + 60.0)
+                slot = max(slot, latest[budget - 1] + pacing.window)
             slot = self._free_global_slot(slot, pacing.global_interval)
             if slot - now > pacing.max_wait:
                 return None

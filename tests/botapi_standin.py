@@ -3,7 +3,8 @@
 Stdlib only.  It validates requests against the machine-readable Bot API spec
 (``bot-api.json``), parses Telegram's HTML subset, enforces text/caption limits, inline
 keyboards and Telegram-like rate limits, records every accepted message, and can inject
-faults (5xx, dropped connections, slow replies after recording, 403, 429, ...).
+faults (5xx, dropped connections, slow replies after recording, 403, 429 with any retry_after,
+200 answers with ok:false or the wrong shape, huge or trickling answers, ...).
 
 Library use::
 
@@ -75,8 +76,15 @@ FAULTS = frozenset(
         "429",
         "refuse_photo",
         "parse_entities",
+        "ok_false",  # 200 with {"ok": false}: nothing was done
+        "no_result",  # 200 with {"ok": true} and no result: nothing was done
+        "wrong_shape",  # 200 with a result of the wrong type: nothing was done
+        "huge_answer",  # done and recorded, then a 200 answer of huge_bytes
+        "trickle_answer",  # done and recorded, then the answer a byte at a time (slow_seconds)
     }
 )
+OK_FALSE_DESCRIPTION = "Service Unavailable: the gateway refused the request"
+HUGE_BYTES = 200 * 1024 * 1024
 
 NGINX_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -103,7 +111,14 @@ _PRIMITIVE_TYPE_NAMES = {"int": "Integer", "bool": "Boolean", "str": "String", "
 _BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 Json = dict[str, Any]
-Delivery = Literal["send", "drop", "delay"]
+Delivery = Literal["send", "drop", "delay", "huge", "trickle"]
+# Faults whose request is carried out (and recorded) before the answer goes wrong.
+AFTER_RECORD_DELIVERY: dict[str, Delivery] = {
+    "slow_after_record": "delay",
+    "drop_after_record": "drop",
+    "huge_answer": "huge",
+    "trickle_answer": "trickle",
+}
 
 
 class ApiError(Exception):
@@ -126,7 +141,7 @@ def bad_request(reason: str) -> ApiError:
     return ApiError(400, f"Bad Request: {reason}")
 
 
-def too_many_requests(retry_after: int) -> ApiError:
+def too_many_requests(retry_after: Any) -> ApiError:
     return ApiError(
         429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
     )
@@ -875,7 +890,7 @@ class Fault:
     # a fault is for what a test sends unless it names the method.
     method: str | None
     chat: int | str | None
-    retry_after: int
+    retry_after: Any  # any JSON value: a broken server may send -5 or "soon"
 
     def matches(self, method: str, chat: int | str | None) -> bool:
         if self.remaining <= 0:
@@ -936,6 +951,7 @@ class BotApiStandin:
         per_chat_per_minute: int = 20,
         global_per_second: int = 30,
         slow_seconds: float = 3.0,
+        huge_bytes: int = HUGE_BYTES,
         clock: Callable[[], float] = time.monotonic,
         record_file: str | Path | None = None,
         spec_path: str | Path | None = None,
@@ -946,6 +962,7 @@ class BotApiStandin:
         self.token = token
         self.bot_username = bot_username
         self.slow_seconds = slow_seconds
+        self.huge_bytes = huge_bytes
         self.rate_limits = rate_limits
         self.limiter = RateLimiter(per_chat_interval, per_chat_per_minute, global_per_second, clock)
         self._methods = method_specs(spec)
@@ -1030,10 +1047,13 @@ class BotApiStandin:
         times: int = 1,
         method: str | None = None,
         chat_id: int | str | None = None,
-        retry_after: int = 1,
+        retry_after: Any = 1,
     ) -> None:
         """Queue a fault for the next `times` matching requests (method=None: every method
-        but getMe, getChat and getChatMember)."""
+        but getMe, getChat and getChatMember).
+
+        ``retry_after`` is what a "429" fault answers, as is: a number, or any JSON value.
+        """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
         chat = None if chat_id is None else chat_key(chat_id)
@@ -1174,13 +1194,13 @@ class BotApiStandin:
     def _call(self, method: MethodSpec, raw: dict[str, Any]) -> Reply:
         raw_chat = raw.get("chat_id")
         fault = self._take_fault(method.name, raw_chat)
-        if fault is not None and fault.kind not in ("slow_after_record", "drop_after_record"):
+        if fault is not None and fault.kind not in AFTER_RECORD_DELIVERY:
             reply = _fault_reply(fault)
         else:
             reply = self._execute(method, raw)
             if fault is not None and reply.status == HTTPStatus.OK:
-                delivery: Delivery = "delay" if fault.kind == "slow_after_record" else "drop"
-                reply = Reply(reply.status, reply.body, delivery=delivery)
+                reply = Reply(reply.status, reply.body,
+                              delivery=AFTER_RECORD_DELIVERY[fault.kind])
         self._log(method.name, raw, reply, fault)
         return reply
 
@@ -1559,6 +1579,13 @@ def _fault_reply(fault: Fault) -> Reply:
         return Reply(0, b"", delivery="drop")
     if fault.kind == "502_html":
         return Reply(502, NGINX_502, "text/html")
+    answers = {
+        "ok_false": {"ok": False, "error_code": 503, "description": OK_FALSE_DESCRIPTION},
+        "no_result": {"ok": True},
+        "wrong_shape": {"ok": True, "result": "surprise"},
+    }
+    if fault.kind in answers:
+        return json_reply(200, answers[fault.kind])
     errors = {
         "500": ApiError(500, "Internal Server Error"),
         "403": ApiError(403, KICKED),
@@ -1633,18 +1660,47 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delivery == "delay" and standin._stopping.wait(standin.slow_seconds):
             self.close_connection = True
             return
+        writers = {"huge": self._write_huge, "trickle": self._write_trickling}
         with contextlib.suppress(OSError):
-            self._write(reply)
+            writers.get(reply.delivery, self._write)(reply)
 
     def _write(self, reply: Reply) -> None:
+        self._write_head(reply, len(reply.body))
+        self.wfile.write(reply.body)
+
+    def _write_head(self, reply: Reply, length: int) -> None:
         self.send_response(reply.status)
         self.send_header("Server", "nginx/1.18.0")
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Length", str(length))
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(reply.body)
+
+    def _write_huge(self, reply: Reply) -> None:
+        """The real answer padded to ``huge_bytes`` of valid JSON, streamed (never held)."""
+        standin = self.server.standin
+        head, tail = reply.body[:-1] + b', "padding": "', b'"}'
+        padding = max(standin.huge_bytes - len(head) - len(tail), 0)
+        self.close_connection = True
+        self._write_head(reply, len(head) + padding + len(tail))
+        self.wfile.write(head)
+        chunk = b"x" * 65536
+        while padding > 0 and not standin._stopping.is_set():
+            self.wfile.write(chunk[:padding])
+            padding -= len(chunk)
+        self.wfile.write(tail)
+
+    def _write_trickling(self, reply: Reply) -> None:
+        """The real answer, one byte at a time, spread over ``slow_seconds``."""
+        standin = self.server.standin
+        pause = standin.slow_seconds / max(len(reply.body), 1)
+        self.close_connection = True
+        self._write_head(reply, len(reply.body))
+        for index in range(len(reply.body)):
+            if standin._stopping.wait(pause):
+                return
+            self.wfile.write(reply.body[index : index + 1])
 
 
 # --------------------------------------------------------------------------- subprocess mode
@@ -1729,6 +1785,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-chat-per-minute", type=int, default=20)
     parser.add_argument("--global-per-second", type=int, default=30)
     parser.add_argument("--slow-seconds", type=float, default=3.0)
+    parser.add_argument("--huge-bytes", type=int, default=HUGE_BYTES)
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -1742,6 +1799,7 @@ def main(argv: list[str] | None = None) -> int:
         per_chat_per_minute=args.per_chat_per_minute,
         global_per_second=args.global_per_second,
         slow_seconds=args.slow_seconds,
+        huge_bytes=args.huge_bytes,
         record_file=args.record,
     ) as api:
         print(api.base_url, flush=True)

@@ -51,11 +51,11 @@ def config(tmp_path: Path, postgres_url: str, standin: StandinProcess, corpus: N
     telegram = {
         "chat_id": CHATS[0], "api_base_url": standin.base_url, "max_age_hours": 0,
         "max_per_run": 0, "per_chat_interval_seconds": 0.03, "per_chat_per_minute": 100000,
-        "global_per_second": 500, "timeout_seconds": 1, "max_wait_seconds": 30,
+        "global_per_second": 500, "timeout_seconds": 2, "max_wait_seconds": 30,
     }
     path.write_text(
         '[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\n'
-        f'[state]\nurl = "{postgres_url}"\nlease_seconds = 3\n'
+        f'[state]\nurl = "{postgres_url}"\nlease_seconds = 6\n'
         '[schedule]\nbuild = "1h"\npush = "1s"\nwatch = false\n'
         "[telegram]\n"
         + "".join(f"{key} = {json.dumps(value)}\n" for key, value in telegram.items())

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, BotApiStandin
+from botapi_standin import DEFAULT_TOKEN, OK_FALSE_DESCRIPTION, BotApiStandin
 from conftest import ArticleWriter
 
 from publisher import pipeline
@@ -23,7 +26,7 @@ from publisher.delivery import BotInfo, ChatInfo, MemberInfo, Rejected
 from publisher.destinations import remembered_destinations
 from publisher.errors import AlreadyRunning
 from publisher.logs import configure_logging
-from publisher.state import InstanceLock, open_store
+from publisher.state import Delivery, InstanceLock, open_store
 
 CHAT = "@news"
 ConfigMaker = Callable[..., Config]
@@ -630,3 +633,346 @@ def test_a_failure_after_the_claim_but_before_the_request_loses_nothing(
     assert ledger(config) == {CHAT: {"pending": 1}}  # given back, not left "sending"
     assert push(config).report.total("sent") == 1
     assert len(botapi.messages) == 1
+
+
+# -- a broken Bot API or proxy -----------------------------------------------------------------
+
+
+def states(config: Config) -> dict[str, int]:
+    """The ledger's counts per state, whatever the chats are keyed by."""
+    merged: dict[str, int] = {}
+    for by_state in ledger(config).values():
+        for state, count in by_state.items():
+            merged[state] = merged.get(state, 0) + count
+    return merged
+
+
+def deliveries(config: Config, state: str) -> list[Delivery]:
+    store = open_store(config.state.url)
+    try:
+        return store.deliveries([state], limit=1000)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("retry_after", [-5, "soon", 2, 10**9])
+def test_unusable_retry_after_counts_as_max_wait(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    retry_after: object,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config(max_wait_seconds=1)
+    botapi.inject("429", times=1, retry_after=retry_after)
+    before = time.time()
+    outcome = push(config)
+    assert outcome.report.total("rate_limited") == 1 and outcome.report.total("sent") == 0
+    assert [r.method for r in botapi.requests] == ["getMe", "getChat", "sendPhoto"]  # no loop
+    (waiting,) = deliveries(config, "pending")
+    # Retried after max_wait_seconds (plus jitter): not at once, not in 30 years.
+    assert before + 1.05 <= waiting.next_attempt_at <= time.time() + 1.5
+    assert "429" in waiting.reason
+
+
+def test_a_429_that_keeps_coming_leaves_the_chat_for_the_next_run(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    from publisher.dispatch import MAX_RATE_LIMITS
+
+    write_article("a.txt", 1)
+    config = make_config()
+    botapi.inject("429", times=100, retry_after=0)
+    outcome = push(config)
+    assert outcome.report.total("rate_limited") == MAX_RATE_LIMITS
+    assert len(botapi.requests) == 2 + MAX_RATE_LIMITS  # getMe, getChat, the tries
+    assert states(config) == {"pending": 1}
+
+
+def test_ok_false_in_a_200_answer_is_not_sent_and_keeps_its_reason(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config(max_tries=1)
+    botapi.inject("ok_false")
+    outcome = push(config)
+    assert outcome.report.total("uncertain") == 0 and botapi.messages == []
+    (waiting,) = deliveries(config, "pending")
+    assert OK_FALSE_DESCRIPTION in waiting.reason and "KeyError" not in waiting.reason
+    time.sleep(max(waiting.next_attempt_at - time.time(), 0.0))  # its backoff
+    assert push(config).report.total("sent") == 1
+    assert len(botapi.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("ok_false", OK_FALSE_DESCRIPTION), ("no_result", 'no "ok": true and result'),
+     ("wrong_shape", "not a bot user"), ("huge_answer", "larger than 4096 KiB"),
+     ("trickle_answer", "no complete answer within 0.5 s")],
+)
+def test_get_me_answering_nonsense_is_a_clear_error(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    fault: str, reason: str,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config()
+    botapi.inject(fault, method="getMe")
+    outcome = push(config)
+    assert outcome.report.fatal.startswith("getMe failed: ") and reason in outcome.report.fatal
+    assert list(outcome.report.errors.values()) == [
+        f"Telegram unavailable: {outcome.report.fatal}"]
+    assert botapi.messages == [] and states(config) == {"pending": 1}
+    assert push(config).report.total("sent") == 1
+
+
+def test_html_and_plain_text_both_refused_fails_with_both_reasons_and_goes_on(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("a.txt", 1)
+    write_article("b.txt", 2)
+    config = make_config()
+    botapi.inject("parse_entities", times=2)
+    outcome = push(config)
+    assert outcome.report.total("failed") == 1 and outcome.report.total("sent") == 1
+    (failed,) = deliveries(config, "failed")
+    assert failed.title == "Article number 1"
+    assert failed.reason.startswith("HTML refused: Can't parse entities")
+    assert "; plain text refused too: Can't parse entities" in failed.reason
+    assert titles(botapi) == ["Article number 2"]
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("huge_answer", "the answer is larger than 4096 KiB"),
+    ("trickle_answer", "no complete answer within 0.5 s"),
+])
+def test_a_huge_or_trickling_answer_is_cut_and_the_send_held_as_uncertain(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    fault: str, reason: str,
+) -> None:
+    write_article("a.txt", 1)
+    write_article("b.txt", 2)
+    config = make_config()
+    botapi.inject(fault)
+    started = time.monotonic()
+    outcome = push(config)
+    assert time.monotonic() - started < botapi.slow_seconds + 0.5
+    assert outcome.report.total("uncertain") == 1 and outcome.report.total("sent") == 1
+    (held,) = deliveries(config, "uncertain")
+    assert held.title == "Article number 1" and reason in held.reason
+    assert len(botapi.messages) == 2  # it was posted: at-most-once held it back
+
+
+def test_a_wrong_token_is_reported_as_refused_in_push_and_status(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config()
+    wrong = {"TELEGRAM_BOT_TOKEN": "123456:WRONG-token-value_abc"}
+    result = run_cli("push", "-c", str(config.path), cwd=tmp_path, env=wrong)
+    assert result.returncode == 1
+    assert "Error: the bot token was refused (401)" in result.stderr.splitlines()
+    assert "unavailable" not in result.stderr.lower()
+    status = run_cli("status", "-c", str(config.path), cwd=tmp_path)
+    assert re.search(r"error in \S+: the bot token was refused \(401\)", status.stdout)
+    assert "unavailable" not in status.stdout.lower()
+
+
+def test_cli_push_exits_nonzero_when_no_post_surely_went_out(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config()
+    botapi.inject("slow_after_record")
+    result = run_cli("push", "-c", str(config.path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Sent 0 posts; 0 failed, 1 uncertain" in result.stdout
+    assert "Error: no post surely went out: 1 uncertain, 0 failed" in result.stderr
+    again = run_cli("push", "-c", str(config.path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # nothing to do is no failure
+
+
+def test_cli_push_log_lines_stay_one_line_without_bodies_or_tracebacks(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config(max_tries=1)
+    botapi.inject("502_html")
+    result = run_cli("push", "-c", str(config.path), "-v", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "<html>" not in result.stderr and "Traceback" not in result.stderr
+    assert any(" retry_later " in line for line in lines)
+    for line in lines:
+        assert LOG_LINE.match(line) or line.startswith("Error: "), line
+
+
+LOG_LINE = re.compile(
+    r'^\d{4}-\d\d-\d\dT[\d:.]+\+00:00 (debug|info|warning|error|critical) [\w.]+'
+    r'( [^\s=]+=("([^"\\]|\\.)*"|[^\s"]+))*$'
+)
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def start_cli_push(config: Config, tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "publisher", "push", "-c", str(config.path)], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_held_reply(api: BotApiStandin, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r.fault == "slow_after_record" for r in api.requests):
+        assert time.monotonic() < deadline, "no reply was held back"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("on_uncertain", ["hold", "resend"])
+def test_sigterm_lets_push_finish_the_send_in_flight_and_record_it(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path, on_uncertain: str,
+) -> None:
+    write_article("a.txt", 1)
+    write_article("b.txt", 2)
+    config = make_config(on_uncertain=on_uncertain, timeout_seconds=3)
+    botapi.inject("slow_after_record")  # the reply comes back after slow_seconds
+    process = start_cli_push(config, tmp_path)
+    wait_for_held_reply(botapi)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "Sent 1 post; 0 failed, 0 uncertain" in out
+    assert "Stopped by SIGTERM after the send in flight, which was recorded" in err
+    assert states(config) == {"pending": 1, "sent": 1}
+    assert push(config).report.total("sent") == 1
+    assert titles(botapi) == ["Article number 1", "Article number 2"]  # none posted twice
+
+
+@pytest.mark.parametrize("state_url", [SQLITE_STATE])  # the process's stop, not the ledger
+def test_a_second_signal_stops_push_at_once_with_status_1(
+    make_config: ConfigMaker, write_article: ArticleWriter, tmp_path: Path
+) -> None:
+    write_article("a.txt", 1)
+    with BotApiStandin(DEFAULT_TOKEN, slow_seconds=30) as api:
+        config = make_config(base_url=api.base_url, timeout_seconds=20)
+        api.inject("slow_after_record")
+        process = start_cli_push(config, tmp_path)
+        wait_for_held_reply(api)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+        assert time.monotonic() - started < 2
+    assert process.returncode == 1
+
+
+@pytest.mark.parametrize("state_url", [SQLITE_STATE])  # the process's stop, not the ledger
+def test_sigterm_abandons_a_push_send_hanging_past_the_stop_deadline(
+    make_config: ConfigMaker, write_article: ArticleWriter, tmp_path: Path
+) -> None:
+    from publisher.stopping import STOP_DEADLINE_SECONDS
+
+    write_article("a.txt", 1)
+    with BotApiStandin(DEFAULT_TOKEN, slow_seconds=STOP_DEADLINE_SECONDS + 3) as api:
+        config = make_config(base_url=api.base_url, timeout_seconds=STOP_DEADLINE_SECONDS + 5)
+        api.inject("slow_after_record")
+        process = start_cli_push(config, tmp_path)
+        wait_for_held_reply(api)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=15)
+        assert STOP_DEADLINE_SECONDS <= time.monotonic() - started < STOP_DEADLINE_SECONDS + 3
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "Error: stopped by SIGTERM: a send still hanging after 7 s was abandoned" in err
+    assert states(config) == {"sending": 1}  # the next start calls it uncertain
+
+
+# -- pacing ------------------------------------------------------------------------------------
+
+
+class VirtualTime:
+    """Waits pass at once; the stand-in sees each request arrive late by a seeded network
+    latency of 0 to ``jitter`` seconds, so requests paced exactly at a limit sometimes come
+    early relative to the one before, as they do over a real network."""
+
+    def __init__(self, jitter: float = 0.03, seed: int = 7) -> None:
+        self.now = time.time()
+        self.jitter = jitter
+        self._random = random.Random(seed)
+
+    def clock(self) -> float:
+        return self.now
+
+    def arrival(self) -> float:
+        return self.now + self._random.uniform(0, self.jitter)
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def test_pacing_keeps_a_margin_below_telegrams_exact_limits(
+    make_config: ConfigMaker, write_article: ArticleWriter
+) -> None:
+    from publisher.catalog import Catalog
+    from publisher.dispatch import Dispatcher
+
+    total = 26  # more than the 20 a chat may get per minute
+    for index in range(1, total + 1):
+        write_article(f"{index}.txt", index)
+    virtual = VirtualTime()
+    # Telegram's documented limits, exactly: 1 s per chat, 20 per minute, 30 per second.
+    with BotApiStandin(DEFAULT_TOKEN, clock=virtual.arrival) as api:
+        config = make_config(base_url=api.base_url, per_chat_interval_seconds=1.0,
+                             max_wait_seconds=120, timeout_seconds=5)
+
+        async def paced_push() -> pipeline.PushOutcome:
+            store = open_store(config.state.url)
+            sender = pipeline.make_sender(config)
+            try:
+                catalog = Catalog(store.db)
+                corpus = pipeline.sync_corpus(config, catalog)
+                dispatcher = Dispatcher(store, sender, config, sleep=virtual.sleep,
+                                        clock=virtual.clock)
+                return await pipeline.deliver(config, store, dispatcher, catalog, corpus)
+            finally:
+                await sender.close()
+                store.close()
+
+        outcome = asyncio.run(paced_push())
+        assert [r.status for r in api.requests if r.status != 200] == []
+        assert outcome.report.total("sent") == total
+        assert outcome.report.total("rate_limited") == 0
+        assert len(api.messages) == total
+
+
+def test_reserved_slots_keep_a_margin_below_the_bot_wide_limit(state_url: str,
+                                                               tmp_path: Path) -> None:
+    from botapi_standin import ApiError, RateLimiter
+
+    from publisher.config import Config as DefaultConfig
+    from publisher.dispatch import paced_with_margin
+
+    url = state_url if not state_url.startswith("sqlite") else f"sqlite:///{tmp_path}/s.db"
+    store = open_store(url)
+    pacing = paced_with_margin(DefaultConfig())  # Telegram's limits: 1 s, 20/min, 30/s
+    start = 1_000_000.0
+    slots = [(store.reserve_send(f"@chat{chat:02d}", start, pacing), chat)
+             for _ in range(3) for chat in range(40)]
+    store.close()
+    jitter = random.Random(11)
+    arrivals = sorted((slot + jitter.uniform(0, 0.03), chat) for slot, chat in slots
+                      if slot is not None)
+    assert len(arrivals) == 120
+    now = [0.0]
+    limiter = RateLimiter(1.0, 20, 30, clock=lambda: now[0])
+    for at, chat in arrivals:
+        now[0] = at
+        try:
+            limiter.acquire(chat)
+        except ApiError as exc:
+            pytest.fail(f"429 for chat {chat} at +{at - start:.3f} s: {exc}")

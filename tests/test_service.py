@@ -18,12 +18,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botapi_standin import DEFAULT_TOKEN, StandinProcess
-from conftest import REPO, ArticleWriter
+from conftest import REPO, ArticleWriter, article_record, front_matter
 
 from publisher.errors import ConfigError
 from publisher.service import MAX_FAILURE_BACKOFF_SECONDS, JobHealth, parse_schedule
@@ -58,11 +59,13 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE)
 
 
 class Publisher:
-    """One `publisher run` process; its stderr goes to a file the test reads."""
+    """One `publisher run` process; its stderr goes to a file the test reads (from where
+    this process's lines begin: a test may run several, one after the other)."""
 
     def __init__(self, config: Path, log_path: Path, *args: str,
                  env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
+        self._start = log_path.stat().st_size if log_path.exists() else 0
         self._log = log_path.open("a", encoding="utf-8")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "publisher", "run", "-c", str(config), *args],
@@ -71,7 +74,9 @@ class Publisher:
         )
 
     def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8")
+        with self.log_path.open("rb") as handle:
+            handle.seek(self._start)
+            return handle.read().decode("utf-8")
 
     def events(self, name: str) -> list[str]:
         """Log lines of one event, in either log format."""
@@ -437,3 +442,187 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     complaints = [line for line in (result.stdout + result.stderr).splitlines()
                   if unit.name in line]
     assert result.returncode == 0 and not complaints, result.stderr
+
+
+# -- stop, reload, backoff, log lines ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_uncertain", ["hold", "resend"])
+def test_sigterm_during_a_held_reply_records_the_send_and_never_posts_twice(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+    on_uncertain: str,
+) -> None:
+    write_article("1.txt", 1)
+    configure(schedule="1h", on_uncertain=on_uncertain)
+    botapi_process.control("inject", {"fault": "slow_after_record"})  # reply held for 1 s
+    publisher = start()
+    wait_for(lambda: _held_replies(botapi_process), "a post whose reply is held back")
+    started = time.monotonic()
+    assert publisher.stop() == 0
+    assert time.monotonic() - started < STOP_LIMIT
+    assert len(botapi_process.messages()) == 1
+    assert list(ledger(tmp_path).values()) == [{"sent": 1}]
+    again = start()
+    url = again.url()
+    wait_for(lambda: push_runs(url) >= 1, "a push after the restart")
+    assert again.stop() == 0
+    assert len(botapi_process.messages()) == 1  # not posted twice, whatever on_uncertain
+    assert list(ledger(tmp_path).values()) == [{"sent": 1}]
+
+
+def test_a_second_signal_exits_at_once_with_status_1(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, tmp_path: Path,
+) -> None:
+    write_article("1.txt", 1)
+    with StandinProcess(DEFAULT_TOKEN, extra_args=["--slow-seconds", "30"]) as standin:
+        configure(schedule="1h", api_base_url=standin.base_url, timeout_seconds=20)
+        standin.control("inject", {"fault": "slow_after_record"})
+        publisher = start()
+        wait_for(lambda: _held_replies(standin), "a post whose reply is held back")
+        started = time.monotonic()
+        publisher.signal(signal.SIGTERM)
+        wait_for(lambda: publisher.events("stopping"), "the first signal to be taken")
+        publisher.signal(signal.SIGTERM)
+        assert publisher.process.wait(STOP_LIMIT) == 1
+        assert time.monotonic() - started < 3
+        publisher.close()
+    assert publisher.events("second_signal_exiting_now")
+
+
+def write_service_config(path: Path, base_url: str, *, build: str = "1h", push: str = "1h",
+                         watch: bool = True, articles: str = "articles",
+                         title: str = "Publisher", min_quality: int = 0,
+                         max_per_run: int = 0) -> None:
+    path.write_text(
+        f'[articles]\ndir = "{articles}"\n[select]\nmin_quality = {min_quality}\n'
+        f'[feeds]\ndir = "feeds"\ntitle = "{title}"\nbase_url = "https://feeds.example.org/"\n'
+        '[state]\nurl = "sqlite:///state/publisher.db"\n'
+        f'[schedule]\nbuild = "{build}"\npush = "{push}"\nwatch = {json.dumps(watch)}\n'
+        'debounce_seconds = 0.3\n[server]\nlisten = "127.0.0.1:0"\n'
+        f'[telegram]\nchat_id = "{CHAT}"\napi_base_url = "{base_url}"\nmax_age_hours = 0\n'
+        f"max_per_run = {max_per_run}\nper_chat_interval_seconds = 0.06\ntimeout_seconds = 2\n",
+        encoding="utf-8",
+    )
+
+
+RELOADS: list[tuple[str, dict[str, Any]]] = [
+    ("schedule.push interval", {"push": "30s"}),
+    ("schedule.push cron line", {"push": "*/5 * * * *"}),
+    ("schedule.build", {"build": "5m"}),
+    ("schedule.watch", {"watch": False}),
+    ("articles.dir", {"articles": "articles2"}),
+    ("feeds.title", {"title": "Renamed"}),
+    ("select.min_quality", {"min_quality": 50}),
+    ("telegram.max_per_run", {"max_per_run": 5}),
+]
+
+
+def test_reloading_any_reloadable_key_keeps_the_service_running(
+    start: Callable[..., Publisher], write_article: ArticleWriter,
+    botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    write_service_config(config, botapi_process.base_url)
+    write_article("0.txt", 0)
+    publisher = start()
+    url = publisher.url()
+    wait_for(lambda: len(titles(botapi_process)) == 1, "the first post")
+    settings: dict[str, Any] = {}
+    for index, (key, change) in enumerate(RELOADS, start=1):
+        settings.update(change)
+        folder = tmp_path / settings.get("articles", "articles")
+        if not folder.exists():
+            shutil.copytree(tmp_path / "articles", folder)
+        (folder / f"{index}.txt").write_text(front_matter(article_record(index)))
+        write_service_config(config, botapi_process.base_url, **settings)
+        publisher.signal(signal.SIGHUP)
+        # Both jobs run at once after a reload: the new article is posted and in the feed.
+        wait_for(lambda i=index: len(titles(botapi_process)) == i + 1,
+                 f"the post after reloading {key}")
+        wait_for(lambda i=index: f"Article number {i}<" in feed(tmp_path),
+                 f"the feed after reloading {key}")
+        assert len(publisher.events("reloaded")) == index, key
+        time.sleep(0.6)  # the lost service used to exit half a second after "reloaded"
+        assert publisher.process.poll() is None, f"the service stopped after reloading {key}"
+        assert not publisher.events("stopped"), key
+    assert "<title>Renamed</title>" in feed(tmp_path)
+
+    metrics = http_get(url + "/metrics")[1]
+    assert metric(metrics, "publisher_config_reload_ok") == 1
+    assert metric(metrics, "publisher_reload_failures_total") == 0
+    config.write_text("[schedule]\npush = 'never'\n", encoding="utf-8")
+    publisher.signal(signal.SIGHUP)
+    wait_for(lambda: publisher.events("reload_failed"), "the refused reload")
+    metrics = http_get(url + "/metrics")[1]
+    assert metric(metrics, "publisher_config_reload_ok") == 0
+    assert metric(metrics, "publisher_reload_failures_total") == 1
+    assert publisher.process.poll() is None
+    assert publisher.stop() == 0
+    assert sorted(titles(botapi_process)) == sorted(
+        f"Article number {i}" for i in range(len(RELOADS) + 1))
+
+
+def test_retry_in_says_when_a_failing_job_really_runs_again(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess,
+) -> None:
+    write_article("1.txt", 1)
+    configure(schedule="2s")
+    # getMe fails, and with it each push; the stand-in logs when each attempt came.
+    botapi_process.control("inject", {"fault": "500", "method": "getMe", "times": 100})
+    publisher = start("--log-format", "json")
+    wait_for(lambda: len(publisher.events("push_failed")) >= 2
+             and len(_get_me_times(botapi_process)) >= 3, "two failed pushes and a retry")
+    failures = [json.loads(line) for line in publisher.events("push_failed")][:2]
+    attempts = _get_me_times(botapi_process)
+    for failure in failures:
+        failed_at = datetime.fromisoformat(failure["time"]).timestamp()
+        retried_at = min(at for at in attempts if at > failed_at)
+        # The request leaves after the push has synced the corpus: allow for that.
+        assert abs(retried_at - failed_at - failure["retry_in"]) < 1.0, (failure, attempts)
+    assert failures[1]["retry_in"] > failures[0]["retry_in"]  # backing off
+    assert publisher.stop() == 0
+
+
+def _get_me_times(standin: StandinProcess) -> list[float]:
+    return [r["at"] for r in standin.control("requests") if r["method"] == "getMe"]
+
+
+LOG_LINE = re.compile(
+    r'^\d{4}-\d\d-\d\dT[\d:.]+\+00:00 (debug|info|warning|error|critical) [\w.]+'
+    r'( [^\s=]+=("([^"\\]|\\.)*"|[^\s"]+))*$'
+)
+
+
+def test_log_lines_are_one_line_each_and_a_wrong_token_says_so(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    write_article("1.txt", 1)
+    configure()
+    botapi_process.control("inject", {"fault": "502_html", "method": "getMe", "times": 2})
+    publisher = start()
+    wait_for(lambda: len(publisher.events("push_failed")) >= 2, "two failed pushes")
+    wait_for(lambda: titles(botapi_process), "the post once the proxy is back")
+    assert publisher.stop() == 0
+    assert "Bad Gateway (502)" in publisher.events("push_failed")[0]
+
+    write_article("2.txt", 2)
+    refused = start(env={"TELEGRAM_BOT_TOKEN": "123456:WRONG-token-value_abc"})
+    wait_for(lambda: refused.events("push_failed"), "the push with a wrong token")
+    assert refused.stop() == 0
+    log = publisher.log()  # both runs' lines
+    assert "<html>" not in log and "Traceback" not in log
+    for line in log.splitlines():
+        assert LOG_LINE.match(line), line
+    failure = refused.events("push_failed")[0]
+    assert 'error="the bot token was refused (401)"' in failure
+    assert 'reason="the bot token was refused (401)"' in refused.events("unauthorized")[0]
+    assert "unavailable" not in failure.lower()
+    report = subprocess.run(
+        [sys.executable, "-m", "publisher", "status", "-c", str(tmp_path / "config.toml")],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert re.search(r"error in \S+: the bot token was refused \(401\)", report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,8 @@ import httpx
 import pytest
 from botapi_standin import (
     DEFAULT_TOKEN,
+    HUGE_BYTES,
+    OK_FALSE_DESCRIPTION,
     PHOTO_FETCH_FAILED,
     BotApiStandin,
     StandinProcess,
@@ -649,6 +652,71 @@ def test_forced_429_carries_retry_after(api: BotApiStandin) -> None:
     with pytest.raises(RetryAfter) as raised:
         with_bot(api, lambda bot: bot.send_message(CHANNEL, "x"))
     assert raised.value.retry_after.total_seconds() == 7
+
+
+@pytest.mark.parametrize("retry_after", [-5, "soon", 2.5])
+def test_forced_429_answers_any_retry_after_as_is(api: BotApiStandin, retry_after: Any) -> None:
+    api.inject("429", retry_after=retry_after)
+    response = send(api, text="x")
+    assert response.status_code == 429
+    assert response.json()["parameters"] == {"retry_after": retry_after}
+    assert response.headers["Retry-After"] == str(retry_after)
+    assert api.messages == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "answer"),
+    [
+        ("ok_false", {"ok": False, "error_code": 503, "description": OK_FALSE_DESCRIPTION}),
+        ("no_result", {"ok": True}),
+        ("wrong_shape", {"ok": True, "result": "surprise"}),
+    ],
+)
+def test_odd_200_answers_do_nothing(api: BotApiStandin, fault: str, answer: Any) -> None:
+    api.inject(fault, method="getMe")
+    api.inject(fault)
+    for method, data in (("getMe", {}), ("sendMessage", {"chat_id": CHANNEL, "text": "x"})):
+        response = call(api, method, data=data)
+        assert (response.status_code, response.json()) == (200, answer)
+    assert api.messages == []
+    assert [r.fault for r in api.requests] == [fault, fault]
+
+
+def test_huge_answer_is_recorded_then_streamed_without_end(api: BotApiStandin) -> None:
+    api.inject("huge_answer")
+    url = f"{api.base_url}{DEFAULT_TOKEN}/sendMessage"
+    with httpx.stream("POST", url, data={"chat_id": CHANNEL, "text": "big"}, timeout=5) as answer:
+        assert answer.status_code == 200
+        assert int(answer.headers["Content-Length"]) == HUGE_BYTES
+        start = b""
+        for chunk in answer.iter_bytes():
+            start += chunk
+            if len(start) > 1_000_000:
+                break  # the client walks away; the stand-in stops writing
+    assert start.startswith(b'{"ok": true, "result": {"message_id": 1')
+    assert [r.text for r in api.messages] == ["big"]
+    assert send(api, text="after").status_code == 200
+
+
+def test_huge_answer_is_valid_json_when_read_to_the_end() -> None:
+    with BotApiStandin(DEFAULT_TOKEN, rate_limits=False, huge_bytes=300_000) as api:
+        api.inject("huge_answer")
+        response = send(api, text="big")
+    assert len(response.content) == 300_000
+    body = response.json()
+    assert body["result"]["text"] == "big" and set(body["padding"]) == {"x"}
+
+
+def test_trickle_answer_takes_slow_seconds_in_many_pieces(api: BotApiStandin) -> None:
+    api.inject("trickle_answer")
+    url = f"{api.base_url}{DEFAULT_TOKEN}/sendMessage"
+    started = time.monotonic()
+    with httpx.stream("POST", url, data={"chat_id": CHANNEL, "text": "slow"}, timeout=5) as answer:
+        pieces = list(answer.iter_raw())
+    assert time.monotonic() - started >= api.slow_seconds * 0.9
+    assert len(pieces) > 10
+    assert json.loads(b"".join(pieces))["result"]["text"] == "slow"
+    assert [r.text for r in api.messages] == ["slow"]
 
 
 def test_slow_after_record_times_out_but_is_posted(api: BotApiStandin) -> None:
