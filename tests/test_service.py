@@ -40,7 +40,7 @@ DISK_FULL_HOOK = """\
 import errno, os
 _fsync = os.fsync
 def _full_disk_fsync(fd):
-    if os.path.exists(os.environ["PUBLISHER_TEST_DISK_FULL"]):
+    if os.path.exists(os.environ["TEST_DISK_FULL_MARKER"]):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return _fsync(fd)
 os.fsync = _full_disk_fsync
@@ -261,7 +261,7 @@ def test_full_disk_keeps_the_old_feed_and_the_service_recovers(
     write_article("1.txt", 1)
     configure()
     publisher = start(env={"PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)]),
-                           "PUBLISHER_TEST_DISK_FULL": str(disk_full)})
+                           "TEST_DISK_FULL_MARKER": str(disk_full)})
     url = publisher.url()
     wait_for(lambda: "Article number 1" in feed(tmp_path), "the first feed")
     before = feed(tmp_path)
