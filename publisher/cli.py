@@ -1,7 +1,9 @@
 """Command line: thin commands over the library.
 
 A ``PublisherError`` becomes ``Error: <message>`` and exit status 1; usage errors exit 2;
-tracebacks only with ``--debug``.
+tracebacks only with ``--debug``. The common options (``-c``, ``-v``, ``-q``, ``--debug``) are
+accepted before the command name and after it. Which config file a command uses is said once
+on stderr (a service logs it), so that stdout stays what scripts parse.
 """
 
 from __future__ import annotations
@@ -11,27 +13,34 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from publisher import __version__
-from publisher.config import Config, load_config
+from publisher.config import Config, ConfigSource, find_config, load_config
 from publisher.errors import PublisherError
-from publisher.logs import configure_logging, redact_text
+from publisher.logs import configure_logging, event, redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROGRESS_MIN_FILES = 500
+log = logging.getLogger(__name__)
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 article``, ``2 articles``, ``0 articles``."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
 def common_options(function: F) -> F:
-    """-c/--config, -v/-q and --debug, shared by every command."""
+    """-c/--config, -v/-q and --debug: on the group (before the command) and every command."""
     options = [
-        click.option("-c", "--config", "config_path",
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML config file (default: built-in defaults)."),
+        click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+                     help="TOML config file (default: $PUBLISHER_CONFIG, else ./publisher.toml "
+                          "or ./config.toml, else built-in defaults)."),
         click.option("-v", "--verbose", count=True, help="More detail (repeat for debug logs)."),
         click.option("-q", "--quiet", is_flag=True, help="Only errors."),
         click.option("--debug", is_flag=True, help="Show tracebacks and debug logs."),
@@ -41,20 +50,68 @@ def common_options(function: F) -> F:
     return function
 
 
+@dataclass(frozen=True)
+class CommonOptions:
+    config_path: Path | None = None
+    verbose: int = 0
+    quiet: bool = False
+    debug: bool = False
+
+    def combined(self, later: CommonOptions) -> CommonOptions:
+        """These options (given before the command name) with those given after it."""
+        if (self.config_path is not None and later.config_path is not None
+                and self.config_path != later.config_path):
+            raise click.UsageError(
+                f"-c given twice, as {self.config_path} and {later.config_path}: give one"
+            )
+        return CommonOptions(
+            config_path=later.config_path or self.config_path,
+            verbose=self.verbose + later.verbose,
+            quiet=self.quiet or later.quiet,
+            debug=self.debug or later.debug,
+        )
+
+
+def _options_before_the_command() -> CommonOptions:
+    context = click.get_current_context(silent=True)
+    found = context.find_object(CommonOptions) if context is not None else None
+    return found or CommonOptions()
+
+
 class Context:
-    def __init__(self, config_path: Path | None, verbose: int, quiet: bool, debug: bool,
-                 log_format: str = "text", default_level: int = logging.WARNING) -> None:
-        self.config_path = config_path
-        self.quiet = quiet
-        self.verbose = verbose
-        self.debug = debug
-        level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else (
-            logging.ERROR if quiet else default_level
+    def __init__(self, options: CommonOptions, log_format: str = "text",
+                 default_level: int = logging.WARNING) -> None:
+        self.config_path = options.config_path
+        self.quiet = options.quiet
+        self.verbose = options.verbose
+        self.debug = options.debug
+        # A service says which config it uses in its log; other commands on stderr.
+        self.logs_config = default_level <= logging.INFO
+        self._source: ConfigSource | None = None
+        level = logging.DEBUG if self.debug or self.verbose > 1 else (
+            logging.INFO if self.verbose else logging.ERROR if self.quiet else default_level
         )
         configure_logging(level, log_format)
 
+    def config_source(self) -> ConfigSource:
+        """The config file to use, found once and said once."""
+        if self._source is None:
+            self._source = find_config(self.config_path)
+            self._announce(self._source)
+        return self._source
+
     def config(self, **overrides: Any) -> Config:
-        return load_config(self.config_path, overrides=overrides)
+        return load_config(self.config_source().path, overrides=overrides)
+
+    def _announce(self, source: ConfigSource) -> None:
+        if self.logs_config:
+            if source.path is None:
+                event(log, logging.WARNING, "config", file="", note=source.describe())
+            else:
+                event(log, logging.INFO, "config", file=source.path, source=source.origin)
+        elif not self.quiet and (source.origin != "-c" or self.verbose):
+            # -c names the file on the command line already: said only with -v.
+            self.echo(source.describe(), err=True)
 
     def echo(self, message: str = "", err: bool = False) -> None:
         if not self.quiet or err:
@@ -94,8 +151,11 @@ def command(function: F, default_level: int = logging.WARNING) -> F:
     def wrapper(config_path: Path | None, verbose: int, quiet: bool, debug: bool,
                 **kwargs: Any) -> Any:
         log_format = kwargs.pop("log_format", "text")
-        ctx = Context(config_path, verbose, quiet, debug, log_format, default_level)
-        with reported_errors(debug):
+        options = _options_before_the_command().combined(
+            CommonOptions(config_path, verbose, quiet, debug)
+        )
+        ctx = Context(options, log_format, default_level)
+        with reported_errors(options.debug):
             return function(ctx, **kwargs)
 
     return common_options(wrapper)  # type: ignore[return-value]
@@ -108,7 +168,10 @@ def service_command(function: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="publisher")
-def cli() -> None:
+@common_options
+@click.pass_context
+def cli(context: click.Context, config_path: Path | None, verbose: int, quiet: bool,
+        debug: bool) -> None:
     """Curated news articles to per-topic RSS/Atom feeds and Telegram channel posts.
 
     \b
@@ -116,7 +179,11 @@ def cli() -> None:
       publisher build --articles seeds      # feeds/ from the sample articles
       publisher push -c config.toml         # post new articles to Telegram
       publisher run -c config.toml          # both, on a schedule, as a service
+
+    The config file: -c, else $PUBLISHER_CONFIG, else ./publisher.toml or ./config.toml,
+    else the built-in defaults. Options go before or after the command name.
     """
+    context.obj = CommonOptions(config_path, verbose, quiet, debug)
 
 
 @cli.command()
@@ -142,13 +209,14 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
         ctx.echo(str(problem), err=True)
     summary = report.summary()
     written = (
-        f"wrote {summary['written']} files ({summary['unchanged']} unchanged) to"
+        f"wrote {plural(int(summary['written']), 'file')} ({summary['unchanged']} unchanged) to"
         if report.feeds is not None
         else "the feeds are current in"
     )
     ctx.echo(
-        f"Read {summary['files']} files ({summary['bad']} bad, {summary['parsed']} parsed), "
-        f"selected {summary['selected']} articles in {summary['topics']} topics; "
+        f"Read {plural(int(summary['files']), 'file')} ({summary['bad']} bad, "
+        f"{summary['parsed']} parsed), selected {plural(int(summary['selected']), 'article')} "
+        f"in {plural(int(summary['topics']), 'topic')}; "
         f"{written} {config.feeds.dir} in {summary['seconds']:.2f} s."
     )
 
@@ -206,7 +274,7 @@ def check(ctx: Context, articles: Path | None) -> None:
         click.echo(str(problem))
     bad = len(loaded.load.problems)
     ctx.echo(
-        f"{loaded.load.files_read} files checked: {bad} bad, "
+        f"{plural(loaded.load.files_read, 'file')} checked: {bad} bad, "
         f"{len(loaded.selected)} selected for publishing.",
         err=bool(bad),
     )
@@ -238,7 +306,8 @@ def push(ctx: Context, dry_run: bool) -> None:
         for item in plan.items:
             click.echo(format_for_dry_run(item.message, item.chat_id))
             click.echo()
-        click.echo(f"Dry run: {len(plan.items)} messages would be sent; nothing was sent.")
+        click.echo(f"Dry run: {plural(len(plan.items), 'message')} would be sent; "
+                   "nothing was sent.")
         return
     import asyncio
 
@@ -268,7 +337,8 @@ def status(ctx: Context) -> None:
     """
     from publisher.status import render_status
 
-    click.echo(render_status(ctx.config(), ctx.config_path))
+    config = ctx.config()
+    click.echo(render_status(config, config.path))
 
 
 @cli.command()
@@ -299,7 +369,8 @@ def resend(ctx: Context, article_ids: tuple[str, ...], chat: str | None, state: 
         count = store.requeue(state, chat, list(article_ids))
     finally:
         store.close()
-    ctx.echo(f"Requeued {count} {state} posts; the next push sends them.")
+    ctx.echo(f"Requeued {count} {state} {'post' if count == 1 else 'posts'}; "
+             "the next push sends them.")
 
 
 @cli.command()
@@ -317,7 +388,7 @@ def run(ctx: Context) -> None:
     """
     from publisher.service import run_service
 
-    sys.exit(run_service(ctx.config_path))
+    sys.exit(run_service(ctx.config_source().path))
 
 
 @cli.command()
@@ -339,8 +410,8 @@ def serve(ctx: Context, host: str, port: int) -> None:
     import signal
     import threading
 
+    from publisher.config import interval_seconds
     from publisher.server import start_server
-    from publisher.service import interval_seconds
 
     config = ctx.config()
     if not config.feeds.dir.is_dir():

@@ -524,7 +524,7 @@ def test_cli_dry_run_prints_and_changes_nothing(
     result = run_cli("push", "-c", str(config.path), "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "sendPhoto to @news" in result.stdout and "Dry &lt;run&gt; &amp; test" in result.stdout
-    assert "1 messages would be sent; nothing was sent" in result.stdout
+    assert "1 message would be sent; nothing was sent" in result.stdout
     assert botapi.requests == []
     assert not (tmp_path / "state").exists()
 
