@@ -5,13 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from publisher.config import Config
-from publisher.db import sqlite_path
+from publisher.db import folder_problem, sqlite_path
+from publisher.errors import StateError
 from publisher.state import FAILED, STATES, UNCERTAIN, SQLStore, open_store, state_exists
 
 
 def render_status(config: Config, config_path: Path | None) -> str:
     if not state_exists(config.state.url):
-        return f"No state yet ({sqlite_path(config.state.url)}): nothing has been pushed."
+        database = sqlite_path(config.state.url)
+        problem = folder_problem(database)
+        if problem:  # nothing pushed yet, and no push could record anything there either
+            raise StateError(f"no state database {database} yet{problem}")
+        return f"No state yet ({database}): nothing has been pushed."
     store = open_store(config.state.url, readonly=True)
     try:
         if store.empty:

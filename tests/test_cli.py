@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -283,6 +284,7 @@ def test_an_unknown_publisher_variable_is_an_error_and_nothing_is_written(
 
 REFUSED = [
     ('[state]\nurl = "sqlite:///:memory:"\n', "state.url must name a database file"),
+    ('[state]\nurl = "sqlite:///stat/publisher.db"\n', "state.url: the folder"),
     ('[state]\nurl = "sqlite:///publisher.db?mode=ro"\n', "state.url must be sqlite:///PATH"),
     ('[feeds]\ndir = "/"\n', "feeds.dir must be a folder of its own, not /"),
     ('[feeds]\ndir = "articles"\n', "feeds.dir"),
@@ -341,6 +343,58 @@ def test_files_that_are_no_config_are_refused(tmp_path: Path, kind: str) -> None
     assert tree(tmp_path) == before
 
 
+def read_only(folder: Path, *args: str, cwd: Path,
+              env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``publisher *args`` with ``folder`` read-only: by its mode, or (as root, whom modes do
+    not stop) as a read-only bind mount in a user and mount namespace of its own."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return run(*args, cwd=cwd, env=env)
+        finally:
+            folder.chmod(0o755)
+    unshare = shutil.which("unshare")
+    probe = None if unshare is None else subprocess.run(
+        [unshare, "-rm", "true"], capture_output=True, check=False, timeout=10
+    )
+    if probe is None or probe.returncode != 0:
+        reason = "neither an unprivileged user nor unshare(1) with user namespaces"
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot make a read-only folder: {reason}")
+        pytest.skip(f"cannot make a read-only folder: {reason}")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")}
+    script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+    return subprocess.run(
+        [unshare, "-rm", "sh", "-c", script, "sh", str(folder),
+         sys.executable, "-m", "publisher", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
+        env={**environment, **env},
+    )
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["with-ledger", "empty"])
+@pytest.mark.parametrize("command", ["push", "run", "status"])
+def test_a_read_only_state_folder_is_a_clear_error(
+    tmp_path: Path, write_article: ArticleWriter, command: str, existing: bool
+) -> None:
+    write_article("a.txt", 1)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text('[telegram]\nchat_id = "@news"\napi_base_url = "http://127.0.0.1:9/bot"\n'
+                      '[state]\nurl = "sqlite:///state/publisher.db"\n', encoding="utf-8")
+    if existing:
+        assert run("build", "-c", str(config), cwd=tmp_path).returncode == 0
+    before = tree(tmp_path)
+    result = read_only(state, command, "-c", str(config), cwd=tmp_path,
+                       env={"TELEGRAM_BOT_TOKEN": "123:secret"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("Error: ") and f"the state folder {state} is read-only" in error
+    assert "Traceback" not in result.stderr and "please report" not in result.stderr
+    assert tree(tmp_path) == before
+
+
 
 
 # --- plurals --------------------------------------------------------------------------------
@@ -365,3 +419,24 @@ def test_counts_in_the_output_are_singular_for_one(
     again = run("build", "-c", str(config), cwd=tmp_path)
     assert "Read 2 files (0 bad, " in again.stdout
     assert "parsed), selected 2 articles in 2 topics;" in again.stdout
+
+
+@pytest.mark.parametrize("command", ["build", "push", "run", "status"])
+def test_a_missing_state_folder_is_never_created(
+    tmp_path: Path, write_article: ArticleWriter, command: str
+) -> None:
+    """A typo in the state folder would start a new, empty ledger: every article again."""
+    write_article("a.txt", 1)
+    config = tmp_path / "config.toml"
+    config.write_text('[telegram]\nchat_id = "@news"\napi_base_url = "http://127.0.0.1:9/bot"\n'
+                      '[state]\nurl = "sqlite:///stat/publisher.db"\n', encoding="utf-8")
+    before = tree(tmp_path)
+    result = run(command, "-c", str(config), cwd=tmp_path, env={"TELEGRAM_BOT_TOKEN": "1:x"})
+    assert result.returncode == 1
+    expected = (
+        f"Error: no state database {tmp_path / 'stat' / 'publisher.db'} yet (the folder "
+        if command == "status"
+        else f"Error: config key state.url: the folder {tmp_path / 'stat'} does not exist"
+    )
+    assert result.stderr.splitlines()[-1].startswith(expected), result.stderr
+    assert tree(tmp_path) == before

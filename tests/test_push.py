@@ -68,6 +68,7 @@ def make_config(
     def make(extra: str = "", base_url: str | None = None, **telegram: object) -> Config:
         settings = {**TELEGRAM_DEFAULTS, "api_base_url": base_url or botapi.base_url, **telegram}
         path = tmp_path / "config.toml"
+        (tmp_path / "state").mkdir(exist_ok=True)  # publisher never creates a state folder
         path.write_text(
             f'[articles]\ndir = "articles"\n[state]\nurl = "{state_url}"\n'
             "[telegram]\n"
@@ -526,7 +527,7 @@ def test_cli_dry_run_prints_and_changes_nothing(
     assert "sendPhoto to @news" in result.stdout and "Dry &lt;run&gt; &amp; test" in result.stdout
     assert "1 message would be sent; nothing was sent" in result.stdout
     assert botapi.requests == []
-    assert not (tmp_path / "state").exists()
+    assert list((tmp_path / "state").iterdir()) == []
 
 
 class ExplodingSender(RefusingSender):

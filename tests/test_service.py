@@ -138,6 +138,7 @@ def configure(tmp_path: Path, articles_dir: Path,
             "max_wait_seconds": 60, "max_tries": 2, **telegram,
         }
         path = tmp_path / "config.toml"
+        (tmp_path / "state").mkdir(exist_ok=True)  # publisher never creates a state folder
         path.write_text(
             '[articles]\ndir = "articles"\n'
             f'[feeds]\ndir = "feeds"\ntitle = "{title}"\n'
