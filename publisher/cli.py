@@ -176,6 +176,7 @@ def cli(context: click.Context, config_path: Path | None, verbose: int, quiet: b
 
     \b
     Quick start:
+      publisher init mysite                 # a starter config and an articles folder
       publisher build --articles seeds      # feeds/ from the sample articles
       publisher push -c config.toml         # post new articles to Telegram
       publisher run -c config.toml          # both, on a schedule, as a service
@@ -280,6 +281,62 @@ def check(ctx: Context, articles: Path | None) -> None:
     )
     if bad:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("directory", required=False, default=".",
+                type=click.Path(file_okay=False, path_type=Path))
+@command
+def init(ctx: Context, directory: Path) -> None:
+    """Start a site in DIRECTORY (default: here): a commented config.toml, an empty articles/.
+
+    Never overwrites anything: what exists is left as it is. The config shows every key
+    with its default, commented out.
+
+    \b
+    Example:
+      publisher init mysite
+      cd mysite && publisher build
+    """
+    from publisher.starter import init_site
+
+    if ctx.config_path is not None:
+        raise click.UsageError("init writes DIRECTORY/config.toml; it takes no -c")
+    results = init_site(directory)
+    for item in results:
+        shown = f"{item.path}/" if item.path.is_dir() else str(item.path)
+        ctx.echo(f"Created {shown}" if item.created else f"Kept {shown}: it exists already")
+    here = directory.resolve() == Path.cwd().resolve()
+    steps = [] if here else [(f"cd {click.format_filename(directory)}", "")]
+    steps += [
+        (f"$EDITOR {results[0].path.name}", "set feeds.base_url, feeds.title, telegram.chat_id"),
+        ("publisher check", "after putting article files into articles/"),
+        ("publisher preview articles/FILE.txt", "one article, as posted and in the feeds"),
+        ("publisher build", "writes the feeds into feeds/"),
+        ("TELEGRAM_BOT_TOKEN=... publisher push --dry-run", "what a push would post"),
+    ]
+    width = max(len(step) for step, _ in steps)
+    ctx.echo("\nNext (publisher finds config.toml in the current folder):\n" + "\n".join(
+        f"  {step:<{width}}  # {why}" if why else f"  {step}" for step, why in steps
+    ))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@command
+def preview(ctx: Context, file: Path) -> None:
+    """Show one article file as a push would post it, per destination, and its feed entry.
+
+    Needs no bot token and no state; sends nothing and writes nothing. Says when the article
+    would not be selected, and why.
+
+    \b
+    Example:
+      publisher preview -c config.toml articles/robots.txt
+    """
+    from publisher.preview import render_preview
+
+    click.echo(render_preview(ctx.config(), file))
 
 
 @cli.command()

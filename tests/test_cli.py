@@ -395,6 +395,150 @@ def test_a_read_only_state_folder_is_a_clear_error(
     assert tree(tmp_path) == before
 
 
+# --- publisher init -------------------------------------------------------------------------
+
+
+def test_init_writes_a_starter_config_and_an_articles_folder(tmp_path: Path) -> None:
+    from publisher.config import SECTIONS, load_config
+    from publisher.starter import starter_config
+
+    result = run("init", "site", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = tmp_path / "site" / "config.toml"
+    assert result.stdout.splitlines()[:2] == [f"Created {Path('site') / 'config.toml'}",
+                                              f"Created {Path('site') / 'articles'}/"]
+    assert "cd site" in result.stdout and "publisher build" in result.stdout
+    assert (tmp_path / "site" / "articles").is_dir()
+    assert list((tmp_path / "site" / "articles").iterdir()) == []
+    text = config.read_text(encoding="utf-8")
+    # Derived from the documented example: the two cannot drift apart.
+    assert text == starter_config((REPO / "config.example.toml").read_text(encoding="utf-8"))
+    for name, cls in SECTIONS.items():
+        assert f"[{name}]" in text
+        for field in cls.__dataclass_fields__:
+            if field != "routes":
+                assert f"\n# {field} = " in text, f"{name}.{field} is not in the starter config"
+    loaded = load_config(config, environ={})
+    assert loaded.feeds == load_config(None, environ={}).feeds.__class__(
+        dir=tmp_path / "site" / "feeds")
+    assert loaded.articles.dir == tmp_path / "site" / "articles"
+
+
+def test_the_package_ships_the_example_config_itself() -> None:
+    from publisher.starter import example_config
+
+    assert example_config() == (REPO / "config.example.toml").read_text(encoding="utf-8")
+
+
+def test_init_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[feeds]\ntitle = "Mine"\n')
+    result = run("init", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == [
+        "Kept config.toml: it exists already", "Created articles/"
+    ]
+    assert "cd " not in result.stdout
+    assert (tmp_path / "config.toml").read_text() == '[feeds]\ntitle = "Mine"\n'
+    (tmp_path / "other").write_text("x")
+    blocked = run("init", "other", cwd=tmp_path)  # a file where the folder would be
+    assert blocked.returncode == 2 and "'other' is a file" in blocked.stderr
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "articles").write_text("x")
+    half = run("init", "site", cwd=tmp_path)
+    assert half.returncode == 1
+    assert half.stderr == f"Error: {Path('site') / 'articles'} exists and is not a folder\n"
+    assert (tmp_path / "site" / "config.toml").is_file()  # what could be made, was
+
+
+def test_a_site_made_by_init_builds_as_it_is(tmp_path: Path) -> None:
+    assert run("init", cwd=tmp_path).returncode == 0
+    shutil.copy(SEEDS / sorted(p.name for p in SEEDS.iterdir())[0], tmp_path / "articles")
+    result = run("build", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = tmp_path / "config.toml"
+    assert result.stderr == f"Using config {config} (found in the current folder).\n"
+    assert (tmp_path / "feeds" / "index.html").is_file()
+
+
+# --- publisher preview ----------------------------------------------------------------------
+
+PreviewRun = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def preview(tmp_path: Path, config_file: Callable[..., Path]) -> PreviewRun:
+    config = config_file('[telegram]\nchat_id = "@main"\nmax_age_hours = 0\n'
+                         '[telegram.routes]\nRobotics = ["@robots", "@main"]\n'
+                         '[select]\nmin_quality = 50\n'
+                         '[state]\nurl = "sqlite:///not/here/publisher.db"\n')  # never opened
+
+    def preview_file(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
+        return subprocess.run(
+            [sys.executable, "-m", "publisher", "preview", "-c", str(config), str(path), *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+            env={k: v for k, v in env.items() if not k.startswith("PUBLISHER_")},
+        )
+
+    return preview_file
+
+
+def test_preview_shows_the_messages_per_destination_and_the_feed_entry(
+    tmp_path: Path, write_article: ArticleWriter, preview: PreviewRun
+) -> None:
+    path = write_article("robots.txt", 7, topics=["Robotics", "AI"], quality=80)
+    before = tree(tmp_path)
+    result = preview(path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(f"{path}\n  title: Article number 7\n")
+    assert "Selected: published, quality 80 >= select.min_quality 50." in out
+    assert "Telegram: 2 destinations" in out
+    assert "sendPhoto to @main (" in out and "sendPhoto to @robots (" in out
+    assert "<b>Article number 7</b>" in out and "[Read on Example News] -> " in out
+    for slug in ("all", "robotics", "ai"):
+        assert f"  https://feeds.example.org/{slug}.rss.xml\n" in out
+    item = out[out.index("<item"):]
+    assert "<title>Article number 7</title>" in item
+    assert "<link>https://news.example.com/articles/7</link>" in item
+    assert tree(tmp_path) == before  # no state, no feeds, nothing
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"published": False}, "Not selected: `published` is not true"),
+        ({"quality": 40}, "Not selected: quality 40 is below select.min_quality (50)"),
+    ],
+)
+def test_preview_says_why_an_article_would_not_be_selected(
+    write_article: ArticleWriter, preview: PreviewRun, fields: dict[str, object], reason: str
+) -> None:
+    result = preview(write_article("a.txt", 1, **fields))
+    assert result.returncode == 0, result.stderr
+    assert reason in result.stdout and "sendPhoto to @main" in result.stdout
+
+
+def test_preview_says_when_an_article_is_too_old_to_post(
+    tmp_path: Path, write_article: ArticleWriter, config_file: Callable[..., Path]
+) -> None:
+    config = config_file('[telegram]\nchat_id = "@main"\nmax_age_hours = 24\n')
+    path = write_article("old.txt", 1)  # dated 2025-01-01
+    result = run("preview", "-c", str(config), str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("not posted: older than telegram.max_age_hours (24 h); a push records it as "
+            "skipped") in result.stdout
+
+
+def test_preview_of_a_bad_file_is_its_one_line_reason(
+    tmp_path: Path, write_article: ArticleWriter, preview: PreviewRun
+) -> None:
+    bad = write_article("bad.txt", 1, webUrl=None)
+    result = preview(bad)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"Error: {bad}: missing required field webUrl\n"
+    missing = preview(tmp_path / "nothing.txt")
+    assert missing.stderr == f"Error: {tmp_path / 'nothing.txt'}: does not exist\n"
 
 
 # --- plurals --------------------------------------------------------------------------------
