@@ -288,8 +288,9 @@ class Catalog:
             known = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
             if known:
                 raise ArticleError(
-                    f"the articles folder {directory} is empty, but {known} article files "
-                    "were known: not forgetting them all (an unmounted share looks empty); "
+                    f"the articles folder {directory} is empty, but {known} article "
+                    f"{'file was' if known == 1 else 'files were'} known: not forgetting "
+                    "them (an unmounted share looks empty); "
                     "set articles.allow_empty = true if they were removed on purpose"
                 )
         parsing = f"{max_file_bytes}:{PARSER_VERSION}"

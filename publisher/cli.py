@@ -1,7 +1,9 @@
 """Command line: thin commands over the library.
 
 A ``PublisherError`` becomes ``Error: <message>`` and exit status 1; usage errors exit 2;
-tracebacks only with ``--debug``.
+tracebacks only with ``--debug``. The common options (``-c``, ``-v``, ``-q``, ``--debug``) are
+accepted before the command name and after it. Which config file a command uses is said once
+on stderr (a service logs it), so that stdout stays what scripts parse.
 """
 
 from __future__ import annotations
@@ -11,27 +13,30 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from publisher import __version__
-from publisher.config import Config, load_config
+from publisher.config import Config, ConfigSource, find_config, load_config
 from publisher.errors import PublisherError
-from publisher.logs import configure_logging, redact_text
+from publisher.logs import configure_logging, event, redact_text
+from publisher.text import plural
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROGRESS_MIN_FILES = 500
+log = logging.getLogger(__name__)
 
 
 def common_options(function: F) -> F:
-    """-c/--config, -v/-q and --debug, shared by every command."""
+    """-c/--config, -v/-q and --debug: on the group (before the command) and every command."""
     options = [
-        click.option("-c", "--config", "config_path",
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML config file (default: built-in defaults)."),
+        click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+                     help="TOML config file (default: $PUBLISHER_CONFIG, else ./publisher.toml "
+                          "or ./config.toml, else built-in defaults)."),
         click.option("-v", "--verbose", count=True, help="More detail (repeat for debug logs)."),
         click.option("-q", "--quiet", is_flag=True, help="Only errors."),
         click.option("--debug", is_flag=True, help="Show tracebacks and debug logs."),
@@ -41,20 +46,68 @@ def common_options(function: F) -> F:
     return function
 
 
+@dataclass(frozen=True)
+class CommonOptions:
+    config_path: Path | None = None
+    verbose: int = 0
+    quiet: bool = False
+    debug: bool = False
+
+    def combined(self, later: CommonOptions) -> CommonOptions:
+        """These options (given before the command name) with those given after it."""
+        if (self.config_path is not None and later.config_path is not None
+                and self.config_path != later.config_path):
+            raise click.UsageError(
+                f"-c given twice, as {self.config_path} and {later.config_path}: give one"
+            )
+        return CommonOptions(
+            config_path=later.config_path or self.config_path,
+            verbose=self.verbose + later.verbose,
+            quiet=self.quiet or later.quiet,
+            debug=self.debug or later.debug,
+        )
+
+
+def _options_before_the_command() -> CommonOptions:
+    context = click.get_current_context(silent=True)
+    found = context.find_object(CommonOptions) if context is not None else None
+    return found or CommonOptions()
+
+
 class Context:
-    def __init__(self, config_path: Path | None, verbose: int, quiet: bool, debug: bool,
-                 log_format: str = "text", default_level: int = logging.WARNING) -> None:
-        self.config_path = config_path
-        self.quiet = quiet
-        self.verbose = verbose
-        self.debug = debug
-        level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else (
-            logging.ERROR if quiet else default_level
+    def __init__(self, options: CommonOptions, log_format: str = "text",
+                 default_level: int = logging.WARNING) -> None:
+        self.config_path = options.config_path
+        self.quiet = options.quiet
+        self.verbose = options.verbose
+        self.debug = options.debug
+        # A service says which config it uses in its log; other commands on stderr.
+        self.logs_config = default_level <= logging.INFO
+        self._source: ConfigSource | None = None
+        level = logging.DEBUG if self.debug or self.verbose > 1 else (
+            logging.INFO if self.verbose else logging.ERROR if self.quiet else default_level
         )
         configure_logging(level, log_format)
 
+    def config_source(self) -> ConfigSource:
+        """The config file to use, found once and said once."""
+        if self._source is None:
+            self._source = find_config(self.config_path)
+            self._announce(self._source)
+        return self._source
+
     def config(self, **overrides: Any) -> Config:
-        return load_config(self.config_path, overrides=overrides)
+        return load_config(self.config_source().path, overrides=overrides)
+
+    def _announce(self, source: ConfigSource) -> None:
+        if self.logs_config:
+            if source.path is None:
+                event(log, logging.WARNING, "config", file="", note=source.describe())
+            else:
+                event(log, logging.INFO, "config", file=source.path, source=source.origin)
+        elif not self.quiet and (source.origin != "-c" or self.verbose):
+            # -c names the file on the command line already: said only with -v.
+            self.echo(source.describe(), err=True)
 
     def echo(self, message: str = "", err: bool = False) -> None:
         if not self.quiet or err:
@@ -94,8 +147,11 @@ def command(function: F, default_level: int = logging.WARNING) -> F:
     def wrapper(config_path: Path | None, verbose: int, quiet: bool, debug: bool,
                 **kwargs: Any) -> Any:
         log_format = kwargs.pop("log_format", "text")
-        ctx = Context(config_path, verbose, quiet, debug, log_format, default_level)
-        with reported_errors(debug):
+        options = _options_before_the_command().combined(
+            CommonOptions(config_path, verbose, quiet, debug)
+        )
+        ctx = Context(options, log_format, default_level)
+        with reported_errors(options.debug):
             return function(ctx, **kwargs)
 
     return common_options(wrapper)  # type: ignore[return-value]
@@ -108,15 +164,23 @@ def service_command(function: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="publisher")
-def cli() -> None:
+@common_options
+@click.pass_context
+def cli(context: click.Context, config_path: Path | None, verbose: int, quiet: bool,
+        debug: bool) -> None:
     """Curated news articles to per-topic RSS/Atom feeds and Telegram channel posts.
 
     \b
     Quick start:
+      publisher init mysite                 # a starter config and an articles folder
       publisher build --articles seeds      # feeds/ from the sample articles
       publisher push -c config.toml         # post new articles to Telegram
       publisher run -c config.toml          # both, on a schedule, as a service
+
+    The config file: -c, else $PUBLISHER_CONFIG, else ./publisher.toml or ./config.toml,
+    else the built-in defaults. Options go before or after the command name.
     """
+    context.obj = CommonOptions(config_path, verbose, quiet, debug)
 
 
 @cli.command()
@@ -143,13 +207,14 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
     _warn_routes(ctx, config, report.corpus.topic_slugs)
     summary = report.summary()
     written = (
-        f"wrote {summary['written']} files ({summary['unchanged']} unchanged) to"
+        f"wrote {plural(int(summary['written']), 'file')} ({summary['unchanged']} unchanged) to"
         if report.feeds is not None
         else "the feeds are current in"
     )
     ctx.echo(
-        f"Read {summary['files']} files ({summary['bad']} bad, {summary['parsed']} parsed), "
-        f"selected {summary['selected']} articles in {summary['topics']} topics; "
+        f"Read {plural(int(summary['files']), 'file')} ({summary['bad']} bad, "
+        f"{summary['parsed']} parsed), selected {plural(int(summary['selected']), 'article')} "
+        f"in {plural(int(summary['topics']), 'topic')}; "
         f"{written} {config.feeds.dir} in {summary['seconds']:.2f} s."
     )
 
@@ -226,7 +291,7 @@ def check(ctx: Context, articles: Path | None, telegram: bool) -> None:
     _warn_routes(ctx, config, {topic_slug(t) for a in loaded.selected for t in a.topics})
     bad = len(loaded.load.problems)
     ctx.echo(
-        f"{loaded.load.files_read} files checked: {bad} bad, "
+        f"{plural(loaded.load.files_read, 'file')} checked: {bad} bad, "
         f"{len(loaded.selected)} selected for publishing.",
         err=bool(bad),
     )
@@ -239,7 +304,6 @@ def _check_telegram(ctx: Context, config: Config) -> None:
 
     from publisher.destinations import check_telegram
     from publisher.pipeline import make_sender, require_chat
-    from publisher.status import plural
 
     require_chat(config)
     checks = asyncio.run(check_telegram(config, make_sender(config)))
@@ -252,6 +316,62 @@ def _check_telegram(ctx: Context, config: Config) -> None:
                  err=True)
         sys.exit(1)
     ctx.echo(f"The bot can post to {plural(len(checks) - 1, 'destination')}.")
+
+
+@cli.command()
+@click.argument("directory", required=False, default=".",
+                type=click.Path(file_okay=False, path_type=Path))
+@command
+def init(ctx: Context, directory: Path) -> None:
+    """Start a site in DIRECTORY (default: here): a commented config.toml, an empty articles/.
+
+    Never overwrites anything: what exists is left as it is. The config shows every key
+    with its default, commented out.
+
+    \b
+    Example:
+      publisher init mysite
+      cd mysite && publisher build
+    """
+    from publisher.starter import init_site
+
+    if ctx.config_path is not None:
+        raise click.UsageError("init writes DIRECTORY/config.toml; it takes no -c")
+    results = init_site(directory)
+    for item in results:
+        shown = f"{item.path}/" if item.path.is_dir() else str(item.path)
+        ctx.echo(f"Created {shown}" if item.created else f"Kept {shown}: it exists already")
+    here = directory.resolve() == Path.cwd().resolve()
+    steps = [] if here else [(f"cd {click.format_filename(directory)}", "")]
+    steps += [
+        (f"$EDITOR {results[0].path.name}", "set feeds.base_url, feeds.title, telegram.chat_id"),
+        ("publisher check", "after putting article files into articles/"),
+        ("publisher preview articles/FILE.txt", "one article, as posted and in the feeds"),
+        ("publisher build", "writes the feeds into feeds/"),
+        ("TELEGRAM_BOT_TOKEN=... publisher push --dry-run", "what a push would post"),
+    ]
+    width = max(len(step) for step, _ in steps)
+    ctx.echo("\nNext (publisher finds config.toml in the current folder):\n" + "\n".join(
+        f"  {step:<{width}}  # {why}" if why else f"  {step}" for step, why in steps
+    ))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@command
+def preview(ctx: Context, file: Path) -> None:
+    """Show one article file as a push would post it, per destination, and its feed entry.
+
+    Needs no bot token and no state; sends nothing and writes nothing. Says when the article
+    would not be selected, and why.
+
+    \b
+    Example:
+      publisher preview -c config.toml articles/robots.txt
+    """
+    from publisher.preview import render_preview
+
+    click.echo(render_preview(ctx.config(), file))
 
 
 @cli.command()
@@ -280,11 +400,11 @@ def push(ctx: Context, dry_run: bool) -> None:
         for item in plan.items:
             click.echo(format_for_dry_run(item.message, item.chat_id))
             click.echo()
-        click.echo(f"Dry run: {len(plan.items)} messages would be sent; nothing was sent.")
+        click.echo(f"Dry run: {plural(len(plan.items), 'message')} would be sent; "
+                   "nothing was sent.")
         return
     import asyncio
 
-    from publisher.status import plural
     from publisher.stopping import STOP_DEADLINE_SECONDS, push_once
 
     run = asyncio.run(push_once(config))
@@ -344,7 +464,8 @@ def status(ctx: Context, as_json: bool) -> None:
     """
     from publisher.status import render_status
 
-    click.echo(render_status(ctx.config(), ctx.config_path, as_json=as_json))
+    config = ctx.config()
+    click.echo(render_status(config, config.path, as_json=as_json))
 
 
 def _chat_keys(store: Any, config: Config, chat: str | None) -> list[str] | None:
@@ -414,7 +535,6 @@ def resend(ctx: Context, article_ids: tuple[str, ...], chat: str | None, state: 
       publisher resend -c config.toml --sent urn:uuid:583f497a-565f-59e8-bf35-c074cf266bce
     """
     from publisher.state import open_store
-    from publisher.status import plural
 
     _select_posts(article_ids, everything)
     if state == "sent" and everything:
@@ -453,7 +573,6 @@ def ack(ctx: Context, article_ids: tuple[str, ...], chat: str | None, everything
       publisher ack -c config.toml urn:uuid:583f497a-565f-59e8-bf35-c074cf266bce --message-id 42
     """
     from publisher.state import UNCERTAIN, open_store
-    from publisher.status import plural
 
     _select_posts(article_ids, everything)
     config = ctx.config()
@@ -491,7 +610,7 @@ def run(ctx: Context) -> None:
     """
     from publisher.service import run_service
 
-    sys.exit(run_service(ctx.config_path))
+    sys.exit(run_service(ctx.config_source().path))
 
 
 @cli.command()
@@ -513,8 +632,8 @@ def serve(ctx: Context, host: str, port: int) -> None:
     import signal
     import threading
 
+    from publisher.config import interval_seconds
     from publisher.server import start_server
-    from publisher.service import interval_seconds
 
     config = ctx.config()
     if not config.feeds.dir.is_dir():

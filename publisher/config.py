@@ -4,15 +4,24 @@ Relative paths in the file are taken relative to the file's folder; without a fi
 to the current directory. An unknown section or key is an error that names it.
 
 Environment variables: ``PUBLISHER_<SECTION>_<KEY>`` (e.g. ``PUBLISHER_FEEDS_DIR``), plus
-``TELEGRAM_BOT_TOKEN`` for the token, which never lives in the file.
+``TELEGRAM_BOT_TOKEN`` for the token, which never lives in the file. Any other ``PUBLISHER_*``
+variable except ``PUBLISHER_CONFIG`` (the config file, see ``find_config``) is an error, like
+an unknown key: a misspelt variable must not be ignored.
+
+Which file: ``-c``, then ``PUBLISHER_CONFIG``, then ``publisher.toml`` or ``config.toml`` in
+the current folder (``find_config``); without any, the built-in defaults, and the command
+says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
+import re
+import stat
 import tomllib
 import types
 import typing
@@ -27,7 +36,18 @@ from publisher.db import redact_url
 from publisher.errors import ConfigError
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+CONFIG_ENV = "PUBLISHER_CONFIG"
+ENV_PREFIX = "PUBLISHER_"
+CONFIG_NAMES = ("publisher.toml", "config.toml")  # looked for in the current folder, in order
 OFFICIAL_API_BASE_URL = "https://api.telegram.org/bot"
+# A config file is a few kB; more is the wrong file (a log, a database, /dev/zero's kin).
+MAX_CONFIG_BYTES = 1024 * 1024
+# Numbers end up in SQLite columns, timers and HTTP headers: none holds more than 64 bits.
+INT64_MAX = 2**63 - 1
+MAX_INTERVAL_SECONDS = 366 * 86400  # a schedule step longer than a year is a typo
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
+_NEGATIVE_INTERVAL = re.compile(r"^\s*-\s*\d")
+_UNIT_SECONDS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,7 @@ class FeedsConfig:
     max_items: int = 50
     ttl: int = 60  # minutes a reader may cache a feed
     websub_hub: str = ""
+    telegram_url: str = ""  # the Telegram channel, linked from the landing page and feed pages
 
     @property
     def site(self) -> str:
@@ -179,6 +200,66 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig,
 }
 _PATH_KEYS = {("articles", "dir"), ("feeds", "dir"), ("telegram", "token_file")}
+# The lowest value of each bounded number: a negative wait, size or count is always a typo.
+_AT_LEAST: dict[tuple[str, str], int] = {
+    ("articles", "max_file_bytes"): 1,
+    ("feeds", "max_items"): 1,
+    ("feeds", "ttl"): 0,
+    ("telegram", "max_age_hours"): 0,
+    ("telegram", "max_per_run"): 0,
+    ("telegram", "per_chat_per_minute"): 1,
+    ("telegram", "per_chat_interval_seconds"): 0,
+    ("telegram", "max_wait_seconds"): 0,
+    ("telegram", "max_tries"): 1,
+    ("schedule", "debounce_seconds"): 0,
+}
+_ABOVE_ZERO = (("telegram", "global_per_second"), ("telegram", "timeout_seconds"))
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Which config file a command uses, and how it was found."""
+
+    path: Path | None  # None: the built-in defaults
+    origin: str  # "-c", CONFIG_ENV, "the current folder", or "" for the defaults
+    folder: Path  # the current folder, where a file was looked for
+    ignored: tuple[Path, ...] = ()  # other candidates in the current folder, not used
+
+    def describe(self) -> str:
+        """One line for the operator (stderr), saying which file is used."""
+        if self.path is None:
+            names = " or ".join(CONFIG_NAMES)
+            return (f"Using the built-in defaults: no -c, no {CONFIG_ENV} and no {names} "
+                    f"in {self.folder}.")
+        how = "found in the current folder" if self.origin == _HERE else f"from {self.origin}"
+        line = f"Using config {self.path} ({how})."
+        if self.ignored:
+            line += " Ignored: " + ", ".join(str(path) for path in self.ignored) + "."
+        return line
+
+
+_HERE = "the current folder"
+
+
+def find_config(explicit: Path | str | None = None, *, environ: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> ConfigSource:
+    """The config file to use: ``-c``, then ``PUBLISHER_CONFIG``, then ``publisher.toml`` or
+    ``config.toml`` in the current folder; none: the built-in defaults.
+
+    Only names the file: a named file that is missing or unreadable is reported when loaded.
+    """
+    environ = os.environ if environ is None else environ
+    folder = (cwd or Path.cwd()).absolute()
+    if explicit is not None and str(explicit) != "":
+        return ConfigSource(folder / Path(explicit), "-c", folder)
+    from_environment = environ.get(CONFIG_ENV, "")
+    if from_environment:
+        return ConfigSource(folder / Path(from_environment), CONFIG_ENV, folder)
+    # lexists: a dangling link is reported as a missing file, not quietly passed over.
+    found = [folder / name for name in CONFIG_NAMES if os.path.lexists(folder / name)]
+    if found:
+        return ConfigSource(found[0], _HERE, folder, tuple(found[1:]))
+    return ConfigSource(None, "", folder)
 
 
 def load_config(
@@ -189,8 +270,9 @@ def load_config(
 ) -> Config:
     """Build the configuration. ``overrides`` are flags, as ``{"section.key": value}``."""
     environ = os.environ if environ is None else environ
-    file_path = Path(path).resolve() if path is not None else None
+    file_path = Path(path).absolute() if path is not None else None
     raw = _read_toml(file_path) if file_path else {}
+    file_path = file_path.resolve() if file_path else None
     base_dir = file_path.parent if file_path else Path.cwd()
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     _merge_file(raw, sections)
@@ -209,15 +291,55 @@ def load_config(
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    text = _read_config_text(path)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits: far beyond 64 bits
+        raise ConfigError(f"{path}: a number is out of range (beyond 64 bits): {exc}") from None
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of a regular file of at most ``MAX_CONFIG_BYTES``, in UTF-8.
+
+    Opened without blocking, so that a FIFO is refused instead of waiting for a writer, and
+    checked on the open descriptor, so that what is read is what was checked.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ConfigError(f"config file {path} is not a regular file ({_file_kind(mode)})")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
+        ) from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+    return next((label for test, label in kinds if test(mode)), "not a file")
 
 
 def _merge_file(raw: Mapping[str, Any], sections: dict[str, dict[str, Any]]) -> None:
@@ -229,16 +351,43 @@ def _merge_file(raw: Mapping[str, Any], sections: dict[str, dict[str, Any]]) -> 
         known = _field_names(SECTIONS[name])
         for key, value in table.items():
             if key not in known:
-                raise ConfigError(f"unknown config key {name}.{key}")
+                raise ConfigError(
+                    f"unknown config key {name}.{key}"
+                    + _did_you_mean(f"{name}.{key}", [f"{name}.{k}" for k in sorted(known)])
+                )
             sections[name][key] = value
 
 
+def environment_variables() -> dict[str, tuple[str, str]]:
+    """Every ``PUBLISHER_<SECTION>_<KEY>`` variable, with the (section, key) it sets."""
+    return {
+        f"{ENV_PREFIX}{name}_{key}".upper(): (name, key)
+        for name, cls in SECTIONS.items()
+        for key in sorted(_field_names(cls))
+    }
+
+
 def _merge_environment(environ: Mapping[str, str], sections: dict[str, dict[str, Any]]) -> None:
-    for name, cls in SECTIONS.items():
-        for key in _field_names(cls):
-            variable = f"PUBLISHER_{name}_{key}".upper()
-            if variable in environ:
-                sections[name][key] = environ[variable]
+    known = environment_variables()
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_ENV:
+            continue
+        if variable not in known:
+            raise ConfigError(
+                f"unknown environment variable {variable}"
+                + _did_you_mean(variable, [*known, CONFIG_ENV])
+            )
+        name, key = known[variable]
+        sections[name][key] = environ[variable]
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    """The closest candidate, compared without the prefix they all share (which would make
+    any two names look alike)."""
+    shared = len(os.path.commonprefix([name, *candidates]))  # noqa: RUF071 - characters
+    tails = {candidate[shared:]: candidate for candidate in candidates}
+    close = difflib.get_close_matches(name[shared:], list(tails), n=1, cutoff=0.6)
+    return f" (did you mean {tails[close[0]]}?)" if close else ""
 
 
 def _field_names(cls: type) -> set[str]:
@@ -317,6 +466,8 @@ def _coerce_number(key: str, value: Any, kind: type) -> int | float:
         raise ConfigError(f"config key {key} must be a finite number, not {value!r}")
     if kind is int and isinstance(value, float) and value != number:
         raise ConfigError(f"config key {key} must be a whole number, not {value!r}")
+    if abs(number) > INT64_MAX:
+        raise ConfigError(f"config key {key} is out of range (beyond 64 bits): {value!r}")
     return number
 
 
@@ -333,41 +484,107 @@ def _coerce_routes(key: str, value: Any) -> dict[str, tuple[str, ...]]:
 
 
 def _validate(config: Config) -> None:
+    _validate_numbers(config)
     feeds, telegram = config.feeds, config.telegram
-    if feeds.max_items < 1:
-        raise ConfigError("config key feeds.max_items must be at least 1")
     for key, url in (("feeds.base_url", feeds.base_url), ("feeds.site_url", feeds.site_url),
                      ("feeds.websub_hub", feeds.websub_hub),
+                     ("feeds.telegram_url", feeds.telegram_url),
                      ("telegram.api_base_url", telegram.api_base_url)):
-        if url and urlsplit(url).scheme not in ("http", "https"):
+        if url and not _is_http_url(url):
             raise ConfigError(f"config key {key} must be an http(s) URL, not {url!r}")
     if telegram.on_uncertain not in ("hold", "resend"):
         raise ConfigError(
             f"config key telegram.on_uncertain must be 'hold' or 'resend', "
             f"not {telegram.on_uncertain!r}"
         )
-    for key in ("max_age_hours", "max_per_run", "max_wait_seconds"):
-        if getattr(telegram, key) < 0:
-            raise ConfigError(f"config key telegram.{key} must not be negative")
     try:
         ZoneInfo(telegram.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
             f"config key telegram.timezone is not a known time zone: {telegram.timezone!r}"
         ) from None
-    if telegram.global_per_second <= 0 or telegram.timeout_seconds <= 0:
-        raise ConfigError(
-            "config keys telegram.global_per_second and timeout_seconds must be above 0"
-        )
-    if telegram.per_chat_per_minute < 1 or telegram.max_tries < 1:
-        raise ConfigError("config keys telegram.per_chat_per_minute and max_tries must be >= 1")
+    for name in ("build", "push"):
+        check_schedule(getattr(config.schedule, name), f"schedule.{name}")
+    _validate_folders(config)
     _validate_state(config)
+
+
+def _validate_numbers(config: Config) -> None:
+    for (section, key), lowest in _AT_LEAST.items():
+        value = getattr(getattr(config, section), key)
+        if value < lowest:
+            bound = "must not be negative" if lowest == 0 else f"must be at least {lowest}"
+            raise ConfigError(f"config key {section}.{key} {bound}, not {value!r}")
+    for section, key in _ABOVE_ZERO:
+        value = getattr(getattr(config, section), key)
+        if value <= 0:
+            raise ConfigError(f"config key {section}.{key} must be above 0, not {value!r}")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        return False
+
+
+def interval_seconds(value: str) -> float | None:
+    """Seconds of an interval spec (``"30s"``, ``"10m"``, ``"1h"``, ``"90"``); None for cron."""
+    match = _INTERVAL.match(value)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "").lower()]
+
+
+def check_schedule(value: str, key: str) -> float | None:
+    """Check a ``[schedule]`` value: the seconds of an interval, or None for a valid cron line
+    (five fields, UTC); anything else is a ``ConfigError`` naming ``key``."""
+    seconds = interval_seconds(value)
+    if seconds is not None:
+        if not 0 < seconds <= MAX_INTERVAL_SECONDS:
+            raise ConfigError(
+                f"config key {key} must be a positive interval of at most 366 days, "
+                f"not {value!r}"
+            )
+        return seconds
+    if _NEGATIVE_INTERVAL.match(value):
+        raise ConfigError(f"config key {key} must be a positive interval, not {value!r}")
+    from apscheduler.triggers.cron import CronTrigger  # only for cron lines: a slow import
+
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(
+            f"config key {key} must be an interval like '10m' or a cron line like "
+            f"'*/10 * * * *', not {value!r}: {exc}"
+        ) from None
+    return None
+
+
+def _validate_folders(config: Config) -> None:
+    """The feeds folder is publisher's own: never the root, never among the articles."""
+    articles, feeds = config.articles.dir, config.feeds.dir
+    if feeds == Path(feeds.anchor):
+        raise ConfigError(f"config key feeds.dir must be a folder of its own, not {feeds}")
+    if feeds.is_relative_to(articles):
+        raise ConfigError(
+            f"config key feeds.dir ({feeds}) must not be the articles folder or inside it "
+            f"(articles.dir = {articles})"
+        )
+    if articles.is_relative_to(feeds):
+        raise ConfigError(
+            f"config key articles.dir ({articles}) must not be inside the feeds folder "
+            f"(feeds.dir = {feeds}): the feeds folder is served to anyone"
+        )
 
 
 def _validate_state(config: Config) -> None:
     url = config.state.url
     scheme = urlsplit(url).scheme
-    if not (url.startswith("sqlite:///") or scheme in ("postgresql", "postgres")):
+    if url.startswith("sqlite:///"):
+        _validate_sqlite_path(url[len("sqlite:///"):])
+    elif scheme not in ("postgresql", "postgres"):
         raise ConfigError(
             f"config key state.url must be sqlite:///PATH or postgresql://USER@HOST/DB, "
             f"not {redact_url(url)!r}"
@@ -379,3 +596,21 @@ def _validate_state(config: Config) -> None:
             f"config key state.lease_seconds ({config.state.lease_seconds:g}) must be at "
             f"least 3 x telegram.timeout_seconds ({minimum:g})"
         )
+
+
+def _validate_sqlite_path(path: str) -> None:
+    """A database file: the ledger must survive the process. (That its folder exists is
+    checked when the state is opened: ``db.require_state_folder``; ``check``, ``preview`` and
+    ``serve`` never open it.)"""
+    if path == ":memory:":
+        raise ConfigError(
+            "config key state.url must name a database file, not 'sqlite:///:memory:': an "
+            "in-memory ledger forgets what was posted, and every run would post it all again"
+        )
+    if "?" in path or "#" in path:
+        raise ConfigError(
+            f"config key state.url must be sqlite:///PATH without ?options or #fragment "
+            f"(publisher opens the database itself), not {'sqlite:///' + path!r}"
+        )
+    if Path(path).is_dir():
+        raise ConfigError(f"config key state.url names a folder, not a database file: {path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 import threading
 import time
@@ -128,13 +129,22 @@ class SQLiteDatabase:
                     f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=not threaded
                 )
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                require_state_folder(path)
                 # threaded: used from worker threads, one at a time (the caller serialises).
                 self._db = sqlite3.connect(path, timeout=30, check_same_thread=not threaded)
         except (sqlite3.Error, OSError) as exc:
-            raise StateError(f"cannot open state database {path}: {exc}") from None
+            raise StateError(f"cannot open state database {path}: {exc}{folder_problem(path)}"
+                             ) from None
         self._db.isolation_level = None  # explicit transactions only
-        if not readonly:
+        if readonly:
+            try:  # SQLite opens lazily: a WAL database in a read-only folder fails here
+                self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            except sqlite3.DatabaseError as exc:
+                self._db.close()
+                raise StateError(
+                    f"cannot read state database {path}: {exc}{folder_problem(path)}"
+                ) from None
+        else:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit is on disk before it returns. With NORMAL, a power cut may
@@ -146,7 +156,10 @@ class SQLiteDatabase:
                 # pages cost more than parsing.
                 self._db.execute("PRAGMA cache_size=-65536")
             except sqlite3.DatabaseError as exc:
-                raise StateError(f"state database {path} is unusable: {exc}") from None
+                self._db.close()
+                raise StateError(
+                    f"state database {path} is unusable: {exc}{folder_problem(path)}"
+                ) from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         try:
@@ -173,7 +186,15 @@ class SQLiteDatabase:
     @contextlib.contextmanager
     def exclusive(self, name: str, stop: threading.Event | None = None) -> Iterator[None]:
         """A lock file beside the database; the kernel releases it if the process dies."""
-        with open(f"{self.path}.{name}.lock", "a+b") as handle:
+        lock_path = f"{self.path}.{name}.lock"
+        try:
+            handle = open(lock_path, "a+b")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise StateError(
+                f"cannot open the lock file {lock_path}: {exc.strerror or exc}"
+                f"{folder_problem(self.path)}"
+            ) from None
+        with handle:
             _poll(lambda: _try_flock(handle.fileno()), stop, name)
             try:
                 yield
@@ -185,6 +206,27 @@ class SQLiteDatabase:
 
     def close(self) -> None:
         self._db.close()
+
+
+def require_state_folder(database: Path) -> None:
+    """The folder of a SQLite state must exist: it is never created, since a typo in it would
+    start a new, empty ledger (and every selected article would be posted again)."""
+    if not database.parent.is_dir():
+        raise StateError(
+            f"config key state.url: the folder {database.parent} does not exist; create it "
+            "if this is where the ledger is to be (a new folder means a new, empty ledger)"
+        )
+
+
+def folder_problem(database: Path) -> str:
+    """Why a SQLite database's folder may be the trouble, as a clause to append; ""."""
+    folder = database.parent
+    if not folder.is_dir():
+        return f" (the folder {folder} does not exist)"
+    if not os.access(folder, os.W_OK):
+        return (f" (the state folder {folder} is read-only: SQLite writes its -wal, -shm and "
+                "lock files beside the database; make it writable or change state.url)")
+    return ""
 
 
 def _try_flock(fd: int) -> bool:

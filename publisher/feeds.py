@@ -1,7 +1,9 @@
 """RSS 2.0, Atom 1.0 and JSON Feed 1.1: one set for all articles and one per topic.
 
-Beside the feeds: ``feeds.opml`` (every feed, for a reader's import) and ``index.html`` (the
-landing page), rendered by ``publisher.subscribe`` from the same entries.
+Beside the feeds: ``feeds.opml`` (every feed, for a reader's import), ``index.html`` (the
+landing page) and ``feed.xsl`` (the stylesheet each RSS and Atom feed names in an
+``<?xml-stylesheet?>`` instruction, so that a browser shows a readable page), rendered by
+``publisher.subscribe`` from the same entries.
 
 Rendering is pure and deterministic: every date comes from the articles, so rebuilding an
 unchanged corpus gives identical bytes, and ``write_feeds`` then leaves the files alone.
@@ -47,13 +49,21 @@ from feedgen.util import xml_elem
 from publisher.config import FeedsConfig
 from publisher.errors import FeedError
 from publisher.models import Article, Image, article_id, best_image
-from publisher.names import ALL_SLUG, FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
+from publisher.names import (
+    ALL_SLUG,
+    FEED_SUFFIXES,
+    INDEX_NAME,
+    OPML_NAME,
+    STYLESHEET_NAME,
+    feed_name,
+)
 from publisher.selection import group_by_topic, newest_first
 from publisher.subscribe import (
     HEADLINES,
     JSON_FEED_VERSION,
     FeedLinks,
     Site,
+    render_feed_stylesheet,
     render_json_feed,
     render_landing_page,
     render_opml,
@@ -62,8 +72,16 @@ from publisher.subscribe import (
 ALL_NAME = "All articles"
 GENERATOR = "publisher"
 FEED_NAME = re.compile(r"(?P<slug>[a-z0-9][a-z0-9-]*)(?P<suffix>\.rss\.xml|\.atom\.xml|\.json)")
-# The files beside the feeds, as (slug, kind); their slugs are reserved for topics.
-PAGES = {OPML_NAME: ("feeds", "opml"), INDEX_NAME: ("index", "html")}
+# The files beside the feeds, as (slug, kind). "feeds" and "index" are reserved for topics
+# (selection.RESERVED_SLUGS); "feed.xsl" cannot meet a topic's file names.
+PAGES = {
+    OPML_NAME: ("feeds", "opml"),
+    INDEX_NAME: ("index", "html"),
+    STYLESHEET_NAME: ("feed", "xsl"),
+}
+# Names the stylesheet a browser applies to an RSS or Atom feed; feed readers ignore it. A
+# relative href: the stylesheet is beside the feed, on the same origin, as browsers require.
+STYLESHEET_INSTRUCTION = f'<?xml-stylesheet type="text/xsl" href="{STYLESHEET_NAME}"?>\n'.encode()
 # A stale "<slug>.json" is removed only if it is a JSON Feed, and is never read whole.
 _STALE_JSON_MAX_BYTES = 64 * 1024 * 1024
 
@@ -179,6 +197,7 @@ def render_changed_feeds(
         rendered[feed_name(feed.slug, "json")] = render_json_feed(feed_links, site)
     rendered[OPML_NAME] = render_opml(links, site)
     rendered[INDEX_NAME] = render_landing_page(links, site)
+    rendered[STYLESHEET_NAME] = render_feed_stylesheet(site)
     sizes = {feed.slug: link.size for feed, link in zip(feeds, links, strict=True)}
     return Rendering(rendered, frozenset(unchanged), sizes)
 
@@ -433,6 +452,7 @@ class _Channel:
     site: str
     ttl: int
     hub: str | None
+    telegram: str  # the channel's URL, or ""
     config: FeedsConfig
 
 
@@ -458,6 +478,9 @@ def _channel_settings(config: FeedsConfig) -> _Channel:
     hub = safe_url(config.websub_hub) if config.websub_hub else None
     if config.websub_hub and hub is None:
         raise FeedError(f"feeds.websub_hub must be an http(s) URL, not {config.websub_hub!r}")
+    telegram = safe_url(config.telegram_url) if config.telegram_url else ""
+    if telegram is None:
+        raise FeedError(f"feeds.telegram_url must be an http(s) URL, not {config.telegram_url!r}")
     return _Channel(
         title=title,
         description=_text(config.description) or title,
@@ -465,6 +488,7 @@ def _channel_settings(config: FeedsConfig) -> _Channel:
         site=site,
         ttl=config.ttl,
         hub=hub,
+        telegram=telegram,
         config=config,
     )
 
@@ -485,6 +509,7 @@ def _site(channel: _Channel) -> Site:
         home=channel.site,
         opml_url=_url_for(channel, OPML_NAME),
         hub=channel.hub,
+        telegram=channel.telegram,
     )
 
 
@@ -588,7 +613,16 @@ def _render(feed: _Feed, channel: _Channel) -> tuple[bytes, bytes]:
     rss_self = _self_url(channel, feed.slug, "rss")
     fg.link(_feed_links(channel, rss_self, "application/rss+xml"), replace=True)
     rss = fg.rss_str(pretty=True)
-    return rss, atom
+    return _with_stylesheet(rss), _with_stylesheet(atom)
+
+
+def _with_stylesheet(document: bytes) -> bytes:
+    """``document`` with the stylesheet instruction after its XML declaration (feedgen writes
+    one, on the first line), before the root element."""
+    declaration, newline, rest = document.partition(b"\n")
+    if not declaration.startswith(b"<?xml ") or not newline:
+        return STYLESHEET_INSTRUCTION + document  # pragma: no cover - feedgen always declares
+    return declaration + newline + STYLESHEET_INSTRUCTION + rest
 
 
 def _feed_links(channel: _Channel, self_url: str, kind: str) -> list[dict[str, str]]:

@@ -26,7 +26,7 @@ from publisher.errors import ConfigError
 from publisher.loader import LoadResult, Problem, Progress, load_articles
 from publisher.logs import add_secret
 from publisher.models import Article
-from publisher.names import ALL_SLUG, FEED_SUFFIXES, INDEX_NAME, OPML_NAME, feed_name
+from publisher.names import ALL_SLUG, FEED_SUFFIXES, PAGE_NAMES, feed_name
 from publisher.selection import select
 from publisher.state import (
     PENDING,
@@ -186,7 +186,7 @@ def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None
     last = _json_object(catalog.get_meta(key))
     known = last.get("feeds", {}) if last.get("settings") == settings else {}
     known = {slug: digest for slug, digest in known.items() if _feed_files_exist(config, slug)}
-    pages = all((config.feeds.dir / name).is_file() for name in (OPML_NAME, INDEX_NAME))
+    pages = all((config.feeds.dir / name).is_file() for name in PAGE_NAMES)
     if last.get("entries") == selection.digest and known and known == last.get("feeds") and pages:
         if config.feeds.websub_hub:
             from publisher.websub import announce_changed

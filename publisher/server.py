@@ -34,6 +34,7 @@ CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".xml": "application/xml; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".xsl": "text/xsl; charset=utf-8",
 }
 HealthCheck = Callable[[], tuple[bool, str]]
 # A servable file name: no separators, no NUL, no leading dot (hidden and temporary files).

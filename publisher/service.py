@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -41,10 +40,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from publisher import pipeline
 from publisher.catalog import Catalog
-from publisher.config import Config, load_config
+from publisher.config import Config, check_schedule, interval_seconds, load_config
 from publisher.delivery import Sender
 from publisher.dispatch import Dispatcher
-from publisher.errors import ConfigError, PublisherError
+from publisher.errors import PublisherError
 from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, start_server
@@ -60,32 +59,17 @@ WATCH_MAX_BATCH_SECONDS = 5.0  # a never-ending stream of changes still triggers
 WATCH_RETRY_SECONDS = 5.0
 TICK_SLACK_SECONDS = 0.5  # a tick this close to the end of a backoff runs the job
 MAX_TICKS_SCANNED = 100_000  # bounds the search for the tick that ends a backoff
-_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 JOBS = ("build", "push")
 
 
-def interval_seconds(value: str) -> float | None:
-    """Seconds of an interval spec (``"30s"``, ``"10m"``, ``"1h"``, ``"90"``); None for cron."""
-    match = _INTERVAL.match(value)
-    if not match:
-        return None
-    return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "").lower()]
-
-
 def parse_schedule(value: str, key: str) -> BaseTrigger:
-    """An interval spec -> ``IntervalTrigger``; anything else must be a crontab line (UTC)."""
-    seconds = interval_seconds(value)
+    """An interval spec -> ``IntervalTrigger``; anything else must be a crontab line (UTC).
+
+    The value is checked by ``config.check_schedule``, as every config load does."""
+    seconds = check_schedule(value, key)
     if seconds is not None:
-        if seconds <= 0:
-            raise ConfigError(f"config key {key} must be a positive interval, not {value!r}")
         return IntervalTrigger(seconds=seconds)
-    try:
-        return CronTrigger.from_crontab(value, timezone="UTC")
-    except ValueError as exc:
-        raise ConfigError(
-            f"config key {key} must be an interval like '10m' or a cron expression: {exc}"
-        ) from None
+    return CronTrigger.from_crontab(value, timezone="UTC")
 
 
 @dataclasses.dataclass

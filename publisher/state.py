@@ -33,7 +33,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from publisher.catalog import catalog_schema
-from publisher.db import Database, connect, is_postgres_url, sqlite_path, upsert
+from publisher.db import (
+    Database,
+    connect,
+    folder_problem,
+    is_postgres_url,
+    require_state_folder,
+    sqlite_path,
+    upsert,
+)
 from publisher.errors import AlreadyRunning, StateError
 
 # 2: the article catalog (parse cache); 3: its file keys and plans; 4: claims with leases,
@@ -897,8 +905,14 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        require_state_folder(self.path)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(
+                f"cannot open the lock file {self.path}: {exc.strerror or exc}"
+                f"{folder_problem(self.path)}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from publisher.config import Config
-from publisher.db import sqlite_path
+from publisher.db import folder_problem, sqlite_path
 from publisher.destinations import Destinations, is_chat_id, remembered_destinations
+from publisher.errors import StateError
 from publisher.state import (
     FAILED,
     ORPHANED,
@@ -27,14 +28,10 @@ from publisher.state import (
     open_store,
     state_exists,
 )
+from publisher.text import plural
 
 RECENT_POSTS = 10
 LISTED = 20  # uncertain, orphaned, failed and backing-off posts listed (all are counted)
-
-
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """"1 post", "2 posts" ("1 entry", "2 entries" with ``many``)."""
-    return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
 def render_status(config: Config, config_path: Path | None, *, as_json: bool = False) -> str:
@@ -46,7 +43,11 @@ def render_status(config: Config, config_path: Path | None, *, as_json: bool = F
 
 def status_document(config: Config, config_path: Path | None) -> dict[str, Any]:
     if not state_exists(config.state.url):
-        return {"state": str(sqlite_path(config.state.url)), "empty": True}
+        database = sqlite_path(config.state.url)
+        problem = folder_problem(database)
+        if problem:  # nothing pushed yet, and no push could record anything there either
+            raise StateError(f"no state database {database} yet{problem}")
+        return {"state": str(database), "empty": True}
     store = open_store(config.state.url, readonly=True)
     try:
         if store.empty:

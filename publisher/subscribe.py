@@ -1,4 +1,5 @@
-"""What subscribers see besides RSS and Atom: JSON Feed 1.1, an OPML list and a landing page.
+"""What subscribers see besides RSS and Atom: JSON Feed 1.1, an OPML list, a landing page, and
+``feed.xsl``, the stylesheet that makes an RSS or Atom feed opened in a browser a readable page.
 
 Pure functions over already sanitised entries (``feeds._Entry`` fits ``EntryLike``): every URL
 they receive is an absolute http(s) URL, every text free of XML-invalid characters. Output is
@@ -66,6 +67,7 @@ class Site:
     home: str  # the site link
     opml_url: str
     hub: str | None = None
+    telegram: str = ""  # the Telegram channel's URL, or "" for none
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +197,21 @@ def render_landing_page(feeds: Sequence[FeedLinks], site: Site) -> bytes:
         f"<style>\n{_STYLE}\n</style>\n</head>\n<body>\n<header>\n",
         f"<h1>{_esc(site.title)}</h1>\n<p>{_esc(site.description)}</p>\n",
         "<p>Paste a feed address into your feed reader, or import "
-        f'<a href="{_attr(site.opml_url)}">all feeds at once (OPML)</a>.</p>\n</header>\n<main>\n',
+        f'<a href="{_attr(site.opml_url)}">all feeds at once (OPML)</a>.</p>\n',
+        _telegram_line(site),
+        "</header>\n<main>\n",
         *(_section(feed) for feed in feeds),
         f'</main>\n<footer><a href="{_attr(site.home)}">{_esc(site.home)}</a></footer>\n'
         "</body>\n</html>\n",
     ]
     return "".join(parts).encode("utf-8")
+
+
+def _telegram_line(site: Site) -> str:
+    if not site.telegram:
+        return ""
+    return (f'<p class="telegram">Or follow <a href="{_attr(site.telegram)}">'
+            f"{_esc(site.title)} on Telegram</a>.</p>\n")
 
 
 def _autodiscovery(feed: FeedLinks) -> str:
@@ -243,3 +254,115 @@ def _esc(text: str) -> str:
 
 def _attr(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+# --- the feeds in a browser -------------------------------------------------------------------
+# An XSLT 1.0 stylesheet (the version browsers run) for both RSS and Atom. Feed readers and
+# validators ignore the <?xml-stylesheet?> instruction that points to it. Every text is
+# written with value-of (escaped): an RSS description is HTML, so the excerpt in it is first
+# unescaped by the "text" template, never copied as markup (disable-output-escaping is not
+# honoured by every browser, and would let markup through).
+
+_STYLESHEET = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by publisher with the feeds: shows a feed opened in a browser as a page. -->
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform"
+    xmlns:atom="http://www.w3.org/2005/Atom" xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:content="http://purl.org/rss/1.0/modules/content/"
+    exclude-result-prefixes="atom dc content">
+<xsl:output method="html" encoding="UTF-8" indent="yes" doctype-system="about:legacy-compat"/>
+
+<xsl:variable name="title" select="/rss/channel/title | /atom:feed/atom:title"/>
+<xsl:variable name="feed-url"
+    select="(/rss/channel/atom:link[@rel='self'] | /atom:feed/atom:link[@rel='self'])/@href"/>
+
+<xsl:template match="/">
+<html lang="{/rss/channel/language | /atom:feed/@xml:lang}">
+<head>
+<meta name="viewport" content="width=device-width, initial-scale=1"/>
+<title><xsl:value-of select="$title"/> (feed)</title>
+<style>
+@STYLE@
+.feed-url { font-size: 1.05rem; overflow-wrap: anywhere; }
+.feed-url code { border: 1px solid var(--line); border-radius: .4rem; padding: .2rem .5rem;
+                 user-select: all; }
+</style>
+</head>
+<body>
+<header>
+<p class="meta">This is a news feed<xsl:choose>
+<xsl:when test="/rss"> (RSS)</xsl:when><xsl:otherwise> (Atom)</xsl:otherwise>
+</xsl:choose>: a feed reader shows its new articles as they come.</p>
+<h1><xsl:value-of select="$title"/></h1>
+<p><xsl:value-of select="/rss/channel/description | /atom:feed/atom:subtitle"/></p>
+<p>To subscribe, copy this address into your feed reader (Feedly, Inoreader, NetNewsWire,
+Thunderbird, newsboat...):</p>
+<p class="feed-url"><code><xsl:value-of select="$feed-url"/></code></p>
+<p><a href="index.html">Every feed and topic</a>@TELEGRAM@</p>
+</header>
+<main>
+<xsl:apply-templates select="/rss/channel/item | /atom:feed/atom:entry"/>
+</main>
+</body>
+</html>
+</xsl:template>
+
+<xsl:template match="item">
+<section>
+<h2><a href="{link}"><xsl:value-of select="title"/></a></h2>
+<p class="meta"><xsl:if test="dc:creator"><xsl:value-of select="dc:creator"/> · </xsl:if>
+<xsl:value-of select="substring(pubDate, 6, 11)"/></p>
+<xsl:if test="content:encoded">
+<p><xsl:call-template name="text"><xsl:with-param name="html" select="description"/>
+</xsl:call-template></p>
+</xsl:if>
+</section>
+</xsl:template>
+
+<xsl:template match="atom:entry">
+<section>
+<h2><a href="{atom:link[not(@rel) or @rel='alternate']/@href}">
+<xsl:value-of select="atom:title"/></a></h2>
+<p class="meta"><xsl:if test="atom:author/atom:name">
+<xsl:value-of select="atom:author/atom:name"/> · </xsl:if>
+<xsl:value-of select="substring(atom:published, 1, 10)"/></p>
+<xsl:if test="atom:summary"><p><xsl:value-of select="atom:summary"/></p></xsl:if>
+</section>
+</xsl:template>
+
+<!-- The text of escaped HTML without markup: &amp; &lt; &gt; &quot; &#x27; decoded. -->
+<xsl:template name="text">
+<xsl:param name="html"/>
+<xsl:choose>
+<xsl:when test="contains($html, '&amp;')">
+<xsl:value-of select="substring-before($html, '&amp;')"/>
+<xsl:variable name="rest" select="substring-after($html, '&amp;')"/>
+<xsl:variable name="entity" select="substring-before($rest, ';')"/>
+<xsl:choose>
+<xsl:when test="$entity = 'amp'">&amp;</xsl:when>
+<xsl:when test="$entity = 'lt'">&lt;</xsl:when>
+<xsl:when test="$entity = 'gt'">&gt;</xsl:when>
+<xsl:when test="$entity = 'quot'">&quot;</xsl:when>
+<xsl:when test="$entity = '#x27' or $entity = '#39'">'</xsl:when>
+<xsl:otherwise>&amp;</xsl:otherwise>
+</xsl:choose>
+<xsl:call-template name="text">
+<xsl:with-param name="html" select="substring($rest, 1 + (string-length($entity) + 1) *
+    number($entity = 'amp' or $entity = 'lt' or $entity = 'gt' or $entity = 'quot'
+           or $entity = '#x27' or $entity = '#39'))"/>
+</xsl:call-template>
+</xsl:when>
+<xsl:otherwise><xsl:value-of select="$html"/></xsl:otherwise>
+</xsl:choose>
+</xsl:template>
+</xsl:stylesheet>
+"""
+
+
+def render_feed_stylesheet(site: Site) -> bytes:
+    """``feed.xsl``: the page a browser shows for a feed: what it is, the address to copy into
+    a reader, a link to every feed (and to the Telegram channel), and the entries."""
+    telegram = ""
+    if site.telegram:
+        telegram = f' · <a href="{_attr(site.telegram)}">Follow on Telegram</a>'
+    text = _STYLESHEET.replace("@STYLE@", _STYLE).replace("@TELEGRAM@", telegram)
+    return text.encode("utf-8")

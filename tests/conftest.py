@@ -23,6 +23,12 @@ SEEDS = REPO / "seeds"
 
 ArticleWriter = Callable[..., Path]
 POSTGRES_URL_VARIABLE = "PUBLISHER_TEST_POSTGRES_URL"
+# Out of os.environ at import, before any test runs: publisher refuses an unknown PUBLISHER_*
+# variable, and a PUBLISHER_CONFIG or PUBLISHER_FEEDS_DIR of the developer's shell would
+# change what the tests see. Neither CliRunner nor a publisher subprocess inherits them.
+POSTGRES_URL = os.environ.get(POSTGRES_URL_VARIABLE, "")
+for _variable in [name for name in os.environ if name.startswith("PUBLISHER_")]:
+    del os.environ[_variable]
 
 
 def article_record(index: int = 1, **fields: Any) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def postgres_server() -> Iterator[str]:
         import psycopg
     except ImportError:
         _postgres_unavailable("psycopg is not installed (pip install 'psycopg[binary]')")
-    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    url = POSTGRES_URL
     if url:
         problem = None
         try:

@@ -361,7 +361,7 @@ def test_builds_rewrite_only_changed_feeds_and_match_a_full_render(
     config_path.write_text('[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\n')
     config = load_config(config_path, environ={})
     first = pipeline.build(config)
-    assert first.feeds is not None and first.feeds.written == 11
+    assert first.feeds is not None and first.feeds.written == 12
     space = config.feeds.dir / "space.rss.xml"
     before = space.stat().st_mtime_ns
     assert pipeline.build(config).feeds is None  # nothing changed: nothing rendered
@@ -810,7 +810,7 @@ def test_an_emptied_folder_is_refused_unless_allowed(tmp_path: Path, articles_di
     config_path.write_text('[articles]\ndir = "articles"\n[feeds]\ndir = "feeds"\n')
     pipeline.build(load_config(config_path, environ={}))
     (articles_dir / "a.txt").unlink()  # as an unmounted share looks
-    with pytest.raises(ArticleError, match="is empty, but 1 article files were known"):
+    with pytest.raises(ArticleError, match="is empty, but 1 article file was known"):
         pipeline.build(load_config(config_path, environ={}))
     assert "Article number 1" in (tmp_path / "feeds" / "all.rss.xml").read_text()
     allowed = load_config(config_path, environ={"PUBLISHER_ARTICLES_ALLOW_EMPTY": "true"})

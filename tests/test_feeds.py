@@ -276,7 +276,7 @@ def xml_feeds(rendered: dict[str, bytes]) -> dict[str, bytes]:
 def file_names(*slugs: str) -> list[str]:
     """Every file rendered for feeds with these slugs, sorted."""
     feeds = [f"{slug}.{suffix}" for slug in slugs for suffix in ("rss.xml", "atom.xml", "json")]
-    return sorted([*feeds, "feeds.opml", "index.html"])
+    return sorted([*feeds, "feed.xsl", "feeds.opml", "index.html"])
 
 
 def assert_valid(rendered: dict[str, bytes], config: FeedsConfig) -> None:
@@ -521,16 +521,16 @@ def test_bad_site_url_is_a_feed_error(tmp_path: Path) -> None:
 
 def test_rebuild_of_unchanged_corpus_rewrites_nothing(config: FeedsConfig) -> None:
     first = build_feeds([make_article(0), make_article(1)], config)
-    assert first.written == 8 and first.unchanged == 0 and first.topics == 1
+    assert first.written == 9 and first.unchanged == 0 and first.topics == 1
     stamps = {f.path: f.path.stat().st_mtime_ns for f in first.files}
     contents = {f.path: f.path.read_bytes() for f in first.files}
     second = build_feeds([make_article(0), make_article(1)], config)
-    assert second.written == 0 and second.unchanged == 8 and second.removed == ()
+    assert second.written == 0 and second.unchanged == 9 and second.removed == ()
     assert {f.path: f.path.stat().st_mtime_ns for f in second.files} == stamps
     assert {f.path: f.path.read_bytes() for f in second.files} == contents
     assert {(f.slug, f.kind) for f in second.files} == {
         (slug, kind) for slug in ("all", "computer-vision") for kind in ("rss", "atom", "json")
-    } | {("feeds", "opml"), ("index", "html")}
+    } | {("feeds", "opml"), ("index", "html"), ("feed", "xsl")}
     assert [f.kind for f in second.files if f.is_feed] == ["atom", "json", "rss"] * 2
 
 
@@ -622,7 +622,7 @@ def test_any_text_gives_well_formed_feeds(
         related=(Related(title, "https://r.example.com/"),),
     )
     rendered = render_feeds([article], config)
-    assert len(rendered) == 8
+    assert len(rendered) == 9
     expected_title = cleaned(title) or article.url
     for name, data in xml_feeds(rendered).items():
         root = xml(data)

@@ -20,7 +20,7 @@ import pytest
 from test_feeds import make_article
 
 from publisher.config import FeedsConfig
-from publisher.feeds import build_feeds
+from publisher.feeds import STYLESHEET_INSTRUCTION, build_feeds
 from publisher.models import Article, Provider
 from publisher.server import Handler, RunningServer, start_server
 
@@ -140,6 +140,8 @@ def test_newsboat_reads_rss_and_atom_and_gets_304_later(
     statuses: list[tuple[str, int]],
 ) -> None:
     build_feeds(ARTICLES, config)
+    for name in ("robotik.atom.xml", "ai.rss.xml"):  # styled for browsers; newsboat reads on
+        assert (config.dir / name).read_bytes().split(b"\n")[1] == STYLESHEET_INSTRUCTION.strip()
     # As if built ten minutes ago: the rebuild below must have a later Last-Modified, because
     # libcurl (newsboat's HTTP client) discards a 200 whose Last-Modified is not newer, in
     # whole seconds, than the If-Modified-Since it sent.

@@ -53,6 +53,7 @@ def client(served: tuple[RunningServer, Path]) -> Iterator[httpx.Client]:
         ("/robotics.json", "robotics.json", "application/feed+json; charset=utf-8"),
         ("/feeds.opml", "feeds.opml", "text/x-opml; charset=utf-8"),
         ("/index.html", "index.html", "text/html; charset=utf-8"),
+        ("/feed.xsl", "feed.xsl", "text/xsl; charset=utf-8"),
         ("/", "index.html", "text/html; charset=utf-8"),
     ],
 )

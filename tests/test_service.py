@@ -41,7 +41,7 @@ DISK_FULL_HOOK = """\
 import errno, os
 _fsync = os.fsync
 def _full_disk_fsync(fd):
-    if os.path.exists(os.environ["PUBLISHER_TEST_DISK_FULL"]):
+    if os.path.exists(os.environ["TEST_DISK_FULL_MARKER"]):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return _fsync(fd)
 os.fsync = _full_disk_fsync
@@ -143,6 +143,7 @@ def configure(tmp_path: Path, articles_dir: Path,
             "max_wait_seconds": 60, "max_tries": 2, **telegram,
         }
         path = tmp_path / "config.toml"
+        (tmp_path / "state").mkdir(exist_ok=True)  # publisher never creates a state folder
         path.write_text(
             '[articles]\ndir = "articles"\n'
             f'[feeds]\ndir = "feeds"\ntitle = "{title}"\n'
@@ -268,7 +269,7 @@ def test_full_disk_keeps_the_old_feed_and_the_service_recovers(
     write_article("1.txt", 1)
     configure()
     publisher = start(env={"PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)]),
-                           "PUBLISHER_TEST_DISK_FULL": str(disk_full)})
+                           "TEST_DISK_FULL_MARKER": str(disk_full)})
     url = publisher.url()
     wait_for(lambda: "Article number 1" in feed(tmp_path), "the first feed")
     before = feed(tmp_path)
@@ -495,6 +496,7 @@ def write_service_config(path: Path, base_url: str, *, build: str = "1h", push: 
                          watch: bool = True, articles: str = "articles",
                          title: str = "Publisher", min_quality: int = 0,
                          max_per_run: int = 0) -> None:
+    (path.parent / "state").mkdir(exist_ok=True)  # a missing state folder is an error
     path.write_text(
         f'[articles]\ndir = "{articles}"\n[select]\nmin_quality = {min_quality}\n'
         f'[feeds]\ndir = "feeds"\ntitle = "{title}"\nbase_url = "https://feeds.example.org/"\n'

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import feedparser
 import httpx
 import lxml.html
 import pytest
@@ -260,7 +262,8 @@ def test_new_files_are_written_with_the_feeds_and_only_when_changed(config: Feed
         "all", "computer-vision", "robotics"
     )
     pages = {f.path.name: (f.slug, f.kind) for f in first.files if not f.is_feed}
-    assert pages == {"feeds.opml": ("feeds", "opml"), "index.html": ("index", "html")}
+    assert pages == {"feeds.opml": ("feeds", "opml"), "index.html": ("index", "html"),
+                     "feed.xsl": ("feed", "xsl")}
     assert first.topics == 2
     again = build_feeds(ARTICLES, config)
     assert again.written == 0
@@ -272,6 +275,83 @@ def test_new_files_are_written_with_the_feeds_and_only_when_changed(config: Feed
     assert [p.name for p in changed.removed] == [
         "computer-vision.atom.xml", "computer-vision.json", "computer-vision.rss.xml",
     ]
+
+
+# --- the feeds in a browser -------------------------------------------------------------------
+
+
+def browser_page(rendered: dict[str, bytes], name: str) -> lxml.html.HtmlElement:
+    """What a browser shows for feed ``name``: its stylesheet applied by libxslt (the XSLT
+    engine of Chrome and Safari)."""
+    stylesheet = etree.XSLT(etree.fromstring(rendered["feed.xsl"]))
+    return lxml.html.document_fromstring(str(stylesheet(etree.fromstring(rendered[name]))))
+
+
+@pytest.mark.parametrize("kind", ["rss.xml", "atom.xml"])
+def test_a_feed_opened_in_a_browser_is_a_page_that_says_how_to_subscribe(
+    config: FeedsConfig, kind: str
+) -> None:
+    excerpt = 'Robots & <humans> "work" together; 5 > 3, &amp; is how HTML writes &.'
+    articles = [*ARTICLES[:2], make_article(2, topics=("Robotics",), excerpt=excerpt)]
+    rendered = render_feeds(articles, config)
+    name = f"robotics.{kind}"
+    lines = rendered[name].split(b"\n")
+    assert lines[0].startswith(b"<?xml ")
+    assert lines[1] == b'<?xml-stylesheet type="text/xsl" href="feed.xsl"?>'
+    parsed = feedparser.parse(rendered[name])  # feed readers are not disturbed
+    assert not parsed.bozo and len(parsed.entries) == 3
+    document = browser_page(rendered, name)
+    assert document.findtext(".//title") == "Publisher: Robotics (feed)"
+    assert document.findtext(".//h1") == "Publisher: Robotics"
+    assert "To subscribe, copy this address into your feed reader" in document.text_content()
+    assert document.xpath("//p[@class='feed-url']/code")[0].text == BASE_URL + name
+    assert document.xpath("//a[@href='index.html']")[0].text == "Every feed and topic"
+    headlines = document.xpath("//main/section/h2/a")
+    assert [(a.text_content().strip(), a.get("href")) for a in headlines] == [
+        (article.title, article.url) for article in articles
+    ]
+    summaries = [p.text_content() for p in document.xpath("//main/section/p[not(@class)]")]
+    assert summaries[-1] == excerpt  # the excerpt as written, not its HTML escaping
+    assert summaries[0] == articles[0].excerpt
+    assert document.xpath("//main/section/p[@class='meta']")[0].text_content().startswith(
+        "Example News · "
+    )
+    assert document.xpath("//script") == []  # the hostile title is text
+    assert document.get("lang") == "en"
+    assert "t.me" not in etree.tostring(document, encoding="unicode")
+
+
+def test_telegram_url_is_linked_from_the_landing_page_and_the_feed_pages(
+    tmp_path: Path,
+) -> None:
+    rendered = render_feeds(ARTICLES, make_config(tmp_path, telegram_url="https://t.me/robots"))
+    landing = page(rendered).xpath("//header//a[@href='https://t.me/robots']")
+    assert [a.text for a in landing] == ["Publisher on Telegram"]
+    for name in ("all.rss.xml", "robotics.atom.xml"):
+        links = browser_page(rendered, name).xpath("//a[@href='https://t.me/robots']")
+        assert [a.text for a in links] == ["Follow on Telegram"]
+    plain = render_feeds(ARTICLES, make_config(tmp_path))
+    assert b"t.me" not in plain["index.html"] and b"t.me" not in plain["feed.xsl"]
+
+
+def test_the_stylesheet_is_written_with_the_feeds_and_comes_back_if_deleted(
+    tmp_path: Path, articles_dir: Path, write_article: Callable[..., Path]
+) -> None:
+    from publisher import pipeline
+    from publisher.config import load_config
+
+    write_article("a.txt", 1)
+    config = load_config(None, environ={}, overrides={
+        "articles.dir": str(articles_dir), "feeds.dir": str(tmp_path / "feeds"),
+        "state.url": f"sqlite:///{tmp_path / 'state.db'}",
+    })
+    pipeline.build(config)
+    stylesheet = tmp_path / "feeds" / "feed.xsl"
+    data = stylesheet.read_bytes()
+    assert pipeline.build(config).feeds is None  # current: nothing rendered, nothing removed
+    assert stylesheet.read_bytes() == data
+    stylesheet.unlink()
+    assert pipeline.build(config).feeds is not None and stylesheet.read_bytes() == data
 
 
 # --- WebSub ------------------------------------------------------------------------------------
