@@ -24,6 +24,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def http_date_seconds(value: str) -> float | None:
     """An HTTP-date as a timestamp; None for anything else (a huge year, garbage)."""
     try:
         parsed = parsedate_to_datetime(value)
-        return parsed.timestamp()
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     except (TypeError, ValueError, OverflowError, IndexError, OSError):
         return None
 
@@ -198,13 +199,18 @@ class FileCache:
         content_type = content_type_for(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+        except OSError:  # gone, or became a link, since the lstat
             return None
-        with open(fd, "rb") as handle:
-            st = os.fstat(fd)
-            if content_type is None or not stat.S_ISREG(st.st_mode):
-                return None
-            data = handle.read()
+        try:
+            with open(fd, "rb") as handle:
+                st = os.fstat(fd)
+                if content_type is None or not stat.S_ISREG(st.st_mode):
+                    return None
+                data = handle.read()
+        except OSError as exc:  # an I/O error: a 404 now, and read again next time
+            event(log, logging.WARNING, "http_read_failed", file=path,
+                  error=exc.strerror or str(exc))
+            return None
         return self._entry(file_key(st), data, content_type, int(st.st_mtime))
 
     def _entry(self, key: tuple[int, int, int], data: bytes, content_type: str,

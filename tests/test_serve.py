@@ -357,6 +357,17 @@ def test_a_client_aborting_mid_response_leaves_no_trace(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_listens_on_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    server = start_server("[::1]:0", health=lambda: (True, "ok"))
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert httpx.get(server.url + "/healthz").text == "ok\n"
+    finally:
+        server.close()
+
+
 # --- publisher serve ---------------------------------------------------------------------------
 
 
