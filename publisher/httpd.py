@@ -4,9 +4,9 @@ Why uvicorn: it is the mature asyncio HTTP/1.1 server for ASGI apps (keep-alive,
 HEAD, ``Date``, graceful shutdown), its httptools protocol parses with llhttp (node.js's
 parser), it runs on uvloop (libuv), and it runs inside an event loop we own, in this process,
 so the app reads the service's health and metrics directly. The alternatives fit worse:
-gunicorn (with whitenoise) forks workers that cannot see the service's state; waitress is
-threaded, with a pure-Python parser, several times slower; hypercorn parses with h11 in pure
-Python; granian serves from its own Rust runtime and worker processes. uvicorn lacks three
+gunicorn (with whitenoise) forks workers that cannot see the service's state; waitress (a
+thread per request) and hypercorn (h11) parse in pure Python; granian serves from its own
+Rust runtime and worker processes. uvicorn lacks three
 limits a public server needs, which this module adds through its extension points (a
 protocol class and a ``Server`` subclass), not by patching:
 
