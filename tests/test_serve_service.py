@@ -82,8 +82,9 @@ def test_the_stop_closes_the_server_with_clients_connected(
     publisher = start()
     url = publisher.url()
     wait_for(lambda: len(titles(botapi_process)) == 1, "the first post")
-    wait_for(lambda: "Article number 1" in feed(tmp_path), "the first feed")
-    wait_for(lambda: len(publisher.events("push_done")) == 1, "the push to end")
+    wait_for(lambda: publisher.events("feeds_written"), "the build to end")
+    wait_for(lambda: publisher.events("push_done"), "the push to end")
+    assert "Article number 1" in feed(tmp_path)
     with idle_connections(url, 50):
         started = time.monotonic()
         assert publisher.stop() == 0
