@@ -20,7 +20,7 @@ import argparse
 import contextlib
 import http.client
 import re
-import select
+import selectors
 import shutil
 import socket
 import statistics
@@ -264,20 +264,24 @@ def timed_get(host: str, port: int) -> int:
 
 def seconds_until_closed(socks: list[socket.socket], started: float, limit: float) -> str:
     """When the server closed the last of ``socks`` (reading what it sent first)."""
-    pending = set(socks)
     last = None
-    while pending and time.monotonic() - started < limit:
-        ready, _, _ = select.select(list(pending), [], [], 0.1)
-        for sock in ready:
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                pending.discard(sock)
-                last = time.monotonic() - started
+    with selectors.DefaultSelector() as selector:  # epoll: no limit on descriptor numbers
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        while selector.get_map() and time.monotonic() - started < limit:
+            for key, _ in selector.select(0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    selector.unregister(sock)
+                    last = time.monotonic() - started
+        pending = len(selector.get_map())
     if pending:
-        return f"{len(pending)} of {len(socks)} still open after {limit:.0f} s"
+        return f"{pending} of {len(socks)} still open after {limit:.0f} s"
     return f"{last:.1f} s"
 
 
