@@ -623,7 +623,8 @@ def serve(ctx: Context, host: str, port: int) -> None:
     """Serve the feeds folder over HTTP for feed readers; builds nothing.
 
     Serves index.html, feeds.opml and every feed with its Content-Type, ETag, Last-Modified
-    (304 when unchanged), gzip and Cache-Control. Stops cleanly on SIGINT or SIGTERM.
+    (304 when unchanged), gzip, byte ranges, keep-alive and Cache-Control, within the
+    [server] limits (timeouts, max_connections). Stops cleanly on SIGINT or SIGTERM.
 
     \b
     Example:
@@ -633,7 +634,7 @@ def serve(ctx: Context, host: str, port: int) -> None:
     import threading
 
     from publisher.config import interval_seconds
-    from publisher.server import start_server
+    from publisher.server import limits_from, start_server
 
     config = ctx.config()
     if not config.feeds.dir.is_dir():
@@ -641,7 +642,8 @@ def serve(ctx: Context, host: str, port: int) -> None:
                  err=True)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server = start_server(listen, feeds_dir=config.feeds.dir,
-                          cache_seconds=interval_seconds(config.schedule.build))
+                          cache_seconds=interval_seconds(config.schedule.build),
+                          limits=limits_from(config.server))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -121,6 +121,9 @@ class ScheduleConfig:
 class ServerConfig:
     listen: str = ""  # "host:port"; empty = off
     serve_feeds: bool = False
+    idle_timeout_seconds: float = 15.0  # a connection waiting for a request, or not reading
+    header_timeout_seconds: float = 10.0  # from a request's first byte to its last header
+    max_connections: int = 1024  # more wait in the listen backlog
 
 
 @dataclass(frozen=True)
@@ -507,6 +510,15 @@ def _validate(config: Config) -> None:
         check_schedule(getattr(config.schedule, name), f"schedule.{name}")
     _validate_folders(config)
     _validate_state(config)
+    _validate_server(config.server)
+
+
+def _validate_server(server: ServerConfig) -> None:
+    for key in ("idle_timeout_seconds", "header_timeout_seconds"):
+        if getattr(server, key) <= 0:
+            raise ConfigError(f"config key server.{key} must be above 0")
+    if server.max_connections < 1:
+        raise ConfigError("config key server.max_connections must be at least 1")
 
 
 def _validate_numbers(config: Config) -> None:

@@ -1,27 +1,37 @@
-"""A small HTTP server: the feeds folder for readers, ``/healthz`` and ``/metrics``.
+"""The feeds folder for readers, ``/healthz`` and ``/metrics``, over HTTP.
 
-Static files are served only from the feeds folder, only by exact file name (no traversal,
-no listing), with the right Content-Type, an ETag from the content, Last-Modified, 304 on
-``If-None-Match``/``If-Modified-Since``, gzip when accepted, Cache-Control and HEAD.
+``FeedsApp`` is a small ASGI app; ``publisher.httpd`` runs it on uvicorn (httptools) with a
+listen backlog, idle and header-read timeouts, a connection cap and file descriptors kept for
+the service (see that module for why uvicorn, and what it adds to it).
+
+Static files are served only from the feeds folder, only by exact file name (no traversal, no
+listing, never through a link out of the folder), with the right Content-Type, an ETag from
+the content, Last-Modified, 304 on ``If-None-Match``/``If-Modified-Since``, gzip when
+``Accept-Encoding`` allows it, single byte ranges (206/416), Cache-Control and HEAD. Files are
+served from memory: bytes, gzip bytes and headers are cached per name and made again when the
+file's (inode, size, mtime) changes, so a request costs one ``lstat``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import logging
+import os
 import re
-import socket
-import threading
-from collections.abc import Callable
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
+from publisher.config import ServerConfig
 from publisher.errors import ConfigError
+from publisher.httpd import ServerLimits, ServerThread, listen_socket
 from publisher.logs import event
 
 log = logging.getLogger(__name__)
@@ -37,10 +47,19 @@ CONTENT_TYPES = {
     ".xsl": "text/xsl; charset=utf-8",
 }
 HealthCheck = Callable[[], tuple[bool, str]]
-# A servable file name: no separators, no NUL, no leading dot (hidden and temporary files).
-_SERVABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_GZIP_REFUSED = re.compile(r"q\s*=\s*0(?:\.0*)?\s*$")
+Headers = list[tuple[bytes, bytes]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+# A servable file name: no separators, no NUL, no leading dot (hidden and temporary files),
+# at most NAME_MAX (255) bytes: a longer name cannot exist, and must not reach the kernel.
+_SERVABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_QVALUE = re.compile(r"q\s*=\s*(0(?:\.\d{0,3})?|1(?:\.0{0,3})?)", re.IGNORECASE)
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
 DEFAULT_CACHE_SECONDS = 300
+GZIP_MIN_BYTES = 256
+_TEXT = b"text/plain; charset=utf-8"
+_NO_STORE = (b"cache-control", b"no-store")
+_NOT_FOUND = b"not found\n"
+_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 def content_type_for(name: str) -> str | None:
@@ -50,174 +69,328 @@ def content_type_for(name: str) -> str | None:
     return None
 
 
+def coding_weights(accept_encoding: str) -> dict[str, float]:
+    """``Accept-Encoding`` as {coding: q}; an element with a malformed q-value is ignored."""
+    weights: dict[str, float] = {}
+    for element in accept_encoding.split(","):
+        coding, *params = element.split(";")
+        name = coding.strip().lower()
+        if not name:
+            continue
+        q = 1.0
+        for param in params:
+            if param.strip().lower().startswith("q"):
+                match = _QVALUE.fullmatch(param.strip())
+                q = float(match.group(1)) if match else -1.0
+        if q >= 0:
+            weights[name] = q
+    return weights
+
+
 def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` header allows gzip (``gzip;q=0`` refuses it)."""
-    for coding in accept_encoding.split(","):
-        name, _, params = coding.partition(";")
-        if name.strip().lower() in ("gzip", "x-gzip", "*"):
-            return not _GZIP_REFUSED.fullmatch(params.strip())
+    """Whether ``Accept-Encoding`` allows gzip: its own q-value (``gzip`` or ``x-gzip``), or
+    else that of ``*``, above 0 and not below an explicit ``identity``'s.
+
+    ``*;q=0, gzip`` accepts gzip; ``gzip;q=0`` and ``gzip;q=0, *`` refuse it.
+    """
+    weights = coding_weights(accept_encoding)
+    q = weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0)))
+    return q > 0 and q >= weights.get("identity", 0.0)
+
+
+def http_date_seconds(value: str) -> float | None:
+    """An HTTP-date as a timestamp; None for anything else (a huge year, garbage)."""
+    try:
+        parsed = parsedate_to_datetime(value)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError, OSError):
+        return None
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """``(first, last)`` of a single ``bytes=`` range within ``size`` bytes.
+
+    None: serve the whole file (no range, several ranges or another unit: RFC 9110 lets a
+    server ignore ``Range``). ``(size, size)`` stands for "not satisfiable" (416).
+    """
+    match = _RANGE.fullmatch(header)
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        suffix = int(last)
+        return (max(0, size - suffix), size - 1) if suffix > 0 and size > 0 else (size, size)
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid: ignored
+    if start >= size:
+        return (size, size)
+    return (start, min(int(last), size - 1) if last else size - 1)
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """One file as served: its identity, bytes, gzip bytes and ready-made headers."""
+
+    key: tuple[int, int, int]  # (inode, size, mtime_ns)
+    data: bytes
+    gzipped: bytes
+    etag: str
+    last_modified: str
+    mtime: int
+    plain: Headers  # 200 without Content-Encoding
+    compressed: Headers  # 200 with gzip
+    not_modified: Headers  # 304
+
+
+def file_key(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FileCache:
+    """Served files by name, made again when a file's (inode, size, mtime) changes.
+
+    Used from the server's event loop only; a file is read (and compressed) in a worker
+    thread, once however many requests wait for it.
+    """
+
+    def __init__(self, root: Path, cache_control: bytes) -> None:
+        self.root = root
+        self._prefix = str(root) + os.sep
+        self._cache_control = cache_control
+        self._entries: dict[str, CachedFile] = {}
+        self._loading: dict[str, asyncio.Future[CachedFile | None]] = {}
+
+    async def get(self, name: str) -> CachedFile | None:
+        path = self._prefix + name
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                path = self._inside(path)
+                st = os.stat(path)
+        except (OSError, ValueError):
+            self._entries.pop(name, None)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        entry = self._entries.get(name)
+        if entry is not None and entry.key == file_key(st):
+            return entry
+        return await self._load(name, path)
+
+    def _inside(self, path: str) -> str:
+        """The target of a link when it is a file directly in the folder; else ``OSError``."""
+        target = os.path.realpath(path)
+        if os.path.dirname(target) != str(self.root):
+            raise OSError(f"{path} links out of the folder")
+        return target
+
+    async def _load(self, name: str, path: str) -> CachedFile | None:
+        pending = self._loading.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self._read, name, path))
+            self._loading[name] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(name, None))
+        entry = await asyncio.shield(pending)
+        if entry is not None:
+            self._entries[name] = entry
+        return entry
+
+    def _read(self, name: str, path: str) -> CachedFile | None:
+        content_type = content_type_for(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # gone, or became a link, since the lstat
+            return None
+        try:
+            with open(fd, "rb") as handle:
+                st = os.fstat(fd)
+                if content_type is None or not stat.S_ISREG(st.st_mode):
+                    return None
+                data = handle.read()
+        except OSError as exc:  # an I/O error: a 404 now, and read again next time
+            event(log, logging.WARNING, "http_read_failed", file=path,
+                  error=exc.strerror or str(exc))
+            return None
+        return self._entry(file_key(st), data, content_type, int(st.st_mtime))
+
+    def _entry(self, key: tuple[int, int, int], data: bytes, content_type: str,
+               mtime: int) -> CachedFile:
+        gzipped = gzip.compress(data, mtime=0)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        last_modified = formatdate(mtime, usegmt=True)
+        validators = [(b"etag", etag.encode()), (b"last-modified", last_modified.encode()),
+                      (b"cache-control", self._cache_control), (b"vary", b"Accept-Encoding")]
+        common = [(b"content-type", content_type.encode()), *validators,
+                  (b"accept-ranges", b"bytes")]
+        return CachedFile(
+            key=key, data=data, gzipped=gzipped, etag=etag, last_modified=last_modified,
+            mtime=mtime,
+            plain=[*common, (b"content-length", str(len(data)).encode())],
+            compressed=[*common, (b"content-encoding", b"gzip"),
+                        (b"content-length", str(len(gzipped)).encode())],
+            not_modified=validators,
+        )
+
+
+class Request:
+    """The request headers the app reads, from an ASGI scope (repeated headers joined)."""
+
+    __slots__ = ("accept_encoding", "if_modified_since", "if_none_match", "if_range", "range")
+    accept_encoding: str | None
+    if_modified_since: str | None
+    if_none_match: str | None
+    if_range: str | None
+    range: str | None
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        for attribute in self.__slots__:
+            setattr(self, attribute, None)
+        found: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in _READ_HEADERS:
+                text = value.decode("latin-1")
+                found[name] = f"{found[name]}, {text}" if name in found else text
+        for name, text in found.items():
+            setattr(self, _READ_HEADERS[name], text)
+
+
+_READ_HEADERS = {
+    b"accept-encoding": "accept_encoding", b"if-none-match": "if_none_match",
+    b"if-modified-since": "if_modified_since", b"range": "range", b"if-range": "if_range",
+}
+
+
+def not_modified(entry: CachedFile, request: Request) -> bool:
+    """RFC 9110 13.2.2: ``If-None-Match`` (weak comparison) wins over ``If-Modified-Since``,
+    which is ignored when it is not a valid date or lies in the future."""
+    if request.if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in request.if_none_match.split(",")}
+        return entry.etag in tags or "*" in tags
+    if request.if_modified_since:
+        since = http_date_seconds(request.if_modified_since)
+        return since is not None and since <= time.time() and entry.mtime <= since
     return False
 
 
-class _FileCache:
-    """Bytes, gzip bytes and validators of served files, refreshed when a file changes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
-
-    def get(self, path: Path) -> dict[str, Any] | None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            cached = self._entries.get(path)
-            if cached and cached[0] == key:
-                return cached[1]
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return None
-        entry = {
-            "data": data,
-            "gzip": gzip.compress(data, mtime=0),
-            "etag": '"' + hashlib.sha256(data).hexdigest()[:32] + '"',
-            "mtime": int(stat.st_mtime),
-        }
-        with self._lock:
-            self._entries[path] = (key, entry)
-        return entry
+def range_applies(entry: CachedFile, request: Request) -> bool:
+    """``If-Range``: the range only for the same file (strong ETag or exact date)."""
+    if request.if_range is None:
+        return True
+    return request.if_range.strip() in (entry.etag, entry.last_modified)
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: PublisherHTTPServer
-    server_version = "publisher"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self._respond(head=False)
-
-    def do_HEAD(self) -> None:
-        self._respond(head=True)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        event(log, logging.DEBUG, "http", client=self.client_address[0], line=format % args)
-
-    def _respond(self, head: bool) -> None:
-        path = unquote(urlsplit(self.path).path)
-        if path == "/healthz" and self.server.health is not None:
-            ok, detail = self.server.health()
-            status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-            self._send_bytes(status, (detail + "\n").encode(), "text/plain; charset=utf-8", head)
-        elif path == "/metrics" and self.server.metrics is not None:
-            self._send_bytes(HTTPStatus.OK, self.server.metrics(),
-                             "text/plain; version=0.0.4; charset=utf-8", head)
-        elif self.server.feeds_dir is not None:
-            self._send_file(path, head)
-        else:
-            self._not_found(head)
-
-    def _send_file(self, path: str, head: bool) -> None:
-        name = "index.html" if path == "/" else path.removeprefix("/")
-        content_type = content_type_for(name)
-        file_path = self._servable(name)
-        entry = None if file_path is None else self.server.files.get(file_path)
-        if entry is None or content_type is None:
-            self._not_found(head)
-            return
-        if self._not_modified(entry):
-            self.send_response(HTTPStatus.NOT_MODIFIED)
-            self._validators(entry)
-            self.end_headers()
-            return
-        body = entry["data"]
-        use_gzip = accepts_gzip(self.headers.get("Accept-Encoding", "")) and len(body) > 256
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", content_type)
-        self._validators(entry)
-        self.send_header("Vary", "Accept-Encoding")
-        if use_gzip:
-            body = entry["gzip"]
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _servable(self, name: str) -> Path | None:
-        """The file ``name`` directly inside the feeds folder, never through a link out of it."""
-        root = self.server.feeds_dir
-        if root is None or not _SERVABLE.fullmatch(name):
-            return None
-        path = (root / name).resolve()
-        return path if path.parent == root and path.is_file() else None
-
-    def _validators(self, entry: dict[str, Any]) -> None:
-        self.send_header("ETag", entry["etag"])
-        self.send_header("Last-Modified", formatdate(entry["mtime"], usegmt=True))
-        self.send_header("Cache-Control", f"public, max-age={self.server.cache_seconds}")
-
-    def _not_modified(self, entry: dict[str, Any]) -> bool:
-        if_none_match = self.headers.get("If-None-Match")
-        if if_none_match is not None:
-            tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-            return entry["etag"] in tags or "*" in tags
-        if_modified_since = self.headers.get("If-Modified-Since")
-        if if_modified_since:
-            try:
-                since = parsedate_to_datetime(if_modified_since).timestamp()
-            except (TypeError, ValueError):
-                return False
-            return entry["mtime"] <= since
-        return False
-
-    def _send_bytes(self, status: HTTPStatus, body: bytes, content_type: str, head: bool) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _not_found(self, head: bool) -> None:
-        self._send_bytes(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8", head)
+Response = tuple[int, Headers, bytes]
 
 
-class PublisherHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class FeedsApp:
+    """The ASGI app: ``/healthz``, ``/metrics`` and the feeds folder's files."""
 
-    def __init__(self, address: tuple[str, int], *, feeds_dir: Path | None,
-                 health: HealthCheck | None, metrics: Callable[[], bytes] | None,
-                 cache_seconds: int) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
-        self.feeds_dir = feeds_dir.resolve() if feeds_dir is not None else None
+    def __init__(self, *, feeds_dir: Path | None, health: HealthCheck | None,
+                 metrics: Callable[[], bytes] | None, cache_seconds: int) -> None:
         self.health = health
         self.metrics = metrics
-        self.cache_seconds = cache_seconds
-        self.files = _FileCache()
+        cache_control = f"public, max-age={cache_seconds}".encode()
+        self.files = None if feeds_dir is None else FileCache(feeds_dir.resolve(), cache_control)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        if method in ("GET", "HEAD"):
+            status, headers, body = await self._respond(scope)
+        else:
+            status, headers, body = _text(405, b"method not allowed\n",
+                                          [(b"allow", b"GET, HEAD")])
+        if log.isEnabledFor(logging.DEBUG):  # before sending: the client may act on it at once
+            client = scope.get("client") or ("-",)
+            event(log, logging.DEBUG, "http_request", client=client[0], method=method,
+                  path=scope["path"], status=status)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    async def _respond(self, scope: dict[str, Any]) -> Response:
+        path = scope["path"]
+        if path == "/healthz" and self.health is not None:
+            ok, detail = self.health()
+            return _text(200 if ok else 503, (detail + "\n").encode())
+        if path == "/metrics" and self.metrics is not None:
+            return _text(200, self.metrics(), content_type=_METRICS)
+        name = "index.html" if path == "/" else path[1:]
+        entry = None
+        if self.files is not None and _SERVABLE.fullmatch(name) and content_type_for(name):
+            entry = await self.files.get(name)
+        if entry is None:
+            return _text(404, _NOT_FOUND)
+        return file_response(entry, Request(scope), head=scope["method"] == "HEAD")
+
+
+def file_response(entry: CachedFile, request: Request, *, head: bool) -> Response:
+    if not_modified(entry, request):
+        return 304, entry.not_modified, b""
+    use_gzip = (request.accept_encoding is not None and len(entry.data) > GZIP_MIN_BYTES
+                and accepts_gzip(request.accept_encoding))
+    body, headers = (entry.gzipped, entry.compressed) if use_gzip else (entry.data, entry.plain)
+    if request.range is not None and not head and range_applies(entry, request):
+        span = byte_range(request.range, len(body))
+        if span is not None:
+            return range_response(body, headers, span)
+    return 200, headers, body
+
+
+def range_response(body: bytes, headers: Headers, span: tuple[int, int]) -> Response:
+    first, last = span
+    size = len(body)
+    if first >= size:
+        return 416, [(b"content-type", _TEXT), (b"content-range", f"bytes */{size}".encode()),
+                     (b"content-length", b"0")], b""
+    part = [(name, value) for name, value in headers if name != b"content-length"]
+    part += [(b"content-range", f"bytes {first}-{last}/{size}".encode()),
+             (b"content-length", str(last - first + 1).encode())]
+    return 206, part, body[first:last + 1]
+
+
+def _text(status: int, body: bytes, extra: Headers | None = None,
+          content_type: bytes = _TEXT) -> Response:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+               _NO_STORE, *(extra or [])]
+    return status, headers, body
+
+
+# -- running it --------------------------------------------------------------------------------
+
+
+def limits_from(config: ServerConfig) -> ServerLimits:
+    return ServerLimits(idle_timeout=config.idle_timeout_seconds,
+                        header_timeout=config.header_timeout_seconds,
+                        max_connections=config.max_connections)
 
 
 class RunningServer:
-    def __init__(self, httpd: PublisherHTTPServer) -> None:
-        self.httpd = httpd
-        self.thread = threading.Thread(target=httpd.serve_forever, name="http", daemon=True)
-        self.thread.start()
+    """A started server: its URL, and ``stop``/``close``."""
+
+    def __init__(self, thread: ServerThread) -> None:
+        self._thread = thread
+        self.address = thread.address
+        self.max_connections = thread.max_connections
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
 
+    @property
+    def open_connections(self) -> int:
+        return self._thread.open_connections
+
+    def stop(self) -> None:
+        """Stop accepting connections; in-flight responses finish. Returns at once."""
+        self._thread.stop()
+
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        """Stop, and wait until the server is gone (about two seconds at most)."""
+        self._thread.close()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -235,15 +408,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def start_server(listen: str, *, feeds_dir: Path | None = None, health: HealthCheck | None = None,
                  metrics: Callable[[], bytes] | None = None,
-                 cache_seconds: float | None = None) -> RunningServer:
-    address = parse_listen(listen)
+                 cache_seconds: float | None = None,
+                 limits: ServerLimits | None = None) -> RunningServer:
+    """Listen on ``listen`` and serve in a thread of its own; ``ConfigError`` if it cannot."""
+    limits = limits or ServerLimits()
+    host, port = parse_listen(listen)
+    app = FeedsApp(feeds_dir=feeds_dir, health=health, metrics=metrics,
+                   cache_seconds=int(cache_seconds or DEFAULT_CACHE_SECONDS))
+    sock = listen_socket(host, port, limits.backlog)
     try:
-        httpd = PublisherHTTPServer(
-            address, feeds_dir=feeds_dir, health=health, metrics=metrics,
-            cache_seconds=int(cache_seconds or DEFAULT_CACHE_SECONDS),
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    server = RunningServer(httpd)
-    event(log, logging.INFO, "http_listening", url=server.url)
+        server = RunningServer(ServerThread(app, sock, limits))
+    except BaseException:
+        sock.close()
+        raise
+    event(log, logging.INFO, "http_listening", url=server.url,
+          max_connections=server.max_connections)
     return server

@@ -46,7 +46,7 @@ from publisher.dispatch import Dispatcher
 from publisher.errors import PublisherError
 from publisher.logs import event
 from publisher.metrics import Metrics
-from publisher.server import RunningServer, start_server
+from publisher.server import RunningServer, limits_from, start_server
 from publisher.state import RunRecord, SQLStore, instance_lock, open_store, utc_now_iso
 from publisher.stopping import STOP_DEADLINE_SECONDS
 
@@ -166,9 +166,11 @@ class Service:
                 await self._run_until_stopped()
                 return 0
             finally:
+                if server is not None:
+                    server.stop()  # no new connections; answers in flight finish meanwhile
                 await self._shutdown()
                 if server is not None:
-                    server.close()
+                    await asyncio.to_thread(server.close)
                 self._store.close()
                 # The writer may still be in a worker thread's sync (it stops at its next
                 # batch); close it only once that is over.
@@ -512,6 +514,7 @@ class Service:
         return start_server(
             self.config.server.listen, feeds_dir=feeds_dir, health=self.healthy,
             metrics=self.metrics.render, cache_seconds=interval_seconds(self.config.schedule.build),
+            limits=limits_from(self.config.server),
         )
 
 

@@ -7,6 +7,7 @@ module skips, except in CI (the environment variable CI is set), where it fails.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -22,7 +23,7 @@ from test_feeds import make_article
 from publisher.config import FeedsConfig
 from publisher.feeds import STYLESHEET_INSTRUCTION, build_feeds
 from publisher.models import Article, Provider
-from publisher.server import Handler, RunningServer, start_server
+from publisher.server import RunningServer, start_server
 
 NEWSBOAT_TIMEOUT = 30
 
@@ -38,18 +39,31 @@ def newsboat() -> str:
     return path
 
 
+class RequestLog(logging.Handler):
+    """(path, status) of every ``http_request`` event the server logs (at DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[str, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "publisher_fields", None) or {}
+        if record.getMessage() == "http_request":
+            self.seen.append((fields["path"], fields["status"]))
+
+
 @pytest.fixture
-def statuses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+def statuses() -> Iterator[list[tuple[str, int]]]:
     """(path, status) of every request the server answered, in order."""
-    seen: list[tuple[str, int]] = []
-    original = Handler.log_request
-
-    def log_request(self: Handler, code: int | str = "-", size: int | str = "-") -> None:
-        seen.append((self.path, int(code)))
-        original(self, code, size)
-
-    monkeypatch.setattr(Handler, "log_request", log_request)
-    return seen
+    logger = logging.getLogger("publisher.server")
+    handler, level = RequestLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler.seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @pytest.fixture

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -143,7 +146,7 @@ def test_head_has_the_headers_of_get_and_no_body(client: httpx.Client) -> None:
 
 
 def raw_get(server: RunningServer, path: str) -> tuple[int, bytes]:
-    host, port = server.httpd.server_address[:2]
+    host, port = server.address
     connection = http.client.HTTPConnection(str(host), port, timeout=5)
     try:
         connection.request("GET", path)
@@ -186,6 +189,184 @@ def test_a_file_appearing_later_is_served(
     assert client.get("/later.json").status_code == 404
     (served[1] / "later.json").write_text("{}")
     assert client.get("/later.json").content == b"{}"
+
+
+# --- HTTP semantics beyond the basics -----------------------------------------------------------
+
+
+def test_keep_alive_two_requests_on_one_connection(served: tuple[RunningServer, Path]) -> None:
+    host, port = served[0].address
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        connection.request("GET", "/all.rss.xml")
+        first = connection.getresponse()
+        first.read()
+        local = connection.sock.getsockname()
+        connection.request("HEAD", "/robotics.json")
+        second = connection.getresponse()
+        second.read()
+        assert (first.status, second.status) == (200, 200)
+        assert connection.sock is not None and connection.sock.getsockname() == local
+        assert first.getheader("connection") is None
+    finally:
+        connection.close()
+
+
+def test_pipelined_requests_are_answered_in_order(served: tuple[RunningServer, Path]) -> None:
+    with socket.create_connection(served[0].address, timeout=5) as sock:
+        sock.sendall(b"GET /robotics.json HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /missing.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert answer.index(b"HTTP/1.1 200 OK") < answer.index(b"HTTP/1.1 404 Not Found")
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_single_byte_range_is_served_as_206(
+    served: tuple[RunningServer, Path], client: httpx.Client
+) -> None:
+    data = (served[1] / "all.rss.xml").read_bytes()
+    size = len(data)
+    assert client.get("/all.rss.xml").headers["accept-ranges"] == "bytes"
+    for header, first, last in (("bytes=0-99", 0, 99), ("bytes=100-", 100, size - 1),
+                                ("bytes=-10", size - 10, size - 1),
+                                (f"bytes=10-{size * 2}", 10, size - 1)):
+        part = client.get("/all.rss.xml", headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert part.content == data[first:last + 1]
+        assert part.headers["content-length"] == str(last - first + 1)
+        assert part.headers["etag"] == client.head("/all.rss.xml").headers["etag"]
+    etag = client.head("/all.rss.xml").headers["etag"]
+    assert client.get("/all.rss.xml", headers={"Range": "bytes=0-9", "If-Range": etag}
+                      ).status_code == 206
+    for headers in ({"Range": "bytes=0-9", "If-Range": '"stale"'},  # changed: the whole file
+                    {"Range": "bytes=0-1, 5-6"},  # several ranges: ignored
+                    {"Range": "lines=1-2"}, {"Range": "bytes=9-2"}, {"Range": "bytes=x-"}):
+        whole = client.get("/all.rss.xml", headers=headers)
+        assert (whole.status_code, whole.content) == (200, data), headers
+
+
+def test_an_unsatisfiable_range_is_416(
+    served: tuple[RunningServer, Path], client: httpx.Client
+) -> None:
+    size = len((served[1] / "all.rss.xml").read_bytes())
+    for header in (f"bytes={size}-", "bytes=-0"):
+        refused = client.get("/all.rss.xml", headers={"Range": header})
+        assert refused.status_code == 416, header
+        assert refused.headers["content-range"] == f"bytes */{size}"
+
+
+def test_a_range_of_the_gzip_representation(
+    served: tuple[RunningServer, Path], client: httpx.Client
+) -> None:
+    with client.stream("GET", "/all.rss.xml", headers={"Accept-Encoding": "gzip"}) as whole:
+        compressed = b"".join(whole.iter_raw())
+    with client.stream("GET", "/all.rss.xml", headers={"Accept-Encoding": "gzip",
+                                                        "Range": "bytes=5-"}) as part:
+        assert part.status_code == 206
+        assert part.headers["content-encoding"] == "gzip"
+        assert b"".join(part.iter_raw()) == compressed[5:]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("*;q=0, gzip", True), ("gzip;q=0, *", False), ("x-gzip", True), ("br, *;q=0.1", True),
+     ("gzip;q=0.5, identity;q=1", False), ("identity;q=0.1, gzip;q=0.5", True),
+     ("gzip;q=abc", False), ("gzip;q=2", False), ("gzip ; Q=0.8", True), (",,gzip", True)],
+)
+def test_accepts_gzip_q_values(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
+
+
+def test_accept_encoding_q_values_over_http(
+    served: tuple[RunningServer, Path], client: httpx.Client
+) -> None:
+    data = (served[1] / "all.rss.xml").read_bytes()
+    wildcard = client.get("/all.rss.xml", headers={"Accept-Encoding": "*;q=0, gzip"})
+    assert wildcard.headers["content-encoding"] == "gzip" and wildcard.content == data
+    refused = client.get("/all.rss.xml", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers and refused.content == data
+
+
+def test_if_modified_since_in_the_future_or_not_a_date_is_ignored(
+    served: tuple[RunningServer, Path], client: httpx.Client, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    future = formatdate(time.time() + 86400, usegmt=True)
+    for value in (future, "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+                  "Fri, 31 Dec 99999 23:59:59 GMT", "Mon, 99 Foo 2024 99:99:99 GMT"):
+        response = client.get("/all.rss.xml", headers={"If-Modified-Since": value})
+        assert response.status_code == 200, value
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_odd_names_are_404_without_a_traceback(
+    served: tuple[RunningServer, Path], capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    feeds_dir = served[1]
+    (feeds_dir / "loop.json").symlink_to("loop.json")
+    (feeds_dir / "ping.json").symlink_to("pong.json")
+    (feeds_dir / "pong.json").symlink_to("ping.json")
+    for path in ("/" + "a" * 252 + ".json", "/" + "a" * 300, "/loop.json", "/ping.json",
+                 "/" + "%C3%A9" * 200 + ".json"):
+        assert raw_get(served[0], path) == (404, b"not found\n"), path[:20]
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_link_to_a_file_in_the_folder_is_served(served: tuple[RunningServer, Path]) -> None:
+    feeds_dir = served[1]
+    (feeds_dir / "latest.rss.xml").symlink_to("all.rss.xml")
+    assert raw_get(served[0], "/latest.rss.xml") == (
+        200, (feeds_dir / "all.rss.xml").read_bytes()
+    )
+
+
+def test_other_methods_are_405(served: tuple[RunningServer, Path]) -> None:
+    with httpx.Client(base_url=served[0].url) as http:
+        response = http.post("/all.rss.xml", content=b"x")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
+
+
+def test_a_client_aborting_mid_response_leaves_no_trace(
+    served: tuple[RunningServer, Path], capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    big = served[1] / "big.json"
+    big.write_bytes(os.urandom(8 * 1024 * 1024))  # far more than the socket buffers hold
+    for _ in range(3):
+        with socket.create_connection(served[0].address, timeout=5) as sock:
+            sock.sendall(b"GET /big.json HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The server is fine, and forgets the aborted connections.
+    assert raw_get(served[0], "/robotics.json")[0] == 200
+    deadline = time.monotonic() + 5
+    while served[0].open_connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served[0].open_connections == 0
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_listens_on_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    server = start_server("[::1]:0", health=lambda: (True, "ok"))
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert httpx.get(server.url + "/healthz").text == "ok\n"
+    finally:
+        server.close()
 
 
 # --- publisher serve ---------------------------------------------------------------------------
