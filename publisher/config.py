@@ -24,8 +24,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher.db import redact_url
 from publisher.errors import ConfigError
+from publisher.files import read_regular_file
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+TOKEN_FILE_MAX_BYTES = 64 * 1024  # a token is about 46 characters
 OFFICIAL_API_BASE_URL = "https://api.telegram.org/bot"
 
 
@@ -120,13 +122,7 @@ class Config:
         """The bot token from the environment or ``telegram.token_file``; never from the file."""
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token and self.telegram.token_file is not None:
-            try:
-                token = self.telegram.token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read telegram.token_file {self.telegram.token_file}: "
-                    f"{exc.strerror or exc}"
-                ) from None
+            token = _read_token_file(self.telegram.token_file)
         if not token:
             raise ConfigError(
                 f"no bot token: set the environment variable {TOKEN_ENV} "
@@ -142,6 +138,24 @@ class Config:
                 if chat not in chats:
                     chats.append(chat)
         return tuple(chats)
+
+
+def _read_token_file(path: Path) -> str:
+    """The token in ``path``: a regular file (a FIFO would block the read for ever), small,
+    in UTF-8."""
+    try:
+        data = read_regular_file(path, TOKEN_FILE_MAX_BYTES)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read telegram.token_file {path}: {exc.strerror or exc}"
+        ) from None
+    if len(data) > TOKEN_FILE_MAX_BYTES:
+        raise ConfigError(f"telegram.token_file {path} is larger than "
+                          f"{TOKEN_FILE_MAX_BYTES:,} bytes: not a token file")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"telegram.token_file {path} is not UTF-8 text") from None
 
 
 SECTIONS: dict[str, type] = {
