@@ -138,16 +138,19 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
     config = ctx.config(**_path_overrides(articles, output))
     with _progress(ctx, config) as progress:
         report = run_build(config, progress=progress)
-    for problem in report.corpus.problems:
-        ctx.echo(str(problem), err=True)
+    for line in (*report.corpus.problems, *report.corpus.notices):
+        ctx.echo(str(line), err=True)
     summary = report.summary()
     written = (
         f"wrote {summary['written']} files ({summary['unchanged']} unchanged) to"
         if report.feeds is not None
         else "the feeds are current in"
     )
+    warned = len(report.corpus.notices)
     ctx.echo(
-        f"Read {summary['files']} files ({summary['bad']} bad, {summary['parsed']} parsed), "
+        f"Read {summary['files']} files ({summary['bad']} bad, "
+        + (f"{warned} with warnings, " if warned else "")
+        + f"{summary['parsed']} parsed), "
         f"selected {summary['selected']} articles in {summary['topics']} topics; "
         f"{written} {config.feeds.dir} in {summary['seconds']:.2f} s."
     )
@@ -202,12 +205,15 @@ def check(ctx: Context, articles: Path | None) -> None:
     config = ctx.config(**_path_overrides(articles, None))
     with _progress(ctx, config) as progress:
         loaded = load_and_select(config, progress=progress)
-    for problem in loaded.load.problems:
-        click.echo(str(problem))
+    for line in sorted((*loaded.load.problems, *loaded.load.notices),
+                       key=lambda line: str(line.path)):
+        click.echo(str(line))
     bad = len(loaded.load.problems)
+    warned = len(loaded.load.notices)
     ctx.echo(
         f"{loaded.load.files_read} files checked: {bad} bad, "
-        f"{len(loaded.selected)} selected for publishing.",
+        + (f"{warned} with warnings, " if warned else "")
+        + f"{len(loaded.selected)} selected for publishing.",
         err=bool(bad),
     )
     if bad:

@@ -35,6 +35,10 @@ OFFICIAL_API_BASE_URL = "https://api.telegram.org/bot"
 class ArticlesConfig:
     dir: Path = Path("articles")
     max_file_bytes: int = 1024 * 1024
+    # Per article: more topics (each one a feed the article is written into) or related
+    # items are left out, and the file is reported with a warning.
+    max_topics: int = 20
+    max_related: int = 10
     # An emptied folder (an unmounted share looks empty) is refused while articles are known,
     # rather than forgetting them all: their pending posts would be skipped, the feeds emptied.
     allow_empty: bool = False
@@ -325,6 +329,9 @@ def _validate(config: Config) -> None:
     feeds, telegram = config.feeds, config.telegram
     if feeds.max_items < 1:
         raise ConfigError("config key feeds.max_items must be at least 1")
+    for key in ("max_file_bytes", "max_topics", "max_related"):
+        if getattr(config.articles, key) < 1:
+            raise ConfigError(f"config key articles.{key} must be at least 1")
     for key, url in (("feeds.base_url", feeds.base_url), ("feeds.site_url", feeds.site_url),
                      ("feeds.websub_hub", feeds.websub_hub),
                      ("telegram.api_base_url", telegram.api_base_url)):

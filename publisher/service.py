@@ -40,6 +40,7 @@ from publisher.config import Config, load_config
 from publisher.delivery import Sender
 from publisher.dispatch import Dispatcher
 from publisher.errors import ConfigError, PublisherError
+from publisher.loader import display_path, printable
 from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, start_server
@@ -152,6 +153,7 @@ class Service:
         self._notifier = SystemdNotifier()
         self._signals = 0
         self._reported_problems: set[Path] = set()
+        self._reported_notices: set[tuple[Path, str]] = set()  # (path, warning) logged
         self.metrics = Metrics()
         self.health = {name: JobHealth() for name in JOBS}
 
@@ -432,8 +434,14 @@ class Service:
         self.metrics.observe_load(corpus)
         problems = {problem.path: problem for problem in corpus.problems}
         for path in problems.keys() - self._reported_problems:
-            event(log, logging.WARNING, "bad_article", file=path, reason=problems[path].reason)
+            event(log, logging.WARNING, "bad_article", file=display_path(path),
+                  reason=printable(problems[path].reason))
         self._reported_problems = set(problems)
+        notices = {(notice.path, notice.message) for notice in corpus.notices}
+        for path, message in sorted(notices - self._reported_notices):
+            event(log, logging.WARNING, "article_trimmed", file=display_path(path),
+                  warning=printable(message))
+        self._reported_notices = notices
         return corpus
 
     async def _push(self) -> None:

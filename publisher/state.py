@@ -25,15 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from publisher.catalog import catalog_schema
+from publisher.catalog import catalog_schema, upgrade_catalog
 from publisher.db import Database, connect, is_postgres_url, sqlite_path, upsert
 from publisher.errors import AlreadyRunning, StateError
 
 # 2: the article catalog (parse cache); 3: its file keys and plans; 4: claims with leases,
-# pacing reservations, the scan snapshot in its own table (PostgreSQL starts here).
-SCHEMA_VERSION = 5
+# pacing reservations, the scan snapshot in its own table (PostgreSQL starts here);
+# 6: catalog warnings and re-check times.
+SCHEMA_VERSION = 6
 CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
 SCAN_BUCKETS_VERSION = 5  # catalog_scan (buckets) replaced catalog_snapshot
+CATALOG_CHECKS_VERSION = 6  # catalog.warning and recheck_us
 
 PENDING = "pending"
 SENDING = "sending"
@@ -232,6 +234,8 @@ class SQLStore:
                 # the files with the catalog's rows once.
                 self.db.execute("DROP TABLE IF EXISTS catalog_snapshot")
                 self.db.execute("DELETE FROM meta WHERE key = 'catalog_scan_fingerprint'")
+            if 0 < version < CATALOG_CHECKS_VERSION:
+                upgrade_catalog(self.db)
             for statement in ledger_schema(self.db.dialect) + catalog_schema(self.db.dialect):
                 self.db.execute(statement)
             self._set_meta("schema_version", str(SCHEMA_VERSION))
