@@ -362,8 +362,7 @@ def parse_article(data: bytes, source_path: str = "", limits: Limits | int = DEF
     text = _decode(data)
     if not text.strip():
         raise ArticleError("empty file")
-    front_matter = _readable_by_yaml(_front_matter(text))
-    record = _parse_yaml(front_matter)
+    record, front_matter = _parse_yaml(_front_matter(text))
     if "*" in front_matter:  # no "*", no alias: nothing can expand
         _refuse_alias_bombs(record, front_matter)
     return build_article(record, source_path=source_path, limits=limits, now=now)
@@ -394,8 +393,6 @@ def _readable_by_yaml(front_matter: str) -> str:
     line (so YAML errors keep their line numbers): such a character is almost always the
     debris of mojibake, as U+009D in the cp1252 misreading of a closing quote (``â€\\x9d``),
     which ftfy turns back into what it was; the rest (a stray control character) goes."""
-    if _YAML_UNREADABLE.search(front_matter) is None:
-        return front_matter  # the usual case: one scan in C
     lines = front_matter.split("\n")
     for index, line in enumerate(lines):
         if _YAML_UNREADABLE.search(line):
@@ -457,7 +454,22 @@ def _text_when_invalid(construct: Callable[[Any, Any], Any]) -> Callable[[Any, A
     return construct_or_text
 
 
-def _parse_yaml(front_matter: str) -> Mapping[str, Any]:
+def _parse_yaml(front_matter: str) -> tuple[Mapping[str, Any], str]:
+    """The record, and the front matter it was read from: as it is, or when libyaml refused
+    a character in it, repaired (``_readable_by_yaml``; rare, so only then is it looked
+    for)."""
+    try:
+        return _parse_yaml_as_is(front_matter), front_matter
+    except _Unreadable:
+        repaired = _readable_by_yaml(front_matter)
+        return _parse_yaml_as_is(repaired, repaired=True), repaired
+
+
+class _Unreadable(Exception):
+    """libyaml refused a character that ``_readable_by_yaml`` repairs or removes."""
+
+
+def _parse_yaml_as_is(front_matter: str, repaired: bool = False) -> Mapping[str, Any]:
     import yaml
 
     loader, name = yaml_loader()
@@ -466,6 +478,8 @@ def _parse_yaml(front_matter: str) -> Mapping[str, Any]:
     except yaml.MarkedYAMLError as exc:
         raise ArticleError(f"malformed YAML: {_describe_yaml_error(exc)}") from None
     except yaml.reader.ReaderError as exc:
+        if not repaired and _YAML_UNREADABLE.match(chr(exc.character)):
+            raise _Unreadable from None
         raise ArticleError(
             f"malformed YAML: {_one_line(exc.reason)} "
             f"(character #x{exc.character:04x}{_position(front_matter, exc.position, name)})"

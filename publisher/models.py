@@ -148,7 +148,9 @@ def is_tracking_parameter(name: str) -> bool:
 # there. Anything else, non-ASCII above all, is percent-encoded as UTF-8.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%[]"
 _QUERY_SAFE = _PATH_SAFE + "?"
-_ESCAPED_ASCII = '%"<>\\^`{|} #'  # the ASCII that quoting may change ("%": a stray one)
+# A character that quoting with those would change (checked first: most links have none).
+_PATH_UNSAFE = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;=\-._~%\[\]]")
+_QUERY_UNSAFE = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;=\-._~%\[\]?]")
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NOT_IN_URL = re.compile("[\\s\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 # A host name in ASCII (after IDNA): letters, digits, "-" and "_" (real hosts have them),
@@ -183,9 +185,9 @@ def published_url(url: str) -> str | None:
     if host is None:
         return None
     authority = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    path = _escaped(parts.path or "/", _PATH_SAFE)
+    path = _escaped(parts.path or "/", _PATH_SAFE, _PATH_UNSAFE)
     query = _without_tracking(parts.query)
-    fragment = _escaped(parts.fragment, _QUERY_SAFE)
+    fragment = _escaped(parts.fragment, _QUERY_SAFE, _QUERY_UNSAFE)
     return (f"{scheme}://{authority}{path}" + (f"?{query}" if query else "")
             + (f"#{fragment}" if fragment else ""))
 
@@ -226,10 +228,19 @@ def _idna(host: str) -> str | None:
         return None
 
 
-def _escaped(text: str, safe: str) -> str:
-    if text.isascii() and not any(char in text for char in _ESCAPED_ASCII):
+def _escaped(text: str, safe: str, unsafe: re.Pattern[str]) -> str:
+    if unsafe.search(text) is None and ("%" not in text or not _STRAY_PERCENT.search(text)):
         return text  # the usual case, and already in its published form
     return quote(_STRAY_PERCENT.sub("%25", text), safe=safe)
+
+
+# A query that may hold a tracking parameter: one of their names at the start of a
+# parameter, or an escape or "+" that could spell one (both rare; then each is decoded).
+_MAYBE_TRACKING = re.compile(
+    "(?:^|&)(?:" + "|".join(map(re.escape, TRACKING_PREFIXES))
+    + "|(?:" + "|".join(map(re.escape, sorted(TRACKING_KEYS))) + ")(?:[=&]|$))|[%+]",
+    re.IGNORECASE,
+)
 
 
 def _without_tracking(query: str) -> str:
@@ -237,8 +248,9 @@ def _without_tracking(query: str) -> str:
     encoding them again could change what the server reads), escaped where they must be."""
     if not query:
         return ""
-    kept = [
-        piece for piece in query.split("&")
-        if piece and not is_tracking_parameter(unquote_plus(piece.partition("=")[0]))
-    ]
-    return _escaped("&".join(kept), _QUERY_SAFE)
+    if _MAYBE_TRACKING.search(query):
+        query = "&".join(
+            piece for piece in query.split("&")
+            if not is_tracking_parameter(unquote_plus(piece.partition("=")[0]))
+        )
+    return _escaped(query, _QUERY_SAFE, _QUERY_UNSAFE)
