@@ -413,3 +413,45 @@ def test_limits_are_part_of_what_the_rows_were_parsed_with(
     report = catalog.sync(articles_dir, Limits(max_topics=3), 0)
     assert (report.parsed, report.notices) == (1, [])
     assert catalog.topic_slugs() == ["a", "b", "c"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+def test_a_version_5_state_is_upgraded_and_its_files_keep_their_ids(
+    state_url: str, write_article: ArticleWriter, articles_dir: Path
+) -> None:
+    """Version 6 added catalog.warning and recheck_us, and parser version 3 reads every
+    file again, with links in their published form: ids that came from the old form (an
+    IDN host, say) stay those of their files."""
+    from publisher.state import SCHEMA_VERSION
+
+    write_article("a.txt", 1, webUrl="https://b\u00fccher.example/a",
+                  topics=[f"T{i}" for i in range(30)])
+    store = open_store(state_url)
+    Catalog(store.db).sync(articles_dir, 1 << 20, 0)
+    with store.db.transaction():
+        for statement in (
+            "DROP INDEX catalog_warnings", "DROP INDEX catalog_recheck",
+            "ALTER TABLE catalog DROP COLUMN warning", "ALTER TABLE catalog DROP COLUMN recheck_us",
+            "UPDATE catalog SET article_id = 'urn:uuid:of-the-old-form'",
+            "UPDATE meta SET value = '5' WHERE key = 'schema_version'",
+            "UPDATE meta SET value = '1048576:2' WHERE key = 'catalog_parsing'",
+        ):
+            store.db.execute(statement)
+    store.close()
+    store = open_store(state_url)
+    try:
+        catalog = Catalog(store.db)
+        assert catalog.get_meta("schema_version") == str(SCHEMA_VERSION)
+        report = catalog.sync(articles_dir, 1 << 20, 0)
+        assert report.parsed == 1 and len(report.notices) == 1
+        (article,) = catalog.selected_articles()
+        assert (article.id, article.url) == ("urn:uuid:of-the-old-form",
+                                             "https://xn--bcher-kva.example/a")
+    finally:
+        store.close()
