@@ -808,7 +808,6 @@ def _kept_ids(row: Row, kept: str | None) -> Row:
     return _article_row(row[0], row[1], article, row[WARNING])
 
 
-
 def _kept_under_unreadable_folders(scan: Scan, removed: list[str]) -> list[str]:
     """``removed`` without the files under folders the scan could not read (a failing disk,
     a permission, a folder renamed under the scan): only a listing that lacks a file says

@@ -567,7 +567,7 @@ def _expanded_size(value: Any, sizes: dict[int, int], budget: int) -> int:
     ``_TooLarge`` as soon as it exceeds ``budget``."""
     if isinstance(value, str):
         size = 1 + len(value)
-    elif isinstance(value, list | dict):
+    elif isinstance(value, list | dict | tuple):  # tuples: the pairs of !!omap and !!pairs
         identity = id(value)
         known = sizes.get(identity)
         if known is not None:

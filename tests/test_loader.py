@@ -320,6 +320,17 @@ def test_alias_bombs_are_refused_quickly_in_bounded_memory(
     assert outcome["grew_kb"] < 20 * 1024  # bounded: not the gigabytes of the expansion
 
 
+def test_alias_bombs_in_pairs_are_measured_too(articles_dir: Path) -> None:
+    """``!!pairs`` and ``!!omap`` build tuples: an alias tree inside them counts as well."""
+    levels = ["  - l0: &l0 [" + ", ".join(["lol"] * 10) + "]"]
+    levels += [f"  - l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 8)]
+    (articles_dir / "pairs.txt").write_text(
+        "---\ntitle: T\nwebUrl: https://e.com/a\npublishedDateTime: 2021-01-01\n"
+        "x: !!pairs\n" + "\n".join(levels) + "\n---\n"
+    )
+    assert "malformed YAML: aliases expand x beyond" in only_problem(articles_dir)
+
+
 def test_a_value_that_contains_itself_is_refused(articles_dir: Path) -> None:
     (articles_dir / "loop.txt").write_text(
         "---\ntitle: T\nwebUrl: https://e.com/a\npublishedDateTime: 2021-01-01\n"
