@@ -674,26 +674,27 @@ class _FieldReader:
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
-        self._cut: dict[str, int] = {}  # what was cut -> how many times
-        self._dropped: list[str] = []
+        # What was left out, and what was cut -> how many times (a line stays short however
+        # many related items had an over-long title).
+        self._dropped: dict[str, int] = {}
+        self._cut: dict[str, int] = {}
 
     def notes(self) -> tuple[str, ...]:
-        cut = [f"{what} ({count}x)" if count > 1 else what for what, count in self._cut.items()]
-        return tuple(self._dropped) + ((f"cut to length: {', '.join(cut)}",) if cut else ())
+        cut = ", ".join(_counted(self._cut))
+        return (*_counted(self._dropped), *((f"cut to length: {cut}",) if cut else ()))
 
     def text(self, value: Any, what: str, limit: int) -> str:
         text = _clean(value, limit)
         if len(text) > limit:
-            self._cut[f"{what} ({limit:,} characters)"] = (
-                self._cut.get(f"{what} ({limit:,} characters)", 0) + 1)
+            _count(self._cut, f"{what} ({limit:,} characters)")
             return _shortened(text, limit)
         return text
 
     def url(self, value: Any, what: str, base_url: str | None = None) -> str | None:
         url = absolute_http_url(value, base_url=base_url, limit=None)
         if url is not None and len(url) > MAX_URL_CHARS:
-            self._dropped.append(f"dropped {what}: a link longer than {MAX_URL_CHARS:,} "
-                                 "characters")
+            _count(self._dropped, f"dropped {what}: a link longer than {MAX_URL_CHARS:,} "
+                                  "characters")
             return None
         return url
 
@@ -721,10 +722,8 @@ class _FieldReader:
                   ) and topic not in kept:
                 others.add(topic)
         if others:
-            self._dropped.append(
-                f"kept {limit:,} of {limit + len(others):,} topics "
-                f"(articles.max_topics = {limit:,})"
-            )
+            _count(self._dropped, f"kept {limit:,} of {limit + len(others):,} topics "
+                                  f"(articles.max_topics = {limit:,})")
         return tuple(kept)
 
     def images(self, value: Any, base_url: str, limit: int) -> tuple[Image, ...]:
@@ -734,7 +733,7 @@ class _FieldReader:
             if image := self._image(item, base_url):
                 images.append(image)
         if len(items) > limit:
-            self._dropped.append(f"kept the first {limit:,} of {len(items):,} images")
+            _count(self._dropped, f"kept the first {limit:,} of {len(items):,} images")
         return tuple(images)
 
     def _image(self, item: Mapping[str, Any], base_url: str) -> Image | None:
@@ -754,10 +753,9 @@ class _FieldReader:
         limit = self._limits.max_related
         for index, item in enumerate(items):
             if len(related) == limit:
-                self._dropped.append(
-                    f"kept {limit:,} related articles, left {len(items) - index:,} more "
-                    f"(articles.max_related = {limit:,})"
-                )
+                _count(self._dropped, f"kept {limit:,} related articles, left "
+                                      f"{len(items) - index:,} more "
+                                      f"(articles.max_related = {limit:,})")
                 break
             if entry := self._related_item(item, base_url):
                 related.append(entry)
@@ -784,6 +782,14 @@ class _FieldReader:
             quality=quality,
             image=image,
         )
+
+
+def _count(notes: dict[str, int], note: str) -> None:
+    notes[note] = notes.get(note, 0) + 1
+
+
+def _counted(notes: dict[str, int]) -> list[str]:
+    return [f"{note} ({count}x)" if count > 1 else note for note, count in notes.items()]
 
 
 def clean_text(value: Any) -> str:

@@ -443,7 +443,8 @@ def test_over_long_fields_are_cut_at_a_word_and_reported(write_article: ArticleW
         images=[{"url": f"https://i.example.com/{i}.jpg"} for i in range(30)]
         + [{"url": "https://i.example.com/" + "x" * 3000}],
         related=[{"title": "T" * 600, "webUrl": "https://r.example.com/" + "y" * 3000},
-                 {"title": "Fine", "webUrl": "https://r.example.com/ok"}],
+                 {"title": "Fine", "webUrl": "https://r.example.com/ok"},
+                 {"title": "Long too", "webUrl": "https://r.example.com/" + "z" * 3000}],
     )
     started = time.perf_counter()
     result = load_articles(articles_dir, 12 * 1024 * 1024)
@@ -457,7 +458,7 @@ def test_over_long_fields_are_cut_at_a_word_and_reported(write_article: ArticleW
     (notice,) = result.notices
     assert notice.message == (
         "kept the first 20 of 31 images; dropped a related article: a link longer than 2,048 "
-        "characters; cut to length: title (500 characters), excerpt (5,000 characters), "
+        "characters (2x); cut to length: title (500 characters), excerpt (5,000 characters), "
         "provider name (200 characters)"
     )
 
