@@ -171,6 +171,25 @@ def published_url(url: str) -> str | None:
     (``is_tracking_parameter``) leave the query, the other parameters stay as written.
     Applying it again changes nothing.
     """
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None:  # most links: nothing to change but perhaps an empty path
+        scheme, host, path, query = plain.groups()
+        if ascii_host(host) == host and not (query and _MAYBE_TRACKING.search(query)):
+            return f"{scheme}://{host}{path or '/'}" + (f"?{query}" if query else "")
+    return _published_url_parsed(url)
+
+
+# A link already in its published form but perhaps for its empty path: lowercase http(s),
+# an ASCII host in lowercase without port or credentials, a path and query of characters
+# that need no escaping (and no "%"), no fragment.
+_PLAIN_URL = re.compile(
+    r"(https?)://([a-z0-9._-]+)(/[A-Za-z0-9/:@!$&'()*+,;=._~\[\]-]*)?"
+    r"(?:\?([A-Za-z0-9/:@!$&'()*+,;=._~\[\]?-]*))?"
+)
+
+
+def _published_url_parsed(url: str) -> str | None:
+    """``published_url`` the long way: split, every part looked at."""
     if _NOT_IN_URL.search(url):
         return None
     try:

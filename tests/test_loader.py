@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from publisher import loader as loader_module
+from publisher import models as models_module
 from publisher.files import NotRegularFile, read_regular_file
 from publisher.loader import (
     MAX_EXCERPT_CHARS,
@@ -665,6 +666,22 @@ def test_the_published_form_is_ascii_and_stable(host: str, rest: str) -> None:
     if published is not None:
         assert published.isascii() and published_url(published) == published
         assert urlsplit(published).hostname and "@" not in urlsplit(published).netloc
+
+
+URL_PIECES = st.sampled_from(["a", "B", "0", ".", "-", "_", "~", "/", "?", "#", "&", "=", "%",
+                               "%2F", "+", ":", "@", "[", "]", "!", "'", "*", ";", ",", "é",
+                               " ", '"', "<", "\\", "utm_x=1", "&fbclid=2", "gclid", "..",
+                               "xn--", "E.COM", ":443", ":8080", "u:p@", "bücher"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["http://", "https://", "HTTP://", "ftp://"]),
+       st.lists(URL_PIECES, max_size=12).map("".join),
+       st.lists(URL_PIECES, max_size=12).map("".join))
+def test_the_quick_path_gives_what_the_long_way_gives(scheme: str, host: str,
+                                                      rest: str) -> None:
+    url = f"{scheme}{host}{rest}"
+    assert published_url(url) == models_module._published_url_parsed(url)
 
 
 def test_odd_file_names_are_quoted_on_their_one_line(articles_dir: Path) -> None:
