@@ -13,6 +13,7 @@ or a push holds in memory only the articles it is about to render or send, never
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,10 +32,14 @@ from typing import Any
 from publisher.db import Database, Interrupted, upsert
 from publisher.errors import ArticleError
 from publisher.loader import (
+    DEFAULT_LIMITS,
     FileKey,
+    Limits,
+    Notice,
     Problem,
     ScanEntry,
-    load_file,
+    display_path,
+    read_file,
     scan_chunks,
     scan_prefix,
 )
@@ -59,7 +64,7 @@ def catalog_schema(dialect: str) -> list[str]:
             path TEXT PRIMARY KEY,
             file_key TEXT NOT NULL,  -- "size mtime_ns ctime_ns inode" when parsed
             problem TEXT,
-            article_id TEXT,
+            article_id TEXT,  -- kept across parses of the path (see ``_kept_ids``)
             url_key TEXT,
             published BIGINT NOT NULL DEFAULT 0,
             quality BIGINT NOT NULL DEFAULT 0,
@@ -67,12 +72,15 @@ def catalog_schema(dialect: str) -> list[str]:
             digest TEXT,
             data {blob},  -- the normalised article: JSON, zlib-compressed
             selected BIGINT NOT NULL DEFAULT 0,
-            planned TEXT  -- the digest last planned into the ledger
+            planned TEXT,  -- the digest last planned into the ledger
+            warning TEXT,  -- what the loader cut or left out of a usable file (one line)
+            recheck_us BIGINT  -- parse again from then on (a date that was too far ahead)
         )""",
         "CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key)",
         "CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id)",
         "CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id)",
         "CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL",
+        *_CHECKED_INDEXES,
         "CREATE INDEX IF NOT EXISTS catalog_unplanned ON catalog (published_us, article_id) "
         f"WHERE {unplanned}",
         """CREATE TABLE IF NOT EXISTS catalog_slugs (
@@ -90,6 +98,32 @@ def catalog_schema(dialect: str) -> list[str]:
         "CREATE TABLE IF NOT EXISTS catalog_scan "
         f"(digest {blob} PRIMARY KEY, data {blob} NOT NULL)",
     ]
+
+
+# The columns (and their indexes) added to the catalog by schema 6, for ``upgrade_catalog``.
+_CHECKED_COLUMNS = {"warning": "TEXT", "recheck_us": "BIGINT"}
+_CHECKED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS catalog_warnings ON catalog (path) WHERE warning IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS catalog_recheck ON catalog (recheck_us) "
+    "WHERE recheck_us IS NOT NULL",
+)
+
+
+def upgrade_catalog(db: Database) -> None:
+    """Add the columns newer than a stored catalog (within the caller's transaction); its
+    rows are parsed again anyway, as ``PARSER_VERSION`` changed with them."""
+    if db.dialect == "sqlite":
+        present = {row[1] for row in db.execute("PRAGMA table_info(catalog)")}
+        if not present:
+            return  # no catalog yet: ``catalog_schema`` creates it whole
+        for column, kind in _CHECKED_COLUMNS.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE catalog ADD COLUMN {column} {kind}")
+    else:
+        if db.execute("SELECT to_regclass('catalog')").fetchone()[0] is None:
+            return
+        for column, kind in _CHECKED_COLUMNS.items():
+            db.execute(f"ALTER TABLE catalog ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def _unplanned_predicate(dialect: str) -> str:
@@ -125,11 +159,14 @@ FINGERPRINT_KEY = "catalog_scan_fingerprint"  # a hash of the folder and every c
 # The folder the stored chunks are relative to; absent while a sync is under way (its rows
 # may be ahead of the chunks) or when there are none.
 SCAN_ROOT_KEY = "catalog_scan_root"
-PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: file size cap, parser
+PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: limits, parser
 BULK_LOAD_KEY = "catalog_bulk_load"  # an empty catalog is being filled: select all at the end
 # Bump when the loader's output changes, so every file is parsed again.
-PARSER_VERSION = "2"  # 2: compressed article data
+# 3: published URLs normalised (IDNA, no credentials or tracking), caps and cuts with
+# warnings, dates too far ahead refused, mojibake repaired before parsing.
+PARSER_VERSION = "3"
 URL_KEY = 4  # a row's url_key column
+WARNING = 10  # a row's warning column
 
 
 class SyncInterrupted(ArticleError):
@@ -145,6 +182,7 @@ class SyncReport:
     parsed: int = 0
     removed: int = 0
     problems: list[Problem] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)  # usable files with a warning
 
 
 # A file changed this shortly before a scan may be written again after it was read, within
@@ -235,6 +273,29 @@ class FeedSelection:
 
 
 @dataclass
+class _SyncJob:
+    """What one sync parses with, and how."""
+
+    limits: Limits
+    min_quality: int
+    progress: Progress | None
+    workers: int | None
+    stop: threading.Event | None
+    now: datetime
+
+
+def _with_due(changes: Changes, due: dict[str, FileKey], scan: Scan) -> list[FileJob]:
+    """The changed files, plus the due rows that are not changed or removed anyway (nor in
+    a folder that cannot be read now: they are kept as they are, see ``Listing``)."""
+    listed = {path for path, _ in changes.changed}.union(changes.removed)
+    unreadable = tuple(scan.prefix + relative for relative in scan.unreadable)
+    return sorted(changes.changed + [
+        (path, key) for path, key in due.items()
+        if path not in listed and not (unreadable and path.startswith(unreadable))
+    ])
+
+
+@dataclass
 class Changes:
     changed: list[FileJob]  # files to parse, sorted by path
     removed: list[str]  # paths that are gone, sorted
@@ -254,10 +315,12 @@ class Catalog:
 
     # -- sync --------------------------------------------------------------------------------
 
-    def sync(self, directory: Path, max_file_bytes: int, min_quality: int,
+    def sync(self, directory: Path, limits: Limits | int, min_quality: int,
              progress: Progress | None = None, workers: int | None = None,
-             stop: threading.Event | None = None, allow_empty: bool = True) -> SyncReport:
-        """Bring the catalog in line with the files under ``directory`` and the settings.
+             stop: threading.Event | None = None, allow_empty: bool = True,
+             now: datetime | None = None) -> SyncReport:
+        """Bring the catalog in line with the files under ``directory`` and the settings
+        (``limits``: the loader's ``Limits``, or just its file size cap).
 
         Syncs are serialised across processes (a lock file beside the database), so two of
         them never interleave; readers are never blocked, and every state they can see is
@@ -265,40 +328,46 @@ class Catalog:
         and removals come last with the scan they were based on, so an article present
         before and after a sync (a renamed file, say) is selected all along. ``stop`` ends a
         long sync between batches (``SyncInterrupted``); a later sync picks up from there.
+
+        A file refused for a date too far ahead (``now`` is when: the clock by default) is
+        parsed again, unchanged, once its time comes: only such rows, found by an index.
         """
         if not directory.is_dir():
-            raise ArticleError(f"articles folder not found: {directory}")
+            raise ArticleError(f"articles folder not found: {display_path(directory)}")
+        job = _SyncJob(Limits.of(limits), min_quality, progress, workers, stop,
+                       now or datetime.now(UTC))
         try:
             with self._db.exclusive("sync", stop):
-                return self._sync(directory, max_file_bytes, min_quality, progress, workers,
-                                  stop, allow_empty)
+                return self._sync(directory, job, allow_empty)
         except Interrupted:
             raise SyncInterrupted("stopped while waiting for another sync") from None
 
-    def _sync(self, directory: Path, max_file_bytes: int, min_quality: int,
-              progress: Progress | None, workers: int | None,
-              stop: threading.Event | None, allow_empty: bool) -> SyncReport:
+    def _sync(self, directory: Path, job: _SyncJob, allow_empty: bool) -> SyncReport:
+        min_quality = job.min_quality
         scan = Scan.of(directory)
         if "" in scan.unreadable:
             raise ArticleError(
-                f"cannot read the articles folder {directory}: {scan.unreadable['']}"
+                f"cannot read the articles folder {display_path(directory)}: "
+                f"{scan.unreadable['']}"
             )
         files = scan.files
         if not files and not scan.unreadable and not allow_empty:
             known = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
             if known:
                 raise ArticleError(
-                    f"the articles folder {directory} is empty, but {known} article "
-                    f"{'file was' if known == 1 else 'files were'} known: not forgetting "
-                    "them (an unmounted share looks empty); "
+                    f"the articles folder {display_path(directory)} is empty, but {known} "
+                    f"article {'file was' if known == 1 else 'files were'} known: not "
+                    "forgetting them (an unmounted share looks empty); "
                     "set articles.allow_empty = true if they were removed on purpose"
                 )
-        parsing = f"{max_file_bytes}:{PARSER_VERSION}"
+        parsing = f"{job.limits.key}:{PARSER_VERSION}"
         same_parsing = self.get_meta(PARSING_KEY) == parsing
         same_threshold = self.get_meta(THRESHOLD_KEY) == str(min_quality)
-        if same_parsing and same_threshold and self.get_meta(FINGERPRINT_KEY) == scan.fingerprint:
+        due = self._due(job.now) if same_parsing else {}
+        if (same_parsing and same_threshold and not due
+                and self.get_meta(FINGERPRINT_KEY) == scan.fingerprint):
             # Exactly the files (and keys) of the last completed sync: nothing to read.
-            return SyncReport(files=files, problems=self._problems())
+            return self._report(SyncReport(files=files))
         stored = self._stored_digests(scan.prefix) if same_parsing else None
         changes = self._changes_in_chunks(scan, stored) if stored is not None else None
         if changes is None:  # no usable stored scan: compare with the rows themselves
@@ -306,6 +375,8 @@ class Catalog:
             changes = self._changes_from_rows(scan, same_parsing)
         if scan.unreadable:
             changes.removed = _kept_under_unreadable_folders(scan, changes.removed)
+        if due:
+            changes.changed = _with_due(changes, due, scan)
         unfinished_bulk_load = self.get_meta(BULK_LOAD_KEY) is not None
         if (not changes.changed and not changes.removed and same_threshold
                 and not unfinished_bulk_load):
@@ -314,7 +385,7 @@ class Catalog:
             # it goes on to the end, where its rows are selected.)
             with self._transaction():
                 self._save_scan(scan, stored)
-            return SyncReport(files=files, problems=self._problems())
+            return self._report(SyncReport(files=files))
         report = SyncReport(files=files, removed=len(changes.removed))
         with self._transaction():
             # Until this sync completes, the rows may be ahead of the stored scan: say so,
@@ -329,8 +400,7 @@ class Catalog:
                 self.set_meta(PARSING_KEY, parsing)  # no row was parsed otherwise
             if not same_threshold:
                 self._select_all(min_quality)
-        self._parse_changed(changes, max_file_bytes, min_quality, workers, progress, stop,
-                            report)
+        self._parse_changed(changes, job, report)
         with self._transaction():
             self._remove(changes.removed, min_quality)
             if self.get_meta(BULK_LOAD_KEY) is not None:
@@ -338,14 +408,25 @@ class Catalog:
                 self._db.execute("DELETE FROM meta WHERE key = ?", (BULK_LOAD_KEY,))
             self.set_meta(PARSING_KEY, parsing)
             self._save_scan(scan, stored)
+        return self._report(report)
+
+    def _report(self, report: SyncReport) -> SyncReport:
         report.problems = self._problems()
+        report.notices = self._notices()
         return report
 
-    def _parse_changed(self, changes: Changes, max_file_bytes: int, min_quality: int,
-                       workers: int | None, progress: Progress | None,
-                       stop: threading.Event | None, report: SyncReport) -> None:
-        batches = parse_files(changes.changed, max_file_bytes, workers=workers,
-                              progress=progress)
+    def _due(self, now: datetime) -> dict[str, FileKey]:
+        """Rows to parse again although their file did not change: their time has come."""
+        rows = self._db.execute(
+            "SELECT path, file_key FROM catalog WHERE recheck_us IS NOT NULL AND recheck_us <= ?",
+            (to_microseconds(now),),
+        )
+        return {path: _key_from_text(text) for path, text in rows}
+
+    def _parse_changed(self, changes: Changes, job: _SyncJob, report: SyncReport) -> None:
+        min_quality, stop = job.min_quality, job.stop
+        batches = parse_files(changes.changed, job.limits, workers=job.workers,
+                              progress=job.progress, now=job.now)
         # An empty catalog is filled in bulk and selected once at the end: no reader can
         # have seen any of it, so nothing it saw can change under it.
         if changes.cold:  # fewer, larger transactions
@@ -455,31 +536,60 @@ class Catalog:
         )
 
     def _add(self, rows: Sequence[Row], min_quality: int) -> None:
-        keys = self._url_keys([row[0] for row in rows])  # the URLs these files had before
+        before = self._previous([row[0] for row in rows])
+        keys = {key for key, _ in before.values() if key is not None}  # the URLs they had
+        known = self._ids_of_urls(
+            [row[URL_KEY] for row in rows if row[0] not in before and row[URL_KEY] is not None]
+        )
         for row in rows:
-            self._upsert(row)
+            kept = before[row[0]][1] if row[0] in before else known.get(row[URL_KEY])
+            self._upsert(_kept_ids(row, kept))
             if row[URL_KEY] is not None:
                 keys.add(row[URL_KEY])
         for key in keys:
             self._select_one(key, min_quality)
 
-    def _url_keys(self, paths: Sequence[str]) -> set[str]:
-        keys: set[str] = set()
+    def _previous(self, paths: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        """Path -> (url_key, article_id) of the rows these paths have now."""
+        found: dict[str, tuple[str | None, str | None]] = {}
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
             rows = self._db.execute(
-                f"SELECT url_key FROM catalog WHERE url_key IS NOT NULL AND path IN "
+                f"SELECT path, url_key, article_id FROM catalog WHERE path IN "
                 f"({','.join('?' * len(chunk))})",
                 chunk,
             )
-            keys.update(row[0] for row in rows)
-        return keys
+            found.update((path, (key, identifier)) for path, key, identifier in rows)
+        return found
+
+    def _ids_of_urls(self, url_keys: Sequence[str]) -> dict[str, str]:
+        """url_key -> the article id of a row with that URL (the selected one first)."""
+        found: dict[str, str] = {}
+        unique = sorted(set(url_keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT url_key, article_id FROM catalog WHERE article_id IS NOT NULL "
+                f"AND url_key IN ({','.join('?' * len(chunk))}) ORDER BY selected, path DESC",
+                chunk,
+            )
+            found.update(rows)  # the last row of a key wins: the selected one, else the first path
+        return found
+
+    def _url_keys(self, paths: Sequence[str]) -> set[str]:
+        return {key for key, _ in self._previous(paths).values() if key is not None}
 
     def _problems(self) -> list[Problem]:
         rows = self._db.execute(
             "SELECT path, problem FROM catalog WHERE problem IS NOT NULL ORDER BY path"
         )
         return [Problem(Path(path), reason) for path, reason in rows]
+
+    def _notices(self) -> list[Notice]:
+        rows = self._db.execute(
+            "SELECT path, warning FROM catalog WHERE warning IS NOT NULL ORDER BY path"
+        )
+        return [Notice(Path(path), warning) for path, warning in rows]
 
     def _upsert(self, row: Row) -> None:
         *columns, slugs = row
@@ -629,6 +739,13 @@ class Catalog:
                 "AND selected = 1", rows,
             )
 
+    def kept_ids(self) -> dict[str, str]:
+        """Path -> the article id its file keeps (``_kept_ids``)."""
+        rows = self._db.execute(
+            "SELECT path, article_id FROM catalog WHERE article_id IS NOT NULL"
+        )
+        return {path: identifier for path, identifier in rows}
+
     def selected_article(self, article_id: str) -> Article | None:
         """The selected record of ``article_id``, or None when it is no longer selected."""
         row = self._db.execute(
@@ -661,7 +778,7 @@ def _digest(data: str) -> str:
 _UPSERT_ROW = upsert(
     "catalog",
     ("path", "file_key", "problem", "article_id", "url_key", "published", "quality",
-     "published_us", "digest", "data"),
+     "published_us", "digest", "data", "warning", "recheck_us"),
     ("path",),
     # A new parse: selection is decided again. ``planned`` is kept: it is the digest of the
     # record last planned, so a changed record is unplanned and the same one read again
@@ -673,13 +790,32 @@ _UPSERT_ROW = upsert(
 # -- files to rows -------------------------------------------------------------------------
 
 
+def _kept_ids(row: Row, kept: str | None) -> Row:
+    """``row`` as the article its path already was: the identity rule.
+
+    A file that stays where it is holds the same article however its record changes, its
+    ``webUrl`` included (a typo fixed): the ledger must not post it again, and its feed
+    entry keeps its id. So a path keeps the id it had, in the row and in the article data;
+    a bad parse in between keeps it too (the row remembers it). A new path takes the id of
+    a row with the same normalised URL if there is one (a renamed file, whose old path
+    still has its row while the new one is parsed), else the id of its URL
+    (``models.article_id``): a renamed file with the same URL is the same article.
+    """
+    if kept is None or row[3] == kept:
+        return row
+    if row[2] is not None:  # a problem row: no article, but the id is remembered
+        return (*row[:3], kept, *row[4:])
+    article = dataclasses.replace(stored_article(row[9]), id=kept)
+    return _article_row(row[0], row[1], article, row[WARNING])
+
+
 def _kept_under_unreadable_folders(scan: Scan, removed: list[str]) -> list[str]:
     """``removed`` without the files under folders the scan could not read (a failing disk,
     a permission, a folder renamed under the scan): only a listing that lacks a file says
     it is gone, and forgetting an article skips its pending posts for good."""
     for relative, reason in sorted(scan.unreadable.items()):
         log.warning("cannot read the article folder %s (%s): its articles are kept as they "
-                    "were until it can be read", Path(scan.prefix + relative), reason)
+                    "were until it can be read", display_path(Path(scan.prefix + relative)), reason)
     folders = tuple(scan.prefix + relative for relative in scan.unreadable)
     return [path for path in removed if not path.startswith(folders)]
 
@@ -696,9 +832,13 @@ def _key_from_text(text: str) -> FileKey:
 FileJob = tuple[str, FileKey]
 
 
-def parse_files(jobs: Sequence[FileJob], max_file_bytes: int, *, workers: int | None = None,
-                progress: Progress | None = None) -> Iterator[list[Row]]:
-    """Rows for the given files in batches, parsed in worker processes when there are many."""
+def parse_files(jobs: Sequence[FileJob], limits: Limits | int = DEFAULT_LIMITS, *,
+                workers: int | None = None, progress: Progress | None = None,
+                now: datetime | None = None) -> Iterator[list[Row]]:
+    """Rows for the given files in batches, parsed in worker processes when there are many;
+    every file is judged against the same ``now``."""
+    limits = Limits.of(limits)
+    now = now or datetime.now(UTC)
     workers = workers if workers is not None else (os.cpu_count() or 1)
     batches = [list(jobs[i : i + BATCH_FILES]) for i in range(0, len(jobs), BATCH_FILES)]
     done = 0
@@ -708,44 +848,55 @@ def parse_files(jobs: Sequence[FileJob], max_file_bytes: int, *, workers: int | 
 
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for rows in pool.map(_parse_batch, batches, [max_file_bytes] * len(batches)):
+            for rows in pool.map(_parse_batch, batches, [limits] * len(batches),
+                                 [now] * len(batches)):
                 done += len(rows)
                 if progress:
                     progress(done, len(jobs))
                 yield rows
         return
     for batch in batches:
-        rows = _parse_batch(batch, max_file_bytes)
+        rows = _parse_batch(batch, limits, now)
         done += len(rows)
         if progress:
             progress(done, len(jobs))
         yield rows
 
 
-def _parse_batch(batch: list[FileJob], max_file_bytes: int) -> list[Row]:
-    return [_row(path, key, max_file_bytes) for path, key in batch]
+def _parse_batch(batch: list[FileJob], limits: Limits, now: datetime) -> list[Row]:
+    return [_row(path, key, limits, now) for path, key in batch]
 
 
-def _row(path: str, file_key: FileKey, max_file_bytes: int) -> Row:
+def _row(path: str, file_key: FileKey, limits: Limits, now: datetime) -> Row:
     """(path, file_key, problem, article_id, url_key, published, quality, published_us,
-    digest, data, slugs) for one file; any surprise becomes the file's problem."""
+    digest, data, warning, recheck_us, slugs) for one file; any surprise becomes the file's
+    problem."""
     key = key_text(file_key)
     try:
-        outcome = load_file(Path(path), max_file_bytes, size=file_key[0])
+        outcome = read_file(Path(path), limits, size=file_key[0], now=now)
         if isinstance(outcome, Problem):
-            return (path, key, outcome.reason, None, None, 0, 0, 0, None, None, ())
-        data = article_to_json(outcome)
-        slugs = tuple(dict.fromkeys(topic_slug(name) for name in outcome.topics))
-        # Compressed: a third of the bytes to pass from the workers and write to the state.
-        packed = zlib.compress(data.encode("utf-8", "surrogatepass"), 1)
-        return (
-            path, key, None, outcome.id, normalise_url(outcome.url), int(outcome.published),
-            outcome.quality, to_microseconds(outcome.published_at),
-            _digest(data), packed, slugs,
-        )
+            recheck = outcome.recheck_at
+            return _problem_row(path, key, outcome.reason,
+                                to_microseconds(recheck) if recheck else None)
+        return _article_row(path, key, outcome.article, "; ".join(outcome.notes) or None)
     except Exception as exc:  # never let one file stop the sync of all the others
-        reason = f"unusable: {type(exc).__name__}: {exc}"
-        return (path, key, reason, None, None, 0, 0, 0, None, None, ())
+        return _problem_row(path, key, f"unusable: {type(exc).__name__}: {exc}", None)
+
+
+def _problem_row(path: str, key: str, reason: str, recheck_us: int | None) -> Row:
+    return (path, key, reason, None, None, 0, 0, 0, None, None, None, recheck_us, ())
+
+
+def _article_row(path: str, key: str, article: Article, warning: str | None) -> Row:
+    data = article_to_json(article)
+    slugs = tuple(dict.fromkeys(topic_slug(name) for name in article.topics))
+    # Compressed: a third of the bytes to pass from the workers and write to the state.
+    packed = zlib.compress(data.encode("utf-8", "surrogatepass"), 1)
+    return (
+        path, key, None, article.id, normalise_url(article.url), int(article.published),
+        article.quality, to_microseconds(article.published_at), _digest(data), packed,
+        warning, None, slugs,
+    )
 
 
 def to_microseconds(moment: datetime) -> int:

@@ -202,8 +202,8 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
     config = ctx.config(**_path_overrides(articles, output))
     with _progress(ctx, config) as progress:
         report = run_build(config, progress=progress)
-    for problem in report.corpus.problems:
-        ctx.echo(str(problem), err=True)
+    for line in (*report.corpus.problems, *report.corpus.notices):
+        ctx.echo(str(line), err=True)
     _warn_routes(ctx, config, report.corpus.topic_slugs)
     summary = report.summary()
     written = (
@@ -211,9 +211,12 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
         if report.feeds is not None
         else "the feeds are current in"
     )
+    warned = len(report.corpus.notices)
     ctx.echo(
         f"Read {plural(int(summary['files']), 'file')} ({summary['bad']} bad, "
-        f"{summary['parsed']} parsed), selected {plural(int(summary['selected']), 'article')} "
+        + (f"{warned} with warnings, " if warned else "")
+        + f"{summary['parsed']} parsed), "
+        f"selected {plural(int(summary['selected']), 'article')} "
         f"in {plural(int(summary['topics']), 'topic')}; "
         f"{written} {config.feeds.dir} in {summary['seconds']:.2f} s."
     )
@@ -286,13 +289,16 @@ def check(ctx: Context, articles: Path | None, telegram: bool) -> None:
     config = ctx.config(**_path_overrides(articles, None))
     with _progress(ctx, config) as progress:
         loaded = load_and_select(config, progress=progress)
-    for problem in loaded.load.problems:
-        click.echo(str(problem))
+    for line in sorted((*loaded.load.problems, *loaded.load.notices),
+                       key=lambda line: str(line.path)):
+        click.echo(str(line))
     _warn_routes(ctx, config, {topic_slug(t) for a in loaded.selected for t in a.topics})
     bad = len(loaded.load.problems)
+    warned = len(loaded.load.notices)
     ctx.echo(
         f"{plural(loaded.load.files_read, 'file')} checked: {bad} bad, "
-        f"{len(loaded.selected)} selected for publishing.",
+        + (f"{warned} with warnings, " if warned else "")
+        + f"{len(loaded.selected)} selected for publishing.",
         err=bool(bad),
     )
     if bad:

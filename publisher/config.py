@@ -34,11 +34,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher.db import redact_url
 from publisher.errors import ConfigError
+from publisher.files import read_regular_file
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 CONFIG_ENV = "PUBLISHER_CONFIG"
 ENV_PREFIX = "PUBLISHER_"
 CONFIG_NAMES = ("publisher.toml", "config.toml")  # looked for in the current folder, in order
+TOKEN_FILE_MAX_BYTES = 64 * 1024  # a token is about 46 characters
 OFFICIAL_API_BASE_URL = "https://api.telegram.org/bot"
 # A config file is a few kB; more is the wrong file (a log, a database, /dev/zero's kin).
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -54,6 +56,10 @@ _UNIT_SECONDS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86
 class ArticlesConfig:
     dir: Path = Path("articles")
     max_file_bytes: int = 1024 * 1024
+    # Per article: more topics (each one a feed the article is written into) or related
+    # items are left out, and the file is reported with a warning.
+    max_topics: int = 20
+    max_related: int = 10
     # An emptied folder (an unmounted share looks empty) is refused while articles are known,
     # rather than forgetting them all: their pending posts would be skipped, the feeds emptied.
     allow_empty: bool = False
@@ -145,13 +151,7 @@ class Config:
         """The bot token from the environment or ``telegram.token_file``; never from the file."""
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token and self.telegram.token_file is not None:
-            try:
-                token = self.telegram.token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read telegram.token_file {self.telegram.token_file}: "
-                    f"{exc.strerror or exc}"
-                ) from None
+            token = _read_token_file(self.telegram.token_file)
         if not token:
             raise ConfigError(
                 f"no bot token: set the environment variable {TOKEN_ENV} "
@@ -193,6 +193,24 @@ class Config:
         return tuple(dict.fromkeys(chats))
 
 
+def _read_token_file(path: Path) -> str:
+    """The token in ``path``: a regular file (a FIFO would block the read for ever), small,
+    in UTF-8."""
+    try:
+        data = read_regular_file(path, TOKEN_FILE_MAX_BYTES)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read telegram.token_file {path}: {exc.strerror or exc}"
+        ) from None
+    if len(data) > TOKEN_FILE_MAX_BYTES:
+        raise ConfigError(f"telegram.token_file {path} is larger than "
+                          f"{TOKEN_FILE_MAX_BYTES:,} bytes: not a token file")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"telegram.token_file {path} is not UTF-8 text") from None
+
+
 SECTIONS: dict[str, type] = {
     "articles": ArticlesConfig,
     "select": SelectConfig,
@@ -206,6 +224,8 @@ _PATH_KEYS = {("articles", "dir"), ("feeds", "dir"), ("telegram", "token_file")}
 # The lowest value of each bounded number: a negative wait, size or count is always a typo.
 _AT_LEAST: dict[tuple[str, str], int] = {
     ("articles", "max_file_bytes"): 1,
+    ("articles", "max_topics"): 1,
+    ("articles", "max_related"): 1,
     ("feeds", "max_items"): 1,
     ("feeds", "ttl"): 0,
     ("telegram", "max_age_hours"): 0,

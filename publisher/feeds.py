@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from feedgen.ext.base import BaseEntryExtension, BaseExtension
 from feedgen.feed import FeedGenerator
@@ -48,7 +48,7 @@ from feedgen.util import xml_elem
 
 from publisher.config import FeedsConfig
 from publisher.errors import FeedError
-from publisher.models import Article, Image, article_id, best_image
+from publisher.models import Article, Image, article_id, best_image, published_url
 from publisher.names import (
     ALL_SLUG,
     FEED_SUFFIXES,
@@ -92,9 +92,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Characters XML 1.0 forbids (lxml refuses them), plus U+FFFE/U+FFFF and lone surrogates.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_NOT_IN_URL = re.compile(r"\s|" + _XML_INVALID.pattern)
-# Everything RFC 3986 allows in a URI; anything else (spaces, non-ASCII, quotes) is escaped.
-_URI_SAFE = ";/?:@&=+$,-_.!~*'()#%[]"
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 _IMAGE_TYPES = {
     ".avif": "image/avif",
@@ -267,18 +264,10 @@ def _text(value: str) -> str:
 
 
 def safe_url(url: str) -> str | None:
-    """``url`` as an absolute http(s) URI fit for a feed, or None if it is anything else."""
-    url = url.strip()
-    if _NOT_IN_URL.search(url):
-        return None
-    try:
-        parts = urlsplit(url)
-        has_host = bool(parts.hostname)
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not has_host:
-        return None
-    return quote(url, safe=_URI_SAFE)
+    """``url`` as an absolute http(s) URI fit for a feed, or None if it is anything else:
+    the published form (``models.published_url``: an ASCII host, no credentials, no
+    tracking parameters), which the loader already gave every article link."""
+    return published_url(url.strip())
 
 
 def _image_type(url: str) -> str:

@@ -9,6 +9,7 @@ memory. ``load_and_select`` is the pure path (no state at all) used by ``check``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import socket
@@ -23,7 +24,7 @@ from publisher import __version__
 from publisher.catalog import Catalog, FeedSelection
 from publisher.config import Config
 from publisher.errors import ConfigError
-from publisher.loader import LoadResult, Problem, Progress, load_articles
+from publisher.loader import Limits, LoadResult, Notice, Problem, Progress, load_articles
 from publisher.logs import add_secret
 from publisher.models import Article
 from publisher.names import ALL_SLUG, FEED_SUFFIXES, PAGE_NAMES, feed_name
@@ -63,6 +64,7 @@ class CorpusReport:
     parsed: int
     seconds: float
     topic_slugs: tuple[str, ...] = ()  # of the selected articles
+    notices: list[Notice] = field(default_factory=list)  # usable files, not whole
 
 
 @dataclass
@@ -140,7 +142,7 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
                 stop: threading.Event | None = None) -> CorpusReport:
     started = time.perf_counter()
     sync = catalog.sync(
-        config.articles.dir, config.articles.max_file_bytes, config.select.min_quality,
+        config.articles.dir, article_limits(config), config.select.min_quality,
         progress, stop=stop, allow_empty=config.articles.allow_empty,
     )
     slugs = tuple(catalog.topic_slugs())
@@ -152,6 +154,7 @@ def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = No
         parsed=sync.parsed,
         seconds=time.perf_counter() - started,
         topic_slugs=slugs,
+        notices=sync.notices,
     )
 
 
@@ -162,6 +165,11 @@ def route_warnings(config: Config, topic_slugs: Iterable[str]) -> list[str]:
     from publisher.destinations import route_warnings as warnings
 
     return warnings(config.telegram.routes, topic_slugs)
+
+
+def article_limits(config: Config) -> Limits:
+    articles = config.articles
+    return Limits(articles.max_file_bytes, articles.max_topics, articles.max_related)
 
 
 def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
@@ -359,7 +367,7 @@ def _digest(*parts: str) -> str:
 
 
 def load_and_select(config: Config, progress: Progress | None = None) -> LoadReport:
-    result = load_articles(config.articles.dir, config.articles.max_file_bytes, progress)
+    result = load_articles(config.articles.dir, article_limits(config), progress)
     return LoadReport(result, select(result.articles, config.select.min_quality))
 
 
@@ -370,6 +378,7 @@ def dry_run(config: Config) -> DryRun:
 
     loaded = load_and_select(config)
     known, destinations = _known_pairs(config)
+    loaded.selected = _with_remembered_ids(loaded.selected, config)
     now = datetime.now(UTC)
     budget: dict[str, int] = {}
     by_id = {article.id: article for article in loaded.selected}
@@ -389,6 +398,23 @@ def dry_run(config: Config) -> DryRun:
         message = render_message(by_id[item.article_id], timezone=config.telegram.timezone)
         result.items.append(DryRunItem(destinations.label(item.chat_id), message))
     return result
+
+
+def _with_remembered_ids(articles: list[Article], config: Config) -> list[Article]:
+    """The articles with the ids the catalog keeps for their files (the identity rule, see
+    ``catalog._kept_ids``), as a push would see them."""
+    if not articles or not state_exists(config.state.url):
+        return articles
+    store = open_store(config.state.url, readonly=True)
+    try:
+        kept = {} if store.empty else Catalog(store.db).kept_ids()
+    finally:
+        store.close()
+    return [
+        dataclasses.replace(article, id=kept[article.source_path])
+        if kept.get(article.source_path, article.id) != article.id else article
+        for article in articles
+    ]
 
 
 def _known_pairs(config: Config) -> tuple[set[tuple[str, str]], Destinations]:

@@ -44,6 +44,7 @@ from publisher.config import Config, check_schedule, interval_seconds, load_conf
 from publisher.delivery import Sender
 from publisher.dispatch import Dispatcher
 from publisher.errors import PublisherError
+from publisher.loader import display_path, printable
 from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, limits_from, start_server
@@ -146,6 +147,7 @@ class Service:
         self._signals = 0
         self._reported_problems: set[Path] = set()
         self._reported_routes: set[str] = set()
+        self._reported_notices: set[tuple[Path, str]] = set()  # (path, warning) logged
         self.metrics = Metrics()
         self.health = {name: JobHealth() for name in JOBS}
 
@@ -473,12 +475,18 @@ class Service:
         self.metrics.observe_load(corpus)
         problems = {problem.path: problem for problem in corpus.problems}
         for path in problems.keys() - self._reported_problems:
-            event(log, logging.WARNING, "bad_article", file=path, reason=problems[path].reason)
+            event(log, logging.WARNING, "bad_article", file=display_path(path),
+                  reason=printable(problems[path].reason))
         self._reported_problems = set(problems)
         routes = pipeline.route_warnings(self.config, corpus.topic_slugs)
         for warning in sorted(set(routes) - self._reported_routes):
             event(log, logging.WARNING, "route_unmatched", warning=warning)
         self._reported_routes = set(routes)
+        notices = {(notice.path, notice.message) for notice in corpus.notices}
+        for path, message in sorted(notices - self._reported_notices):
+            event(log, logging.WARNING, "article_trimmed", file=display_path(path),
+                  warning=printable(message))
+        self._reported_notices = notices
         return corpus
 
     async def _push(self) -> None:
