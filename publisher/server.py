@@ -60,6 +60,11 @@ _TEXT = b"text/plain; charset=utf-8"
 _NO_STORE = (b"cache-control", b"no-store")
 _NOT_FOUND = b"not found\n"
 _METRICS = b"text/plain; version=0.0.4; charset=utf-8"
+# RSS and Atom go to a browser as XML: Firefox downloads application/rss+xml and Chrome shows
+# it as plain text, while both render application/xml through the feed's XSLT stylesheet.
+_FEED_TYPES = (CONTENT_TYPES[".rss.xml"].encode(), CONTENT_TYPES[".atom.xml"].encode())
+_FOR_BROWSERS = CONTENT_TYPES[".xml"].encode()
+_FEED_MEDIA = ("application/rss+xml", "application/atom+xml")
 
 
 def content_type_for(name: str) -> str | None:
@@ -70,7 +75,8 @@ def content_type_for(name: str) -> str | None:
 
 
 def coding_weights(accept_encoding: str) -> dict[str, float]:
-    """``Accept-Encoding`` as {coding: q}; an element with a malformed q-value is ignored."""
+    """``Accept-Encoding`` (or ``Accept``) as {coding: q}; an element with a malformed q-value
+    is ignored."""
     weights: dict[str, float] = {}
     for element in accept_encoding.split(","):
         coding, *params = element.split(";")
@@ -219,8 +225,10 @@ class FileCache:
         gzipped = gzip.compress(data, mtime=0)
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
         last_modified = formatdate(mtime, usegmt=True)
+        vary = b"Accept, Accept-Encoding" if content_type.encode() in _FEED_TYPES else (
+            b"Accept-Encoding")
         validators = [(b"etag", etag.encode()), (b"last-modified", last_modified.encode()),
-                      (b"cache-control", self._cache_control), (b"vary", b"Accept-Encoding")]
+                      (b"cache-control", self._cache_control), (b"vary", vary)]
         common = [(b"content-type", content_type.encode()), *validators,
                   (b"accept-ranges", b"bytes")]
         return CachedFile(
@@ -236,7 +244,9 @@ class FileCache:
 class Request:
     """The request headers the app reads, from an ASGI scope (repeated headers joined)."""
 
-    __slots__ = ("accept_encoding", "if_modified_since", "if_none_match", "if_range", "range")
+    __slots__ = ("accept", "accept_encoding", "if_modified_since", "if_none_match", "if_range",
+                 "range")
+    accept: str | None
     accept_encoding: str | None
     if_modified_since: str | None
     if_none_match: str | None
@@ -256,7 +266,7 @@ class Request:
 
 
 _READ_HEADERS = {
-    b"accept-encoding": "accept_encoding", b"if-none-match": "if_none_match",
+    b"accept": "accept", b"accept-encoding": "accept_encoding", b"if-none-match": "if_none_match",
     b"if-modified-since": "if_modified_since", b"range": "range", b"if-range": "if_range",
 }
 
@@ -331,11 +341,21 @@ def file_response(entry: CachedFile, request: Request, *, head: bool) -> Respons
     use_gzip = (request.accept_encoding is not None and len(entry.data) > GZIP_MIN_BYTES
                 and accepts_gzip(request.accept_encoding))
     body, headers = (entry.gzipped, entry.compressed) if use_gzip else (entry.data, entry.plain)
+    if request.accept is not None and is_browser(request.accept):
+        headers = [(name, _FOR_BROWSERS if name == b"content-type" and value in _FEED_TYPES
+                    else value) for name, value in headers]
     if request.range is not None and not head and range_applies(entry, request):
         span = byte_range(request.range, len(body))
         if span is not None:
             return range_response(body, headers, span)
     return 200, headers, body
+
+
+def is_browser(accept: str) -> bool:
+    """A page view, not a feed reader: ``text/html`` accepted, no feed type named (readers
+    name theirs; browsers send ``text/html,application/xhtml+xml,application/xml;q=0.9...``)."""
+    weights = coding_weights(accept.lower())
+    return weights.get("text/html", 0) > 0 and not any(media in weights for media in _FEED_MEDIA)
 
 
 def range_response(body: bytes, headers: Headers, span: tuple[int, int]) -> Response:

@@ -77,6 +77,40 @@ def test_serves_every_file_with_its_type_and_validators(
     assert "content-encoding" not in response.headers
 
 
+FIREFOX = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+CHROME = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+          "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
+FEEDPARSER = ("application/atom+xml,application/rdf+xml,application/rss+xml,"
+              "application/x-netcdf,application/xml;q=0.9,text/xml;q=0.2,*/*;q=0.1")
+
+
+@pytest.mark.parametrize(
+    ("accept", "rss_type"),
+    [
+        (FIREFOX, "application/xml; charset=utf-8"),
+        (CHROME, "application/xml; charset=utf-8"),
+        (FEEDPARSER, "application/rss+xml; charset=utf-8"),
+        ("*/*", "application/rss+xml; charset=utf-8"),
+        ("text/html;q=0, */*", "application/rss+xml; charset=utf-8"),
+        (None, "application/rss+xml; charset=utf-8"),
+    ],
+)
+def test_a_browser_gets_feeds_as_xml_that_it_renders_with_the_stylesheet(
+    client: httpx.Client, accept: str | None, rss_type: str
+) -> None:
+    headers = {} if accept is None else {"Accept": accept}
+    rss = client.get("/all.rss.xml", headers=headers)
+    assert rss.headers["content-type"] == rss_type
+    assert rss.headers["vary"] == "Accept, Accept-Encoding"
+    assert b'<?xml-stylesheet type="text/xsl" href="feed.xsl"?>' in rss.content
+    atom = client.get("/robotics.atom.xml", headers=headers)
+    assert atom.headers["content-type"] == rss_type.replace("rss", "atom")
+    # Only feeds depend on Accept: every other file is what it is.
+    page = client.get("/feeds.opml", headers=headers)
+    assert page.headers["content-type"] == "text/x-opml; charset=utf-8"
+    assert page.headers["vary"] == "Accept-Encoding"
+
+
 def test_conditional_requests_get_304_until_the_file_changes(
     served: tuple[RunningServer, Path], client: httpx.Client
 ) -> None:
@@ -120,7 +154,7 @@ def test_gzip_only_when_accepted(served: tuple[RunningServer, Path], client: htt
     with client.stream("GET", "/all.rss.xml", headers={"Accept-Encoding": "gzip"}) as response:
         raw = b"".join(response.iter_raw())
     assert response.headers["content-encoding"] == "gzip"
-    assert response.headers["vary"] == "Accept-Encoding"
+    assert response.headers["vary"] == "Accept, Accept-Encoding"  # a feed: Accept too
     assert response.headers["content-length"] == str(len(raw))
     assert gzip.decompress(raw) == data
     refused = client.get("/all.rss.xml", headers={"Accept-Encoding": "gzip;q=0, identity"})
