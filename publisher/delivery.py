@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -228,6 +229,7 @@ class BoundedRequest(BaseRequest):
                 limits=httpx.Limits(max_connections=CONNECTIONS,
                                     max_keepalive_connections=CONNECTIONS),
                 verify=self._verify,
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
             )
 
     async def shutdown(self) -> None:
@@ -289,25 +291,125 @@ class BoundedRequest(BaseRequest):
         return response.status_code, body
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
-        """The (decoded) body, at most ``max_bytes``: an error answer is cut there (its status
-        says enough), a success answer that long is no answer."""
+        """The decoded body, at most ``max_bytes``: an error answer is cut there (its status
+        says enough), a success answer that long is no answer.
+
+        The raw bytes are decoded here, a bounded piece at a time: httpx would decompress
+        each read whole, and a read of a gzip bomb is a thousand times larger decoded."""
         success = 200 <= response.status_code <= 299
         declared = response.headers.get("Content-Length", "")
         if success and declared.isdigit() and int(declared) > self._max_bytes:
             raise ExchangeFailed(self._too_large(f"{int(declared)} bytes announced"), left=True)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self._max_bytes:
-                if success:
-                    raise ExchangeFailed(self._too_large("cut off"), left=True)
-                return b"".join(chunks)[: self._max_bytes]
-        return b"".join(chunks)
+        try:
+            body = BoundedBody(response.headers.get("Content-Encoding", ""), self._max_bytes)
+            async for raw in response.aiter_raw():
+                if not body.feed(raw):
+                    break
+            else:
+                body.finish()
+        except BadEncoding as exc:
+            if success:
+                raise ExchangeFailed(str(exc), left=True) from None
+            return b""  # an error answer: its status says enough
+        if body.too_large and success:
+            raise ExchangeFailed(self._too_large(body.describe_cut()), left=True)
+        return body.value()[: self._max_bytes]
 
     def _too_large(self, detail: str) -> str:
         return f"the answer is larger than {self._max_bytes // 1024} KiB ({detail})"
+
+
+class BadEncoding(Exception):
+    """An answer's Content-Encoding that was not asked for, or bytes that do not decode."""
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# Content-Encoding -> zlib's wbits; "deflate" is zlib-wrapped, or raw from some servers.
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"
+_INFLATE_PIECE = 64 * 1024  # decoded bytes made at a time: no large transient buffers
+
+
+class BoundedBody:
+    """An answer's body decoded as its raw bytes arrive, never more than ``limit`` + 1 bytes
+    of it made: a small gzip answer can decode to gigabytes.
+
+    ``feed`` returns False once the raw or the decoded bytes exceed ``limit`` (``too_large``);
+    ``BadEncoding`` for a Content-Encoding other than identity, gzip or deflate (one coding:
+    stacked codings multiply a bomb) or for bytes that do not decode.
+    """
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        codings = [c for c in codings if c not in ("", "identity")]
+        if len(codings) > 1 or (codings and codings[0] not in _CODINGS):
+            raise BadEncoding(f"the answer is encoded as {content_encoding.strip()!r}, "
+                              f"which was not asked for (only {ACCEPT_ENCODING})")
+        self.coding = codings[0] if codings else "identity"
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._raw = self._decoded = 0
+        self._ended = False  # the compressed stream's end came: what follows is ignored
+        self._first = True
+        self._zlib = self._decompressor(self.coding)
+
+    @staticmethod
+    def _decompressor(coding: str, *, raw_deflate: bool = False) -> Any:
+        if coding == "identity":
+            return None
+        return zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else _CODINGS[coding])
+
+    @property
+    def too_large(self) -> bool:
+        return max(self._raw, self._decoded) > self._limit
+
+    def describe_cut(self) -> str:
+        return "cut off" if self.coding == "identity" else f"{self.coding}-encoded, cut off"
+
+    def feed(self, raw: bytes) -> bool:
+        self._raw += len(raw)
+        if self._zlib is None:
+            self._keep(raw)
+        elif not self._ended:
+            self._inflate(raw)
+        return not self.too_large
+
+    def value(self) -> bytes:
+        return b"".join(self._parts)
+
+    def finish(self) -> None:
+        """The body's end: ``BadEncoding`` when its compressed stream had not ended."""
+        if self._zlib is not None and not self._ended and not self._zlib.eof:
+            raise BadEncoding(f"the answer's {self.coding} encoding is broken: it ends early")
+
+    def _keep(self, data: bytes) -> None:
+        if data:
+            self._parts.append(data)
+            self._decoded += len(data)
+
+    def _inflate(self, data: bytes) -> None:
+        """Decompress ``data`` at most up to the limit (and a byte), a piece at a time: the
+        rest of a bomb is never made. A gzip member's end may be followed by another member."""
+        while data and not self.too_large:
+            try:
+                out = self._zlib.decompress(data, min(self._limit - self._decoded + 1,
+                                                      _INFLATE_PIECE))
+            except zlib.error as exc:
+                if self._first and self.coding == "deflate":  # a raw deflate stream
+                    self._first = False
+                    self._zlib = self._decompressor(self.coding, raw_deflate=True)
+                    continue
+                raise BadEncoding(f"the answer's {self.coding} encoding is broken: {exc}"
+                                  ) from None
+            self._first = False
+            self._keep(out)
+            data = self._zlib.unconsumed_tail
+            if self._zlib.eof:
+                rest = self._zlib.unused_data
+                if self.coding == "deflate" or not rest.startswith(_GZIP_MAGIC):
+                    self._ended = True
+                    return
+                self._zlib, data = self._decompressor(self.coding), rest
 
 
 def _may_have_left(exc: httpx.HTTPError, started: bool) -> bool:

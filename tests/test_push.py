@@ -707,6 +707,8 @@ def test_ok_false_in_a_200_answer_is_not_sent_and_keeps_its_reason(
     ("fault", "reason"),
     [("ok_false", OK_FALSE_DESCRIPTION), ("no_result", 'no "ok": true and result'),
      ("wrong_shape", "not a bot user"), ("huge_answer", "larger than 4096 KiB"),
+     ("huge_chunked", "larger than 4096 KiB (cut off)"),
+     ("gzip_bomb", "larger than 4096 KiB (gzip-encoded, cut off)"),
      ("trickle_answer", "no complete answer within 0.5 s")],
 )
 def test_get_me_answering_nonsense_is_a_clear_error(
@@ -742,6 +744,8 @@ def test_html_and_plain_text_both_refused_fails_with_both_reasons_and_goes_on(
 
 @pytest.mark.parametrize(("fault", "reason"), [
     ("huge_answer", "the answer is larger than 4096 KiB"),
+    ("huge_chunked", "the answer is larger than 4096 KiB (cut off)"),
+    ("gzip_bomb", "the answer is larger than 4096 KiB (gzip-encoded, cut off)"),
     ("trickle_answer", "no complete answer within 0.5 s"),
 ])
 def test_a_huge_or_trickling_answer_is_cut_and_the_send_held_as_uncertain(
