@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import zlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -269,7 +270,7 @@ class BoundedRequest(BaseRequest):
             raise ExchangeFailed(_describe(exc, progress.left), left=_may_have_left(
                 exc, progress.left)) from None
         if 200 <= status <= 299:
-            _check_envelope(body)
+            _check_envelope(body, url.rpartition("/")[2])
         else:
             _check_error_answer(status, body)
         return status, body
@@ -437,9 +438,10 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _check_envelope(body: bytes) -> None:
-    """A 2xx answer must be ``{"ok": true, "result": ...}``; PTB would fail on anything else
-    with a KeyError (or log the body) and lose what the answer said."""
+def _check_envelope(body: bytes, method: str) -> None:
+    """A 2xx answer must be ``{"ok": true, "result": ...}`` with the result ``method``
+    answers with; PTB would fail on anything else with a KeyError or an AttributeError (or
+    log the body), or take a message id that is a string, and lose what the answer said."""
     envelope = _json_object(body)
     if envelope is None:
         raise ExchangeFailed("the answer is not a JSON object", left=True)
@@ -448,6 +450,83 @@ def _check_envelope(body: bytes) -> None:
         raise RefusedAnswer(str(description) if description else "no description")
     if envelope.get("ok") is not True or "result" not in envelope:
         raise ExchangeFailed('the answer has no "ok": true and result', left=True)
+    shape = RESULT_SHAPES.get(method.lower())
+    if shape is not None:
+        kind, fields = shape
+        problem = _shape_problem(envelope["result"], fields)
+        if problem is not None:
+            raise ExchangeFailed(f"the answer's result is not a {kind}: {problem}", left=True)
+
+
+_MISSING = object()
+# What this bot reads of each method's result (and PTB needs to read it): dotted field paths
+# and their JSON types; "id" is a positive integer (a message id).
+RESULT_SHAPES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "sendmessage": ("Message", (("message_id", "id"), ("date", "integer"), ("chat", "object"),
+                                ("chat.id", "integer"), ("chat.type", "string"))),
+    "getme": ("bot user", (("id", "integer"), ("is_bot", "boolean"),
+                           ("first_name", "string"))),
+    "getchat": ("Chat", (("id", "integer"), ("type", "string"))),
+    "getchatmember": ("ChatMember", (("status", "string"), ("user", "object"),
+                                     ("user.id", "integer"))),
+}
+RESULT_SHAPES["sendphoto"] = RESULT_SHAPES["sendmessage"]
+
+
+def _shape_problem(result: object, fields: tuple[tuple[str, str], ...]) -> str | None:
+    """What keeps ``result`` from having ``fields``, in words; None when it has them."""
+    if not isinstance(result, dict):
+        return f"it is {_json_kind(result)}, not an object"
+    for path, expected in fields:
+        value: object = result
+        for key in path.split("."):
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            return f"it has no {path}"
+        if not _json_is(value, expected):
+            shown = expected if expected != "id" else "positive integer"
+            return f"its {path} is {_json_kind(value)}, not {_article(shown)}"
+    return None
+
+
+def _json_is(value: object, expected: str) -> bool:
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    checks = {"integer": integer, "id": integer and value > 0,  # type: ignore[operator]
+              "string": isinstance(value, str), "boolean": isinstance(value, bool),
+              "object": isinstance(value, dict)}
+    return checks[expected]
+
+
+def _json_kind(value: object) -> str:
+    """A JSON value as words: ``"x"`` is "a string ('x')", 5 is "5"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return f"{value:g}" if isinstance(value, float) else _cut(str(value), 30)
+    if isinstance(value, str):
+        return f"a string ({_cut(value, 30)!r})"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ptb_problem(exc: Exception) -> str:
+    """What python-telegram-bot could not read in a result, without its internals'
+    names: ``ChatFullInfo.__init__() missing 1 required positional argument: 'x'`` says
+    "missing 1 required field: 'x'", a KeyError 'date' says "no 'date'"."""
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}" if exc.args else "a field is missing"
+    text = str(exc)
+    text = re.sub(r"^[\w.]+\(\) ", "", text).replace("positional argument", "field")
+    return _first_line(text, 200) or "it cannot be read"
 
 
 def _check_error_answer(status: int, body: bytes) -> None:
@@ -532,10 +611,10 @@ class TelegramSender:
             if isinstance(error, Unauthorized):
                 raise error from None
             raise Unavailable(f"getMe failed: {error.reason}") from None
-        except Exception as exc:  # a 200 answer whose result is no bot user
-            raise Unavailable(
-                f"getMe failed: the answer is not a bot user ({type(exc).__name__})"
-            ) from None
+        except Exception as exc:  # a 200 answer whose result PTB cannot read (shape checked)
+            raise Unavailable(self._redact(
+                f"getMe failed: the answer's result is not a bot user: {_ptb_problem(exc)}"
+            )) from None
         self._started = True
 
     async def close(self) -> None:
@@ -551,7 +630,7 @@ class TelegramSender:
         return BotInfo(id=me.id, username=me.username or "")
 
     async def get_chat(self, chat_id: str) -> ChatInfo:
-        chat = await self._asked(self._bot.get_chat(chat_id=chat_id))
+        chat = await self._asked(self._bot.get_chat(chat_id=chat_id), "Chat")
         permissions = chat.permissions
         return ChatInfo(
             id=chat.id,
@@ -562,7 +641,8 @@ class TelegramSender:
         )
 
     async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo:
-        member = await self._asked(self._bot.get_chat_member(chat_id=chat_id, user_id=user_id))
+        member = await self._asked(self._bot.get_chat_member(chat_id=chat_id, user_id=user_id),
+                                   "ChatMember")
         return MemberInfo(
             status=str(member.status),
             can_post_messages=getattr(member, "can_post_messages", None),
@@ -570,14 +650,16 @@ class TelegramSender:
             is_member=getattr(member, "is_member", None),
         )
 
-    async def _asked(self, request: Awaitable[T]) -> T:
+    async def _asked(self, request: Awaitable[T], kind: str) -> T:
         """The answer to a question (it changes nothing, so any failure is just an error)."""
         try:
             return await request
         except tg_error.TelegramError as exc:
-            raise self._translate(exc) from None
-        except Exception as exc:  # PTB choking on an odd answer
-            raise NotSent(f"unreadable answer: {type(exc).__name__}") from exc
+            error = self._translate(exc)
+            raise NotSent(error.reason) if isinstance(error, Ambiguous) else error from None
+        except Exception as exc:  # PTB choking on an odd result (its shape was checked)
+            raise NotSent(self._redact(f"the answer's result is not a {kind}: "
+                                       f"{_ptb_problem(exc)}")) from exc
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
@@ -623,8 +705,9 @@ class TelegramSender:
             message = await request
         except tg_error.TelegramError as exc:
             raise self._translate(exc, photo=photo) from None
-        except Exception as exc:  # PTB choking on an odd answer: it may have been posted
-            raise Ambiguous(f"unreadable answer: {type(exc).__name__}") from exc
+        except Exception as exc:  # PTB choking on an odd result: it may have been posted
+            raise Ambiguous(self._redact(f"the answer's result is not a Message: "
+                                         f"{_ptb_problem(exc)}")) from exc
         return message.message_id
 
     def _translate(self, exc: tg_error.TelegramError, *, photo: bool = False) -> SendError:

@@ -113,18 +113,20 @@ def test_a_gzip_answer_within_the_cap_is_read() -> None:
 # -- encodings, through a tiny server of canned answers ----------------------------------------
 
 
+GET_ME = json.dumps({"ok": True, "result": {
+    "id": 42, "is_bot": True, "first_name": "Bot", "username": "publisher_test_bot"}}).encode()
+
+
 @dataclass
 class Canned:
-    """Answers getMe as Telegram does, and the next request with ``answer``."""
+    """Answers getMe with ``get_me`` (as Telegram does), every other request with
+    ``status``, ``headers`` and ``body``; ``seen`` holds the requests' headers."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    get_me: bytes = GET_ME
     seen: list[dict[str, str]] = field(default_factory=list)
-
-
-GET_ME = json.dumps({"ok": True, "result": {
-    "id": 42, "is_bot": True, "first_name": "Bot", "username": "publisher_test_bot"}}).encode()
 
 
 def message_answer(message_id: int = 7) -> bytes:
@@ -145,7 +147,7 @@ def canned() -> Iterator[tuple[Canned, str]]:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             answers.seen.append(dict(self.headers))
             getme = self.path.endswith("/getMe")
-            status, headers, body = (200, {}, GET_ME) if getme else (
+            status, headers, body = (200, {}, answers.get_me) if getme else (
                 answers.status, answers.headers, answers.body)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -159,7 +161,7 @@ def canned() -> Iterator[tuple[Canned, str]]:
             return None
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield answers, f"http://127.0.0.1:{server.server_address[1]}/bot"
@@ -226,3 +228,78 @@ def test_an_error_answer_in_a_coding_not_asked_for_is_still_not_sent(
     answers.status, answers.headers, answers.body = 502, {"Content-Encoding": "br"}, b"\x00"
     error = failure(base_url, send_text)
     assert isinstance(error, NotSent) and not isinstance(error, Ambiguous)
+
+
+# -- results of the wrong shape -----------------------------------------------------------------
+
+CHAT_JSON = {"id": -1001, "type": "channel", "title": "News", "username": "news"}
+GOOD_MESSAGE = {"message_id": 7, "date": 1735689600, "text": "hello", "chat": CHAT_JSON}
+
+
+def answering(result: object) -> bytes:
+    return json.dumps({"ok": True, "result": result}).encode()
+
+
+@pytest.mark.parametrize(("result", "problem"), [
+    ("surprise", "it is a string ('surprise'), not an object"),
+    ([1, 2], "it is a list, not an object"),
+    (None, "it is null, not an object"),
+    ({**GOOD_MESSAGE, "message_id": "7"}, "its message_id is a string ('7'), not a positive "
+                                          "integer"),
+    ({**GOOD_MESSAGE, "message_id": True}, "its message_id is true, not a positive integer"),
+    ({**GOOD_MESSAGE, "message_id": -3}, "its message_id is -3, not a positive integer"),
+    ({"message_id": 7, "chat": CHAT_JSON}, "it has no date"),
+    ({**GOOD_MESSAGE, "chat": "news"}, "its chat is a string ('news'), not an object"),
+    ({**GOOD_MESSAGE, "chat": {"id": -1001}}, "it has no chat.type"),
+    ({**GOOD_MESSAGE, "date": 10**20}, "timestamp out of range for platform time_t"),  # PTB's
+])
+def test_a_send_answered_with_a_wrong_result_says_what_is_wrong(
+    canned: tuple[Canned, str], result: object, problem: str,
+) -> None:
+    answers, base_url = canned
+    answers.body = answering(result)
+    error = failure(base_url, send_text)
+    assert isinstance(error, Ambiguous)  # it may have been posted
+    assert error.reason == f"the answer's result is not a Message: {problem}"
+
+
+@pytest.mark.parametrize(("ask", "result", "reason"), [
+    ("chat", "surprise", "the answer's result is not a Chat: it is a string ('surprise'), not "
+                         "an object"),
+    ("chat", {"type": "channel"}, "the answer's result is not a Chat: it has no id"),
+    ("chat", {"id": -1001, "type": "channel"},  # PTB needs more than this bot reads
+     "the answer's result is not a Chat: missing 2 required fields: 'accent_color_id' and "
+     "'max_reaction_count'"),
+    ("member", {"status": "member"}, "the answer's result is not a ChatMember: it has no user"),
+    ("member", {"status": "member", "user": {"id": "42"}},
+     "the answer's result is not a ChatMember: its user.id is a string ('42'), not an integer"),
+])
+def test_a_question_answered_with_a_wrong_result_says_what_is_wrong(
+    canned: tuple[Canned, str], ask: str, result: object, reason: str,
+) -> None:
+    answers, base_url = canned
+    answers.body = answering(result)
+
+    def asked(sender: TelegramSender) -> Awaitable[object]:
+        if ask == "chat":
+            return sender.get_chat(CHAT)
+        return sender.get_chat_member(CHAT, 42)
+
+    error = failure(base_url, asked)
+    assert isinstance(error, NotSent) and error.reason == reason
+
+
+@pytest.mark.parametrize(("result", "problem"), [
+    ("surprise", "it is a string ('surprise'), not an object"),
+    ({"id": 42, "is_bot": "yes", "first_name": "Bot"}, "its is_bot is a string ('yes'), not a "
+                                                       "boolean"),
+    ({"id": 42, "is_bot": True}, "it has no first_name"),
+])
+def test_get_me_answered_with_a_wrong_result_says_what_is_wrong(
+    canned: tuple[Canned, str], result: object, problem: str,
+) -> None:
+    answers, base_url = canned
+    answers.get_me = answering(result)
+    error = failure(base_url, send_text)
+    assert isinstance(error, Unavailable)
+    assert error.reason == f"getMe failed: the answer's result is not a bot user: {problem}"

@@ -765,6 +765,19 @@ def test_a_huge_or_trickling_answer_is_cut_and_the_send_held_as_uncertain(
     assert len(botapi.messages) == 2  # it was posted: at-most-once held it back
 
 
+def test_a_send_answered_with_a_wrong_result_is_held_with_what_was_wrong(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config()
+    botapi.inject("wrong_shape")
+    outcome = push(config)
+    assert outcome.report.total("uncertain") == 1
+    (held,) = deliveries(config, "uncertain")
+    assert held.reason == ("the answer's result is not a Message: it is a string "
+                           "('surprise'), not an object")
+
+
 def test_a_wrong_token_is_reported_as_refused_in_push_and_status(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
     tmp_path: Path,
