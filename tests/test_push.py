@@ -809,6 +809,21 @@ def test_cli_push_exits_nonzero_when_no_post_surely_went_out(
     assert again.returncode == 0, again.stderr  # nothing to do is no failure
 
 
+def test_cli_push_exits_zero_when_a_429_leaves_posts_for_the_next_run(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config(max_wait_seconds=1)
+    botapi.inject("429", times=1, retry_after=60)  # longer than max_wait_seconds: next run
+    result = run_cli("push", "-c", str(config.path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # pending, not uncertain or failed
+    assert "Sent 0 posts; 0 failed, 0 uncertain" in result.stdout
+    assert "rate limited: Telegram asked to wait 60 s (429)" in result.stdout
+    assert "Error:" not in result.stderr
+    assert states(config) == {"pending": 1}
+
+
 def test_cli_push_log_lines_stay_one_line_without_bodies_or_tracebacks(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
     tmp_path: Path,
