@@ -5,11 +5,15 @@ with the fault injected for the first send, and ``publisher push`` as a child pr
 peak RSS (``ru_maxrss`` of the waited-for child) and wall time are printed:
 
 * ``huge_answer``: the message is posted, then a 200 answer of ``--huge-mb`` MB;
+* ``huge_chunked``: the same, without a Content-Length (chunked);
+* ``gzip_bomb``: the message is posted, then a 200 gzip answer of about 1 MB per GiB of
+  ``--bomb-gb`` that it decodes to (a hostile proxy's, whatever was asked for);
 * ``trickle_answer``: the message is posted, then the answer a byte at a time over
   ``--trickle-seconds`` (no read timeout ever fires);
 * ``none``: a normal push, for comparison.
 
-    python benchmarks/faults.py [--huge-mb 200] [--trickle-seconds 60] [--timeout 20]
+    python benchmarks/faults.py [--huge-mb 200] [--bomb-gb 1] [--trickle-seconds 60]
+                                [--timeout 20]
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def measure(fault: str, args: argparse.Namespace) -> None:
     from botapi_standin import StandinProcess
 
     options = ["--no-rate-limits", "--huge-bytes", str(args.huge_mb * 1024 * 1024),
+               "--bomb-bytes", str(int(args.bomb_gb * 1024**3)),
                "--slow-seconds", str(args.trickle_seconds)]
     with StandinProcess(TOKEN, extra_args=options) as standin, \
             tempfile.TemporaryDirectory(prefix="faults-") as workdir:
@@ -78,6 +83,7 @@ def measure(fault: str, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--huge-mb", type=int, default=200)
+    parser.add_argument("--bomb-gb", type=float, default=1.0)
     parser.add_argument("--trickle-seconds", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=20.0, help="telegram.timeout_seconds")
     parser.add_argument("--only", help=argparse.SUPPRESS)
@@ -85,7 +91,7 @@ def main() -> None:
     if args.only:
         measure(args.only, args)
         return
-    for fault in ("none", "huge_answer", "trickle_answer"):
+    for fault in ("none", "huge_answer", "huge_chunked", "gzip_bomb", "trickle_answer"):
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", fault], check=True)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from publisher.db import Database, Interrupted, upsert
 from publisher.errors import ArticleError
@@ -436,10 +436,10 @@ class Catalog:
                 raise SyncInterrupted("stopped while reading article files")
             with self._transaction():
                 if changes.cold:
-                    self._insert(batch)
+                    self._insert(batch.rows)
                 else:
-                    self._add(batch, min_quality)
-            report.parsed += len(batch)
+                    self._add(batch.rows, min_quality)
+            report.parsed += batch.parsed
 
     def _changes_from_rows(self, scan: Scan, same_parsing: bool) -> Changes:
         """Every file compared with the catalog's rows (no usable stored scan)."""
@@ -754,16 +754,18 @@ class Catalog:
         return stored_article(row[0]) if row else None
 
 
-def _regrouped(batches: Iterable[list[Row]], size: int) -> Iterator[list[Row]]:
+def _regrouped(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
     """The same rows in batches of at least ``size`` (the last one may be smaller)."""
     waiting: list[Row] = []
+    parsed = 0
     for batch in batches:
-        waiting.extend(batch)
+        waiting.extend(batch.rows)
+        parsed += batch.parsed
         if len(waiting) >= size:
-            yield waiting
-            waiting = []
+            yield Batch(waiting, parsed)
+            waiting, parsed = [], 0
     if waiting:
-        yield waiting
+        yield Batch(waiting, parsed)
 
 
 def create_schema(db: Database) -> None:
@@ -832,9 +834,17 @@ def _key_from_text(text: str) -> FileKey:
 FileJob = tuple[str, FileKey]
 
 
+class Batch(NamedTuple):
+    """Rows of files, and how many of those files were parsed: a file refused before its
+    content was read (a FIFO, too large, unreadable) has a row, but was not parsed."""
+
+    rows: list[Row]
+    parsed: int
+
+
 def parse_files(jobs: Sequence[FileJob], limits: Limits | int = DEFAULT_LIMITS, *,
                 workers: int | None = None, progress: Progress | None = None,
-                now: datetime | None = None) -> Iterator[list[Row]]:
+                now: datetime | None = None) -> Iterator[Batch]:
     """Rows for the given files in batches, parsed in worker processes when there are many;
     every file is judged against the same ``now``."""
     limits = Limits.of(limits)
@@ -848,39 +858,40 @@ def parse_files(jobs: Sequence[FileJob], limits: Limits | int = DEFAULT_LIMITS, 
 
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for rows in pool.map(_parse_batch, batches, [limits] * len(batches),
-                                 [now] * len(batches)):
-                done += len(rows)
+            for parsed in pool.map(_parse_batch, batches, [limits] * len(batches),
+                                   [now] * len(batches)):
+                done += len(parsed.rows)
                 if progress:
                     progress(done, len(jobs))
-                yield rows
+                yield parsed
         return
     for batch in batches:
-        rows = _parse_batch(batch, limits, now)
-        done += len(rows)
+        parsed = _parse_batch(batch, limits, now)
+        done += len(parsed.rows)
         if progress:
             progress(done, len(jobs))
-        yield rows
+        yield parsed
 
 
-def _parse_batch(batch: list[FileJob], limits: Limits, now: datetime) -> list[Row]:
-    return [_row(path, key, limits, now) for path, key in batch]
+def _parse_batch(batch: list[FileJob], limits: Limits, now: datetime) -> Batch:
+    outcomes = [_row(path, key, limits, now) for path, key in batch]
+    return Batch([row for row, _ in outcomes], sum(parsed for _, parsed in outcomes))
 
 
-def _row(path: str, file_key: FileKey, limits: Limits, now: datetime) -> Row:
+def _row(path: str, file_key: FileKey, limits: Limits, now: datetime) -> tuple[Row, bool]:
     """(path, file_key, problem, article_id, url_key, published, quality, published_us,
-    digest, data, warning, recheck_us, slugs) for one file; any surprise becomes the file's
-    problem."""
+    digest, data, warning, recheck_us, slugs) for one file, and whether its content was
+    parsed; any surprise becomes the file's problem."""
     key = key_text(file_key)
     try:
         outcome = read_file(Path(path), limits, size=file_key[0], now=now)
         if isinstance(outcome, Problem):
             recheck = outcome.recheck_at
             return _problem_row(path, key, outcome.reason,
-                                to_microseconds(recheck) if recheck else None)
-        return _article_row(path, key, outcome.article, "; ".join(outcome.notes) or None)
+                                to_microseconds(recheck) if recheck else None), outcome.parsed
+        return _article_row(path, key, outcome.article, "; ".join(outcome.notes) or None), True
     except Exception as exc:  # never let one file stop the sync of all the others
-        return _problem_row(path, key, f"unusable: {type(exc).__name__}: {exc}", None)
+        return _problem_row(path, key, f"unusable: {type(exc).__name__}: {exc}", None), True
 
 
 def _problem_row(path: str, key: str, reason: str, recheck_us: int | None) -> Row:

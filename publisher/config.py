@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher.db import redact_url
 from publisher.errors import ConfigError
-from publisher.files import read_regular_file
+from publisher.files import FileTooLarge, read_regular_file
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 CONFIG_ENV = "PUBLISHER_CONFIG"
@@ -198,13 +198,13 @@ def _read_token_file(path: Path) -> str:
     in UTF-8."""
     try:
         data = read_regular_file(path, TOKEN_FILE_MAX_BYTES)
+    except FileTooLarge:
+        raise ConfigError(f"telegram.token_file {path} is larger than "
+                          f"{TOKEN_FILE_MAX_BYTES:,} bytes: not a token file") from None
     except OSError as exc:
         raise ConfigError(
             f"cannot read telegram.token_file {path}: {exc.strerror or exc}"
         ) from None
-    if len(data) > TOKEN_FILE_MAX_BYTES:
-        raise ConfigError(f"telegram.token_file {path} is larger than "
-                          f"{TOKEN_FILE_MAX_BYTES:,} bytes: not a token file")
     try:
         return data.decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -19,6 +19,8 @@ import json
 import logging
 import math
 import os
+import re
+import zlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -228,6 +230,7 @@ class BoundedRequest(BaseRequest):
                 limits=httpx.Limits(max_connections=CONNECTIONS,
                                     max_keepalive_connections=CONNECTIONS),
                 verify=self._verify,
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
             )
 
     async def shutdown(self) -> None:
@@ -267,7 +270,7 @@ class BoundedRequest(BaseRequest):
             raise ExchangeFailed(_describe(exc, progress.left), left=_may_have_left(
                 exc, progress.left)) from None
         if 200 <= status <= 299:
-            _check_envelope(body)
+            _check_envelope(body, url.rpartition("/")[2])
         else:
             _check_error_answer(status, body)
         return status, body
@@ -289,25 +292,125 @@ class BoundedRequest(BaseRequest):
         return response.status_code, body
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
-        """The (decoded) body, at most ``max_bytes``: an error answer is cut there (its status
-        says enough), a success answer that long is no answer."""
+        """The decoded body, at most ``max_bytes``: an error answer is cut there (its status
+        says enough), a success answer that long is no answer.
+
+        The raw bytes are decoded here, a bounded piece at a time: httpx would decompress
+        each read whole, and a read of a gzip bomb is a thousand times larger decoded."""
         success = 200 <= response.status_code <= 299
         declared = response.headers.get("Content-Length", "")
         if success and declared.isdigit() and int(declared) > self._max_bytes:
             raise ExchangeFailed(self._too_large(f"{int(declared)} bytes announced"), left=True)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self._max_bytes:
-                if success:
-                    raise ExchangeFailed(self._too_large("cut off"), left=True)
-                return b"".join(chunks)[: self._max_bytes]
-        return b"".join(chunks)
+        try:
+            body = BoundedBody(response.headers.get("Content-Encoding", ""), self._max_bytes)
+            async for raw in response.aiter_raw():
+                if not body.feed(raw):
+                    break
+            else:
+                body.finish()
+        except BadEncoding as exc:
+            if success:
+                raise ExchangeFailed(str(exc), left=True) from None
+            return b""  # an error answer: its status says enough
+        if body.too_large and success:
+            raise ExchangeFailed(self._too_large(body.describe_cut()), left=True)
+        return body.value()[: self._max_bytes]
 
     def _too_large(self, detail: str) -> str:
         return f"the answer is larger than {self._max_bytes // 1024} KiB ({detail})"
+
+
+class BadEncoding(Exception):
+    """An answer's Content-Encoding that was not asked for, or bytes that do not decode."""
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# Content-Encoding -> zlib's wbits; "deflate" is zlib-wrapped, or raw from some servers.
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"
+_INFLATE_PIECE = 64 * 1024  # decoded bytes made at a time: no large transient buffers
+
+
+class BoundedBody:
+    """An answer's body decoded as its raw bytes arrive, never more than ``limit`` + 1 bytes
+    of it made: a small gzip answer can decode to gigabytes.
+
+    ``feed`` returns False once the raw or the decoded bytes exceed ``limit`` (``too_large``);
+    ``BadEncoding`` for a Content-Encoding other than identity, gzip or deflate (one coding:
+    stacked codings multiply a bomb) or for bytes that do not decode.
+    """
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        codings = [c for c in codings if c not in ("", "identity")]
+        if len(codings) > 1 or (codings and codings[0] not in _CODINGS):
+            raise BadEncoding(f"the answer is encoded as {content_encoding.strip()!r}, "
+                              f"which was not asked for (only {ACCEPT_ENCODING})")
+        self.coding = codings[0] if codings else "identity"
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._raw = self._decoded = 0
+        self._ended = False  # the compressed stream's end came: what follows is ignored
+        self._first = True
+        self._zlib = self._decompressor(self.coding)
+
+    @staticmethod
+    def _decompressor(coding: str, *, raw_deflate: bool = False) -> Any:
+        if coding == "identity":
+            return None
+        return zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else _CODINGS[coding])
+
+    @property
+    def too_large(self) -> bool:
+        return max(self._raw, self._decoded) > self._limit
+
+    def describe_cut(self) -> str:
+        return "cut off" if self.coding == "identity" else f"{self.coding}-encoded, cut off"
+
+    def feed(self, raw: bytes) -> bool:
+        self._raw += len(raw)
+        if self._zlib is None:
+            self._keep(raw)
+        elif not self._ended:
+            self._inflate(raw)
+        return not self.too_large
+
+    def value(self) -> bytes:
+        return b"".join(self._parts)
+
+    def finish(self) -> None:
+        """The body's end: ``BadEncoding`` when its compressed stream had not ended."""
+        if self._zlib is not None and not self._ended and not self._zlib.eof:
+            raise BadEncoding(f"the answer's {self.coding} encoding is broken: it ends early")
+
+    def _keep(self, data: bytes) -> None:
+        if data:
+            self._parts.append(data)
+            self._decoded += len(data)
+
+    def _inflate(self, data: bytes) -> None:
+        """Decompress ``data`` at most up to the limit (and a byte), a piece at a time: the
+        rest of a bomb is never made. A gzip member's end may be followed by another member."""
+        while data and not self.too_large:
+            try:
+                out = self._zlib.decompress(data, min(self._limit - self._decoded + 1,
+                                                      _INFLATE_PIECE))
+            except zlib.error as exc:
+                if self._first and self.coding == "deflate":  # a raw deflate stream
+                    self._first = False
+                    self._zlib = self._decompressor(self.coding, raw_deflate=True)
+                    continue
+                raise BadEncoding(f"the answer's {self.coding} encoding is broken: {exc}"
+                                  ) from None
+            self._first = False
+            self._keep(out)
+            data = self._zlib.unconsumed_tail
+            if self._zlib.eof:
+                rest = self._zlib.unused_data
+                if self.coding == "deflate" or not rest.startswith(_GZIP_MAGIC):
+                    self._ended = True
+                    return
+                self._zlib, data = self._decompressor(self.coding), rest
 
 
 def _may_have_left(exc: httpx.HTTPError, started: bool) -> bool:
@@ -335,9 +438,10 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _check_envelope(body: bytes) -> None:
-    """A 2xx answer must be ``{"ok": true, "result": ...}``; PTB would fail on anything else
-    with a KeyError (or log the body) and lose what the answer said."""
+def _check_envelope(body: bytes, method: str) -> None:
+    """A 2xx answer must be ``{"ok": true, "result": ...}`` with the result ``method``
+    answers with; PTB would fail on anything else with a KeyError or an AttributeError (or
+    log the body), or take a message id that is a string, and lose what the answer said."""
     envelope = _json_object(body)
     if envelope is None:
         raise ExchangeFailed("the answer is not a JSON object", left=True)
@@ -346,6 +450,83 @@ def _check_envelope(body: bytes) -> None:
         raise RefusedAnswer(str(description) if description else "no description")
     if envelope.get("ok") is not True or "result" not in envelope:
         raise ExchangeFailed('the answer has no "ok": true and result', left=True)
+    shape = RESULT_SHAPES.get(method.lower())
+    if shape is not None:
+        kind, fields = shape
+        problem = _shape_problem(envelope["result"], fields)
+        if problem is not None:
+            raise ExchangeFailed(f"the answer's result is not a {kind}: {problem}", left=True)
+
+
+_MISSING = object()
+# What this bot reads of each method's result (and PTB needs to read it): dotted field paths
+# and their JSON types; "id" is a positive integer (a message id).
+RESULT_SHAPES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "sendmessage": ("Message", (("message_id", "id"), ("date", "integer"), ("chat", "object"),
+                                ("chat.id", "integer"), ("chat.type", "string"))),
+    "getme": ("bot user", (("id", "integer"), ("is_bot", "boolean"),
+                           ("first_name", "string"))),
+    "getchat": ("Chat", (("id", "integer"), ("type", "string"))),
+    "getchatmember": ("ChatMember", (("status", "string"), ("user", "object"),
+                                     ("user.id", "integer"))),
+}
+RESULT_SHAPES["sendphoto"] = RESULT_SHAPES["sendmessage"]
+
+
+def _shape_problem(result: object, fields: tuple[tuple[str, str], ...]) -> str | None:
+    """What keeps ``result`` from having ``fields``, in words; None when it has them."""
+    if not isinstance(result, dict):
+        return f"it is {_json_kind(result)}, not an object"
+    for path, expected in fields:
+        value: object = result
+        for key in path.split("."):
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            return f"it has no {path}"
+        if not _json_is(value, expected):
+            shown = expected if expected != "id" else "positive integer"
+            return f"its {path} is {_json_kind(value)}, not {_article(shown)}"
+    return None
+
+
+def _json_is(value: object, expected: str) -> bool:
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    checks = {"integer": integer, "id": integer and value > 0,  # type: ignore[operator]
+              "string": isinstance(value, str), "boolean": isinstance(value, bool),
+              "object": isinstance(value, dict)}
+    return checks[expected]
+
+
+def _json_kind(value: object) -> str:
+    """A JSON value as words: ``"x"`` is "a string ('x')", 5 is "5"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return f"{value:g}" if isinstance(value, float) else _cut(str(value), 30)
+    if isinstance(value, str):
+        return f"a string ({_cut(value, 30)!r})"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ptb_problem(exc: Exception) -> str:
+    """What python-telegram-bot could not read in a result, without its internals'
+    names: ``ChatFullInfo.__init__() missing 1 required positional argument: 'x'`` says
+    "missing 1 required field: 'x'", a KeyError 'date' says "no 'date'"."""
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}" if exc.args else "a field is missing"
+    text = str(exc)
+    text = re.sub(r"^[\w.]+\(\) ", "", text).replace("positional argument", "field")
+    return _first_line(text, 200) or "it cannot be read"
 
 
 def _check_error_answer(status: int, body: bytes) -> None:
@@ -430,10 +611,10 @@ class TelegramSender:
             if isinstance(error, Unauthorized):
                 raise error from None
             raise Unavailable(f"getMe failed: {error.reason}") from None
-        except Exception as exc:  # a 200 answer whose result is no bot user
-            raise Unavailable(
-                f"getMe failed: the answer is not a bot user ({type(exc).__name__})"
-            ) from None
+        except Exception as exc:  # a 200 answer whose result PTB cannot read (shape checked)
+            raise Unavailable(self._redact(
+                f"getMe failed: the answer's result is not a bot user: {_ptb_problem(exc)}"
+            )) from None
         self._started = True
 
     async def close(self) -> None:
@@ -449,7 +630,7 @@ class TelegramSender:
         return BotInfo(id=me.id, username=me.username or "")
 
     async def get_chat(self, chat_id: str) -> ChatInfo:
-        chat = await self._asked(self._bot.get_chat(chat_id=chat_id))
+        chat = await self._asked(self._bot.get_chat(chat_id=chat_id), "Chat")
         permissions = chat.permissions
         return ChatInfo(
             id=chat.id,
@@ -460,7 +641,8 @@ class TelegramSender:
         )
 
     async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo:
-        member = await self._asked(self._bot.get_chat_member(chat_id=chat_id, user_id=user_id))
+        member = await self._asked(self._bot.get_chat_member(chat_id=chat_id, user_id=user_id),
+                                   "ChatMember")
         return MemberInfo(
             status=str(member.status),
             can_post_messages=getattr(member, "can_post_messages", None),
@@ -468,14 +650,16 @@ class TelegramSender:
             is_member=getattr(member, "is_member", None),
         )
 
-    async def _asked(self, request: Awaitable[T]) -> T:
+    async def _asked(self, request: Awaitable[T], kind: str) -> T:
         """The answer to a question (it changes nothing, so any failure is just an error)."""
         try:
             return await request
         except tg_error.TelegramError as exc:
-            raise self._translate(exc) from None
-        except Exception as exc:  # PTB choking on an odd answer
-            raise NotSent(f"unreadable answer: {type(exc).__name__}") from exc
+            error = self._translate(exc)
+            raise NotSent(error.reason) if isinstance(error, Ambiguous) else error from None
+        except Exception as exc:  # PTB choking on an odd result (its shape was checked)
+            raise NotSent(self._redact(f"the answer's result is not a {kind}: "
+                                       f"{_ptb_problem(exc)}")) from exc
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
@@ -521,8 +705,9 @@ class TelegramSender:
             message = await request
         except tg_error.TelegramError as exc:
             raise self._translate(exc, photo=photo) from None
-        except Exception as exc:  # PTB choking on an odd answer: it may have been posted
-            raise Ambiguous(f"unreadable answer: {type(exc).__name__}") from exc
+        except Exception as exc:  # PTB choking on an odd result: it may have been posted
+            raise Ambiguous(self._redact(f"the answer's result is not a Message: "
+                                         f"{_ptb_problem(exc)}")) from exc
         return message.message_id
 
     def _translate(self, exc: tg_error.TelegramError, *, photo: bool = False) -> SendError:

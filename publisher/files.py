@@ -26,6 +26,16 @@ class NotRegularFile(OSError):
         self.kind = kind
 
 
+class FileTooLarge(Exception):
+    """The file holds more than the limit; ``size`` is how much (its ``fstat`` size, or what
+    was read when it grew while being read)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size:,} bytes; the limit is {limit:,}")
+        self.size = size
+        self.limit = limit
+
+
 def file_kind(mode: int) -> str:
     """What a stat mode describes, in words."""
     kinds = (
@@ -39,9 +49,10 @@ def file_kind(mode: int) -> str:
 
 
 def read_regular_file(path: Path | str, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of the regular file at ``path`` (one more than the limit
-    tells the caller it was exceeded); ``NotRegularFile`` for anything else, without opening
-    it; ``OSError`` when it cannot be read."""
+    """The bytes of the regular file at ``path``; ``FileTooLarge`` (with the file's size)
+    when it holds more than ``limit``, of which no more than ``limit + 1`` are read;
+    ``NotRegularFile`` for anything else, without opening it; ``OSError`` when it cannot be
+    read."""
     before = os.stat(path)
     if not stat.S_ISREG(before.st_mode):
         raise NotRegularFile(file_kind(before.st_mode))
@@ -55,7 +66,12 @@ def read_regular_file(path: Path | str, limit: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise NotRegularFile(file_kind(info.st_mode))
-        return _read_at_most(fd, limit, info.st_size)
+        if info.st_size > limit:
+            raise FileTooLarge(info.st_size, limit)
+        data = _read_at_most(fd, limit, info.st_size)
+        if len(data) > limit:  # it grew since the fstat
+            raise FileTooLarge(max(os.fstat(fd).st_size, len(data)), limit)
+        return data
     finally:
         os.close(fd)
 

@@ -15,7 +15,8 @@ protocol class and a ``Server`` subclass), not by patching:
   holds its connection forever. ``GuardedProtocol`` closes a connection whose request head
   is not complete ``header_timeout`` after its first byte, one waiting for a request longer
   than ``idle_timeout`` (a fresh connection too), one that has not read any of its response
-  for ``idle_timeout``, and bounds a request head to ``MAX_HEAD_BYTES``;
+  for ``idle_timeout``, and bounds a request head to ``MAX_HEAD_BYTES`` (counted before
+  httptools parses it: uvicorn has no head limit, and llhttp keeps a header whole in memory);
 * a connection cap: uvicorn's ``limit_concurrency`` still accepts every connection (a file
   descriptor each) and answers 503. ``CappedListener`` stops accepting at the cap, so the
   kernel's listen backlog holds the rest and the process never runs out of descriptors;
@@ -57,12 +58,15 @@ LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 FD_RESERVE = 128
 MAX_HEAD_BYTES = 32 * 1024  # request line and headers; a feed reader sends well under 1 KiB
 CLOSE_SECONDS = 2.0  # in-flight responses may finish this long after a stop
+LINGER_SECONDS = 2.0  # what a refused client still sends is read (and dropped) this long
 ACCEPT_RETRY_SECONDS = 1.0
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n"
 )
+# A request head ends with an empty line: CRLF CRLF, or a bare LF where a parser allows it.
+_HEAD_ENDS = (b"\n\n", b"\n\r\n")
 _HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8"
     b"\r\ncontent-length: 23\r\nconnection: close\r\n\r\nrequest head too large\n"
@@ -224,7 +228,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._listener = listener
         self._limits = limits
         self._head_started: float | None = None  # loop.time() of a request head's first byte
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the request head being read, given to the parser so far
+        self._tail = b""  # the last bytes of it: a blank line may begin there
+        self._in_body = False  # the parser is inside a request's body
+        self._refusal: bytes | None = None  # to answer once the answers in flight are out
+        self._lingering_until: float | None = None  # loop.time() to close at, once refused
         self._idle_since = 0.0
         self._unsent = 0  # write buffer at the last check
         self._unsent_since = 0.0
@@ -238,22 +246,59 @@ class GuardedProtocol(HttpToolsProtocol):
         self._listener.released()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._head_started is not None and not self.transport.is_closing():
-            self._head_bytes += len(data)  # at most one read more than the head's own bytes
-            if self._head_bytes > MAX_HEAD_BYTES:
+        """Hand ``data`` to the parser a head at a time, each counted before it is parsed.
+
+        Counted after parsing, a head that ends within one read would already have been
+        parsed (and have cleared the count) however large it was; so the parser gets the
+        bytes up to the first place a head can end (a blank line) only once they are known
+        to fit in what is left of ``MAX_HEAD_BYTES``.
+        """
+        if self._refusal is not None or self._lingering_until is not None:
+            return  # refused: the rest of what it sends is dropped
+        start = 0
+        while start < len(data) and not self.transport.is_closing():
+            if self._in_body:  # a body is no head (and ends the connection after its answer)
+                super().data_received(data[start:] if start else data)
+                return
+            end = self._head_end(data, start)
+            if self._head_bytes + end - start > MAX_HEAD_BYTES:
                 self._refuse(_HEAD_TOO_LARGE, "head_too_large")
+                return
+            piece = data if end - start == len(data) else data[start:end]
+            self._head_bytes += len(piece)
+            self._tail = (self._tail + piece[-2:])[-2:]
+            start = end
+            super().data_received(piece)  # on_headers_complete resets the count
+
+    def _head_end(self, data: bytes, start: int) -> int:
+        """Where to stop parsing ``data`` from ``start``: right after the first blank line
+        (``\\n\\n`` or ``\\n\\r\\n``, also one begun in the bytes before), else at its end. Only
+        the bytes that could still fit in the head are searched."""
+        joined = self._tail + data[start:start + 2]
+        for mark in _HEAD_ENDS:
+            found = joined.find(mark)
+            if 0 <= found < len(self._tail):
+                return start + found + len(mark) - len(self._tail)
+        limit = start + MAX_HEAD_BYTES - self._head_bytes + 1
+        ends = [found + len(mark) for mark in _HEAD_ENDS
+                if (found := data.find(mark, start, limit)) >= 0]
+        return min(ends) if ends else len(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_started = self.loop.time()
-        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._head_started = None
+        self._head_bytes, self._tail = 0, b""
+        self._in_body = True  # until on_message_complete: at once for a request without one
         super().on_headers_complete()
         if self.cycle is not None and self._has_body():
             self.cycle.keep_alive = False
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
 
     def _has_body(self) -> bool:
         for name, value in self.headers:
@@ -263,7 +308,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._idle_since = self.loop.time()
+        last = not self.pipeline  # else super() starts the next pipelined request's answer
         super().on_response_complete()
+        if self._refusal is not None and last and not self.transport.is_closing():
+            self._answer_and_linger(self._refusal)  # the answers it came after are out
 
     def _unsupported_upgrade_warning(self) -> None:
         """An ``Upgrade`` request (WebSocket, h2c) is answered as plain HTTP, then closed."""
@@ -287,7 +335,11 @@ class GuardedProtocol(HttpToolsProtocol):
                   client=self._client_host())
             self.reset()
             return
-        if self.transport.is_closing():
+        if self._lingering_until is not None:
+            if now > self._lingering_until:
+                self.transport.close()
+            return
+        if self.transport.is_closing() or self._refusal is not None:
             return
         if self._head_started is not None and now - self._head_started > limits.header_timeout:
             self._refuse(_REQUEST_TIMEOUT, "header_timeout")
@@ -306,9 +358,26 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def _refuse(self, response: bytes, reason: str) -> None:
+        """Answer ``response`` and close, after the answers to requests pipelined before."""
         event(log, logging.DEBUG, "http_dropped", reason=reason, client=self._client_host())
+        self._head_started = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._refusal = response  # sent by on_response_complete, in order
+            return
+        self._answer_and_linger(response)
+
+    def _answer_and_linger(self, response: bytes) -> None:
+        """Send ``response``, end our side, and drop what the client still sends for
+        ``LINGER_SECONDS`` (or until it closes): closed at once with a request still
+        arriving, the kernel would answer it with a reset, which can destroy the answer
+        before the client reads it (nginx's lingering close)."""
+        self._refusal = None
+        self._lingering_until = self.loop.time() + LINGER_SECONDS
         self.transport.write(response)
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
 
     def _client_host(self) -> str:
         return self.client[0] if self.client else "-"

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from publisher.errors import ArticleError
-from publisher.files import NotRegularFile, read_regular_file
+from publisher.files import FileTooLarge, NotRegularFile, read_regular_file
 from publisher.models import (
     Article,
     Image,
@@ -100,6 +100,7 @@ class Problem:
     path: Path
     reason: str
     recheck_at: datetime | None = None
+    parsed: bool = True  # False: refused before its content was read whole and parsed
 
     def __str__(self) -> str:
         return f"{display_path(self.path)}: {printable(self.reason)}"
@@ -325,20 +326,22 @@ def read_file(path: Path, limits: Limits | int = DEFAULT_LIMITS, size: int | Non
     raises."""
     limits = Limits.of(limits)
     try:
-        if size is not None and size > limits.max_file_bytes:
-            raise ArticleError(_too_large(size, limits.max_file_bytes))
+        if size is not None and size > limits.max_file_bytes:  # known from the scan's stat
+            raise FileTooLarge(size, limits.max_file_bytes)
         data = read_regular_file(path, limits.max_file_bytes)
-        if len(data) > limits.max_file_bytes:
-            raise ArticleError(_too_large(len(data), limits.max_file_bytes))
+    except FileTooLarge as exc:
+        return Problem(path, _too_large(exc.size, exc.limit), parsed=False)
+    except NotRegularFile as exc:
+        return Problem(path, f"not a regular file ({exc.kind}): only regular files are read",
+                       parsed=False)
+    except OSError as exc:
+        return Problem(path, f"cannot read: {exc.strerror or exc}", parsed=False)
+    try:
         return parse_article(data, source_path=str(path), limits=limits, now=now)
     except FutureDate as exc:
         return Problem(path, str(exc), recheck_at=exc.valid_from)
     except ArticleError as exc:
         return Problem(path, str(exc))
-    except NotRegularFile as exc:
-        return Problem(path, f"not a regular file ({exc.kind}): only regular files are read")
-    except OSError as exc:
-        return Problem(path, f"cannot read: {exc.strerror or exc}")
     except RecursionError:
         return Problem(path, "malformed YAML: nested too deeply")
 

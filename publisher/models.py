@@ -95,8 +95,11 @@ class Article:
 
     @property
     def provider_label(self) -> str:
-        """Who to credit: the provider name, else its domain, else the article's host."""
-        return self.provider.name or self.provider.domain or (urlsplit(self.url).hostname or "")
+        """Who to credit, for people to read: the provider name, else its domain, else the
+        article's host, a host in its Unicode form (``bücher.example``, see ``display_host``).
+        Never for a URL: links keep the published, ASCII form."""
+        return self.provider.name or display_host(
+            self.provider.domain or urlsplit(self.url).hostname or "")
 
 
 def best_image(images: tuple[Image, ...] | list[Image]) -> Image | None:
@@ -230,6 +233,71 @@ def ascii_host(name: str) -> str | None:
     if len(host) > MAX_HOST_CHARS or not _ASCII_HOST.fullmatch(host):
         return None
     return host
+
+
+# Scripts a label may mix with Latin (UTS 39 "highly restrictive"): Japanese, Chinese and
+# Korean names are written so. Any other mix (Latin with Cyrillic, say) can pass for a
+# name it is not ("аpple"), and is shown as it is published, in ASCII.
+_SCRIPT_MIXES = (frozenset({"Latin", "Han", "Hiragana", "Katakana"}),
+                 frozenset({"Latin", "Han", "Bopomofo"}), frozenset({"Latin", "Han", "Hangul"}))
+_SCRIPTS = (
+    "Latin", "Greek", "Cyrillic", "Armenian", "Hebrew", "Arabic", "Syriac", "Thaana", "Nko",
+    "Devanagari", "Bengali", "Gurmukhi", "Gujarati", "Oriya", "Tamil", "Telugu", "Kannada",
+    "Malayalam", "Sinhala", "Thai", "Lao", "Tibetan", "Myanmar", "Georgian", "Hangul",
+    "Ethiopic", "Cherokee", "Canadian_Aboriginal", "Ogham", "Runic", "Khmer", "Mongolian",
+    "Hiragana", "Katakana", "Bopomofo", "Han", "Yi", "Tifinagh", "Vai", "Coptic", "Glagolitic",
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def display_host(host: str) -> str:
+    """A host as people read it, for labels: its IDNA (``xn--``) labels in Unicode
+    (``xn--bcher-kva.example`` is ``bücher.example``; a port stays), when they decode and
+    each label keeps to one script (or a CJK mix with Latin); else the host as it is."""
+    if "xn--" not in host.lower():
+        return host
+    name, colon, port = host.partition(":")
+    unicode_name = _unicode_host(name.lower())
+    if unicode_name is None:
+        return host
+    labels = unicode_name.split(".")
+    ascii_tld = labels[-1].isascii()
+    if not all(_one_script(label) and not (ascii_tld and _passes_for_latin(label))
+               for label in labels):
+        return host
+    return unicode_name + colon + port
+
+
+def _unicode_host(name: str) -> str | None:
+    """IDNA 2008 decoding (the ``idna`` library), else IDNA 2003 (Python's codec, as
+    ``_idna`` encodes), else None."""
+    import idna
+
+    try:
+        return str(idna.decode(name))
+    except (idna.IDNAError, UnicodeError, ValueError):
+        pass
+    try:
+        return name.encode("ascii").decode("idna")
+    except UnicodeError:
+        return None
+
+
+def _passes_for_latin(label: str) -> bool:
+    """Only Cyrillic letters that look like Latin ones ("аррӏе"): under an ASCII top-level
+    domain, a name made to pass for another (Chromium's rule); under .рф it is Russian."""
+    letters = [char for char in label if char.isalpha()]
+    return bool(letters) and all(char in _CYRILLIC_LIKE_LATIN for char in letters)
+
+
+_CYRILLIC_LIKE_LATIN = frozenset("аысԁеԍһіюјӏорԗԛѕԝхуъьҽпгѵѡ")
+
+
+def _one_script(label: str) -> bool:
+    import regex
+
+    found = {script for script in _SCRIPTS if regex.search(rf"\p{{sc={script}}}", label)}
+    return len(found) <= 1 or any(found <= mix for mix in _SCRIPT_MIXES)
 
 
 def _idna(host: str) -> str | None:

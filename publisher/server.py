@@ -53,7 +53,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # at most NAME_MAX (255) bytes: a longer name cannot exist, and must not reach the kernel.
 _SERVABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _QVALUE = re.compile(r"q\s*=\s*(0(?:\.\d{0,3})?|1(?:\.0{0,3})?)", re.IGNORECASE)
-_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+# At most 18 digits a number (no file is an exabyte): a longer one is a Range that cannot be
+# parsed, so it is ignored (RFC 9110 14.2), and never reaches int(), which refuses numbers
+# over 4,300 digits with a ValueError.
+_RANGE_DIGITS = 18
+_RANGE = re.compile(rf"[ \t]*bytes[ \t]*=[ \t]*(\d{{0,{_RANGE_DIGITS}}})[ \t]*-[ \t]*"
+                    rf"(\d{{0,{_RANGE_DIGITS}}})[ \t]*", re.IGNORECASE | re.ASCII)
 DEFAULT_CACHE_SECONDS = 300
 GZIP_MIN_BYTES = 256
 _TEXT = b"text/plain; charset=utf-8"
@@ -116,8 +121,9 @@ def http_date_seconds(value: str) -> float | None:
 def byte_range(header: str, size: int) -> tuple[int, int] | None:
     """``(first, last)`` of a single ``bytes=`` range within ``size`` bytes.
 
-    None: serve the whole file (no range, several ranges or another unit: RFC 9110 lets a
-    server ignore ``Range``). ``(size, size)`` stands for "not satisfiable" (416).
+    None: serve the whole file (no range, several ranges, another unit, a number of more than
+    18 digits or anything else that is no single range: RFC 9110 lets a server ignore
+    ``Range``). ``(size, size)`` stands for "not satisfiable" (416).
     """
     match = _RANGE.fullmatch(header)
     if match is None or match.group(1) == match.group(2) == "":

@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
@@ -81,10 +82,16 @@ FAULTS = frozenset(
         "wrong_shape",  # 200 with a result of the wrong type: nothing was done
         "huge_answer",  # done and recorded, then a 200 answer of huge_bytes
         "trickle_answer",  # done and recorded, then the answer a byte at a time (slow_seconds)
+        # done and recorded, then a 200 answer of huge_bytes without Content-Length (chunked)
+        "huge_chunked",
+        # done and recorded, then a 200 gzip answer of about 1 MB that decodes to bomb_bytes
+        # of valid JSON, whatever Accept-Encoding asked for (a hostile proxy)
+        "gzip_bomb",
     }
 )
 OK_FALSE_DESCRIPTION = "Service Unavailable: the gateway refused the request"
 HUGE_BYTES = 200 * 1024 * 1024
+BOMB_BYTES = 1024 * 1024 * 1024
 
 NGINX_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -111,13 +118,15 @@ _PRIMITIVE_TYPE_NAMES = {"int": "Integer", "bool": "Boolean", "str": "String", "
 _BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 Json = dict[str, Any]
-Delivery = Literal["send", "drop", "delay", "huge", "trickle"]
+Delivery = Literal["send", "drop", "delay", "huge", "trickle", "chunked", "bomb"]
 # Faults whose request is carried out (and recorded) before the answer goes wrong.
 AFTER_RECORD_DELIVERY: dict[str, Delivery] = {
     "slow_after_record": "delay",
     "drop_after_record": "drop",
     "huge_answer": "huge",
     "trickle_answer": "trickle",
+    "huge_chunked": "chunked",
+    "gzip_bomb": "bomb",
 }
 
 
@@ -952,6 +961,7 @@ class BotApiStandin:
         global_per_second: int = 30,
         slow_seconds: float = 3.0,
         huge_bytes: int = HUGE_BYTES,
+        bomb_bytes: int = BOMB_BYTES,
         clock: Callable[[], float] = time.monotonic,
         record_file: str | Path | None = None,
         spec_path: str | Path | None = None,
@@ -963,6 +973,7 @@ class BotApiStandin:
         self.bot_username = bot_username
         self.slow_seconds = slow_seconds
         self.huge_bytes = huge_bytes
+        self.bomb_bytes = bomb_bytes
         self.rate_limits = rate_limits
         self.limiter = RateLimiter(per_chat_interval, per_chat_per_minute, global_per_second, clock)
         self._methods = method_specs(spec)
@@ -1598,6 +1609,55 @@ def _fault_reply(fault: Fault) -> Reply:
     return error_reply(errors[fault.kind])
 
 
+# --------------------------------------------------------------------------- gzip bomb
+
+_MIB = 1024 * 1024
+_BOMB_PREFIX = b'{"padding": "'
+
+
+@dataclass(frozen=True)
+class GzipBomb:
+    """A gzip stream of ``{"padding": "xxx...", <the real answer's fields>}``, made cheaply.
+
+    Each MiB of padding is one raw-deflate block ended by a full flush, which resets the
+    compressor: every such block is the same bytes, made once and written ``repeat`` times.
+    Only the answer's own end (a final block) and the gzip trailer (CRC-32 and size) are
+    made per reply.
+    """
+
+    start: bytes  # the gzip header and the padding's start, as deflate
+    block: bytes  # one MiB of padding, as deflate
+    repeat: int
+    crc: int  # of the prefix and the padding
+    size: int  # their bytes
+
+    def ending(self, answer: bytes) -> bytes:
+        """The answer's fields after the padding, as the final deflate block, and the gzip
+        trailer."""
+        end = b'", ' + answer[1:]
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        final = deflate.compress(end) + deflate.flush(zlib.Z_FINISH)
+        size = (self.size + len(end)) % 2**32
+        return final + zlib.crc32(end, self.crc).to_bytes(4, "little") + size.to_bytes(4, "little")
+
+    def length(self, ending: int) -> int:
+        return len(self.start) + self.repeat * len(self.block) + ending
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(decoded_bytes: int) -> GzipBomb:
+    repeat = max(decoded_bytes // _MIB, 1)
+    padding = b"x" * _MIB
+    first = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = first.compress(_BOMB_PREFIX) + first.flush(zlib.Z_FULL_FLUSH)
+    block = first.compress(padding) + first.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(_BOMB_PREFIX)
+    for _ in range(repeat):
+        crc = zlib.crc32(padding, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # deflate, no name, no time
+    return GzipBomb(header + start, block, repeat, crc, len(_BOMB_PREFIX) + repeat * _MIB)
+
+
 # --------------------------------------------------------------------------- HTTP plumbing
 
 
@@ -1660,7 +1720,8 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delivery == "delay" and standin._stopping.wait(standin.slow_seconds):
             self.close_connection = True
             return
-        writers = {"huge": self._write_huge, "trickle": self._write_trickling}
+        writers = {"huge": self._write_huge, "trickle": self._write_trickling,
+                   "chunked": self._write_chunked, "bomb": self._write_bomb}
         with contextlib.suppress(OSError):
             writers.get(reply.delivery, self._write)(reply)
 
@@ -1668,12 +1729,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_head(reply, len(reply.body))
         self.wfile.write(reply.body)
 
-    def _write_head(self, reply: Reply, length: int) -> None:
+    def _write_head(self, reply: Reply, length: int | None,
+                    extra: tuple[tuple[str, str], ...] = ()) -> None:
+        """The status line and headers; ``length`` None: chunked, no Content-Length."""
         self.send_response(reply.status)
         self.send_header("Server", "nginx/1.18.0")
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(length))
-        for name, value in reply.headers:
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
+        for name, value in (*reply.headers, *extra):
             self.send_header(name, value)
         self.end_headers()
 
@@ -1690,6 +1756,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(chunk[:padding])
             padding -= len(chunk)
         self.wfile.write(tail)
+
+    def _write_chunked(self, reply: Reply) -> None:
+        """The real answer padded to ``huge_bytes`` of valid JSON, in chunked encoding: no
+        Content-Length announces its size."""
+        standin = self.server.standin
+        head, tail = reply.body[:-1] + b', "padding": "', b'"}'
+        padding = max(standin.huge_bytes - len(head) - len(tail), 0)
+        self.close_connection = True
+        self._write_head(reply, None)
+        self._write_chunk(head)
+        chunk = b"x" * 65536
+        while padding > 0 and not standin._stopping.is_set():
+            self._write_chunk(chunk[:padding])
+            padding -= len(chunk)
+        self._write_chunk(tail)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _write_bomb(self, reply: Reply) -> None:
+        """The real answer after ``bomb_bytes`` of padding, gzip-encoded: a valid gzip stream
+        of about 1 KB per MiB it decodes to, with its Content-Length."""
+        bomb = gzip_bomb(self.server.standin.bomb_bytes)
+        end = bomb.ending(reply.body)
+        self.close_connection = True
+        self._write_head(reply, bomb.length(len(end)), (("Content-Encoding", "gzip"),))
+        self.wfile.write(bomb.start)
+        for _ in range(bomb.repeat):
+            if self.server.standin._stopping.is_set():
+                return
+            self.wfile.write(bomb.block)
+        self.wfile.write(end)
 
     def _write_trickling(self, reply: Reply) -> None:
         """The real answer, one byte at a time, spread over ``slow_seconds``."""
@@ -1786,6 +1885,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-per-second", type=int, default=30)
     parser.add_argument("--slow-seconds", type=float, default=3.0)
     parser.add_argument("--huge-bytes", type=int, default=HUGE_BYTES)
+    parser.add_argument("--bomb-bytes", type=int, default=BOMB_BYTES)
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -1800,6 +1900,7 @@ def main(argv: list[str] | None = None) -> int:
         global_per_second=args.global_per_second,
         slow_seconds=args.slow_seconds,
         huge_bytes=args.huge_bytes,
+        bomb_bytes=args.bomb_bytes,
         record_file=args.record,
     ) as api:
         print(api.base_url, flush=True)

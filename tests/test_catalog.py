@@ -496,8 +496,11 @@ def test_changed_size_cap_parses_again(
     catalog = open_catalog(tmp_path)
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
     report = catalog.sync(articles_dir, 100, 0)
-    assert report.parsed == 1 and "file too large" in str(report.problems[0])
+    # Looked at again, and too large to be read, so not parsed.
+    assert report.parsed == 0 and "file too large" in str(report.problems[0])
     assert catalog.selected_count() == 0
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
+    assert catalog.selected_count() == 1
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from collections import Counter
@@ -399,6 +400,24 @@ def test_source_without_domain_is_the_article_origin(config: FeedsConfig) -> Non
     )
     source = items(render_feeds([article], config)["all.rss.xml"])[0].find("source")
     assert (source.get("url"), source.text) == ("https://blog.example.com:8443/", "Blog")
+
+
+def test_a_provider_known_by_an_idna_host_is_named_in_unicode(config: FeedsConfig) -> None:
+    article = make_article(provider=Provider("", "xn--bcher-kva.example"))
+    rendered = render_feeds([article], config)
+    item = items(rendered["all.rss.xml"])[0]
+    assert item.findtext(f"{DC}creator") == "bücher.example"
+    source = item.find("source")
+    assert (source.get("url"), source.text) == ("https://xn--bcher-kva.example/",
+                                                "bücher.example")
+    atom = parsed(rendered["all.atom.xml"]).entries[0]
+    assert atom.author == "bücher.example"
+    assert atom.author_detail.href == "https://xn--bcher-kva.example/"
+    item_json = json.loads(rendered["all.json"])["items"][0]
+    assert item_json["authors"] == [{"name": "bücher.example",
+                                     "url": "https://xn--bcher-kva.example/"}]
+    page = rendered["index.html"].decode()
+    assert "bücher.example · " in page and "xn--bcher-kva" not in page
 
 
 def test_image_is_enclosure_media_content_and_img(config: FeedsConfig) -> None:

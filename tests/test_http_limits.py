@@ -4,6 +4,7 @@ that stop reading, oversized heads, and the open-files limit of ``publisher serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import select
@@ -20,7 +21,7 @@ import pytest
 from publisher import httpd
 from publisher.config import load_config
 from publisher.errors import ConfigError
-from publisher.httpd import FD_RESERVE, ServerLimits
+from publisher.httpd import FD_RESERVE, MAX_HEAD_BYTES, ServerLimits
 from publisher.server import RunningServer, limits_from, start_server
 
 SHORT = 0.5  # the timeouts of these tests' servers, in seconds
@@ -184,6 +185,97 @@ def test_a_head_larger_than_the_limit_is_431(serve: Callable[..., RunningServer]
             pass
         _, received = closed_after(sock)
     assert received.startswith(b"HTTP/1.1 431 ")
+
+
+def request_head(size: int) -> bytes:
+    """A GET whose head (request line, headers, blank line) is exactly ``size`` bytes."""
+    start, end = b"GET /all.rss.xml HTTP/1.1\r\nHost: x\r\nX-Padding: ", b"\r\n\r\n"
+    return start + b"p" * (size - len(start) - len(end)) + end
+
+
+def answer_to(server: RunningServer, *writes: bytes) -> bytes:
+    """What the server answers (until it closes, or the first answer is whole) to ``writes``."""
+    with connect(server) as sock:
+        try:
+            for data in writes:
+                sock.sendall(data)
+                time.sleep(0.05)  # a read each, on the server's side
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+                received += chunk
+    return received
+
+
+@pytest.mark.parametrize("size", [MAX_HEAD_BYTES + 1, 33_000, 100_000])
+@pytest.mark.parametrize("writes", [1, 2])
+def test_a_head_over_the_limit_is_431_however_it_arrives(
+    serve: Callable[..., RunningServer], size: int, writes: int,
+) -> None:
+    server = serve(header_timeout=5)
+    head = request_head(size)
+    parts = [head] if writes == 1 else [head[: size // 2], head[size // 2:]]
+    assert answer_to(server, *parts).startswith(b"HTTP/1.1 431 ")
+    assert get(server).status_code == 200  # the server is fine
+
+
+@pytest.mark.parametrize("size", [30_000, MAX_HEAD_BYTES])
+@pytest.mark.parametrize("writes", [1, 2])
+def test_a_head_within_the_limit_is_answered(
+    serve: Callable[..., RunningServer], size: int, writes: int,
+) -> None:
+    server = serve(header_timeout=5)
+    head = request_head(size)
+    parts = [head] if writes == 1 else [head[: size // 2], head[size // 2:]]
+    assert answer_to(server, *parts).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4])
+def test_a_head_cut_inside_its_blank_line_is_measured_exactly(
+    serve: Callable[..., RunningServer], cut: int,
+) -> None:
+    server = serve(header_timeout=5)
+    for size, status in ((MAX_HEAD_BYTES, b"200"), (MAX_HEAD_BYTES + 1, b"431")):
+        head = request_head(size)
+        answer = answer_to(server, head[:-cut], head[-cut:])
+        assert answer.startswith(b"HTTP/1.1 " + status + b" "), (size, cut)
+
+
+def test_a_client_still_sending_its_head_reads_its_431(
+    serve: Callable[..., RunningServer],
+) -> None:
+    server = serve(header_timeout=5)
+    with connect(server) as sock:
+        sock.sendall(b"GET /all.rss.xml HTTP/1.1\r\nHost: x\r\nX-Padding: ")
+        for _ in range(32):  # 2 MiB more, well after the server refused the head
+            sock.sendall(b"p" * 65536)
+        seconds, received = closed_after(sock)  # the server ends its side: EOF, no reset
+    assert received.startswith(b"HTTP/1.1 431 ") and received.endswith(b"too large\n")
+    assert seconds < httpd.LINGER_SECONDS + SLACK
+    wait_until(lambda: server.open_connections == 0, "the connection to go")
+
+
+def test_each_pipelined_head_is_held_to_the_limit(serve: Callable[..., RunningServer]) -> None:
+    server = serve(header_timeout=5)
+    small = request_head(200)
+    # Many small heads in one write are no large head ...
+    with connect(server) as sock:
+        sock.sendall(small * 300)
+        received = b""
+        while received.count(b"HTTP/1.1 200 ") < 300 and (chunk := sock.recv(1 << 20)):
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 ") == 300
+    # ... and a large head behind small ones, in the same write, is one.
+    answer = b""
+    with connect(server) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(small * 3 + request_head(MAX_HEAD_BYTES + 1))
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 3 and b"HTTP/1.1 431 " in answer
 
 
 def test_a_request_with_a_body_is_answered_then_closed(

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from publisher import loader as loader_module
 from publisher import models as models_module
-from publisher.files import NotRegularFile, read_regular_file
+from publisher.files import FileTooLarge, NotRegularFile, read_regular_file
 from publisher.loader import (
     MAX_EXCERPT_CHARS,
     MAX_IMAGES,
@@ -34,6 +34,7 @@ from publisher.loader import (
     clean_text,
     load_articles,
     load_file,
+    read_file,
 )
 from publisher.models import Article, article_id, published_url
 
@@ -163,7 +164,11 @@ def test_oversized_file(articles_dir: Path) -> None:
     record = article_record(excerpt="x" * 5000)
     (articles_dir / "big.txt").write_text(front_matter(record))
     result = load_articles(articles_dir, 1000)
-    assert len(result.problems) == 1 and "file too large" in str(result.problems[0])
+    size = (articles_dir / "big.txt").stat().st_size
+    assert [str(problem) for problem in result.problems] == [
+        f"{articles_dir / 'big.txt'}: file too large ({size:,} bytes; the limit is 1,000)"]
+    # Its size, whether the scan's stat knew it or only the read finds it out.
+    assert str(read_file(articles_dir / "big.txt", 1000)) == str(result.problems[0])
 
 
 def test_unreadable_file_is_reported(articles_dir: Path) -> None:
@@ -403,11 +408,14 @@ def test_fifos_devices_and_sockets_are_reported_and_skipped(
     ]
 
 
-def test_reading_stops_at_the_limit_for_a_file_that_grew(articles_dir: Path) -> None:
+def test_a_file_over_the_limit_is_refused_with_its_size(articles_dir: Path) -> None:
     path = articles_dir / "big.txt"
     path.write_bytes(front_matter(article_record()).encode() + b"x" * 5000)
-    assert read_regular_file(path, 100) == path.read_bytes()[:101]
+    with pytest.raises(FileTooLarge) as refused:
+        read_regular_file(path, 100)
+    assert (refused.value.size, refused.value.limit) == (path.stat().st_size, 100)
     assert read_regular_file(path, 1 << 20) == path.read_bytes()
+    assert read_regular_file(path, path.stat().st_size) == path.read_bytes()
     with pytest.raises(NotRegularFile, match="a folder"):
         read_regular_file(articles_dir, 100)
 

@@ -197,6 +197,26 @@ def test_provider_falls_back_to_the_host() -> None:
     assert message.buttons[0][0].text == "Read on example.com"
 
 
+@pytest.mark.parametrize(("article", "label"), [
+    (make_article(provider=Provider("", "xn--bcher-kva.example")), "bücher.example"),
+    (make_article(provider=Provider(""), url="https://xn--bcher-kva.example/a"),
+     "bücher.example"),
+    (make_article(provider=Provider("", "xn--r8jz45g.xn--zckzah:8080")), "例え.テスト:8080"),
+    # Cyrillic letters passing for Latin ones, or mixed with them: shown as published.
+    (make_article(provider=Provider("", "xn--80ak6aa92e.com")), "xn--80ak6aa92e.com"),
+    (make_article(provider=Provider("", "xn--pple-43d.com")), "xn--pple-43d.com"),
+    (make_article(provider=Provider("", "xn--80ak6aa92e.xn--p1ai")), "аррӏе.рф"),
+])
+def test_an_idna_host_is_labelled_in_unicode_and_linked_in_ascii(
+    article: Article, label: str
+) -> None:
+    message = render_message(article)
+    assert f"{label} · 6 Oct 2021" in message.html
+    assert message.buttons[0][0] == Button(f"Read on {label}", article.url)
+    assert article.url.isascii() and message.preview_url.isascii()
+    assert label in message.plain and article.url in message.plain
+
+
 # --- limits ----------------------------------------------------------------------------------
 
 

@@ -707,6 +707,8 @@ def test_ok_false_in_a_200_answer_is_not_sent_and_keeps_its_reason(
     ("fault", "reason"),
     [("ok_false", OK_FALSE_DESCRIPTION), ("no_result", 'no "ok": true and result'),
      ("wrong_shape", "not a bot user"), ("huge_answer", "larger than 4096 KiB"),
+     ("huge_chunked", "larger than 4096 KiB (cut off)"),
+     ("gzip_bomb", "larger than 4096 KiB (gzip-encoded, cut off)"),
      ("trickle_answer", "no complete answer within 0.5 s")],
 )
 def test_get_me_answering_nonsense_is_a_clear_error(
@@ -742,6 +744,8 @@ def test_html_and_plain_text_both_refused_fails_with_both_reasons_and_goes_on(
 
 @pytest.mark.parametrize(("fault", "reason"), [
     ("huge_answer", "the answer is larger than 4096 KiB"),
+    ("huge_chunked", "the answer is larger than 4096 KiB (cut off)"),
+    ("gzip_bomb", "the answer is larger than 4096 KiB (gzip-encoded, cut off)"),
     ("trickle_answer", "no complete answer within 0.5 s"),
 ])
 def test_a_huge_or_trickling_answer_is_cut_and_the_send_held_as_uncertain(
@@ -759,6 +763,19 @@ def test_a_huge_or_trickling_answer_is_cut_and_the_send_held_as_uncertain(
     (held,) = deliveries(config, "uncertain")
     assert held.title == "Article number 1" and reason in held.reason
     assert len(botapi.messages) == 2  # it was posted: at-most-once held it back
+
+
+def test_a_send_answered_with_a_wrong_result_is_held_with_what_was_wrong(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config()
+    botapi.inject("wrong_shape")
+    outcome = push(config)
+    assert outcome.report.total("uncertain") == 1
+    (held,) = deliveries(config, "uncertain")
+    assert held.reason == ("the answer's result is not a Message: it is a string "
+                           "('surprise'), not an object")
 
 
 def test_a_wrong_token_is_reported_as_refused_in_push_and_status(
@@ -790,6 +807,21 @@ def test_cli_push_exits_nonzero_when_no_post_surely_went_out(
     assert "Error: no post surely went out: 1 uncertain, 0 failed" in result.stderr
     again = run_cli("push", "-c", str(config.path), cwd=tmp_path)
     assert again.returncode == 0, again.stderr  # nothing to do is no failure
+
+
+def test_cli_push_exits_zero_when_a_429_leaves_posts_for_the_next_run(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    write_article("a.txt", 1)
+    config = make_config(max_wait_seconds=1)
+    botapi.inject("429", times=1, retry_after=60)  # longer than max_wait_seconds: next run
+    result = run_cli("push", "-c", str(config.path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # pending, not uncertain or failed
+    assert "Sent 0 posts; 0 failed, 0 uncertain" in result.stdout
+    assert "rate limited: Telegram asked to wait 60 s (429)" in result.stdout
+    assert "Error:" not in result.stderr
+    assert states(config) == {"pending": 1}
 
 
 def test_cli_push_log_lines_stay_one_line_without_bodies_or_tracebacks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -705,6 +706,34 @@ def test_huge_answer_is_valid_json_when_read_to_the_end() -> None:
     assert len(response.content) == 300_000
     body = response.json()
     assert body["result"]["text"] == "big" and set(body["padding"]) == {"x"}
+
+
+def test_huge_chunked_is_recorded_then_streamed_without_a_length() -> None:
+    with BotApiStandin(DEFAULT_TOKEN, rate_limits=False, huge_bytes=300_000) as api:
+        api.inject("huge_chunked")
+        response = send(api, text="big")
+    assert "Content-Length" not in response.headers
+    assert response.headers["Transfer-Encoding"] == "chunked"
+    assert len(response.content) == 300_000
+    body = response.json()
+    assert body["result"]["text"] == "big" and set(body["padding"]) == {"x"}
+    assert [r.text for r in api.messages] == ["big"]
+
+
+def test_gzip_bomb_is_a_small_valid_gzip_of_a_large_answer() -> None:
+    with BotApiStandin(DEFAULT_TOKEN, rate_limits=False, bomb_bytes=8 * 1024 * 1024) as api:
+        api.inject("gzip_bomb")
+        url = f"{api.base_url}{DEFAULT_TOKEN}/sendMessage"
+        with httpx.stream("POST", url, data={"chat_id": CHANNEL, "text": "boom"},
+                          headers={"Accept-Encoding": "identity"}, timeout=5) as answer:
+            raw = b"".join(answer.iter_raw())
+    assert answer.headers["Content-Encoding"] == "gzip"  # whatever was asked for
+    assert int(answer.headers["Content-Length"]) == len(raw) < 20_000
+    decoded = gzip.decompress(raw)  # checks the CRC and the size
+    assert len(decoded) > 8 * 1024 * 1024
+    body = json.loads(decoded)
+    assert body["ok"] is True and body["result"]["text"] == "boom"
+    assert [r.text for r in api.messages] == ["boom"]
 
 
 def test_trickle_answer_takes_slow_seconds_in_many_pieces(api: BotApiStandin) -> None:
