@@ -350,7 +350,8 @@ async def deliver(
     new = list(catalog.selected_articles()) if replan else catalog.unplanned_articles()
     report = await dispatcher.run(new, catalog.selected_article, replan=replan)
     catalog.mark_planned(new)
-    catalog.set_meta(ROUTING_KEY, routing)
+    # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
+    catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
     labels = dispatcher.destinations
     open_posts = {labels.label(chat): states for chat, states in store.open_counts().items()}
     outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started,
