@@ -403,11 +403,15 @@ def push(ctx: Context, dry_run: bool) -> None:
     config = ctx.config()
     if dry_run:
         plan = pipeline.dry_run(config)
+        for warning in plan.route_warnings:
+            ctx.echo(f"Warning: {warning}", err=True)
         for item in plan.items:
             click.echo(format_for_dry_run(item.message, item.chat_id))
             click.echo()
         click.echo(f"Dry run: {plural(len(plan.items), 'message')} would be sent; "
                    "nothing was sent.")
+        for note in plan.notes:
+            click.echo(f"Note: {note}.")
         return
     import asyncio
 

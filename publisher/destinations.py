@@ -182,10 +182,16 @@ def remembered_destinations(config: Config, store: Store | None) -> Destinations
     names = store.chat_names() if store is not None else {}
     migrations = store.migrations() if store is not None else {}
     chats = store.chats() if store is not None else {}
+    owners: dict[str, list[str]] = {}  # "@username" -> the chats known to go by it
+    for chat in chats.values():
+        if chat.username:
+            owners.setdefault(chat_name(chat.public_name), []).append(chat.chat_id)
     items = []
     for text in config.destinations:
         name = chat_name(text)
-        key = names.get(name) or (name if is_chat_id(name) else None)
+        by_username = owners.get(name, [])
+        key = (names.get(name) or (name if is_chat_id(name) else None)
+               or (by_username[0] if len(by_username) == 1 else None))
         if key is None:
             items.append(Destination(text, name, error=(
                 f"cannot post to {text}: Telegram has not resolved it yet; its posts wait")))
@@ -193,6 +199,23 @@ def remembered_destinations(config: Config, store: Store | None) -> Destinations
         key = follow_migrations(migrations, key)
         items.append(Destination(text, key, chats.get(key)))
     return Destinations(config, items, chats)
+
+
+def maybe_one_chat(destinations: Destinations,
+                   keys: Iterable[str] | None = None) -> list[str]:
+    """A line per destination named by a name never resolved, which may be the chat of a
+    destination named by an id the state knows nothing of (asking Telegram nothing); only
+    those keyed ``keys`` when given."""
+    wanted = set(destinations.keys() if keys is None else keys)
+    items = [item for item in destinations.items if item.key in wanted]
+    names = list(dict.fromkeys(destinations.label(item.key) for item in items
+                               if not item.resolved))
+    ids = list(dict.fromkeys(item.key for item in items
+                             if item.resolved and destinations.chat(item.key) is None))
+    if not ids:
+        return []
+    return [f"{name} and {', '.join(ids)} were never resolved: they may be one chat, which a "
+            "push posts to once (it asks Telegram first)" for name in names]
 
 
 def unmatched_names(store: Store) -> list[str]:

@@ -133,6 +133,8 @@ class DryRunItem:
 class DryRun:
     loaded: LoadReport
     items: list[DryRunItem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # destinations that may be one chat
+    route_warnings: list[str] = field(default_factory=list)
 
 
 # -- the catalog path ------------------------------------------------------------------------
@@ -374,8 +376,10 @@ def load_and_select(config: Config, progress: Progress | None = None) -> LoadRep
 
 def dry_run(config: Config) -> DryRun:
     """What a push would post now, rendered; nothing is sent and nothing is written."""
+    from publisher.destinations import maybe_one_chat
     from publisher.dispatch import plan_deliveries
     from publisher.messages import render_message
+    from publisher.selection import topic_slug
 
     loaded = load_and_select(config)
     known, destinations = _known_pairs(config)
@@ -383,7 +387,9 @@ def dry_run(config: Config) -> DryRun:
     now = datetime.now(UTC)
     budget: dict[str, int] = {}
     by_id = {article.id: article for article in loaded.selected}
-    result = DryRun(loaded)
+    slugs = {topic_slug(topic) for article in loaded.selected for topic in article.topics}
+    result = DryRun(loaded, notes=maybe_one_chat(destinations),
+                    route_warnings=route_warnings(config, slugs))
     planned = sorted(
         (p for p in plan_deliveries(loaded.selected, config, now, destinations)
          if p.state == PENDING),

@@ -36,6 +36,7 @@ from publisher.cli import cli
 from publisher.config import Config, load_config
 from publisher.db import connect
 from publisher.delivery import ChatInfo, ChatMigrated
+from publisher.destinations import remembered_destinations
 from publisher.dispatch import plan_deliveries
 from publisher.metrics import Metrics
 from publisher.models import article_id
@@ -555,6 +556,56 @@ def test_a_route_that_matches_no_topic_is_reported_by_check_build_and_push(
         assert expected in result.stderr, (command, result.output)
         assert 'route "robotics"' not in result.output
     assert len(botapi.sent_to("@robots")) == 1 and botapi.sent_to("@typo") == []
+
+
+DUP_ID = -1001000000029
+
+
+def test_dry_run_preview_and_push_count_one_chat_under_several_spellings_once(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat("@DupChan", DUP_ID)
+    for index in (1, 2):
+        write_article(f"{index}.txt", index, topics=["AI"])
+    config = make_config(chat_id="@DupChan", extra=(
+        f'[telegram.routes]\nAI = ["{DUP_ID}", "@dupchan"]\nRobotic = "@DUPCHAN"\n'))
+    dry = cli_run(config, "push", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert 'Warning: route "Robotic" matches no topic of the selected articles' in dry.stderr
+    # Never resolved: "@DupChan" and "@dupchan" are one name; the id may be its chat too.
+    assert "Dry run: 4 messages would be sent; nothing was sent." in dry.stdout
+    assert (f"Note: @DupChan and {DUP_ID} were never resolved: they may be one chat, which a "
+            "push posts to once (it asks Telegram first).") in dry.stdout
+    preview = cli_run(config, "preview", str(config.articles.dir / "1.txt"))
+    assert "Telegram: 2 destinations" in preview.stdout and "may be one chat" in preview.stdout
+    assert botapi.requests == []
+    pushed = cli_run(config, "push")
+    assert "Sent 2 posts;" in pushed.stdout and len(botapi.messages) == 2
+    write_article("3.txt", 3, topics=["AI"])
+    dry = cli_run(config, "push", "--dry-run")  # the state knows them now: one chat
+    assert "Dry run: 1 message would be sent" in dry.stdout and "Note:" not in dry.stdout
+    assert f"sendPhoto to @DupChan ({id_of(3)})" in dry.stdout
+    preview = cli_run(config, "preview", str(config.articles.dir / "3.txt"))
+    assert "Telegram: 1 destination\n" in preview.stdout and "Note:" not in preview.stdout
+    assert "Sent 1 post;" in cli_run(config, "push").stdout and len(botapi.messages) == 3
+
+
+def test_a_name_goes_by_the_id_of_the_chat_the_state_knows_by_that_username(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat(CHAT, NEWS_ID)
+    write_article("1.txt", 1)
+    push(make_config(chat_id=str(NEWS_ID)))  # resolved by id: its username is "news"
+    write_article("2.txt", 2)
+    config = make_config(chat_id="@News")
+    dry = cli_run(config, "push", "--dry-run")
+    assert f"sendPhoto to @News ({id_of(2)})" in dry.stdout
+    assert "Dry run: 1 message would be sent" in dry.stdout and "Note:" not in dry.stdout
+    store = open_store(config.state.url)
+    try:
+        assert remembered_destinations(config, store).keys() == [str(NEWS_ID)]
+    finally:
+        store.close()
 
 
 # -- 5. status -------------------------------------------------------------------------------
