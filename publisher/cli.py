@@ -180,6 +180,13 @@ def cli(context: click.Context, config_path: Path | None, verbose: int, quiet: b
     The config file: -c, else $PUBLISHER_CONFIG, else ./publisher.toml or ./config.toml,
     else the built-in defaults. Options go before or after the command name.
     """
+    from publisher import hangup
+
+    # A reload asked for while the service starts is held until it can be applied.
+    if context.invoked_subcommand == "run":
+        hangup.hold()
+    else:
+        hangup.release()
     context.obj = CommonOptions(config_path, verbose, quiet, debug)
 
 

@@ -38,7 +38,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from publisher import pipeline
+from publisher import hangup, pipeline
 from publisher.catalog import Catalog
 from publisher.config import Config, check_schedule, interval_seconds, load_config
 from publisher.delivery import Sender
@@ -261,6 +261,9 @@ class Service:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if hangup.take():  # asked for while starting: applied now that it can be
+            event(log, logging.INFO, "reload_deferred", reason="SIGHUP during start-up")
+            self._on_sighup()
 
     def _on_sighup(self) -> None:
         if not self._stopping.is_set():
@@ -537,5 +540,10 @@ def _article_filter(change: watchfiles.Change, path: str) -> bool:
 
 
 def run_service(config_path: Path | None) -> int:
-    config = load_config(config_path)
-    return asyncio.run(Service(config).serve())
+    try:  # SIGHUP is held since the command started (``publisher.hangup``)
+        config = load_config(config_path)
+        return asyncio.run(Service(config).serve())
+    finally:
+        # The loop gave SIGHUP back to its default as it closed: a reload asked for while
+        # the process exits must not turn a clean stop into status 129.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -492,6 +492,43 @@ def test_a_second_signal_exits_at_once_with_status_1(
     assert publisher.events("second_signal_exiting_now")
 
 
+def test_sighup_during_start_up_neither_kills_the_service_nor_is_lost(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess,
+) -> None:
+    write_article("1.txt", 1)
+    configure(schedule="1h")
+    publisher = start()
+    # From the moment the command says which config it uses (before the service is even
+    # imported), a SIGHUP every 10 ms until the service has started.
+    deadline = time.monotonic() + DEADLINE
+    while not publisher.events("config"):
+        assert time.monotonic() < deadline and publisher.process.poll() is None
+        time.sleep(0.005)
+    hangups = 0
+    while not publisher.events("started"):
+        assert time.monotonic() < deadline, "the service did not start"
+        publisher.signal(signal.SIGHUP)
+        hangups += 1
+        time.sleep(0.01)
+        assert publisher.process.poll() is None, f"killed by SIGHUP {hangups}: {publisher.log()}"
+    # What was asked for while starting is one reload, applied once started.
+    assert len(publisher.events("reload_deferred")) == 1
+    wait_for(lambda: publisher.events("reloaded"), "the deferred reload")
+    wait_for(lambda: titles(botapi_process) == ["Article number 1"], "the post")
+    assert publisher.stop() == 0
+    assert titles(botapi_process) == ["Article number 1"]
+
+
+def test_only_publisher_run_holds_sighup() -> None:
+    from publisher.hangup import command_of
+
+    assert command_of(["run"]) == command_of(["-c", "run", "run", "-v"]) == "run"
+    assert command_of(["--config", "x.toml", "-vv", "--debug", "run"]) == "run"
+    assert command_of(["-c", "run", "build"]) == "build"
+    assert command_of(["--help"]) is None and command_of(["--", "run"]) is None
+
+
 def write_service_config(path: Path, base_url: str, *, build: str = "1h", push: str = "1h",
                          watch: bool = True, articles: str = "articles",
                          title: str = "Publisher", min_quality: int = 0,
