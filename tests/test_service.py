@@ -530,6 +530,45 @@ def test_only_publisher_run_holds_sighup() -> None:
     assert command_of(["--help"]) is None and command_of(["--", "run"]) is None
 
 
+def warnings_and_errors(publisher: Publisher) -> list[str]:
+    return [line for line in publisher.log().splitlines()
+            if re.match(r"\S+ (warning|error|critical) ", line)]
+
+
+def test_a_push_that_outlasts_its_interval_logs_no_warning(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess,
+) -> None:
+    for index in (1, 2, 3):
+        write_article(f"{index}.txt", index)
+    # Pacing: three posts take about three seconds, the push ticks every second.
+    configure(schedule="1s", per_chat_interval_seconds=1.2)
+    publisher = start()
+    url = publisher.url()
+    wait_for(lambda: len(titles(botapi_process)) == 3, "the three posts")
+    wait_for(lambda: push_runs(url) >= 3, "more pushes, on their ticks")
+    assert publisher.stop() == 0
+    assert warnings_and_errors(publisher) == []  # no "skipped: maximum number of instances"
+
+
+def test_a_send_abandoned_at_the_stop_deadline_is_no_error_line(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, tmp_path: Path,
+) -> None:
+    write_article("1.txt", 1)
+    with StandinProcess(DEFAULT_TOKEN, extra_args=["--slow-seconds", "30"]) as standin:
+        configure(schedule="1h", api_base_url=standin.base_url, timeout_seconds=20)
+        standin.control("inject", {"fault": "slow_after_record"})
+        publisher = start()
+        wait_for(lambda: _held_replies(standin), "a post whose reply is held back")
+        assert publisher.stop() == 0  # within STOP_LIMIT
+    # The documented path: one warning that says so, no error (nor APScheduler's).
+    assert [line.split()[2] for line in warnings_and_errors(publisher)] == [
+        "stop_deadline_passed"]
+    assert "CancelledError" not in publisher.log()
+    assert ledger(tmp_path) == {CHAT: {"sending": 1}}  # uncertain at the next start
+
+
 def write_service_config(path: Path, base_url: str, *, build: str = "1h", push: str = "1h",
                          watch: bool = True, articles: str = "articles",
                          title: str = "Publisher", min_quality: int = 0,
