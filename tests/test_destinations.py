@@ -709,6 +709,25 @@ def test_metrics_gauge_open_posts_per_destination(
     assert (gauge(metrics, CHAT, "pending"), gauge(metrics, CHAT, "uncertain")) == (0, 0)
 
 
+def test_a_chat_no_longer_configured_is_labelled_as_the_readme_and_help_say(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("1.txt", 1)
+    config = make_config(extra='[telegram.routes]\nAI = ["@robots", "-123"]\n')
+    botapi.forbid_chat("@robots")  # its post stays pending
+    botapi.forbid_chat(-123)
+    push(config)
+    metrics = Metrics()
+    metrics.observe_ledger(push(make_config()).open_posts)  # both routes removed
+    # By @username when the chat has one (as Telegram last gave it), else by numeric id.
+    assert gauge(metrics, "@robots", "orphaned") == gauge(metrics, "-123", "orphaned") == 1
+    assert ("# HELP publisher_posts Posts still open in the ledger by destination (as "
+            "configured; once no longer configured, its @username, or its numeric id if it "
+            "has none)") in metrics.render().decode()
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "a chat no longer configured is labelled by its\n    `@username`" in readme
+
+
 # -- 7. check --telegram ---------------------------------------------------------------------
 
 
