@@ -6,8 +6,9 @@ lock, so a build never overlaps a build and a push never overlaps a push, while 
 waits out Telegram's pacing does not hold back the feeds. What APScheduler runs is only the
 tick, which asks for a run (``_want``) and returns: a run that outlasts its interval is then
 normal, never a "maximum number of running instances" warning, and a run cancelled at the
-stop deadline is ours to account for, not an exception of APScheduler's job. The ledger, not the job store, is
-the source of truth: jobs live in memory and a restart simply runs both jobs once.
+stop deadline is ours to account for, not an exception of APScheduler's job. The ledger,
+not the job store, is the source of truth: jobs live in memory and a restart simply runs
+both jobs once.
 
 Signals: SIGTERM/SIGINT stop the triggers, let the send in flight finish and be recorded,
 close the bot session and exit 0; a second one exits at once. SIGHUP reloads the config
