@@ -342,7 +342,9 @@ class Dispatcher:
     def _recover(self, destinations: Destinations, report: PushReport) -> None:
         """Sends a dead process left in flight: uncertain (counted as this push's), or
         pending again for at-least-once chats."""
-        resend = destinations.keys() if self._settings.on_uncertain == "resend" else ()
+        # The texts too: an earlier version keyed a chat by the config's text ("@OpNews").
+        resend = ([*destinations.keys(), *(text.strip() for text in self._config.destinations)]
+                  if self._settings.on_uncertain == "resend" else ())
         recovered = self._store.recover_interrupted_by_chat(resend, self._clock())
         if recovered:
             event(log, logging.WARNING, "recovered_interrupted_sends",

@@ -295,6 +295,17 @@ def test_a_name_that_is_no_destination_is_orphaned_only_once_every_chat_is_confi
     assert counts(config) == {str(NEWS_ID): {"sent": 2}, "@gone": {"sent": 1, "orphaned": 1}}
 
 
+def test_an_old_send_in_flight_under_the_configs_text_is_resent_for_resend_chats(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat("@News", NEWS_ID)
+    write_article("1.txt", 1)
+    config = make_config(chat_id="@News", on_uncertain="resend")
+    make_v5_state(config.state.url, [(id_of(1), "@News", "sending")])  # it crashed mid-send
+    assert push(config).report.total("sent") == 1  # at least once: sent again
+    assert counts(config) == {str(NEWS_ID): {"sent": 1}}
+
+
 def test_when_telegram_cannot_say_which_chat_the_remembered_id_is_used(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
 ) -> None:
