@@ -376,13 +376,13 @@ def load_and_select(config: Config, progress: Progress | None = None) -> LoadRep
 
 def dry_run(config: Config) -> DryRun:
     """What a push would post now, rendered; nothing is sent and nothing is written."""
-    from publisher.destinations import maybe_one_chat
+    from publisher.destinations import maybe_one_chat, waiting_for_unmatched
     from publisher.dispatch import plan_deliveries
     from publisher.messages import render_message
     from publisher.selection import topic_slug
 
     loaded = load_and_select(config)
-    known, destinations = _known_pairs(config)
+    known, destinations, unmatched = _known_pairs(config)
     loaded.selected = _with_remembered_ids(loaded.selected, config)
     now = datetime.now(UTC)
     budget: dict[str, int] = {}
@@ -390,6 +390,9 @@ def dry_run(config: Config) -> DryRun:
     slugs = {topic_slug(topic) for article in loaded.selected for topic in article.topics}
     result = DryRun(loaded, notes=maybe_one_chat(destinations),
                     route_warnings=route_warnings(config, slugs))
+    if unmatched:
+        result.notes.append(f"{waiting_for_unmatched('a destination', unmatched)}: a push asks "
+                            "Telegram first, and what went out there is not sent again")
     planned = sorted(
         (p for p in plan_deliveries(loaded.selected, config, now, destinations)
          if p.state == PENDING),
@@ -424,17 +427,18 @@ def _with_remembered_ids(articles: list[Article], config: Config) -> list[Articl
     ]
 
 
-def _known_pairs(config: Config) -> tuple[set[tuple[str, str]], Destinations]:
-    """The pairs the ledger knows, and the destinations as it remembers them (a dry run
-    asks Telegram nothing)."""
-    from publisher.destinations import remembered_destinations
+def _known_pairs(config: Config) -> tuple[set[tuple[str, str]], Destinations, list[str]]:
+    """The pairs the ledger knows, the destinations as it remembers them (a dry run asks
+    Telegram nothing), and the names it keeps posts under not matched to a chat yet."""
+    from publisher.destinations import remembered_destinations, unmatched_names
 
     if not state_exists(config.state.url):
-        return set(), remembered_destinations(config, None)
+        return set(), remembered_destinations(config, None), []
     store = open_store(config.state.url, readonly=True)
     try:
         if store.empty:
-            return set(), remembered_destinations(config, None)
-        return store.known_pairs(), remembered_destinations(config, store)
+            return set(), remembered_destinations(config, None), []
+        return (store.known_pairs(), remembered_destinations(config, store),
+                unmatched_names(store))
     finally:
         store.close()
