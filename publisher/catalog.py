@@ -746,6 +746,21 @@ class Catalog:
         )
         return {path: identifier for path, identifier in rows}
 
+    def kept_id(self, path: str, url: str) -> tuple[str, str] | None:
+        """The id a sync gives the article at ``path`` (``_kept_ids``), and the path it comes
+        from: ``path`` itself when it keeps one, else a file with the same normalised URL;
+        None when the catalog has neither (the id is then the URL's own)."""
+        row = self._db.execute(
+            "SELECT article_id FROM catalog WHERE path = ? AND article_id IS NOT NULL", (path,)
+        ).fetchone()
+        if row is not None:
+            return row[0], path
+        rows = self._db.execute(
+            "SELECT article_id, path FROM catalog WHERE article_id IS NOT NULL AND url_key = ? "
+            "ORDER BY selected, path DESC", (normalise_url(url),),
+        ).fetchall()
+        return (rows[-1][0], rows[-1][1]) if rows else None  # as ``_ids_of_urls`` picks
+
     def selected_article(self, article_id: str) -> Article | None:
         """The selected record of ``article_id``, or None when it is no longer selected."""
         row = self._db.execute(

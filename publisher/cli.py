@@ -180,6 +180,13 @@ def cli(context: click.Context, config_path: Path | None, verbose: int, quiet: b
     The config file: -c, else $PUBLISHER_CONFIG, else ./publisher.toml or ./config.toml,
     else the built-in defaults. Options go before or after the command name.
     """
+    from publisher import hangup
+
+    # A reload asked for while the service starts is held until it can be applied.
+    if context.invoked_subcommand == "run":
+        hangup.hold()
+    else:
+        hangup.release()
     context.obj = CommonOptions(config_path, verbose, quiet, debug)
 
 
@@ -403,11 +410,15 @@ def push(ctx: Context, dry_run: bool) -> None:
     config = ctx.config()
     if dry_run:
         plan = pipeline.dry_run(config)
+        for warning in plan.route_warnings:
+            ctx.echo(f"Warning: {warning}", err=True)
         for item in plan.items:
             click.echo(format_for_dry_run(item.message, item.chat_id))
             click.echo()
         click.echo(f"Dry run: {plural(len(plan.items), 'message')} would be sent; "
                    "nothing was sent.")
+        for note in plan.notes:
+            click.echo(f"Note: {note}.")
         return
     import asyncio
 

@@ -8,6 +8,11 @@ Telegram cannot be asked, the remembered id is used (a numeric id needs none); a
 never resolved cannot be posted to in that run: its pairs are planned under the name and
 re-keyed when it resolves, so nothing is lost.
 
+A ledger of an earlier version keys chats by the config's text. Each push also asks which
+chat every such name is, and re-keys its rows; until that is done for every name under which
+a post went out (or may have), ``unmatched_names``, a destination Telegram did not confirm in
+this push might be one of them, and nothing is posted to it: its posts wait.
+
 Routes match topics by slug: ``robotics``, ``Robotics`` and ``"Robotics "`` route the topic
 "Robotics"; a route that matches no topic of the corpus is reported (``route_warnings``).
 """
@@ -68,9 +73,22 @@ class Destination:
     """One chat as configured, and the ledger key it has in this push."""
 
     configured: str  # as written in the config
-    key: str  # Telegram's numeric id; the configured text while never resolved
+    key: str  # Telegram's numeric id; the configured name (``chat_name``) while never resolved
     chat: ChatRecord | None = None  # what Telegram said of it (now or when last asked)
     error: str = ""  # why it cannot be posted to in this push
+    confirmed: bool = False  # Telegram said which chat it is, in this push
+    answered: bool = False  # Telegram answered about it in this push (maybe: no usable chat)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether its chat is known (confirmed now, remembered, or a numeric id)."""
+        return is_chat_id(self.key)
+
+    @property
+    def known(self) -> bool:
+        """Whether it is known which chat it is, or that it names none Telegram lets us
+        use ("chat not found"): a name Telegram could not be asked about might be any."""
+        return self.resolved or self.answered
 
     @property
     def postable(self) -> bool:
@@ -81,9 +99,10 @@ class Destinations:
     """Every configured destination of one push, and the ledger keys of its topics."""
 
     def __init__(self, config: Config, items: Sequence[Destination],
-                 chats: Mapping[str, ChatRecord] | None = None) -> None:
+                 chats: Mapping[str, ChatRecord] | None = None, *, rekeyed: int = 0) -> None:
         self._config = config
         self.items = list(items)
+        self.rekeyed = rekeyed  # ledger rows moved under another key while resolving
         self._by_text = {item.configured: item for item in self.items}
         self._chats = dict(chats or {})
         for item in self.items:
@@ -105,12 +124,46 @@ class Destinations:
         are one key)."""
         return list(dict.fromkeys(self.key(text) for text in self._config.chats_for(topics)))
 
-    def label(self, key: str) -> str:
-        """What to call a ledger key: the destination as configured; for a chat no longer
-        configured, its "@username", else its id."""
+    @property
+    def complete(self) -> bool:
+        """Every destination's chat is known (or known to be none): no ledger key may be a
+        destination's without the push knowing it."""
+        return all(item.known for item in self.items)
+
+    @property
+    def all_confirmed(self) -> bool:
+        """Telegram said in this push which chat every destination is (or that it names no
+        chat): a name none of them goes by is no destination."""
+        return all(item.confirmed or (item.answered and not item.resolved)
+                   for item in self.items)
+
+    def unresolved(self) -> list[str]:
+        return [item.configured for item in self.items if not item.known]
+
+    def unresolved_for(self, topics: tuple[str, ...]) -> list[str]:
+        """The destinations of an article with these topics whose chat is not known."""
+        return [text for text in self._config.chats_for(topics)
+                if not self._by_text[text].known]
+
+    def owner(self, key: str) -> Destination | None:
+        """The configured destination a ledger key belongs to: the one keyed so, or, for a
+        name, the destination of that name in another spelling ("@OpNews" is "@opnews")."""
         for item in self.items:
             if item.key == key:
-                return item.configured
+                return item
+        if not is_chat_id(key):
+            name = chat_name(key)
+            for item in self.items:
+                if chat_name(item.configured) == name:
+                    return item
+        return None
+
+    def label(self, key: str) -> str:
+        """What to call a ledger key: the destination as configured; for a chat no longer
+        configured, its "@username" (as Telegram last gave it), else its id."""
+        owner = self.owner(key)
+        if owner is not None:
+            return owner.configured
         chat = self._chats.get(key)
         return (chat.public_name if chat else "") or key
 
@@ -120,20 +173,27 @@ class Destinations:
     def moved(self, old: str, new: str) -> Destinations:
         """The same destinations after the chat keyed ``old`` migrated to ``new``."""
         items = [replace(item, key=new) if item.key == old else item for item in self.items]
-        return Destinations(self._config, items, self._chats)
+        return Destinations(self._config, items, self._chats, rekeyed=self.rekeyed)
 
 
 def remembered_destinations(config: Config, store: Store | None) -> Destinations:
-    """The destinations as the state remembers them, asking Telegram nothing."""
+    """The destinations as the state remembers them, asking Telegram nothing. Two
+    spellings of one name ("@OpNews", "@opnews") are one destination, keyed alike."""
     names = store.chat_names() if store is not None else {}
     migrations = store.migrations() if store is not None else {}
     chats = store.chats() if store is not None else {}
+    owners: dict[str, list[str]] = {}  # "@username" -> the chats known to go by it
+    for chat in chats.values():
+        if chat.username:
+            owners.setdefault(chat_name(chat.public_name), []).append(chat.chat_id)
     items = []
     for text in config.destinations:
         name = chat_name(text)
-        key = names.get(name) or (name if is_chat_id(name) else None)
+        by_username = owners.get(name, [])
+        key = (names.get(name) or (name if is_chat_id(name) else None)
+               or (by_username[0] if len(by_username) == 1 else None))
         if key is None:
-            items.append(Destination(text, text.strip(), error=(
+            items.append(Destination(text, name, error=(
                 f"cannot post to {text}: Telegram has not resolved it yet; its posts wait")))
             continue
         key = follow_migrations(migrations, key)
@@ -141,13 +201,47 @@ def remembered_destinations(config: Config, store: Store | None) -> Destinations
     return Destinations(config, items, chats)
 
 
+def maybe_one_chat(destinations: Destinations,
+                   keys: Iterable[str] | None = None) -> list[str]:
+    """A line per destination named by a name never resolved, which may be the chat of a
+    destination named by an id the state knows nothing of (asking Telegram nothing); only
+    those keyed ``keys`` when given."""
+    wanted = set(destinations.keys() if keys is None else keys)
+    items = [item for item in destinations.items if item.key in wanted]
+    names = list(dict.fromkeys(destinations.label(item.key) for item in items
+                               if not item.resolved))
+    ids = list(dict.fromkeys(item.key for item in items
+                             if item.resolved and destinations.chat(item.key) is None))
+    if not ids:
+        return []
+    return [f"{name} and {', '.join(ids)} were never resolved: they may be one chat, which a "
+            "push posts to once (it asks Telegram first)" for name in names]
+
+
+def unmatched_names(store: Store) -> list[str]:
+    """The names (not numeric ids) the ledger keeps posts under that went out or may have,
+    and that no resolution has re-keyed yet: an earlier version's keys, mostly."""
+    return store.posted_keys(key for key in store.chat_keys() if not is_chat_id(key))
+
+
+def waiting_for_unmatched(text: str, names: Sequence[str]) -> str:
+    """Why a destination Telegram did not confirm may not be posted to: the posts kept under
+    ``names``, which it may be."""
+    return (f"the ledger holds posts under {', '.join(names)} not matched to a chat yet (kept "
+            f"by an earlier version), which {text} may be")
+
+
 async def resolve_destinations(config: Config, store: Store, sender: Sender) -> Destinations:
-    """Ask Telegram (``getChat``) which chat each destination is, remember it, and re-key
-    what the ledger kept under an older name of it. Raises ``Unauthorized`` only."""
+    """Ask Telegram (``getChat``) which chat each destination is, and each name the ledger
+    keeps rows under; remember the answers, and re-key what the ledger kept under an older
+    name of a chat. Raises ``Unauthorized`` only."""
     known = remembered_destinations(config, store)
     names = store.chat_names()
     migrations = dict(store.migrations())
-    asked = list(dict.fromkeys(chat_name(text) for text in config.destinations))
+    ledger_keys = store.chat_keys()
+    configured = list(dict.fromkeys(chat_name(text) for text in config.destinations))
+    kept = [chat_name(key) for key in ledger_keys if not is_chat_id(key)]
+    asked = list(dict.fromkeys([*configured, *kept]))
     answers = await asyncio.gather(
         *(_ask(name, follow_migrations(migrations, name), store, sender) for name in asked),
         return_exceptions=True,  # every question answered before anything is raised
@@ -156,20 +250,37 @@ async def resolve_destinations(config: Config, store: Store, sender: Sender) -> 
         if isinstance(answer, BaseException):
             raise answer
     by_name = dict(zip(asked, answers, strict=True))
+    rekeyed = 0
+    chats = dict(known._chats)
+    for name, answer in by_name.items():
+        if not isinstance(answer, Resolved):
+            continue
+        chats[answer.chat.chat_id] = answer.chat
+        # What the ledger kept under another name of this chat is re-keyed: the text as
+        # written ("@OpNews", before it resolved or by an older publisher), its @username
+        # (a config now naming it by id), a group it migrated from.
+        texts = [text.strip() for text in config.destinations if chat_name(text) == name]
+        sources = [s for s in (*texts, name, answer.chat.public_name, *answer.hops) if s]
+        unchanged = (names.get(name) == answer.chat.chat_id
+                     and known.chat(answer.chat.chat_id) == answer.chat)
+        lowered = {source.lower() for source in sources} - {answer.chat.chat_id}
+        if not unchanged or any(key.lower() in lowered for key in ledger_keys):
+            rekeyed += store.remember_chat(name, answer.chat, sources)
+    # Re-keyed as far as Telegram answered: what is left under a name might be any chat.
+    unmatched = unmatched_names(store) if ledger_keys else []
     items = []
     for text in config.destinations:
         answer = by_name[chat_name(text)]
         fallback = known._by_text[text]
         if isinstance(answer, Resolved):
-            # What the ledger kept under another name of this chat is re-keyed: the text as
-            # written ("@OpNews", before it resolved or by an older publisher), its
-            # @username (a config now naming it by id), a group it migrated from.
-            sources = [text.strip(), chat_name(text), answer.chat.public_name, *answer.hops]
-            unchanged = (names.get(chat_name(text)) == answer.chat.chat_id
-                         and known.chat(answer.chat.chat_id) == answer.chat)
-            if not unchanged:  # the usual case writes nothing
-                store.remember_chat(chat_name(text), answer.chat, [s for s in sources if s])
-            items.append(Destination(text, answer.chat.chat_id, answer.chat))
+            items.append(Destination(text, answer.chat.chat_id, answer.chat, confirmed=True))
+        elif isinstance(answer, Unreachable) and fallback.postable and unmatched:
+            event(log, logging.WARNING, "chat_unconfirmed", chat=text, reason=answer.reason,
+                  unmatched=",".join(unmatched))
+            items.append(replace(fallback, error=(
+                f"cannot confirm which chat {text} is ({answer.reason}); "
+                f"{waiting_for_unmatched(text, unmatched)}: its posts wait until Telegram "
+                "confirms which chat it is")))
         elif isinstance(answer, Unreachable) and fallback.postable:
             event(log, logging.WARNING, "chat_unresolved", chat=text, reason=answer.reason,
                   using=fallback.key)
@@ -178,8 +289,9 @@ async def resolve_destinations(config: Config, store: Store, sender: Sender) -> 
             items.append(replace(fallback, error=(
                 f"cannot resolve {text}: {answer.reason}; its posts wait")))
         else:
-            items.append(replace(fallback, error=f"cannot post to {text}: {answer}"))
-    return Destinations(config, items, known._chats)
+            items.append(replace(fallback, error=f"cannot post to {text}: {answer}",
+                                 answered=True))
+    return Destinations(config, items, chats, rekeyed=rekeyed)
 
 
 @dataclass(frozen=True, slots=True)

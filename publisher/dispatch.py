@@ -16,7 +16,8 @@ twice. Outcomes decide what happens next:
   retry_after that is not a number, negative or above ``max_wait_seconds`` counts as
   ``max_wait_seconds``, which leaves the chat for the next run);
 * 400 about the message -> ``failed`` with the reason; 403 -> the chat stops for this run;
-* a pair its destination no longer wants (a chat or route removed) -> ``orphaned``, unsent.
+* a pair its destination no longer wants (a chat or route removed) -> ``orphaned``, unsent;
+  never while a destination's chat is unknown (it may be the pair's chat).
 
 Pacing keeps a margin (``PACING_MARGIN``) below Telegram's limits: a request paced exactly at
 the limit arrives a few milliseconds early as often as late, and then draws a 429.
@@ -55,6 +56,7 @@ from publisher.delivery import (
 from publisher.destinations import (
     MAX_MIGRATIONS,
     Destinations,
+    is_chat_id,
     remembered_destinations,
     resolve_destinations,
 )
@@ -76,6 +78,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 300.0
 MAX_RATE_LIMITS = 5  # 429s for one article in one run; then the chat waits for the next run
+UNSURE_WAIT_SECONDS = 300.0  # a pair that may belong to a destination not resolved yet
 # Sends stay this fraction slower than each of Telegram's limits (per chat, per minute, bot
 # wide): enough for tens of milliseconds of network jitter per second of interval.
 PACING_MARGIN = 0.05
@@ -193,6 +196,14 @@ class Orphan:
     """The pair's destination no longer wants the article (its route or chat removed)."""
 
 
+@dataclass(frozen=True)
+class Unsure:
+    """The known destinations no longer want the article here, but one not resolved yet may
+    be this chat: the pair waits (orphaned or sent once that destination resolves)."""
+
+    reason: str
+
+
 class Outcome(enum.Enum):
     DONE = "done"  # the article reached a final state in this chat
     RETRY = "retry"  # back to pending; the chat goes on
@@ -257,6 +268,9 @@ class Dispatcher:
         self._stopping = stop if stop is not None else asyncio.Event()
         self._fatal = ""
         self.destinations = remembered_destinations(config, store)
+        # False when this push left the routing half applied (pairs that may be orphaned
+        # were kept pending, or rows were re-keyed): the next push plans everything again.
+        self.routing_settled = True
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
@@ -292,8 +306,10 @@ class Dispatcher:
         report = PushReport()
         destinations = self.destinations = remembered_destinations(self._config, self._store)
         self._recover(destinations, report)
-        # Telegram is asked only when there is something to plan or to post.
-        work = bool(new_articles) or self._store.has_pending(destinations.keys())
+        # Telegram is asked only when there is something to plan or to post (pairs kept
+        # under a name not resolved yet may be a destination's).
+        names = [key for key in self._store.chat_keys() if not is_chat_id(key)]
+        work = bool(new_articles) or self._store.has_pending([*destinations.keys(), *names])
         unavailable = await self._start_sender() if work else None
         if work and unavailable is None:
             destinations, unavailable = await self._resolve(destinations)
@@ -326,7 +342,9 @@ class Dispatcher:
     def _recover(self, destinations: Destinations, report: PushReport) -> None:
         """Sends a dead process left in flight: uncertain (counted as this push's), or
         pending again for at-least-once chats."""
-        resend = destinations.keys() if self._settings.on_uncertain == "resend" else ()
+        # The texts too: an earlier version keyed a chat by the config's text ("@OpNews").
+        resend = ([*destinations.keys(), *(text.strip() for text in self._config.destinations)]
+                  if self._settings.on_uncertain == "resend" else ())
         recovered = self._store.recover_interrupted_by_chat(resend, self._clock())
         if recovered:
             event(log, logging.WARNING, "recovered_interrupted_sends",
@@ -353,16 +371,31 @@ class Dispatcher:
         added = self._store.add_deliveries_by_chat(planned)
         report.new = sum(added.values())
         moved: Counter[tuple[str, str]] = Counter()
+        held = 0
         if replan:
-            moved = self._store.reconcile(
+            moved, held = self._store.reconcile(
                 {(item.article_id, item.chat_id) for item in planned},
                 {article.id for article in articles}, set(self.destinations.keys()),
+                self._orphanable(),
             )
+        self.routing_settled = not held and not self.destinations.rekeyed
         for (chat, state), count in (added + moved).items():
             if state == SKIPPED:
                 report.chat(self.destinations.label(chat)).skipped += count
             elif state == ORPHANED:
                 report.chat(self.destinations.label(chat)).orphaned += count
+
+    def _orphanable(self) -> Callable[[str], bool]:
+        """Which chats' pairs may be orphaned in this push: none while a destination's chat
+        is unknown (it may be any of them); while names are kept that Telegram has not
+        matched to a chat, only chats known by id unless every destination was confirmed
+        (a name no confirmed chat goes by is no destination)."""
+        destinations = self.destinations
+        if not destinations.complete:
+            return lambda chat: False
+        if destinations.all_confirmed:
+            return lambda chat: True
+        return is_chat_id
 
     async def _start_sender(self) -> Unavailable | None:
         try:
@@ -420,12 +453,16 @@ class Dispatcher:
                 self._store.mark_retry(item.article_id, item.chat_id, "interrupted before "
                                        "sending", 0, count_attempt=False, owner=self._owner)
             raise
-        if isinstance(prepared, Skip | Orphan):
+        if isinstance(prepared, Skip | Orphan | Unsure):
             self._store.cancel_reservation(run.key, slot)
             if isinstance(prepared, Skip):
                 self._skip(item, prepared.article, run.report)
-            else:
+            elif isinstance(prepared, Orphan):
                 self._orphan(item, run.report)
+            else:  # back to pending, not to be claimed again in this push
+                self._settled(item.article_id, item.chat_id, self._store.mark_retry(
+                    item.article_id, item.chat_id, prepared.reason, now + UNSURE_WAIT_SECONDS,
+                    count_attempt=False, owner=self._owner))
             return True
         outcome = await self._send_claimed(
             item, prepared, run.tries.setdefault(item.article_id, Tries()), run
@@ -436,7 +473,7 @@ class Dispatcher:
             run.budget -= 1
         return True
 
-    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip | Orphan:
+    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip | Orphan | Unsure:
         """What to send for a claimed pair (or why not): every step that can fail before the
         request, so a failure here provably posted nothing."""
         article = lookup(item.article_id)
@@ -444,6 +481,9 @@ class Dispatcher:
         if article is None or (oldest is not None and article.published_at < oldest):
             return Skip(article)
         if item.chat_id not in self.destinations.keys_for(article.topics):
+            unknown = self.destinations.unresolved_for(article.topics)
+            if unknown:
+                return Unsure(f"{', '.join(unknown)} not resolved yet: it may be this chat")
             return Orphan()
         message = render_message(article, timezone=self._settings.timezone)
         return Prepared(article, message, item.chat_id)

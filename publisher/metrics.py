@@ -35,8 +35,9 @@ class Metrics:
         )
         self.posts = Gauge(
             "publisher_posts",
-            "Posts still open in the ledger by destination (as configured; its numeric id "
-            "once no longer configured) and state: pending, uncertain, failed, orphaned.",
+            "Posts still open in the ledger by destination (as configured; once no longer "
+            "configured, its @username, or its numeric id if it has none) and state: "
+            "pending, uncertain, failed, orphaned.",
             ["chat", "state"], registry=self.registry,
         )
         self._post_series: set[tuple[str, str]] = set()

@@ -133,6 +133,8 @@ class DryRunItem:
 class DryRun:
     loaded: LoadReport
     items: list[DryRunItem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # destinations that may be one chat
+    route_warnings: list[str] = field(default_factory=list)
 
 
 # -- the catalog path ------------------------------------------------------------------------
@@ -350,7 +352,8 @@ async def deliver(
     new = list(catalog.selected_articles()) if replan else catalog.unplanned_articles()
     report = await dispatcher.run(new, catalog.selected_article, replan=replan)
     catalog.mark_planned(new)
-    catalog.set_meta(ROUTING_KEY, routing)
+    # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
+    catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
     labels = dispatcher.destinations
     open_posts = {labels.label(chat): states for chat, states in store.open_counts().items()}
     outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started,
@@ -373,16 +376,23 @@ def load_and_select(config: Config, progress: Progress | None = None) -> LoadRep
 
 def dry_run(config: Config) -> DryRun:
     """What a push would post now, rendered; nothing is sent and nothing is written."""
+    from publisher.destinations import maybe_one_chat, waiting_for_unmatched
     from publisher.dispatch import plan_deliveries
     from publisher.messages import render_message
+    from publisher.selection import topic_slug
 
     loaded = load_and_select(config)
-    known, destinations = _known_pairs(config)
+    known, destinations, unmatched = _known_pairs(config)
     loaded.selected = _with_remembered_ids(loaded.selected, config)
     now = datetime.now(UTC)
     budget: dict[str, int] = {}
     by_id = {article.id: article for article in loaded.selected}
-    result = DryRun(loaded)
+    slugs = {topic_slug(topic) for article in loaded.selected for topic in article.topics}
+    result = DryRun(loaded, notes=maybe_one_chat(destinations),
+                    route_warnings=route_warnings(config, slugs))
+    if unmatched:
+        result.notes.append(f"{waiting_for_unmatched('a destination', unmatched)}: a push asks "
+                            "Telegram first, and what went out there is not sent again")
     planned = sorted(
         (p for p in plan_deliveries(loaded.selected, config, now, destinations)
          if p.state == PENDING),
@@ -417,17 +427,18 @@ def _with_remembered_ids(articles: list[Article], config: Config) -> list[Articl
     ]
 
 
-def _known_pairs(config: Config) -> tuple[set[tuple[str, str]], Destinations]:
-    """The pairs the ledger knows, and the destinations as it remembers them (a dry run
-    asks Telegram nothing)."""
-    from publisher.destinations import remembered_destinations
+def _known_pairs(config: Config) -> tuple[set[tuple[str, str]], Destinations, list[str]]:
+    """The pairs the ledger knows, the destinations as it remembers them (a dry run asks
+    Telegram nothing), and the names it keeps posts under not matched to a chat yet."""
+    from publisher.destinations import remembered_destinations, unmatched_names
 
     if not state_exists(config.state.url):
-        return set(), remembered_destinations(config, None)
+        return set(), remembered_destinations(config, None), []
     store = open_store(config.state.url, readonly=True)
     try:
         if store.empty:
-            return set(), remembered_destinations(config, None)
-        return store.known_pairs(), remembered_destinations(config, store)
+            return set(), remembered_destinations(config, None), []
+        return (store.known_pairs(), remembered_destinations(config, store),
+                unmatched_names(store))
     finally:
         store.close()

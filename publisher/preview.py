@@ -1,34 +1,102 @@
 """``publisher preview FILE``: one article as a push would post it and as its feed entry.
 
-Reads the file and the config only: no bot token, no state, nothing sent or written. The
-messages come from ``messages.render_message`` and the destinations (and the too-old rule)
-from ``dispatch.plan_deliveries``, the entry from the feed rendering itself, so what is
-shown is what a push and a build would make of the file.
+Reads the file and the config, and the state when there is one (read-only, never creating
+it): no bot token, nothing sent or written. The state gives the id the file keeps (the
+identity rule) and the destinations as last resolved. The messages come from
+``messages.render_message`` and the destinations (and the too-old rule) from
+``dispatch.plan_deliveries``, the entry from the feed rendering itself, so what is shown is
+what a push and a build would make of the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from publisher.config import Config
-from publisher.errors import ArticleError
+from publisher.errors import ArticleError, PublisherError
 from publisher.loader import Problem, load_file
 from publisher.models import Article
 from publisher.names import ALL_SLUG, feed_name
 from publisher.selection import is_selected, topic_slug
 
+if TYPE_CHECKING:
+    from publisher.catalog import Catalog
+    from publisher.destinations import Destinations
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the state says of a file: the article as a push would see it, and how."""
+
+    article: Article
+    id_note: str
+    destinations: Destinations
+
 
 def render_preview(config: Config, path: Path, now: datetime | None = None) -> str:
     """The preview text; a file that cannot be used is an ``ArticleError`` with its reason."""
-    article = read_article(path, config.articles.max_file_bytes)
+    known = from_state(read_article(path, config.articles.max_file_bytes), path, config)
     sections = [
-        _heading(article, path),
-        _selection(article, path, config),
-        _telegram(article, config, now or datetime.now(UTC)),
-        _feeds(article, config),
+        _heading(known, path),
+        _selection(known.article, path, config),
+        _telegram(known, config, now or datetime.now(UTC)),
+        _feeds(known.article, config),
     ]
     return "\n\n".join(sections)
+
+
+def from_state(article: Article, path: Path, config: Config) -> Known:
+    """The article with the id the state's catalog gives its file, and the destinations as
+    the state remembers them; without a state, its URL's id and the configured names."""
+    from publisher.catalog import Catalog
+    from publisher.destinations import remembered_destinations
+    from publisher.state import open_store, state_exists
+
+    own = "of its webUrl"
+    if not state_exists(config.state.url):
+        return Known(article, f"{own}; no state yet", remembered_destinations(config, None))
+    try:
+        store = open_store(config.state.url, readonly=True)
+    except PublisherError as exc:
+        return Known(article, f"{own}; the state could not be read: {exc}",
+                     remembered_destinations(config, None))
+    try:
+        if store.empty:
+            return Known(article, f"{own}; no state yet", remembered_destinations(config, None))
+        destinations = remembered_destinations(config, store)
+        kept = _kept_id(Catalog(store.db), path, article, config)
+    finally:
+        store.close()
+    if kept is None:
+        return Known(article, f"{own}: the state does not know this file", destinations)
+    identifier, source = kept
+    if source is not None:
+        note = f"of {source}, which has the same URL, in the state"
+    else:
+        note = "kept by this file in the state, as its feed entry and the ledger"
+        if identifier != article.id:
+            note += f"; its webUrl alone would give {article.id}"
+    return Known(dataclasses.replace(article, id=identifier), note, destinations)
+
+
+def _kept_id(catalog: Catalog, path: Path, article: Article,
+             config: Config) -> tuple[str, str | None] | None:
+    """The catalog's id for the file, looked up by its path as a sync names it: (id, None)
+    when the file keeps it, (id, the other file's path) when it is of a file with the same
+    URL; None when the catalog has neither."""
+    folder = config.articles.dir
+    for candidate in dict.fromkeys((os.path.abspath(path), str(path.resolve()))):
+        if Path(candidate).is_relative_to(folder):
+            found = catalog.kept_id(candidate, article.url)
+            if found is not None:
+                return found[0], None if found[1] == candidate else found[1]
+    found = catalog.kept_id("", article.url)  # a file outside the folder: by its URL only
+    return (found[0], found[1]) if found is not None else None
 
 
 def read_article(path: Path, max_file_bytes: int) -> Article:
@@ -41,8 +109,10 @@ def read_article(path: Path, max_file_bytes: int) -> Article:
     return outcome
 
 
-def _heading(article: Article, path: Path) -> str:
-    return f"{path}\n  title: {article.title}\n  id:    {article.id}\n  url:   {article.url}"
+def _heading(known: Known, path: Path) -> str:
+    article = known.article
+    return (f"{path}\n  title: {article.title}\n  id:    {article.id} ({known.id_note})\n"
+            f"  url:   {article.url}")
 
 
 def _selection(article: Article, path: Path, config: Config) -> str:
@@ -61,21 +131,25 @@ def _selection(article: Article, path: Path, config: Config) -> str:
     return line
 
 
-def _telegram(article: Article, config: Config, now: datetime) -> str:
+def _telegram(known: Known, config: Config, now: datetime) -> str:
+    from publisher.destinations import maybe_one_chat
     from publisher.dispatch import plan_deliveries
     from publisher.messages import format_for_dry_run, render_message
 
-    planned = plan_deliveries([article], config, now)
+    article, destinations = known.article, known.destinations
+    planned = plan_deliveries([article], config, now, destinations)
     if not planned:
         return "Telegram: no destination (set telegram.chat_id or [telegram.routes])."
     message = render_message(article, timezone=config.telegram.timezone)
     count = len(planned)
     parts = [f"Telegram: {count} destination{'' if count == 1 else 's'}"]
     for delivery in planned:
-        text = format_for_dry_run(message, delivery.chat_id)
+        text = format_for_dry_run(message, destinations.label(delivery.chat_id))
         if delivery.reason:  # too old: recorded as skipped, never posted
             text += f"\n  not posted: {delivery.reason}; a push records it as {delivery.state}"
         parts.append(text)
+    keys = set(destinations.keys_for(article.topics))
+    parts += [f"Note: {note}." for note in maybe_one_chat(destinations, keys)]
     return "\n".join(parts)
 
 

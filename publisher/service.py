@@ -3,8 +3,12 @@
 One process, one asyncio loop: APScheduler's ``AsyncIOScheduler`` triggers the interval (or
 cron) jobs and a ``watchfiles`` watcher triggers a debounced build + push. Each job has its own
 lock, so a build never overlaps a build and a push never overlaps a push, while a push that
-waits out Telegram's pacing does not hold back the feeds. The ledger, not the job store, is
-the source of truth: jobs live in memory and a restart simply runs both jobs once.
+waits out Telegram's pacing does not hold back the feeds. What APScheduler runs is only the
+tick, which asks for a run (``_want``) and returns: a run that outlasts its interval is then
+normal, never a "maximum number of running instances" warning, and a run cancelled at the
+stop deadline is ours to account for, not an exception of APScheduler's job. The ledger,
+not the job store, is the source of truth: jobs live in memory and a restart simply runs
+both jobs once.
 
 Signals: SIGTERM/SIGINT stop the triggers, let the send in flight finish and be recorded,
 close the bot session and exit 0; a second one exits at once. SIGHUP reloads the config
@@ -38,7 +42,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from publisher import pipeline
+from publisher import hangup, pipeline
 from publisher.catalog import Catalog
 from publisher.config import Config, check_schedule, interval_seconds, load_config
 from publisher.delivery import Sender
@@ -261,6 +265,9 @@ class Service:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if hangup.take():  # asked for while starting: applied now that it can be
+            event(log, logging.INFO, "reload_deferred", reason="SIGHUP during start-up")
+            self._on_sighup()
 
     def _on_sighup(self) -> None:
         if not self._stopping.is_set():
@@ -311,15 +318,20 @@ class Service:
         """(Re)schedule both jobs from the config, each to run at once. Replacing a job does
         not touch a run of it in flight."""
         assert self._scheduler is not None
-        for name, job in (("build", self.build_job), ("push", self.push_job)):
+        for name in JOBS:
             spec = getattr(self.config.schedule, name)
             # A tick delayed by a busy loop still runs if late by less than one interval.
             grace = int(max(30, min(interval_seconds(spec) or 300, 3600)))
             self._scheduler.add_job(
-                job, parse_schedule(spec, f"schedule.{name}"), id=name, name=name,
-                next_run_time=datetime.now(UTC), misfire_grace_time=grace,
+                self._tick, parse_schedule(spec, f"schedule.{name}"), args=(name,), id=name,
+                name=name, next_run_time=datetime.now(UTC), misfire_grace_time=grace,
                 max_instances=1, coalesce=True, replace_existing=True,
             )
+
+    async def _tick(self, name: str) -> None:
+        """A scheduled tick: the job now, or once more after the run in flight (a coroutine,
+        so that APScheduler runs it on the loop)."""
+        self._want(name)
 
     def _start_watcher(self) -> None:
         if self.config.schedule.watch:
@@ -537,5 +549,10 @@ def _article_filter(change: watchfiles.Change, path: str) -> bool:
 
 
 def run_service(config_path: Path | None) -> int:
-    config = load_config(config_path)
-    return asyncio.run(Service(config).serve())
+    try:  # SIGHUP is held since the command started (``publisher.hangup``)
+        config = load_config(config_path)
+        return asyncio.run(Service(config).serve())
+    finally:
+        # The loop gave SIGHUP back to its default as it closed: a reload asked for while
+        # the process exits must not turn a clean stop into status 129.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -27,7 +27,7 @@ import fcntl
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -68,6 +68,19 @@ NOT_ROUTED = "its destination is not configured for this article (a chat or rout
 # Two rows of one article under two keys of one chat: the one that says more about what
 # happened wins, so a pair sent (or maybe sent) under either key is never sent again.
 MERGE_RANK = {SENT: 6, SENDING: 5, UNCERTAIN: 4, FAILED: 3, SKIPPED: 2, ORPHANED: 1, PENDING: 0}
+# The states of a post that went out, or may have: kept under a key not yet matched to a
+# chat, such a row is why a chat Telegram has not confirmed must not be posted to.
+POSTED_STATES = (SENT, SENDING, UNCERTAIN)
+# Every distinct chat key, one probe of the (chat_id, ...) index per key: the ledger holds
+# a handful of chats and may hold millions of rows.
+_CHAT_KEYS = (
+    "WITH RECURSIVE k(chat_id) AS ("
+    " SELECT min(chat_id) FROM deliveries"
+    " UNION ALL"
+    " SELECT (SELECT min(d.chat_id) FROM deliveries d WHERE d.chat_id > k.chat_id)"
+    " FROM k WHERE k.chat_id IS NOT NULL"
+    ") SELECT chat_id FROM k WHERE chat_id IS NOT NULL"
+)
 
 
 def ledger_schema(dialect: str) -> list[str]:
@@ -215,9 +228,12 @@ class Store(Protocol):
                                ) -> Counter[tuple[str, str]]: ...
     def recover_interrupted_by_chat(self, resend_chats: Iterable[str], now: float
                                     ) -> Counter[tuple[str, str]]: ...
-    def reconcile(self, wanted: set[tuple[str, str]], selected: set[str],
-                  keys: set[str]) -> Counter[tuple[str, str]]: ...
+    def reconcile(self, wanted: set[tuple[str, str]], selected: set[str], keys: set[str],
+                  orphanable: Callable[[str], bool] | None = None
+                  ) -> tuple[Counter[tuple[str, str]], int]: ...
     def has_pending(self, chats: Iterable[str]) -> bool: ...
+    def chat_keys(self) -> list[str]: ...
+    def posted_keys(self, chats: Iterable[str]) -> list[str]: ...
     def claim_next(self, chat_id: str, now: float, owner: str,
                    lease_until: float) -> Delivery | None: ...
     def pending_chats(self) -> list[str]: ...
@@ -426,17 +442,22 @@ class SQLStore:
             recovered.update((chat, UNCERTAIN) for (chat,) in held.fetchall())
         return recovered
 
-    def reconcile(self, wanted: set[tuple[str, str]], selected: set[str],
-                  keys: set[str]) -> Counter[tuple[str, str]]:
+    def reconcile(self, wanted: set[tuple[str, str]], selected: set[str], keys: set[str],
+                  orphanable: Callable[[str], bool] | None = None
+                  ) -> tuple[Counter[tuple[str, str]], int]:
         """After the routing changed: pending pairs no longer wanted become ``orphaned``,
-        orphaned pairs wanted again ``pending``; how many per (chat, new state).
+        orphaned pairs wanted again ``pending``; how many per (chat, new state), and how
+        many pairs no longer wanted were left pending because ``orphanable`` said no.
 
         ``wanted``: every (article, chat) the routing asks for now, of the ``selected``
-        articles; ``keys``: every chat configured. A pending pair of an article no longer
-        selected stays pending (its send is skipped as such), unless its chat is gone.
-        Only pending and orphaned rows are read: a backlog, not the archive.
+        articles; ``keys``: every chat configured; ``orphanable``: whether a chat's pairs may
+        be orphaned in this push (not while it may be a destination not resolved yet).
+        A pending pair of an article no longer selected stays pending (its send is skipped
+        as such), unless its chat is gone. Only pending and orphaned rows are read: a
+        backlog, not the archive.
         """
         changes: list[tuple[str, str, str]] = []
+        held = 0
         rows = self.db.execute(
             "SELECT article_id, chat_id, state FROM deliveries WHERE state IN (?, ?)",
             (PENDING, ORPHANED),
@@ -448,7 +469,10 @@ class SQLStore:
             elif state == PENDING and pair not in wanted and (
                 chat_id not in keys or article_id in selected
             ):
-                changes.append((ORPHANED, article_id, chat_id))
+                if orphanable is None or orphanable(chat_id):
+                    changes.append((ORPHANED, article_id, chat_id))
+                else:
+                    held += 1
         moved: Counter[tuple[str, str]] = Counter()
         with self.db.transaction():
             for new, article_id, chat_id in sorted(changes, key=lambda c: (c[1], c[2])):
@@ -460,7 +484,7 @@ class SQLStore:
                     (new, reason, utc_now_iso(), article_id, chat_id, old),
                 ):
                     moved[(chat_id, new)] += 1
-        return moved
+        return moved, held
 
     def has_pending(self, chats: Iterable[str]) -> bool:
         """Whether any of these chats has a pending pair (due or not)."""
@@ -473,6 +497,24 @@ class SQLStore:
             keys,
         ).fetchone()
         return row is not None
+
+    def chat_keys(self) -> list[str]:
+        """Every chat key the ledger holds rows under (numeric ids, and the names of chats
+        not resolved yet or kept by an earlier version), sorted."""
+        return [row[0] for row in self.db.execute(_CHAT_KEYS)]
+
+    def posted_keys(self, chats: Iterable[str]) -> list[str]:
+        """Those of ``chats`` with a post that went out or may have (``POSTED_STATES``)."""
+        found = []
+        for chat in chats:
+            row = self.db.execute(
+                f"SELECT 1 FROM deliveries WHERE chat_id=? AND state IN "
+                f"({','.join('?' * len(POSTED_STATES))}) LIMIT 1",
+                (chat, *POSTED_STATES),
+            ).fetchone()
+            if row is not None:
+                found.append(chat)
+        return found
 
     def claim_next(self, chat_id: str, now: float, owner: str,
                    lease_until: float) -> Delivery | None:
@@ -635,11 +677,10 @@ class SQLStore:
     def remember_chat(self, name: str, chat: ChatRecord, sources: Iterable[str]) -> int:
         """Remember that destination ``name`` is ``chat``; returns the rows re-keyed.
 
-        When the name is new (or named another chat), pairs kept under ``sources`` (the name
-        as configured before it was resolved, or by an older publisher; a chat it migrated
-        from) are re-keyed to the chat id, merged with what is there (see ``_rekey``). If a
-        claim in flight kept a row behind, the name is not remembered yet, so the next
-        resolution moves it.
+        Pairs kept under ``sources`` (the name as configured before it was resolved, or by
+        an older publisher; a chat it migrated from) are re-keyed to the chat id, merged
+        with what is there (see ``_rekey``). If a claim in flight kept a row behind, the
+        name is not remembered yet, so the next resolution moves it.
         """
         stamp = utc_now_iso()
         with self.db.transaction():
@@ -651,10 +692,8 @@ class SQLStore:
             )
             row = self.db.execute("SELECT chat_id FROM chat_names WHERE name=?",
                                   (name,)).fetchone()
-            if row is not None and row[0] == chat.chat_id:
-                return 0
             moved, left = self._rekey(sources, chat.chat_id)
-            if not left:
+            if not left and (row is None or row[0] != chat.chat_id):
                 self.db.execute(
                     upsert("chat_names", ("name", "chat_id", "resolved_at"), ("name",)),
                     (name, chat.chat_id, stamp),
@@ -669,17 +708,12 @@ class SQLStore:
         uncertain...), so a post sent under either key is sent. A row being sent right now
         (either side) is left for a later resolution: its outcome is still to be recorded.
         """
-        wanted = sorted({source.lower() for source in sources} - {key.lower()})
+        wanted = {source.lower() for source in sources} - {key.lower()}
         if not wanted:
             return 0, 0
-        # The exact spellings present (one scan, only when a name is first resolved), then
-        # one key at a time: two spellings of one article would collide if moved together.
-        olds = [
-            row[0] for row in self.db.execute(
-                f"SELECT DISTINCT chat_id FROM deliveries WHERE lower(chat_id) IN "
-                f"({','.join('?' * len(wanted))})", wanted,
-            )
-        ]
+        # The exact spellings present, then one key at a time: two spellings of one article
+        # would collide if moved together.
+        olds = [chat for chat in self.chat_keys() if chat.lower() in wanted]
         moved = left = 0
         for old in sorted(olds):
             merged, kept = self._rekey_one(old, key)

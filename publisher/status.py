@@ -15,7 +15,13 @@ from typing import Any
 
 from publisher.config import Config
 from publisher.db import folder_problem, sqlite_path
-from publisher.destinations import Destinations, is_chat_id, remembered_destinations
+from publisher.destinations import (
+    Destinations,
+    is_chat_id,
+    remembered_destinations,
+    unmatched_names,
+    waiting_for_unmatched,
+)
 from publisher.errors import StateError
 from publisher.state import (
     FAILED,
@@ -79,6 +85,7 @@ def collect_status(store: SQLStore, config: Config, config_path: Path | None,
         "destinations": _destinations(destinations, counts),
         "recent": [_post(d, destinations) for d in store.recent(SENT, RECENT_POSTS)],
         "waiting": _waiting(store, destinations, last_push.summary if last_push else {}, now),
+        "unmatched": unmatched_names(store),
         "orphaned": [_post(d, destinations) for d in store.recent(ORPHANED, LISTED)],
         "uncertain": [_post(d, destinations) for d in uncertain],
         "failed": [_post(d, destinations) for d in store.recent(FAILED, LISTED)],
@@ -91,21 +98,31 @@ def collect_status(store: SQLStore, config: Config, config_path: Path | None,
 
 def _destinations(destinations: Destinations, counts: dict[str, dict[str, int]]
                   ) -> list[dict[str, Any]]:
+    """Every destination, then every other chat of the ledger; rows kept under another
+    spelling of a destination's name ("@OpNews" for "@opnews") are counted as its own."""
     configured = destinations.keys()
-    keys = configured + sorted(set(counts) - set(configured))
+    merged = {key: dict(counts.get(key, {})) for key in configured}
+    others = []
+    for key in sorted(set(counts) - set(configured)):
+        owner = destinations.owner(key)
+        if owner is None:
+            others.append(key)
+            continue
+        for state, number in counts[key].items():
+            merged[owner.key][state] = merged[owner.key].get(state, 0) + number
     listed = []
-    for key in keys:
+    for key in configured + others:
         chat = destinations.chat(key)
+        by_state = merged.get(key) or counts.get(key, {})
         listed.append({
             "destination": destinations.label(key),
             "chat_id": key if is_chat_id(key) else None,
-            "configured": key in configured,
+            "configured": key in merged,
             "type": chat.type if chat else "",
             "title": chat.title if chat else "",
             "username": chat.username if chat else "",
             "link": f"https://t.me/{chat.username}" if chat and chat.username else "",
-            "counts": {state: counts.get(key, {}).get(state, 0) for state in STATES
-                       if counts.get(key, {}).get(state)},
+            "counts": {state: by_state[state] for state in STATES if by_state.get(state)},
         })
     return listed
 
@@ -130,20 +147,36 @@ def _post(delivery: Delivery, destinations: Destinations) -> dict[str, Any]:
 def _waiting(store: SQLStore, destinations: Destinations, last_push: dict[str, Any],
              now: float) -> list[dict[str, Any]]:
     """Per chat with pending posts: how many are due now and why they still wait, and the
-    ones backing off after an error, until when."""
-    configured = set(destinations.keys())
+    ones backing off after an error, until when. The reasons follow the push's rules."""
     errors = last_push.get("errors") or {}
     held = last_push.get("held") or {}
+    unmatched = unmatched_names(store)
     backing_off: dict[str, list[Delivery]] = {}
     for delivery in store.backing_off(now, LISTED):
         backing_off.setdefault(delivery.chat_id, []).append(delivery)
-    waiting = []
+    # Another spelling of a destination's name ("@OpNews" for "@opnews") waits as it does.
+    pending: dict[str, tuple[int, int]] = {}
     for key, (due, later) in store.pending_by_chat(now).items():
+        owner = destinations.owner(key)
+        if owner is not None and owner.key != key:
+            for delivery in backing_off.pop(key, []):
+                backing_off.setdefault(owner.key, []).append(delivery)
+            key = owner.key
+        before = pending.get(key, (0, 0))
+        pending[key] = (before[0] + due, before[1] + later)
+    waiting = []
+    for key, (due, later) in pending.items():
         label = destinations.label(key)
-        if key not in configured:
-            why = "its destination is no longer configured: orphaned at the next push"
-        elif not is_chat_id(key):
+        owner = destinations.owner(key)
+        if owner is None:
+            why = _why_unconfigured(key, label, destinations)
+        elif not owner.resolved:
             why = errors.get(label) or f"{label} is not resolved yet (the next push asks)"
+        elif unmatched:
+            why = errors.get(label) or (
+                f"the next push sends them once Telegram confirms which chat it is, since "
+                f"{waiting_for_unmatched(label, unmatched)} (what went out under either is "
+                "not sent again)")
         else:
             why = errors.get(label) or held.get(label) or "the next push sends them"
         waiting.append({
@@ -158,6 +191,20 @@ def _waiting(store: SQLStore, destinations: Destinations, last_push: dict[str, A
             ],
         })
     return waiting
+
+
+def _why_unconfigured(key: str, label: str, destinations: Destinations) -> str:
+    """Why pending posts of a chat that is no destination (as far as the state knows)
+    wait: what the next push does with them."""
+    unresolved = destinations.unresolved()
+    if not is_chat_id(key):
+        return (f"{label} is not matched to a chat yet (kept by an earlier version): the next "
+                "push asks Telegram; if it is a destination's chat they go out there (once: "
+                "what went out under either is not sent again), else they are orphaned")
+    if unresolved:
+        return (f"not configured under this id, but {', '.join(unresolved)} (not resolved "
+                "yet) may be this chat: the next push asks Telegram, and orphans them if not")
+    return "its destination is no longer configured: orphaned at the next push"
 
 
 def _iso(moment: float) -> str:
@@ -227,7 +274,9 @@ def _destination_text(destination: dict[str, Any]) -> str:
         described.append(destination["chat_id"])
     if destination["link"]:
         described.append(destination["link"])
-    if not destination["configured"]:
+    if not destination["configured"] and not destination["chat_id"]:
+        described.append("not matched to a chat yet")
+    elif not destination["configured"]:
         described.append("no longer configured")
     elif not destination["chat_id"]:
         described.append("not resolved yet")

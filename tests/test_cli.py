@@ -542,6 +542,40 @@ def test_preview_of_a_bad_file_is_its_one_line_reason(
     assert missing.stderr == f"Error: {tmp_path / 'nothing.txt'}: does not exist\n"
 
 
+def test_preview_shows_the_id_the_file_keeps_after_its_url_is_fixed(
+    tmp_path: Path, write_article: ArticleWriter, config_file: Callable[..., Path]
+) -> None:
+    from publisher.models import article_id
+
+    config = config_file('[telegram]\nchat_id = "@main"\nmax_age_hours = 0\n')
+    first = article_id("https://news.example.com/articles/1")
+    fixed_url = "https://news.example.com/articles/1-fixed"
+    path = write_article("typo.txt", 1)
+    assert run("build", "-c", str(config), cwd=tmp_path).returncode == 0
+    write_article("typo.txt", 1, webUrl=fixed_url)  # the typo fixed: the same article
+    database = tmp_path / "publisher.db"
+    before = database.read_bytes(), [name for name in tree(tmp_path) if "db-" not in name]
+    kept = run("preview", "-c", str(config), str(path), cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert (f"  id:    {first} (kept by this file in the state, as its feed entry and the "
+            f"ledger; its webUrl alone would give {article_id(fixed_url)})\n") in kept.stdout
+    assert f"sendPhoto to @main ({first})" in kept.stdout
+    assert f"<guid isPermaLink=\"false\">{first}</guid>" in kept.stdout
+    # Read only (SQLite opens a WAL database's shared-memory file even so).
+    assert (database.read_bytes(), [name for name in tree(tmp_path) if "db-" not in name]) == (
+        before)
+    assert run("build", "-c", str(config), cwd=tmp_path).returncode == 0
+    (entry,) = feedparser.parse(tmp_path / "feeds" / "all.rss.xml").entries
+    assert entry.id == first  # what the preview said
+    renamed = path.rename(path.with_name("renamed.txt"))  # not seen by a build yet
+    moved = run("preview", "-c", str(config), str(renamed), cwd=tmp_path)
+    assert f"  id:    {first} (of {path}, which has the same URL, in the state)\n" in (
+        moved.stdout)
+    new = run("preview", "-c", str(config), str(write_article("new.txt", 2)), cwd=tmp_path)
+    assert (f"  id:    {article_id('https://news.example.com/articles/2')} (of its webUrl: the "
+            "state does not know this file)\n") in new.stdout
+
+
 # --- plurals --------------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from publisher.cli import cli
 from publisher.config import Config, load_config
 from publisher.db import connect
 from publisher.delivery import ChatInfo, ChatMigrated
+from publisher.destinations import remembered_destinations
 from publisher.dispatch import plan_deliveries
 from publisher.metrics import Metrics
 from publisher.models import article_id
@@ -164,10 +165,149 @@ def test_a_version_5_ledger_keyed_by_name_upgrades_and_posts_nothing_twice(
     try:
         version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'")
         assert int(version.fetchone()[0]) == SCHEMA_VERSION
-        assert store.chat_names() == {configured.lower(): numeric}
+        # The name the old ledger kept is remembered too: Telegram was asked about it.
+        assert store.chat_names() == {configured.lower(): numeric, CHAT: numeric}
         assert store.chats()[numeric].username == "news"
     finally:
         store.close()
+
+
+MIG_ID = -1001000000022
+V5_ROWS = [(1, "sent"), (2, "uncertain"), (3, "pending")]  # an earlier version's, by name
+
+
+def test_an_upgraded_ledger_switched_to_the_id_posts_nothing_again_when_getchat_fails_once(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    # The audit's case: the ledger keys "@MigThree" (never resolved), the config now names
+    # the chat by its id, and the push's first getChat answers 500.
+    botapi.add_chat("@MigThree", MIG_ID)
+    for index in (1, 2, 3):
+        write_article(f"{index}.txt", index)
+    config = make_config(chat_id=str(MIG_ID))
+    make_v5_state(config.state.url, [(id_of(i), "@MigThree", state) for i, state in V5_ROWS])
+    botapi.inject("500", times=1, method="getChat")
+    first = cli_run(config, "push")
+    assert titles(botapi, MIG_ID) == ["Article number 3"], first.output  # never posted before
+    write_article("4.txt", 4)
+    assert cli_run(config, "push").exit_code == 0
+    assert titles(botapi, MIG_ID) == ["Article number 3", "Article number 4"]
+    assert counts(config) == {str(MIG_ID): {"sent": 3, "uncertain": 1}}
+
+
+def test_while_an_old_name_is_not_matched_an_unconfirmed_chat_gets_nothing(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat("@MigThree", MIG_ID)
+    botapi.add_chat("@robots", ROBOTS_ID)
+    for index in (1, 2, 3):
+        write_article(f"{index}.txt", index, topics=["AI"])
+    config = make_config(chat_id=str(MIG_ID), extra='[telegram.routes]\nAI = "@robots"\n')
+    make_v5_state(config.state.url, [
+        *((id_of(i), "@MigThree", state) for i, state in V5_ROWS),
+        (id_of(1), "@robots", "sent"), (id_of(2), "@robots", "uncertain"),
+    ])
+    botapi.inject("500", times=3, method="getChat")  # each question of the push
+    waiting = cli_run(config, "push")
+    assert waiting.exit_code == 1 and botapi.messages == []
+    assert (f"Error: cannot confirm which chat {MIG_ID} is (Telegram answered with an error: "
+            "Internal Server Error); the ledger holds posts under @MigThree, @robots not "
+            f"matched to a chat yet (kept by an earlier version), which {MIG_ID} may be: its "
+            "posts wait until Telegram confirms which chat it is") in waiting.stderr
+    assert "Error: cannot resolve @robots: " in waiting.stderr
+    ledger_now = counts(config)
+    assert not any("orphaned" in states for states in ledger_now.values()), ledger_now
+    status = cli_run(config, "status").output
+    assert f"{MIG_ID}: 3 posts due now: cannot confirm which chat" in status
+    assert "@MigThree (not matched to a chat yet): 1 pending, 1 sent, 1 uncertain" in status
+    # Telegram answers: the old rows merge, and only what never went out is posted.
+    write_article("4.txt", 4, topics=["AI"])
+    done = cli_run(config, "push")
+    assert done.exit_code == 0, done.output
+    assert titles(botapi, MIG_ID) == ["Article number 3", "Article number 4"]
+    assert titles(botapi, "@robots") == ["Article number 3", "Article number 4"]
+    expected = {"sent": 3, "uncertain": 1}
+    assert counts(config) == {str(ROBOTS_ID): expected, str(MIG_ID): expected}
+    assert cli_run(config, "push").exit_code == 0 and len(botapi.messages) == 4
+
+
+def test_a_remembered_id_waits_too_while_an_old_name_is_not_matched(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat(CHAT, NEWS_ID)
+    write_article("1.txt", 1)
+    config = make_config()
+    push(config)  # @news resolved and remembered
+    store = open_store(config.state.url)
+    try:  # what an earlier version sent to @news under its former username
+        store.db.execute(
+            "INSERT INTO deliveries (article_id, chat_id, state, created_at, updated_at) "
+            "VALUES (?, '@oldnews', 'sent', 'x', 'x')", (id_of(2),))
+    finally:
+        store.close()
+    write_article("2.txt", 2)
+    botapi.inject("500", times=2, method="getChat")  # @news, and @oldnews
+    outcome = push(config)
+    assert "which @news may be: its posts wait" in outcome.report.errors[CHAT]
+    assert titles(botapi) == ["Article number 1"]
+    botapi.unknown_chat("@oldnews")  # Telegram knows the name no more: it matches no chat
+    assert push(config).report.total("sent") == 1  # @news confirmed: it goes on
+
+
+def test_status_of_an_old_ledger_says_what_the_next_push_does(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat("@MigChan", MIG_ID)
+    for index in (1, 2, 3):
+        write_article(f"{index}.txt", index)
+    config = make_config(chat_id=str(MIG_ID))
+    make_v5_state(config.state.url, [(id_of(1), "@MigChan", "sent"),
+                                     (id_of(2), "@MigChan", "pending"),
+                                     (id_of(3), "@MigChan", "pending")])
+    dry = cli_run(config, "push", "--dry-run")
+    assert ("Note: the ledger holds posts under @MigChan not matched to a chat yet (kept by an "
+            "earlier version), which a destination may be: a push asks Telegram first, and "
+            "what went out there is not sent again.") in dry.stdout
+    document = status_json(config)  # the ledger as the earlier version left it
+    (wait,) = document["waiting"]
+    assert (wait["destination"], wait["due_now"]) == ("@MigChan", 2)
+    assert "orphaned at the next push" not in wait["why"]
+    assert wait["why"].startswith("@MigChan is not matched to a chat yet (kept by an earlier "
+                                  "version): the next push asks Telegram; if it is a "
+                                  "destination's chat they go out there")
+    assert document["unmatched"] == ["@MigChan"]
+    assert cli_run(config, "push").exit_code == 0
+    assert titles(botapi, MIG_ID) == ["Article number 2", "Article number 3"]
+    after = status_json(config)
+    assert after["waiting"] == [] and after["unmatched"] == []
+
+
+def test_a_name_that_is_no_destination_is_orphaned_only_once_every_chat_is_confirmed(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat(CHAT, NEWS_ID)
+    for index in (1, 2):
+        write_article(f"{index}.txt", index)
+    config = make_config(chat_id=str(NEWS_ID))
+    make_v5_state(config.state.url, [(id_of(1), "@gone", "sent"), (id_of(2), "@gone", "pending")])
+    botapi.unknown_chat("@gone")
+    botapi.inject("500", times=2, method="getChat")
+    assert push(config).report.total("sent") == 0
+    # Unconfirmed, @news might have been @gone: its pending post is not orphaned.
+    assert counts(config) == {str(NEWS_ID): {"pending": 2}, "@gone": {"sent": 1, "pending": 1}}
+    assert push(config).report.total("sent") == 2  # confirmed; Telegram knows no @gone
+    assert counts(config) == {str(NEWS_ID): {"sent": 2}, "@gone": {"sent": 1, "orphaned": 1}}
+
+
+def test_an_old_send_in_flight_under_the_configs_text_is_resent_for_resend_chats(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat("@News", NEWS_ID)
+    write_article("1.txt", 1)
+    config = make_config(chat_id="@News", on_uncertain="resend")
+    make_v5_state(config.state.url, [(id_of(1), "@News", "sending")])  # it crashed mid-send
+    assert push(config).report.total("sent") == 1  # at least once: sent again
+    assert counts(config) == {str(NEWS_ID): {"sent": 1}}
 
 
 def test_when_telegram_cannot_say_which_chat_the_remembered_id_is_used(
@@ -301,6 +441,29 @@ def test_an_article_that_leaves_a_routed_topic_is_not_sent_there(
     assert ledger(config) == {CHAT: {"sent": 1}, "@robots": {"orphaned": 1}}
 
 
+def test_a_post_that_may_be_an_unresolved_destinations_is_not_orphaned_when_claimed(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    for chat, number in ((CHAT, NEWS_ID), ("@robots", ROBOTS_ID), ("@alias", ROBOTS_ID + 2)):
+        botapi.add_chat(chat, number)
+    config = make_config(
+        extra='[telegram.routes]\nRobotics = "@robots"\nSpace = "@alias"\n')
+    write_article("1.txt", 1, topics=["Robotics"])
+    botapi.forbid_chat("@robots")  # its post stays pending
+    botapi.inject("500", times=1, method="getChat", chat_id="@alias")  # never resolved
+    push(config)
+    botapi.allow_chat("@robots")
+    write_article("1.txt", 1, topics=["Space"], excerpt="Not about robots after all.")
+    botapi.inject("500", times=1, method="getChat", chat_id="@alias")
+    outcome = push(config)
+    # @robots no longer wants it, but @alias, not resolved, might be @robots' chat.
+    assert outcome.report.total("orphaned") == 0 and botapi.sent_to("@robots") == []
+    assert ledger(config)["@robots"] == {"pending": 1}
+    push(config)  # @alias resolves: another chat, so @robots' post is orphaned after all
+    assert ledger(config)["@robots"] == {"orphaned": 1}
+    assert titles(botapi, "@alias") == ["Article number 1"] and botapi.sent_to("@robots") == []
+
+
 # -- 3. resend and ack -----------------------------------------------------------------------
 
 
@@ -410,6 +573,56 @@ def test_a_route_that_matches_no_topic_is_reported_by_check_build_and_push(
     assert len(botapi.sent_to("@robots")) == 1 and botapi.sent_to("@typo") == []
 
 
+DUP_ID = -1001000000029
+
+
+def test_dry_run_preview_and_push_count_one_chat_under_several_spellings_once(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat("@DupChan", DUP_ID)
+    for index in (1, 2):
+        write_article(f"{index}.txt", index, topics=["AI"])
+    config = make_config(chat_id="@DupChan", extra=(
+        f'[telegram.routes]\nAI = ["{DUP_ID}", "@dupchan"]\nRobotic = "@DUPCHAN"\n'))
+    dry = cli_run(config, "push", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert 'Warning: route "Robotic" matches no topic of the selected articles' in dry.stderr
+    # Never resolved: "@DupChan" and "@dupchan" are one name; the id may be its chat too.
+    assert "Dry run: 4 messages would be sent; nothing was sent." in dry.stdout
+    assert (f"Note: @DupChan and {DUP_ID} were never resolved: they may be one chat, which a "
+            "push posts to once (it asks Telegram first).") in dry.stdout
+    preview = cli_run(config, "preview", str(config.articles.dir / "1.txt"))
+    assert "Telegram: 2 destinations" in preview.stdout and "may be one chat" in preview.stdout
+    assert botapi.requests == []
+    pushed = cli_run(config, "push")
+    assert "Sent 2 posts;" in pushed.stdout and len(botapi.messages) == 2
+    write_article("3.txt", 3, topics=["AI"])
+    dry = cli_run(config, "push", "--dry-run")  # the state knows them now: one chat
+    assert "Dry run: 1 message would be sent" in dry.stdout and "Note:" not in dry.stdout
+    assert f"sendPhoto to @DupChan ({id_of(3)})" in dry.stdout
+    preview = cli_run(config, "preview", str(config.articles.dir / "3.txt"))
+    assert "Telegram: 1 destination\n" in preview.stdout and "Note:" not in preview.stdout
+    assert "Sent 1 post;" in cli_run(config, "push").stdout and len(botapi.messages) == 3
+
+
+def test_a_name_goes_by_the_id_of_the_chat_the_state_knows_by_that_username(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_chat(CHAT, NEWS_ID)
+    write_article("1.txt", 1)
+    push(make_config(chat_id=str(NEWS_ID)))  # resolved by id: its username is "news"
+    write_article("2.txt", 2)
+    config = make_config(chat_id="@News")
+    dry = cli_run(config, "push", "--dry-run")
+    assert f"sendPhoto to @News ({id_of(2)})" in dry.stdout
+    assert "Dry run: 1 message would be sent" in dry.stdout and "Note:" not in dry.stdout
+    store = open_store(config.state.url)
+    try:
+        assert remembered_destinations(config, store).keys() == [str(NEWS_ID)]
+    finally:
+        store.close()
+
+
 # -- 5. status -------------------------------------------------------------------------------
 
 
@@ -509,6 +722,25 @@ def test_metrics_gauge_open_posts_per_destination(
     metrics.observe_ledger(push(config).open_posts)
     metrics.observe_ledger(push(config).open_posts)
     assert (gauge(metrics, CHAT, "pending"), gauge(metrics, CHAT, "uncertain")) == (0, 0)
+
+
+def test_a_chat_no_longer_configured_is_labelled_as_the_readme_and_help_say(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("1.txt", 1)
+    config = make_config(extra='[telegram.routes]\nAI = ["@robots", "-123"]\n')
+    botapi.forbid_chat("@robots")  # its post stays pending
+    botapi.forbid_chat(-123)
+    push(config)
+    metrics = Metrics()
+    metrics.observe_ledger(push(make_config()).open_posts)  # both routes removed
+    # By @username when the chat has one (as Telegram last gave it), else by numeric id.
+    assert gauge(metrics, "@robots", "orphaned") == gauge(metrics, "-123", "orphaned") == 1
+    assert ("# HELP publisher_posts Posts still open in the ledger by destination (as "
+            "configured; once no longer configured, its @username, or its numeric id if it "
+            "has none)") in metrics.render().decode()
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "a chat no longer configured is labelled by its\n    `@username`" in readme
 
 
 # -- 7. check --telegram ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from botapi_standin import DEFAULT_TOKEN, StandinProcess
 from conftest import REPO, ArticleWriter, article_record, front_matter
+from standin_fixtures import FAST_PER_CHAT_INTERVAL
 
 from publisher.errors import ConfigError
 from publisher.service import MAX_FAILURE_BACKOFF_SECONDS, JobHealth, parse_schedule
@@ -492,33 +493,132 @@ def test_a_second_signal_exits_at_once_with_status_1(
     assert publisher.events("second_signal_exiting_now")
 
 
+def test_sighup_during_start_up_neither_kills_the_service_nor_is_lost(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess,
+) -> None:
+    write_article("1.txt", 1)
+    configure(schedule="1h")
+    publisher = start()
+    # From the moment the command says which config it uses (before the service is even
+    # imported), a SIGHUP every 10 ms until the service has started.
+    deadline = time.monotonic() + DEADLINE
+    while not publisher.events("config"):
+        assert time.monotonic() < deadline and publisher.process.poll() is None
+        time.sleep(0.005)
+    hangups = 0
+    while not publisher.events("started"):
+        assert time.monotonic() < deadline, "the service did not start"
+        publisher.signal(signal.SIGHUP)
+        hangups += 1
+        time.sleep(0.01)
+        assert publisher.process.poll() is None, f"killed by SIGHUP {hangups}: {publisher.log()}"
+    # What was asked for while starting is one reload, applied once started.
+    assert len(publisher.events("reload_deferred")) == 1
+    wait_for(lambda: publisher.events("reloaded"), "the deferred reload")
+    wait_for(lambda: titles(botapi_process) == ["Article number 1"], "the post")
+    assert publisher.stop() == 0
+    assert titles(botapi_process) == ["Article number 1"]
+
+
+def test_only_publisher_run_holds_sighup() -> None:
+    from publisher.hangup import command_of
+
+    assert command_of(["run"]) == command_of(["-c", "run", "run", "-v"]) == "run"
+    assert command_of(["--config", "x.toml", "-vv", "--debug", "run"]) == "run"
+    assert command_of(["-c", "run", "build"]) == "build"
+    assert command_of(["--help"]) is None and command_of(["--", "run"]) is None
+
+
+def warnings_and_errors(publisher: Publisher) -> list[str]:
+    return [line for line in publisher.log().splitlines()
+            if re.match(r"\S+ (warning|error|critical) ", line)]
+
+
+def test_a_push_that_outlasts_its_interval_logs_no_warning(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess,
+) -> None:
+    for index in (1, 2, 3):
+        write_article(f"{index}.txt", index)
+    # Pacing: three posts take about three seconds, the push ticks every second.
+    configure(schedule="1s", per_chat_interval_seconds=1.2)
+    publisher = start()
+    url = publisher.url()
+    wait_for(lambda: len(titles(botapi_process)) == 3, "the three posts")
+    wait_for(lambda: push_runs(url) >= 3, "more pushes, on their ticks")
+    assert publisher.stop() == 0
+    assert warnings_and_errors(publisher) == []  # no "skipped: maximum number of instances"
+
+
+def test_a_send_abandoned_at_the_stop_deadline_is_no_error_line(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, tmp_path: Path,
+) -> None:
+    write_article("1.txt", 1)
+    with StandinProcess(DEFAULT_TOKEN, extra_args=["--slow-seconds", "30"]) as standin:
+        configure(schedule="1h", api_base_url=standin.base_url, timeout_seconds=20)
+        standin.control("inject", {"fault": "slow_after_record"})
+        publisher = start()
+        wait_for(lambda: _held_replies(standin), "a post whose reply is held back")
+        assert publisher.stop() == 0  # within STOP_LIMIT
+    # The documented path: one warning that says so, no error (nor APScheduler's).
+    assert [line.split()[2] for line in warnings_and_errors(publisher)] == [
+        "stop_deadline_passed"]
+    assert "CancelledError" not in publisher.log()
+    assert ledger(tmp_path) == {CHAT: {"sending": 1}}  # uncertain at the next start
+
+
 def write_service_config(path: Path, base_url: str, *, build: str = "1h", push: str = "1h",
                          watch: bool = True, articles: str = "articles",
                          title: str = "Publisher", min_quality: int = 0,
-                         max_per_run: int = 0) -> None:
+                         max_per_run: int = 0, debounce: float = 0.3,
+                         feeds_url: str = "https://feeds.example.org/", max_items: int = 100,
+                         chat: str = CHAT, timeout: float = 2, routes: str = "") -> None:
     (path.parent / "state").mkdir(exist_ok=True)  # a missing state folder is an error
     path.write_text(
         f'[articles]\ndir = "{articles}"\n[select]\nmin_quality = {min_quality}\n'
-        f'[feeds]\ndir = "feeds"\ntitle = "{title}"\nbase_url = "https://feeds.example.org/"\n'
+        f'[feeds]\ndir = "feeds"\ntitle = "{title}"\nbase_url = "{feeds_url}"\n'
+        f"max_items = {max_items}\n"
         '[state]\nurl = "sqlite:///state/publisher.db"\n'
         f'[schedule]\nbuild = "{build}"\npush = "{push}"\nwatch = {json.dumps(watch)}\n'
-        'debounce_seconds = 0.3\n[server]\nlisten = "127.0.0.1:0"\n'
-        f'[telegram]\nchat_id = "{CHAT}"\napi_base_url = "{base_url}"\nmax_age_hours = 0\n'
-        f"max_per_run = {max_per_run}\nper_chat_interval_seconds = 0.06\ntimeout_seconds = 2\n",
+        f'debounce_seconds = {debounce}\n[server]\nlisten = "127.0.0.1:0"\n'
+        f'[telegram]\nchat_id = "{chat}"\napi_base_url = "{base_url}"\nmax_age_hours = 0\n'
+        f"max_per_run = {max_per_run}\nper_chat_interval_seconds = 0.06\n"
+        # More posts than Telegram's 20 a minute per channel: the stand-in allows them.
+        f"per_chat_per_minute = 600\ntimeout_seconds = {timeout}\n"
+        + (f"[telegram.routes]\n{routes}\n" if routes else ""),
         encoding="utf-8",
     )
 
 
+SECOND_API = "second stand-in"  # a value for base_url, replaced by the second stand-in's
+# Each reload changes one more key (the changes add up) and posts one more article, which
+# must reach the chat the config names by then (``chat``), and its feed entry the feeds.
 RELOADS: list[tuple[str, dict[str, Any]]] = [
+    # First, while only @news was ever asked about: the second stand-in gives it the same id.
+    ("telegram.api_base_url (a new sender)", {"base_url": SECOND_API}),
+    ("telegram.timeout_seconds (a new sender)", {"timeout": 3}),
     ("schedule.push interval", {"push": "30s"}),
     ("schedule.push cron line", {"push": "*/5 * * * *"}),
     ("schedule.build", {"build": "5m"}),
+    ("schedule.debounce_seconds", {"debounce": 0.2}),
     ("schedule.watch", {"watch": False}),
     ("articles.dir", {"articles": "articles2"}),
     ("feeds.title", {"title": "Renamed"}),
+    ("feeds.base_url", {"feeds_url": "https://news.example.net/feeds/"}),
+    ("feeds.max_items", {"max_items": 3}),
     ("select.min_quality", {"min_quality": 50}),
-    ("telegram.max_per_run", {"max_per_run": 5}),
+    ("telegram.max_per_run", {"max_per_run": 50}),
+    ("telegram.chat_id", {"chat": "@other"}),
+    ("[telegram.routes]", {"routes": 'AI = "@robots"'}),
 ]
+
+
+def posts(*standins: StandinProcess) -> list[tuple[str, str]]:
+    """(chat, title) of every post, on every stand-in."""
+    return [(message["chat"].get("username", ""), message["visible_text"].split("\n")[0])
+            for standin in standins for message in standin.messages()]
 
 
 def test_reloading_any_reloadable_key_keeps_the_service_running(
@@ -526,44 +626,62 @@ def test_reloading_any_reloadable_key_keeps_the_service_running(
     botapi_process: StandinProcess, tmp_path: Path,
 ) -> None:
     config = tmp_path / "config.toml"
-    write_service_config(config, botapi_process.base_url)
     write_article("0.txt", 0)
-    publisher = start()
-    url = publisher.url()
-    wait_for(lambda: len(titles(botapi_process)) == 1, "the first post")
-    settings: dict[str, Any] = {}
-    for index, (key, change) in enumerate(RELOADS, start=1):
-        settings.update(change)
-        folder = tmp_path / settings.get("articles", "articles")
-        if not folder.exists():
-            shutil.copytree(tmp_path / "articles", folder)
-        (folder / f"{index}.txt").write_text(front_matter(article_record(index)))
-        write_service_config(config, botapi_process.base_url, **settings)
-        publisher.signal(signal.SIGHUP)
-        # Both jobs run at once after a reload: the new article is posted and in the feed.
-        wait_for(lambda i=index: len(titles(botapi_process)) == i + 1,
-                 f"the post after reloading {key}")
-        wait_for(lambda i=index: f"Article number {i}<" in feed(tmp_path),
-                 f"the feed after reloading {key}")
-        assert len(publisher.events("reloaded")) == index, key
+    fast = ["--per-chat-interval", str(FAST_PER_CHAT_INTERVAL)]
+    with StandinProcess(DEFAULT_TOKEN, extra_args=fast) as second:
+        base = {SECOND_API: second.base_url}
+        write_service_config(config, botapi_process.base_url)
+        publisher = start()
+        url = publisher.url()
+        wait_for(lambda: posts(botapi_process) == [("news", "Article number 0")], "the first post")
+        settings: dict[str, Any] = {"base_url": botapi_process.base_url}
+        for index, (key, change) in enumerate(RELOADS, start=1):
+            settings.update({name: base.get(value, value) for name, value in change.items()})
+            folder = tmp_path / settings.get("articles", "articles")
+            if not folder.exists():
+                shutil.copytree(tmp_path / "articles", folder)
+            (folder / f"{index}.txt").write_text(front_matter(article_record(index)))
+            write_service_config(config, **settings)
+            publisher.signal(signal.SIGHUP)
+            # Both jobs run at once after a reload: the new article is posted and in the feed.
+            chats = {settings.get("chat", CHAT).lstrip("@")} | (
+                {"robots"} if settings.get("routes") else set())
+            wait_for(lambda i=index, c=chats: c == {
+                chat for chat, title in posts(botapi_process, second)
+                if title == f"Article number {i}"}, f"the post after reloading {key}")
+            wait_for(lambda i=index: f"Article number {i}<" in feed(tmp_path),
+                     f"the feed after reloading {key}")
+            assert len(publisher.events("reloaded")) == index, key
+            assert publisher.process.poll() is None, f"the service stopped after reloading {key}"
+            assert not publisher.events("stopped"), key
+            if key.startswith("schedule.debounce"):  # the watcher, restarted, still sees files
+                (folder / "watched.txt").write_text(front_matter(article_record(99)))
+                wait_for(lambda: ("news", "Article number 99") in posts(second), "the watcher")
         time.sleep(0.6)  # the lost service used to exit half a second after "reloaded"
-        assert publisher.process.poll() is None, f"the service stopped after reloading {key}"
-        assert not publisher.events("stopped"), key
-    assert "<title>Renamed</title>" in feed(tmp_path)
+        assert publisher.process.poll() is None
+        first, later = posts(botapi_process), posts(second)
+        assert first == [("news", "Article number 0")]  # then the new sender's server only
+        assert ("news", "Article number 1") in later
+        text = feed(tmp_path)
+        assert "<title>Renamed</title>" in text and text.count("<item>") == 3
+        assert "https://news.example.net/feeds/all.rss.xml" in text
+        # Every article reached each chat once: a new destination gets the whole selection.
+        assert len(later) == len(set(later))
+        selected = {f"Article number {i}" for i in (*range(len(RELOADS) + 1), 99)}
+        for chat in ("other", "robots"):
+            assert {title for name, title in later if name == chat} == selected, chat
 
-    metrics = http_get(url + "/metrics")[1]
-    assert metric(metrics, "publisher_config_reload_ok") == 1
-    assert metric(metrics, "publisher_reload_failures_total") == 0
-    config.write_text("[schedule]\npush = 'never'\n", encoding="utf-8")
-    publisher.signal(signal.SIGHUP)
-    wait_for(lambda: publisher.events("reload_failed"), "the refused reload")
-    metrics = http_get(url + "/metrics")[1]
-    assert metric(metrics, "publisher_config_reload_ok") == 0
-    assert metric(metrics, "publisher_reload_failures_total") == 1
-    assert publisher.process.poll() is None
-    assert publisher.stop() == 0
-    assert sorted(titles(botapi_process)) == sorted(
-        f"Article number {i}" for i in range(len(RELOADS) + 1))
+        metrics = http_get(url + "/metrics")[1]
+        assert metric(metrics, "publisher_config_reload_ok") == 1
+        assert metric(metrics, "publisher_reload_failures_total") == 0
+        config.write_text("[schedule]\npush = 'never'\n", encoding="utf-8")
+        publisher.signal(signal.SIGHUP)
+        wait_for(lambda: publisher.events("reload_failed"), "the refused reload")
+        metrics = http_get(url + "/metrics")[1]
+        assert metric(metrics, "publisher_config_reload_ok") == 0
+        assert metric(metrics, "publisher_reload_failures_total") == 1
+        assert publisher.process.poll() is None
+        assert publisher.stop() == 0
 
 
 def test_retry_in_says_when_a_failing_job_really_runs_again(
