@@ -118,9 +118,11 @@ def test_three_push_processes_post_every_article_once_per_chat(
     assert len(owners) >= 2, "the instances did not share the work"
     # Pacing held across the instances: the stand-in refused (almost) nothing as too fast;
     # three instances pacing only themselves would send three times too fast. A few requests
-    # may still arrive closer than their slots were reserved (scheduling jitter on 2 cores).
+    # may still arrive closer than their slots were reserved: the test's 50 ms interval is
+    # within the scheduling jitter of three processes on 2 busy cores (Telegram's 1 s is not).
+    # Uncoordinated, about two thirds would be refused; coordinated, a few percent at most.
     refused = [r for r in standin.control("requests") if r["status"] == 429]
-    assert len(refused) <= 12, f"{len(refused)} of 600 requests refused as too fast"
+    assert len(refused) <= 30, f"{len(refused)} of 600 requests refused as too fast"
 
 
 @pytest.fixture
