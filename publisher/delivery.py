@@ -42,7 +42,18 @@ from telegram import error as tg_error
 from telegram.constants import ParseMode
 from telegram.request import BaseRequest, RequestData
 
-from publisher.errors import DeliveryError
+# The send errors live in publisher.errors; imported from here too, as before.
+from publisher.errors import Ambiguous as Ambiguous
+from publisher.errors import ChatForbidden as ChatForbidden
+from publisher.errors import ChatMigrated as ChatMigrated
+from publisher.errors import EntitiesRejected as EntitiesRejected
+from publisher.errors import NotSent as NotSent
+from publisher.errors import PhotoRejected as PhotoRejected
+from publisher.errors import RateLimited as RateLimited
+from publisher.errors import Rejected as Rejected
+from publisher.errors import SendError as SendError
+from publisher.errors import Unauthorized as Unauthorized
+from publisher.errors import Unavailable as Unavailable
 from publisher.logs import redact_text, secret_variants
 from publisher.messages import Button
 
@@ -71,60 +82,6 @@ CHAT_ERRORS = (
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # Bot API answers to what we send are a few KB
 MAX_CONNECT_SECONDS = 10.0
 CONNECTIONS = 8  # chats are sent to concurrently, one request in flight each
-
-
-class SendError(DeliveryError):
-    """A send did not end in a posted message. ``reason`` is safe to log and store."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class NotSent(SendError):
-    """Provably not posted: the request never left, or Telegram answered with an error."""
-
-
-class Ambiguous(SendError):
-    """The request may have been posted: a timeout or a connection lost after it left."""
-
-
-class RateLimited(SendError):
-    """A 429. ``retry_after`` is None when the answer's value was unusable (not a number)."""
-
-    def __init__(self, retry_after: float | None, asked: object = None) -> None:
-        if retry_after is None:
-            reason = f"Telegram answered 429 with an unusable retry_after ({asked!r})"
-        else:
-            reason = f"Telegram asked to wait {retry_after:g} s (429)"
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class ChatMigrated(SendError):
-    def __init__(self, new_chat_id: str) -> None:
-        super().__init__(f"the chat moved to {new_chat_id}")
-        self.new_chat_id = new_chat_id
-
-
-class PhotoRejected(SendError):
-    """Telegram refused the photo (URL not fetchable, not an image); text can still go."""
-
-
-class EntitiesRejected(SendError):
-    """Telegram could not parse our HTML: a bug in rendering; plain text can still go."""
-
-
-class Rejected(SendError):
-    """A 400 answer about this message: retrying the same request cannot help."""
-
-
-class ChatForbidden(SendError):
-    """403: the bot was removed from the chat or is not allowed to post there."""
-
-
-class Unauthorized(SendError):
-    """The bot token was refused: nothing can be sent until the operator fixes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +115,6 @@ class MemberInfo:
 
 
 T = TypeVar("T")
-class Unavailable(SendError):
-    """getMe failed: Telegram (or what answers at its URL) cannot be used for this run."""
 
 
 # -- the HTTP exchange -------------------------------------------------------------------------
