@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import pgcluster
 import pytest
 import yaml
-from standin_fixtures import botapi, botapi_process  # noqa: F401 - fixtures
+from standin.fixtures import botapi, botapi_process  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO / "seeds"

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, StandinProcess
 from conftest import ArticleWriter
+from standin.server import DEFAULT_TOKEN, StandinProcess
 from test_service import Publisher, wait_for
 
 from publisher.state import open_store

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from botapi_standin import StandinProcess
 from conftest import ArticleWriter
+from standin.server import StandinProcess
 from test_http_limits import limited_env
 from test_service import (  # noqa: F401 - fixtures (publishers: start kills what it starts)
     STOP_LIMIT,

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, StandinProcess
 from conftest import REPO, ArticleWriter, article_record, front_matter
-from standin_fixtures import FAST_PER_CHAT_INTERVAL
+from standin.fixtures import FAST_PER_CHAT_INTERVAL
+from standin.server import DEFAULT_TOKEN, StandinProcess
 
 from publisher.errors import ConfigError
 from publisher.service import MAX_FAILURE_BACKOFF_SECONDS, JobHealth, parse_schedule
