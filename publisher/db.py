@@ -30,9 +30,11 @@ _QUERY_PASSWORD = re.compile(r"(?:(?<=^password=)|(?<=&password=))[^&]*")
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...  # read-only in sqlite3's and psycopg's cursors
 
     def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
     def __iter__(self) -> Iterator[Any]: ...
 
 

@@ -47,10 +47,13 @@ def redact_text(text: str, secrets: Iterable[str] | None = None) -> str:
     return text
 
 
-def event(
-    logger: logging.Logger, level: int, name: str, *, exc_info: bool = False, **fields: Any
-) -> None:
-    """Log ``name`` with structured fields: ``name key=value ...`` in text form."""
+def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
+    """Log ``name`` with structured fields: ``name key=value ...`` in text form; the field
+    ``exc_info=True`` adds the exception being handled.
+
+    ``exc_info`` is read from ``fields`` rather than being a parameter of its own so that a
+    ``**dict[str, object]`` of fields type-checks (mypy would match it against the bool)."""
+    exc_info = bool(fields.pop("exc_info", False))
     if logger.isEnabledFor(level):
         logger.log(level, "%s", name, extra={_FIELDS: fields}, exc_info=exc_info)
 

@@ -73,7 +73,7 @@ class BuildReport:
     feeds: BuildResult | None  # None: the feeds on disk were already current
     seconds: float
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:  # Any: int(), :.2f and ** take the values
         return {
             "files": self.corpus.files,
             "bad": len(self.corpus.problems),
@@ -96,7 +96,7 @@ class PushOutcome:
     open_posts: dict[str, dict[str, int]] = field(default_factory=dict)
     route_warnings: list[str] = field(default_factory=list)
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:  # Any: int(), :.2f and ** take the values
         report = self.report
         return {
             "files": self.corpus.files,
