@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Iterable
@@ -42,8 +43,13 @@ def add_secret(secret: str) -> None:
 
 
 def redact_text(text: str, secrets: Iterable[str] | None = None) -> str:
+    """``text`` with every secret replaced, in any letter case: python-telegram-bot lowercases
+    an error's description (``str.capitalize``), a token in it included."""
     for secret in sorted(secrets if secrets is not None else _secrets, key=len, reverse=True):
-        text = text.replace(secret, "<redacted>")
+        if secret in text:
+            text = text.replace(secret, "<redacted>")
+        if secret.lower() in text.lower():
+            text = re.sub(re.escape(secret), "<redacted>", text, flags=re.IGNORECASE)
     return text
 
 
