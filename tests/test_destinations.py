@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import ArticleWriter
+from helpers import ArticleWriter
 from standin.server import DEFAULT_TOKEN, BotApiStandin
 from test_push import (
     CHAT,

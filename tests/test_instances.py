@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ArticleWriter
+from helpers import ArticleWriter, wait_for
 from standin.server import DEFAULT_TOKEN, StandinProcess
-from test_service import Publisher, wait_for
+from test_service import Publisher
 
 from publisher.state import open_store
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ArticleWriter
+from helpers import ArticleWriter
 from standin.server import DEFAULT_TOKEN, OK_FALSE_DESCRIPTION, BotApiStandin
 
 from publisher import pipeline
