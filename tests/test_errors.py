@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 
@@ -22,6 +23,30 @@ def test_every_class_is_a_publisher_error_exported_and_drawn_in_the_tree() -> No
         assert cls.__name__ in errors.__all__, cls
         drawn = f" {cls.__name__}\n" in doc or f" {cls.__name__} " in doc
         assert drawn, f"{cls.__name__} is not in the module's tree"
+
+
+def drawn_parents() -> dict[str, str]:
+    """Each class drawn in the module docstring's tree, with the class it hangs from."""
+    parents: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []  # (column of the name, name), outermost first
+    for line in (errors.__doc__ or "").splitlines():
+        match = re.match(r"^(\s*(?:[│ ]*[├└]── )?)(\w+)", line)
+        if match is None or not hasattr(errors, match.group(2)):
+            continue
+        column, name = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= column:
+            stack.pop()
+        if stack:
+            parents[name] = stack[-1][1]
+        stack.append((column, name))
+    return parents
+
+
+def test_the_drawn_tree_is_the_class_tree() -> None:
+    parents = drawn_parents()
+    assert set(parents) == {cls.__name__ for cls in error_classes()} - {"PublisherError"}
+    for name, parent in parents.items():
+        assert getattr(errors, name).__bases__ == (getattr(errors, parent),), name
 
 
 def test_every_send_error_is_either_not_sent_or_ambiguous() -> None:
