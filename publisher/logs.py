@@ -27,6 +27,8 @@ _FIELDS = "publisher_fields"
 _EXCEPTION = "publisher_exception"  # (one-line summary, redacted traceback)
 MAX_MESSAGE_CHARS = 300
 _secrets: set[str] = set()
+# An event's fields, or a report's summary: values of any type, printed, int()-ed or logged.
+Fields = dict[str, Any]
 
 
 def secret_variants(secret: str) -> list[str]:
