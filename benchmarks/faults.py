@@ -67,7 +67,7 @@ def run_push(folder: Path, base_url: str, timeout: float) -> tuple[float, float,
 def measure(fault: str, args: argparse.Namespace) -> None:
     """In a child of its own, so that RUSAGE_CHILDREN holds this fault's push only."""
     sys.path.insert(0, str(REPO / "tests"))
-    from botapi_standin import StandinProcess
+    from standin.server import StandinProcess
 
     options = ["--no-rate-limits", "--huge-bytes", str(args.huge_mb * 1024 * 1024),
                "--bomb-bytes", str(int(args.bomb_gb * 1024**3)),

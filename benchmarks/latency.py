@@ -29,7 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from botapi_standin import DEFAULT_TOKEN, StandinProcess  # noqa: E402
+from standin.server import DEFAULT_TOKEN, StandinProcess  # noqa: E402
 
 SEED = next((REPO / "seeds").glob("*.txt"))
 TIMEOUT = 60.0

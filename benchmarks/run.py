@@ -207,12 +207,24 @@ def snapshot_code(workdir: Path, ref: str) -> tuple[Path, str]:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", commit, "publisher", "tests/botapi_standin.py",
-             "tests/data"], check=True, capture_output=True).stdout
+            ["git", "-C", str(REPO), "archive", commit, "publisher",
+             *standin_paths(commit)], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
         staging.rename(target)
     compile_package(target / "publisher")
     return target, commit
+
+
+# The stand-in Bot API and its spec, wherever a commit keeps them: the package tests/standin/
+# now, tests/botapi_standin.py with tests/data/ before.
+STANDIN_PATHS = ("tests/standin", "tests/botapi_standin.py", "tests/data")
+
+
+def standin_paths(commit: str) -> list[str]:
+    """Those of ``STANDIN_PATHS`` that ``commit`` has."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", commit, "--",
+                             *STANDIN_PATHS], check=True, capture_output=True, text=True).stdout
+    return listed.split()
 
 
 def compile_package(folder: Path) -> None:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from publisher.db import Database, Interrupted, upsert
 from publisher.errors import ArticleError
+from publisher.errors import SyncInterrupted as SyncInterrupted
 from publisher.loader import (
     DEFAULT_LIMITS,
     FileKey,
@@ -168,9 +169,6 @@ PARSER_VERSION = "3"
 URL_KEY = 4  # a row's url_key column
 WARNING = 10  # a row's warning column
 
-
-class SyncInterrupted(ArticleError):
-    """The sync was asked to stop; everything committed so far is consistent."""
 
 Row = tuple[Any, ...]
 Progress = Callable[[int, int], None]

@@ -296,8 +296,9 @@ def check(ctx: Context, articles: Path | None, telegram: bool) -> None:
     config = ctx.config(**_path_overrides(articles, None))
     with _progress(ctx, config) as progress:
         loaded = load_and_select(config, progress=progress)
+    # mypy joins a tuple of Problems and Notices to object, hence the ignore: both have a path.
     for line in sorted((*loaded.load.problems, *loaded.load.notices),
-                       key=lambda line: str(line.path)):
+                       key=lambda line: str(line.path)):  # type: ignore[attr-defined]
         click.echo(str(line))
     _warn_routes(ctx, config, {topic_slug(t) for a in loaded.selected for t in a.topics})
     bad = len(loaded.load.problems)

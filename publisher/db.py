@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from publisher.errors import Interrupted as Interrupted
 from publisher.errors import StateError
 
 SQLITE_PREFIX = "sqlite:///"
@@ -29,9 +30,11 @@ _QUERY_PASSWORD = re.compile(r"(?:(?<=^password=)|(?<=&password=))[^&]*")
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...  # read-only in sqlite3's and psycopg's cursors
 
     def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
     def __iter__(self) -> Iterator[Any]: ...
 
 
@@ -49,10 +52,6 @@ class Database(Protocol):
                   ) -> contextlib.AbstractContextManager[None]: ...
     def lock_in_transaction(self, name: str) -> None: ...
     def close(self) -> None: ...
-
-
-class Interrupted(StateError):
-    """A wait for a lock was ended by a stop request."""
 
 
 def is_postgres_url(url: str) -> bool:

@@ -42,7 +42,18 @@ from telegram import error as tg_error
 from telegram.constants import ParseMode
 from telegram.request import BaseRequest, RequestData
 
-from publisher.errors import DeliveryError
+# The send errors live in publisher.errors; imported from here too, as before.
+from publisher.errors import Ambiguous as Ambiguous
+from publisher.errors import ChatForbidden as ChatForbidden
+from publisher.errors import ChatMigrated as ChatMigrated
+from publisher.errors import EntitiesRejected as EntitiesRejected
+from publisher.errors import NotSent as NotSent
+from publisher.errors import PhotoRejected as PhotoRejected
+from publisher.errors import RateLimited as RateLimited
+from publisher.errors import Rejected as Rejected
+from publisher.errors import SendError as SendError
+from publisher.errors import Unauthorized as Unauthorized
+from publisher.errors import Unavailable as Unavailable
 from publisher.logs import redact_text, secret_variants
 from publisher.messages import Button
 
@@ -71,60 +82,6 @@ CHAT_ERRORS = (
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # Bot API answers to what we send are a few KB
 MAX_CONNECT_SECONDS = 10.0
 CONNECTIONS = 8  # chats are sent to concurrently, one request in flight each
-
-
-class SendError(DeliveryError):
-    """A send did not end in a posted message. ``reason`` is safe to log and store."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class NotSent(SendError):
-    """Provably not posted: the request never left, or Telegram answered with an error."""
-
-
-class Ambiguous(SendError):
-    """The request may have been posted: a timeout or a connection lost after it left."""
-
-
-class RateLimited(SendError):
-    """A 429. ``retry_after`` is None when the answer's value was unusable (not a number)."""
-
-    def __init__(self, retry_after: float | None, asked: object = None) -> None:
-        if retry_after is None:
-            reason = f"Telegram answered 429 with an unusable retry_after ({asked!r})"
-        else:
-            reason = f"Telegram asked to wait {retry_after:g} s (429)"
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class ChatMigrated(SendError):
-    def __init__(self, new_chat_id: str) -> None:
-        super().__init__(f"the chat moved to {new_chat_id}")
-        self.new_chat_id = new_chat_id
-
-
-class PhotoRejected(SendError):
-    """Telegram refused the photo (URL not fetchable, not an image); text can still go."""
-
-
-class EntitiesRejected(SendError):
-    """Telegram could not parse our HTML: a bug in rendering; plain text can still go."""
-
-
-class Rejected(SendError):
-    """A 400 answer about this message: retrying the same request cannot help."""
-
-
-class ChatForbidden(SendError):
-    """403: the bot was removed from the chat or is not allowed to post there."""
-
-
-class Unauthorized(SendError):
-    """The bot token was refused: nothing can be sent until the operator fixes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +115,6 @@ class MemberInfo:
 
 
 T = TypeVar("T")
-class Unavailable(SendError):
-    """getMe failed: Telegram (or what answers at its URL) cannot be used for this run."""
 
 
 # -- the HTTP exchange -------------------------------------------------------------------------
@@ -211,10 +166,12 @@ class BoundedRequest(BaseRequest):
     """
 
     def __init__(self, deadline: float, *, max_bytes: int = MAX_ANSWER_BYTES,
-                 verify: Any = True) -> None:
+                 verify: Any = True,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._deadline = deadline
         self._max_bytes = max_bytes
         self._verify = verify
+        self._transport = transport  # None: httpx's own connection pool
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -231,6 +188,7 @@ class BoundedRequest(BaseRequest):
                                     max_keepalive_connections=CONNECTIONS),
                 verify=self._verify,
                 headers={"Accept-Encoding": ACCEPT_ENCODING},
+                transport=self._transport,
             )
 
     async def shutdown(self) -> None:
@@ -588,13 +546,21 @@ class Sender(Protocol):
 
 
 class TelegramSender:
-    """``Sender`` over the Bot API through python-telegram-bot, at any Bot API base URL."""
+    """``Sender`` over the Bot API through python-telegram-bot, at any Bot API base URL.
 
-    def __init__(self, token: str, base_url: str, timeout: float = 20.0) -> None:
+    ``transport``: the httpx transport requests go through (``httpx.MockTransport`` in unit
+    tests); None, the default, is httpx's connection pool over the network. A given
+    transport does its own TLS, if any. Without httpcore under it, whether a request had
+    started to leave is not seen, so a failure it raises counts as "not sent".
+    """
+
+    def __init__(self, token: str, base_url: str, timeout: float = 20.0, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._token = token
         # One client (this bot never calls getUpdates), with a TLS context made as httpx makes
         # it (certifi, SSL_CERT_FILE): loading the CA bundle is most of a push's start-up CPU.
-        self._request = BoundedRequest(timeout, verify=httpx.create_ssl_context())
+        verify: Any = httpx.create_ssl_context() if transport is None else True
+        self._request = BoundedRequest(timeout, verify=verify, transport=transport)
         self._bot = Bot(
             token, base_url=base_url, request=self._request, get_updates_request=self._request,
         )

@@ -544,8 +544,6 @@ class Dispatcher:
                 return Outcome.DONE
             self._follow_migration(item, exc, run)
             return Outcome.MOVED
-        except NotSent as exc:
-            return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
         except Ambiguous as exc:
             if self._settings.on_uncertain == "resend":
                 return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
@@ -576,6 +574,8 @@ class Dispatcher:
             self._fatal = chat_report.error = exc.reason
             event(log, logging.ERROR, "unauthorized", reason=exc.reason)
             return Outcome.STOP
+        except NotSent as exc:  # after its subclasses: any other not-sent is retried
+            return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
         except Exception as exc:  # a bug or a surprise: the request may have left
             reason = f"unexpected error while sending: {type(exc).__name__}: {exc}"
             self._store.mark_uncertain(article.id, chat_id, reason, owner=self._owner)

@@ -47,7 +47,7 @@ import uvicorn
 from uvicorn.lifespan.off import LifespanOff
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from publisher.errors import ConfigError
+from publisher.errors import ServerError
 from publisher.logs import event
 
 log = logging.getLogger("publisher.server")
@@ -101,7 +101,7 @@ def connection_cap(max_connections: int) -> int:
         return max_connections
     cap = min(max_connections, soft - in_use - FD_RESERVE)
     if cap < 1:
-        raise ConfigError(
+        raise ServerError(
             f"the open files limit ({soft}, hard {hard}) leaves no file descriptors for HTTP "
             f"connections after the {in_use} in use and the service's {FD_RESERVE}; raise it "
             "(LimitNOFILE= in the systemd unit, ulimit -n)"
@@ -476,7 +476,7 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket; ``ConfigError`` when the address cannot be had."""
+    """A listening TCP socket; ``ServerError`` when the address cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -486,7 +486,7 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {_display(host, port)}: {exc.strerror or exc}"
+        raise ServerError(f"cannot listen on {_display(host, port)}: {exc.strerror or exc}"
                           ) from None
     return sock
 
@@ -517,7 +517,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()
         if not self._server.ready.wait(10) or self._failure is not None:
-            raise ConfigError(f"the HTTP server did not start: {self._failure}")
+            raise ServerError(f"the HTTP server did not start: {self._failure}")
 
     def _run(self) -> None:
         try:

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from publisher.errors import ArticleError
+from publisher.errors import FutureDate as FutureDate
 from publisher.files import FileTooLarge, NotRegularFile, read_regular_file
 from publisher.models import (
     Article,
@@ -344,14 +345,6 @@ def read_file(path: Path, limits: Limits | int = DEFAULT_LIMITS, size: int | Non
         return Problem(path, str(exc))
     except RecursionError:
         return Problem(path, "malformed YAML: nested too deeply")
-
-
-class FutureDate(ArticleError):
-    """The article is dated too far ahead; the same file is good from ``valid_from`` on."""
-
-    def __init__(self, message: str, valid_from: datetime) -> None:
-        super().__init__(message)
-        self.valid_from = valid_from
 
 
 def _too_large(size: int, limit: int) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ _FIELDS = "publisher_fields"
 _EXCEPTION = "publisher_exception"  # (one-line summary, redacted traceback)
 MAX_MESSAGE_CHARS = 300
 _secrets: set[str] = set()
+# An event's fields, or a report's summary: values of any type, printed, int()-ed or logged.
+Fields = dict[str, Any]
 
 
 def secret_variants(secret: str) -> list[str]:
@@ -42,15 +45,23 @@ def add_secret(secret: str) -> None:
 
 
 def redact_text(text: str, secrets: Iterable[str] | None = None) -> str:
+    """``text`` with every secret replaced, in any letter case: python-telegram-bot lowercases
+    an error's description (``str.capitalize``), a token in it included."""
     for secret in sorted(secrets if secrets is not None else _secrets, key=len, reverse=True):
-        text = text.replace(secret, "<redacted>")
+        if secret in text:
+            text = text.replace(secret, "<redacted>")
+        if secret.lower() in text.lower():
+            text = re.sub(re.escape(secret), "<redacted>", text, flags=re.IGNORECASE)
     return text
 
 
-def event(
-    logger: logging.Logger, level: int, name: str, *, exc_info: bool = False, **fields: Any
-) -> None:
-    """Log ``name`` with structured fields: ``name key=value ...`` in text form."""
+def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
+    """Log ``name`` with structured fields: ``name key=value ...`` in text form; the field
+    ``exc_info=True`` adds the exception being handled.
+
+    ``exc_info`` is read from ``fields`` rather than being a parameter of its own so that a
+    ``**dict[str, object]`` of fields type-checks (mypy would match it against the bool)."""
+    exc_info = bool(fields.pop("exc_info", False))
     if logger.isEnabledFor(level):
         logger.log(level, "%s", name, extra={_FIELDS: fields}, exc_info=exc_info)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -50,7 +51,7 @@ class Metrics:
             "Seconds since the job last succeeded (-1: never).", ["job"], registry=self.registry,
         )
         for job in ("build", "push"):
-            since.labels(job).set_function(lambda job=job: self._seconds_since(job))
+            since.labels(job).set_function(functools.partial(self._seconds_since, job))
         info = Gauge("publisher_loader_info", "YAML loader in use.", ["loader"],
                      registry=self.registry)
         info.labels(yaml_loader()[1]).set(1)

@@ -25,7 +25,7 @@ from publisher.catalog import Catalog, FeedSelection
 from publisher.config import Config
 from publisher.errors import ConfigError
 from publisher.loader import Limits, LoadResult, Notice, Problem, Progress, load_articles
-from publisher.logs import add_secret
+from publisher.logs import Fields, add_secret
 from publisher.models import Article
 from publisher.names import ALL_SLUG, FEED_SUFFIXES, PAGE_NAMES, feed_name
 from publisher.selection import select
@@ -73,7 +73,7 @@ class BuildReport:
     feeds: BuildResult | None  # None: the feeds on disk were already current
     seconds: float
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> Fields:
         return {
             "files": self.corpus.files,
             "bad": len(self.corpus.problems),
@@ -96,7 +96,7 @@ class PushOutcome:
     open_posts: dict[str, dict[str, int]] = field(default_factory=dict)
     route_warnings: list[str] = field(default_factory=list)
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> Fields:
         report = self.report
         return {
             "files": self.corpus.files,

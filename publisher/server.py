@@ -436,7 +436,8 @@ def start_server(listen: str, *, feeds_dir: Path | None = None, health: HealthCh
                  metrics: Callable[[], bytes] | None = None,
                  cache_seconds: float | None = None,
                  limits: ServerLimits | None = None) -> RunningServer:
-    """Listen on ``listen`` and serve in a thread of its own; ``ConfigError`` if it cannot."""
+    """Listen on ``listen`` and serve in a thread of its own; ``ConfigError`` for a bad
+    ``listen``, ``ServerError`` when it cannot listen or start."""
     limits = limits or ServerLimits()
     host, port = parse_listen(listen)
     app = FeedsApp(feeds_dir=feeds_dir, health=health, metrics=metrics,

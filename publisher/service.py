@@ -48,6 +48,7 @@ from publisher.config import Config, check_schedule, interval_seconds, load_conf
 from publisher.delivery import Sender
 from publisher.dispatch import Dispatcher
 from publisher.errors import PublisherError
+from publisher.errors import PushIncomplete as PushIncomplete
 from publisher.loader import display_path, printable
 from publisher.logs import event
 from publisher.metrics import Metrics
@@ -95,14 +96,6 @@ class JobHealth:
         delay = min(base_seconds * 2 ** (self.failures - 1), MAX_FAILURE_BACKOFF_SECONDS)
         self.not_before = time.time() + delay
         return delay
-
-
-class PushIncomplete(PublisherError):
-    """A push that left chats with errors; ``back_off`` unless other chats went fine."""
-
-    def __init__(self, message: str, *, back_off: bool) -> None:
-        super().__init__(message)
-        self.back_off = back_off
 
 
 class SystemdNotifier:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from publisher.errors import ConfigError
+from publisher.errors import InitError
 
 CONFIG_NAME = "config.toml"
 ARTICLES_NAME = "articles"
@@ -59,9 +59,9 @@ def init_site(directory: Path) -> list[Created]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise ConfigError(f"cannot create {directory}: a file of that name exists") from None
+        raise InitError(f"cannot create {directory}: a file of that name exists") from None
     except OSError as exc:
-        raise ConfigError(f"cannot create {directory}: {exc.strerror or exc}") from None
+        raise InitError(f"cannot create {directory}: {exc.strerror or exc}") from None
     return [_write_new(directory / CONFIG_NAME, starter_config()),
             _make_folder(directory / ARTICLES_NAME)]
 
@@ -73,17 +73,17 @@ def _write_new(path: Path, text: str) -> Created:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except FileExistsError:
         if not path.is_file():
-            raise ConfigError(f"{path} exists and is not a file") from None
+            raise InitError(f"{path} exists and is not a file") from None
         return Created(path, created=False)
     except OSError as exc:
-        raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+        raise InitError(f"cannot create {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
         with contextlib.suppress(OSError):
             path.unlink()  # never leave half a config behind
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise InitError(f"cannot write {path}: {exc.strerror or exc}") from None
     return Created(path, created=True)
 
 
@@ -92,8 +92,8 @@ def _make_folder(path: Path) -> Created:
         path.mkdir()
     except FileExistsError:
         if not path.is_dir():
-            raise ConfigError(f"{path} exists and is not a folder") from None
+            raise InitError(f"{path} exists and is not a folder") from None
         return Created(path, created=False)
     except OSError as exc:
-        raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+        raise InitError(f"cannot create {path}: {exc.strerror or exc}") from None
     return Created(path, created=True)

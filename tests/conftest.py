@@ -1,4 +1,6 @@
-"""Shared fixtures: article files on disk, configs, the Bot API stand-in and PostgreSQL."""
+"""Shared fixtures: article files on disk, configs, the Bot API stand-in and PostgreSQL.
+
+Plain helpers (article records, REPO, wait_for, ...) are in helpers.py."""
 
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pgcluster
 import pytest
-import yaml
-from standin_fixtures import botapi, botapi_process  # noqa: F401 - fixtures
 
-REPO = Path(__file__).resolve().parent.parent
-SEEDS = REPO / "seeds"
+# The shared helpers live in helpers.py; imported from conftest too, as before.
+from helpers import REPO as REPO
+from helpers import SEEDS as SEEDS
+from helpers import ArticleWriter as ArticleWriter
+from helpers import article_record as article_record
+from helpers import front_matter as front_matter
+from standin.fixtures import botapi, botapi_process  # noqa: F401 - fixtures
 
-ArticleWriter = Callable[..., Path]
 POSTGRES_URL_VARIABLE = "PUBLISHER_TEST_POSTGRES_URL"
 # Out of os.environ at import, before any test runs: publisher refuses an unknown PUBLISHER_*
 # variable, and a PUBLISHER_CONFIG or PUBLISHER_FEEDS_DIR of the developer's shell would
@@ -29,37 +33,6 @@ POSTGRES_URL_VARIABLE = "PUBLISHER_TEST_POSTGRES_URL"
 POSTGRES_URL = os.environ.get(POSTGRES_URL_VARIABLE, "")
 for _variable in [name for name in os.environ if name.startswith("PUBLISHER_")]:
     del os.environ[_variable]
-
-
-def article_record(index: int = 1, **fields: Any) -> dict[str, Any]:
-    """A valid, published article record; ``fields`` override or (with None) remove keys."""
-    record: dict[str, Any] = {
-        "title": f"Article number {index}",
-        "excerpt": f"Excerpt of article {index}.",
-        "publishedDateTime": f"2025-01-01T{index % 24:02d}:{index % 60:02d}:00Z",
-        "webUrl": f"https://news.example.com/articles/{index}",
-        "type": "article",
-        "quality": 100,
-        "heat": 10,
-        "published": True,
-        "provider": {"name": "Example News", "domain": "news.example.com"},
-        "topics": ["AI"],
-        "images": [
-            {"url": f"https://img.example.com/{index}.jpg", "width": 1200, "height": 800}
-        ],
-        "related": [],
-        "secured": "c2VjcmV0IGJsb2I=;do-not-publish",
-    }
-    for key, value in fields.items():
-        if value is None:
-            record.pop(key, None)
-        else:
-            record[key] = value
-    return record
-
-
-def front_matter(record: dict[str, Any]) -> str:
-    return "---\n" + yaml.safe_dump(record, allow_unicode=True, sort_keys=False) + "---\n"
 
 
 @pytest.fixture

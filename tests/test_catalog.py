@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SEEDS, article_record, front_matter
+from helpers import SEEDS, article_record, front_matter
 
 from publisher import catalog as catalog_module
 from publisher import loader as loader_module

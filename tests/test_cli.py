@@ -12,7 +12,7 @@ from pathlib import Path
 import feedparser
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, SEEDS, ArticleWriter
+from helpers import REPO, SEEDS, ArticleWriter
 
 from publisher.cli import cli
 from publisher.text import plural

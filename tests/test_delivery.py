@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import pytest
-from botapi_standin import BOMB_BYTES, DEFAULT_TOKEN, BotApiStandin
+from standin.server import BOMB_BYTES, DEFAULT_TOKEN, BotApiStandin
 
 from publisher.delivery import (
     MAX_ANSWER_BYTES,

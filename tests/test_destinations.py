@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, BotApiStandin
 from click.testing import CliRunner, Result
-from conftest import ArticleWriter
+from helpers import ArticleWriter
+from standin.server import DEFAULT_TOKEN, BotApiStandin
 from test_push import (
     CHAT,
     ConfigMaker,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import feedparser
 import pytest
-from botapi_standin import DEFAULT_TOKEN, BotApiStandin, StandinProcess
-from conftest import ArticleWriter, article_record, front_matter
+from helpers import ArticleWriter, article_record, front_matter
+from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
 
 from publisher import catalog as catalog_module
 from publisher import pipeline

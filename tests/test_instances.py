@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, StandinProcess
-from conftest import ArticleWriter
-from test_service import Publisher, wait_for
+from helpers import ArticleWriter, wait_for
+from standin.server import DEFAULT_TOKEN, StandinProcess
+from test_service import Publisher
 
 from publisher.state import open_store
 

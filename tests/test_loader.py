@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import SEEDS, ArticleWriter, article_record, front_matter
+from helpers import SEEDS, ArticleWriter, article_record, front_matter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

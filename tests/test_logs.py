@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from botapi_standin import NGINX_502
+from standin.server import NGINX_502
 
 from publisher import logs
 from publisher.logs import (

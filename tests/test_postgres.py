@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, ArticleWriter
+from helpers import REPO, ArticleWriter
 
 from publisher.cli import cli
 from publisher.config import load_config

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, OK_FALSE_DESCRIPTION, BotApiStandin
-from conftest import ArticleWriter
+from helpers import ArticleWriter
+from standin.server import DEFAULT_TOKEN, OK_FALSE_DESCRIPTION, BotApiStandin
 
 from publisher import pipeline
 from publisher.config import Config, load_config
@@ -986,7 +986,7 @@ def test_pacing_keeps_a_margin_below_telegrams_exact_limits(
 
 def test_reserved_slots_keep_a_margin_below_the_bot_wide_limit(state_url: str,
                                                                tmp_path: Path) -> None:
-    from botapi_standin import ApiError, RateLimiter
+    from standin.server import ApiError, RateLimiter
 
     from publisher.config import Config as DefaultConfig
     from publisher.dispatch import paced_with_margin

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from botapi_standin import StandinProcess
-from conftest import ArticleWriter
+from helpers import ArticleWriter, wait_for
+from standin.server import StandinProcess
 from test_http_limits import limited_env
 from test_service import (  # noqa: F401 - fixtures (publishers: start kills what it starts)
     STOP_LIMIT,
@@ -22,7 +22,6 @@ from test_service import (  # noqa: F401 - fixtures (publishers: start kills wha
     publishers,
     start,
     titles,
-    wait_for,
 )
 
 OPEN_FILES = 256  # soft and hard: the service, the server and every connection must fit

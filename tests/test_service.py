@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, StandinProcess
-from conftest import REPO, ArticleWriter, article_record, front_matter
-from standin_fixtures import FAST_PER_CHAT_INTERVAL
+from helpers import REPO, ArticleWriter, article_record, front_matter, wait_for
+from standin.fixtures import FAST_PER_CHAT_INTERVAL
+from standin.server import DEFAULT_TOKEN, StandinProcess
 
 from publisher.errors import ConfigError
 from publisher.service import MAX_FAILURE_BACKOFF_SECONDS, JobHealth, parse_schedule
@@ -47,16 +47,6 @@ def _full_disk_fsync(fd):
     return _fsync(fd)
 os.fsync = _full_disk_fsync
 """
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class Publisher:

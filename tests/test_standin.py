@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from botapi_standin import (
+from standin import server as standin_server
+from standin.server import (
     DEFAULT_TOKEN,
     HUGE_BYTES,
     OK_FALSE_DESCRIPTION,
@@ -50,6 +51,23 @@ T = TypeVar("T")
 def api() -> Iterator[BotApiStandin]:
     with BotApiStandin(DEFAULT_TOKEN, rate_limits=False, slow_seconds=1.0) as standin:
         yield standin
+
+
+def test_the_spec_is_the_repository_copy_only(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    repository = Path(__file__).resolve().parent / "standin" / "bot-api.json"
+    assert repository == standin_server.SPEC_PATH
+    assert "sendMessage" in standin_server.load_spec()["methods"]
+    missing = tmp_path / "bot-api.json"
+    monkeypatch.setattr(standin_server, "SPEC_PATH", missing)
+    monkeypatch.setenv("BOT_API_SPEC", str(repository))  # once a fallback: no longer read
+    standin_server.load_spec.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"tests/standin/bot-api\.json") as raised:
+            BotApiStandin(DEFAULT_TOKEN)
+        assert str(missing) in str(raised.value)
+    finally:
+        standin_server.load_spec.cache_clear()
 
 
 def call(

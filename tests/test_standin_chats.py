@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, BotApiStandin, StandinProcess
+from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
 from telegram import (
     Bot,
     ChatFullInfo,

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from botapi_standin import DEFAULT_TOKEN, BotApiStandin, StandinProcess
+
+from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
 
 FAST_PER_CHAT_INTERVAL = 0.03
 FAST_SLOW_SECONDS = 1.0

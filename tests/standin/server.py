@@ -13,7 +13,11 @@ Library use::
 
 Standalone use (prints the base URL on the first stdout line, serves until SIGTERM)::
 
-    python tests/botapi_standin.py --port 0 --token T [--record FILE]
+    python tests/standin/server.py --port 0 --token T [--record FILE]
+
+The spec is the repository's own copy next to this module (``tests/standin/bot-api.json``,
+MIT-licensed, see ``bot-api.LICENSE``); there is no other source, so every checkout tests
+against the same spec.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import functools
 import itertools
 import json
 import math
-import os
 import re
 import secrets
 import select
@@ -49,11 +52,7 @@ from typing import Any, Literal, NoReturn, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 DEFAULT_TOKEN = "123456:ABC-test_token"
-SPEC_ENV_VAR = "BOT_API_SPEC"
-SPEC_CANDIDATES = (
-    Path(__file__).resolve().parent / "data" / "bot-api.json",
-    Path("/work/shared/telegram/bot-api.json"),
-)
+SPEC_PATH = Path(__file__).resolve().parent / "bot-api.json"
 
 PHOTO_WRONG_ID = "wrong file identifier/HTTP URL specified"
 PHOTO_FETCH_FAILED = "failed to get HTTP URL content"
@@ -393,13 +392,16 @@ def render(text: str, parse_mode: str | None) -> tuple[str, list[Json]]:
 
 
 @functools.cache
-def load_spec(path: str | None = None) -> Json:
-    """The Bot API spec (bot-api.json); path, $BOT_API_SPEC, tests/data/, /work/shared/."""
-    candidates = [Path(p) for p in (path, os.environ.get(SPEC_ENV_VAR)) if p]
-    for candidate in [*candidates, *SPEC_CANDIDATES]:
-        if candidate.is_file():
-            return json.loads(candidate.read_text(encoding="utf-8"))
-    raise FileNotFoundError(f"bot-api.json not found; set ${SPEC_ENV_VAR}")
+def load_spec() -> Json:
+    """The Bot API spec: the repository's copy, ``SPEC_PATH``, and nothing else."""
+    try:
+        text = SPEC_PATH.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the Bot API spec is missing: {SPEC_PATH} (tests/standin/bot-api.json in the "
+            "repository)"
+        ) from None
+    return json.loads(text)
 
 
 def _field_kind(types: list[str]) -> str:
@@ -964,11 +966,10 @@ class BotApiStandin:
         bomb_bytes: int = BOMB_BYTES,
         clock: Callable[[], float] = time.monotonic,
         record_file: str | Path | None = None,
-        spec_path: str | Path | None = None,
     ) -> None:
         if not _TOKEN_RE.match(token):
             raise ValueError(f"token {token!r} does not look like a bot token (123456:ABC...)")
-        spec = load_spec(str(spec_path) if spec_path else None)
+        spec = load_spec()
         self.token = token
         self.bot_username = bot_username
         self.slow_seconds = slow_seconds
