@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from publisher.feeds import write as feeds_write
 from publisher.config import FeedsConfig
 from publisher.errors import FeedError
 from publisher.feeds import build_feeds, render_feeds, write_atomic, write_feeds
+from publisher.feeds import write as feeds_write
 from publisher.models import Article, Image, Provider, Related, article_id
 
 ATOM = "{http://www.w3.org/2005/Atom}"
