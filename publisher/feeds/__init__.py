@@ -39,13 +39,13 @@ if TYPE_CHECKING:
         ATOM_NS,
         EPOCH,
         GENERATOR,
-        HEADLINES,
         STYLESHEET_INSTRUCTION,
         Rendering,
         render_changed_feeds,
         render_feeds,
     )
     from publisher.models import Article
+    from publisher.subscribe import HEADLINES
 
 # Names of the render stage, imported from it on first use (PEP 562).
 _RENDER_NAMES = frozenset({

@@ -57,8 +57,9 @@ def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None
             announce_changed(None, config.feeds)  # retry what the hub has not accepted yet
         return None
     from publisher.feeds.plan import channel_settings, plan_selection
-    from publisher.feeds.render import HEADLINES, render_plan
+    from publisher.feeds.render import render_plan
     from publisher.feeds.write import write_feeds
+    from publisher.subscribe import HEADLINES
     from publisher.websub import announce_changed
 
     channel = channel_settings(config.feeds)
@@ -119,8 +120,9 @@ def _unchanged_feeds(on_disk: Mapping[str, FeedFileRecord], digests: Mapping[str
     unchanged = {}
     for slug, digest in digests.items():
         records = [on_disk.get(feed_name(slug, kind)) for kind in FEED_SUFFIXES]
-        if all(r is not None and r.members == digest and r.entries is not None for r in records):
-            unchanged[slug] = records[0].entries  # type: ignore[union-attr]
+        counts = {r.entries for r in records if r is not None and r.members == digest}
+        if None not in records and len(counts) == 1 and None not in counts:
+            unchanged[slug] = int(counts.pop() or 0)
     return unchanged
 
 
