@@ -807,18 +807,6 @@ class Catalog:
 
     # -- for the feeds (``publisher.feeds``) ---------------------------------------------------
 
-    def selected_at(self, selection: FeedSelection, paths: Sequence[str]
-                    ) -> tuple[dict[str, Article], set[str]]:
-        """``articles_as_selected`` by path: the articles at ``paths`` keyed by their catalog
-        path, and the paths another process changed or removed after ``selection``."""
-        rows = {row[0]: (row[1], row[2]) for row in self._rows_at(paths, "digest, data")}
-        articles = {path: stored_article(rows[path][1]) for path in paths if path in rows}
-        moved = {
-            path for path in paths
-            if path not in rows or rows[path][0] != selection.records.get(path)
-        }
-        return articles, moved
-
     def feed_files(self, place: str) -> dict[str, FeedFileRecord]:
         """The files the feeds' writer remembers at ``place``, by name."""
         rows = self._db.execute(

@@ -65,8 +65,10 @@ def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None
     channel = channel_settings(config.feeds)
     digests = member_digests(selection)
     unchanged = _unchanged_feeds(on_disk, digests)
-    articles, moved = catalog.selected_at(selection, paths_to_render(selection, unchanged,
-                                                                     HEADLINES))
+    shown, moved = catalog.articles_as_selected(
+        selection, paths_to_render(selection, unchanged, HEADLINES))
+    # An article's source path is its catalog path (``Catalog.mark_planned`` relies on it too).
+    articles = {article.source_path: article for article in shown}
     rendering = render_plan(plan_selection(selection, articles, channel), channel, unchanged)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
     # What another process changed after the selection was read was rendered as it is now,
