@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from publisher import __version__
 from publisher.catalog import Catalog, FeedFileRecord, FeedSelection
 from publisher.config import Config
 from publisher.feeds.plan import (
+    channel_settings,
     feeds_holding,
     member_digests,
     paths_to_render,
+    plan_selection,
 )
-from publisher.feeds.write import BuildResult, FeedFile
+from publisher.feeds.write import BuildResult, FeedFile, write_feeds
 from publisher.names import FEED_SUFFIXES, PAGE_NAMES, feed_name
 
 FEEDS_KEY = "feeds_digest"
@@ -56,11 +59,21 @@ def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None
 
             announce_changed(None, config.feeds)  # retry what the hub has not accepted yet
         return None
-    from publisher.feeds.plan import channel_settings, plan_selection
-    from publisher.feeds.render import render_plan
-    from publisher.feeds.write import write_feeds
-    from publisher.subscribe import HEADLINES
+    result, records = _render_and_write(config, catalog, selection, on_disk, settings)
+    catalog.remember_feed_files(place, records)
     from publisher.websub import announce_changed
+
+    announce_changed(result, config.feeds)
+    return result
+
+
+def _render_and_write(config: Config, catalog: Catalog, selection: FeedSelection,
+                      on_disk: Mapping[str, FeedFileRecord], settings: str
+                      ) -> tuple[BuildResult, list[FeedFileRecord]]:
+    """Render the feeds that are not current on disk (and the pages), write them, and say
+    what the folder now holds."""
+    from publisher.feeds.render import render_plan  # feedgen and lxml: only when rendering
+    from publisher.subscribe import HEADLINES
 
     channel = channel_settings(config.feeds)
     digests = member_digests(selection)
@@ -78,11 +91,8 @@ def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None
     members = {slug: digest for slug, digest in digests.items()
                if slug in rendering.counts and slug not in stale}
     pages = "" if moved else selection.digest
-    catalog.remember_feed_files(place, _records(
-        result.files, rendering.rendered, on_disk, settings, members, pages, rendering.counts,
-    ))
-    announce_changed(result, config.feeds)
-    return result
+    return result, _records(result.files, rendering.rendered, on_disk, settings, members, pages,
+                            rendering.counts)
 
 
 def _current_files(remembered: Mapping[str, FeedFileRecord], settings: str, folder: Path
@@ -94,10 +104,12 @@ def _current_files(remembered: Mapping[str, FeedFileRecord], settings: str, fold
 
 
 def _size_on_disk(path: Path) -> int | None:
+    """The size of the regular file at ``path`` (a link to one counts); None if there is none."""
     try:
-        return path.stat().st_size if path.is_file() else None
+        status = path.stat()
     except OSError:
         return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
 
 
 def _all_current(on_disk: Mapping[str, FeedFileRecord], selection: FeedSelection) -> bool:
