@@ -20,8 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from publisher.feeds.current import FEEDS_KEY, feeds_key, write_current_feeds
-from publisher.feeds.entries import DEFAULT_IMAGE_TYPE, safe_url
-from publisher.feeds.plan import ALL_NAME
+from publisher.feeds.plan import ALL_NAME, safe_url
 from publisher.feeds.write import (
     FEED_NAME,
     PAGES,
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from publisher.config import FeedsConfig
+    from publisher.feeds.entries import DEFAULT_IMAGE_TYPE
     from publisher.feeds.render import (
         ATOM_NS,
         EPOCH,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from publisher.models import Article
     from publisher.subscribe import HEADLINES
 
-# Names of the render stage, imported from it on first use (PEP 562).
+# Names of the render stage (and its entries), imported on first use (PEP 562).
 _RENDER_NAMES = frozenset({
     "ATOM_NS", "EPOCH", "GENERATOR", "HEADLINES", "STYLESHEET_INSTRUCTION", "Rendering",
     "render_changed_feeds", "render_feeds", "render_plan",
@@ -66,6 +66,10 @@ def __getattr__(name: str) -> Any:
         from publisher.feeds import render
 
         return getattr(render, name)
+    if name == "DEFAULT_IMAGE_TYPE":
+        from publisher.feeds import entries
+
+        return entries.DEFAULT_IMAGE_TYPE
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

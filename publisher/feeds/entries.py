@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from publisher.models import Article, Image, article_id, best_image, published_url
+from publisher.feeds.plan import safe_url
+from publisher.models import Article, Image, article_id, best_image
 from publisher.text import as_utc, xml_text
 
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
@@ -36,13 +37,6 @@ _IMAGE_TYPES = {
     ".webp": "image/webp",
 }
 DEFAULT_IMAGE_TYPE = "image/jpeg"
-
-
-def safe_url(url: str) -> str | None:
-    """``url`` as an absolute http(s) URI fit for a feed, or None if it is anything else:
-    the published form (``models.published_url``: an ASCII host, no credentials, no
-    tracking parameters), which the loader already gave every article link."""
-    return published_url(url.strip())
 
 
 def feed_moment(moment: datetime) -> datetime:

@@ -19,13 +19,19 @@ from dataclasses import dataclass
 from publisher.catalog import FeedSelection
 from publisher.config import FeedsConfig
 from publisher.errors import FeedError
-from publisher.feeds.entries import safe_url
-from publisher.models import Article
+from publisher.models import Article, published_url
 from publisher.names import ALL_SLUG
 from publisher.selection import group_by_topic, newest_first, topic_slug
 from publisher.text import xml_text
 
 ALL_NAME = "All articles"
+
+
+def safe_url(url: str) -> str | None:
+    """``url`` as an absolute http(s) URI fit for a feed, or None if it is anything else:
+    the published form (``models.published_url``: an ASCII host, no credentials, no
+    tracking parameters), which the loader already gave every article link."""
+    return published_url(url.strip())
 
 
 @dataclass(frozen=True, slots=True)

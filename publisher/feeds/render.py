@@ -40,8 +40,8 @@ from feedgen.feed import FeedGenerator
 from feedgen.util import xml_elem
 
 from publisher.config import FeedsConfig
-from publisher.feeds.entries import Entry, EntryCache, Picture, RelatedLink, safe_url
-from publisher.feeds.plan import Channel, PlannedFeed, channel_settings, plan_articles
+from publisher.feeds.entries import Entry, EntryCache, Picture, RelatedLink
+from publisher.feeds.plan import Channel, PlannedFeed, channel_settings, plan_articles, safe_url
 from publisher.models import Article
 from publisher.names import (
     ALL_SLUG,

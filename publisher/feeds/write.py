@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +134,8 @@ def _holds(path: Path, data: bytes) -> bool:
 
 
 def _replace(path: Path, data: bytes) -> None:
+    import tempfile  # only when a file is written: a build with nothing changed never is
+
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
