@@ -11,14 +11,17 @@ import hashlib
 import json
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import ArticleWriter
 
-from publisher.catalog import Catalog, FeedFileRecord
-from publisher.config import Config, load_config
+from publisher.catalog import Catalog, FeedFileRecord, FeedSelection
+from publisher.config import Config, FeedsConfig, load_config
 from publisher.feeds import feeds_key
+from publisher.feeds.plan import channel_settings, plan_articles, plan_selection
+from publisher.models import Article
 from publisher.names import PAGE_NAMES
 from publisher.pipeline import BuildReport, build
 from publisher.state import SCHEMA_VERSION, NewDelivery, open_store
@@ -176,3 +179,31 @@ def test_a_schema_7_state_upgrades_in_place(
     assert {path.name: path.read_bytes() for path in config.feeds.dir.iterdir()} == files
     assert sorted(remembered(config)) == sorted(files)
     assert build(config).feeds is None
+
+
+def _article(index: int, topics: tuple[str, ...]) -> Article:
+    return Article(id=f"id-{index}", title=f"Title {index}", url=f"https://e.com/{index}",
+                   published_at=datetime(2025, 1, index, tzinfo=UTC), topics=topics,
+                   published=True, source_path=f"/a/{index}.txt")
+
+
+def test_the_plan_shows_the_members_the_catalog_chose() -> None:
+    """A feed's members are the catalog's SQL selection, as it gives them: the plan never
+    groups the articles again (here the catalog holds one article back from "ai", as a
+    ``max_items`` limit would, and names the topic by its newest member)."""
+    articles = {a.source_path: a for a in (_article(1, ("AI",)), _article(2, ("Ai", "Space")),
+                                           _article(3, ("Space",)))}
+    selection = FeedSelection(
+        newest=[("/a/3.txt", "r3"), ("/a/2.txt", "r2"), ("/a/1.txt", "r1")],
+        topics={"space": [("/a/3.txt", "r3"), ("/a/2.txt", "r2")], "ai": [("/a/2.txt", "r2")]},
+        paths=["/a/3.txt", "/a/2.txt", "/a/1.txt"], digest="d", records={},
+    )
+    channel = channel_settings(FeedsConfig(title="News"))
+    plan = plan_selection(selection, articles, channel)
+    assert [(feed.slug, feed.name, [a.id for a in feed.articles]) for feed in plan] == [
+        ("all", "All articles", ["id-3", "id-2", "id-1"]),
+        ("ai", "Ai", ["id-2"]),  # not id-1, which the catalog left out
+        ("space", "Space", ["id-3", "id-2"]),
+    ]
+    whole = plan_articles(list(articles.values())[::-1], channel)
+    assert [a.id for a in whole[1].articles] == ["id-2", "id-1"]  # what regrouping would show
