@@ -38,7 +38,7 @@ BUCKETS: list[tuple[str, str]] = [
     ("publisher.loader (own code)", "publisher/loader.py"),
     ("publisher.selection (own code)", "publisher/selection.py"),
     ("publisher.models (own code)", "publisher/models.py"),
-    ("publisher.feeds (own code)", "publisher/feeds.py"),
+    ("publisher.feeds (own code)", "publisher/feeds/"),
     ("dataclasses / object creation", "<string>"),
 ]
 

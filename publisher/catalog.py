@@ -98,7 +98,44 @@ def catalog_schema(dialect: str) -> list[str]:
         # entries (marshal), keyed by their digest.
         "CREATE TABLE IF NOT EXISTS catalog_scan "
         f"(digest {blob} PRIMARY KEY, data {blob} NOT NULL)",
+        FEED_FILES_TABLE,
     ]
+
+
+# What the feeds' writer left on disk, one row per file, per host and folder (``place``:
+# each host may have a disk of its own): how it was rendered and what it holds, so that a
+# build renders only the feeds whose members changed (see ``publisher.feeds.current``).
+FEED_FILES_TABLE = """CREATE TABLE IF NOT EXISTS feed_files (
+    place TEXT NOT NULL,  -- "feeds_digest:<host>:<folder>"
+    name TEXT NOT NULL,  -- the file's name in the folder
+    slug TEXT NOT NULL,  -- its feed ("all", a topic), or the page's
+    settings TEXT NOT NULL,  -- a digest of the version and feed settings it was rendered with
+    members TEXT NOT NULL,  -- a digest of the records it shows; '' when not known current
+    entries BIGINT,  -- a feed's number of entries (its landing-page count); NULL for pages
+    size BIGINT NOT NULL,  -- its size in bytes as written
+    digest TEXT NOT NULL,  -- of its bytes as written
+    PRIMARY KEY (place, name)
+)"""
+
+
+def add_feed_files(db: Database) -> None:
+    """Schema 8: the ``feed_files`` table replaces the JSON object each place kept in a
+    ``feeds_digest:...`` meta row. That object was a cache: it goes, and the first build
+    renders every feed once (bytes equal to those on disk are not written again)."""
+    db.execute(FEED_FILES_TABLE)
+    db.execute("DELETE FROM meta WHERE key LIKE 'feeds_digest:%'")
+
+
+class FeedFileRecord(NamedTuple):
+    """One row of ``feed_files`` (without its place)."""
+
+    name: str
+    slug: str
+    settings: str
+    members: str
+    entries: int | None
+    size: int
+    digest: str
 
 
 # The columns (and their indexes) added to the catalog by schema 6, for ``upgrade_catalog``.
@@ -765,6 +802,26 @@ class Catalog:
             "SELECT data FROM catalog WHERE article_id = ? AND selected = 1", (article_id,)
         ).fetchone()
         return stored_article(row[0]) if row else None
+
+    # -- for the feeds (``publisher.feeds``) ---------------------------------------------------
+
+    def feed_files(self, place: str) -> dict[str, FeedFileRecord]:
+        """The files the feeds' writer remembers at ``place``, by name."""
+        rows = self._db.execute(
+            "SELECT name, slug, settings, members, entries, size, digest FROM feed_files "
+            "WHERE place = ?", (place,),
+        )
+        return {row[0]: FeedFileRecord(*row) for row in rows}
+
+    def remember_feed_files(self, place: str, records: Iterable[FeedFileRecord]) -> None:
+        """``records`` are now all the files at ``place``: the rows of others go."""
+        with self._db.transaction():
+            self._db.execute("DELETE FROM feed_files WHERE place = ?", (place,))
+            self._db.executemany(
+                "INSERT INTO feed_files (place, name, slug, settings, members, entries, size, "
+                "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(place, *record) for record in records],
+            )
 
 
 def _regrouped(batches: Iterable[Batch], size: int) -> Iterator[Batch]:

@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from publisher.db import redact_url
 from publisher.errors import ConfigError
 from publisher.files import FileTooLarge, read_regular_file
+from publisher.text import is_web_url
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 CONFIG_ENV = "PUBLISHER_CONFIG"
@@ -513,7 +514,7 @@ def _validate(config: Config) -> None:
                      ("feeds.websub_hub", feeds.websub_hub),
                      ("feeds.telegram_url", feeds.telegram_url),
                      ("telegram.api_base_url", telegram.api_base_url)):
-        if url and not _is_http_url(url):
+        if url and not is_web_url(url):
             raise ConfigError(f"config key {key} must be an http(s) URL, not {url!r}")
     if telegram.on_uncertain not in ("hold", "resend"):
         raise ConfigError(
@@ -551,14 +552,6 @@ def _validate_numbers(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value <= 0:
             raise ConfigError(f"config key {section}.{key} must be above 0, not {value!r}")
-
-
-def _is_http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        return False
 
 
 def interval_seconds(value: str) -> float | None:

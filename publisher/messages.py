@@ -24,13 +24,13 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher.errors import ConfigError
 from publisher.models import Article, Related, normalise_url
+from publisher.text import as_utc, is_web_url
 
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
@@ -202,18 +202,8 @@ def format_date(moment: datetime, timezone: str = "UTC") -> str:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as error:
         raise ConfigError(f"unknown timezone {timezone!r}") from error
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    local = moment.astimezone(zone)
+    local = as_utc(moment).astimezone(zone)
     return f"{local.day} {_MONTHS[local.month - 1]} {local.year}"
-
-
-def _is_web_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        return parts.scheme in {"http", "https"} and bool(parts.hostname)
-    except ValueError:
-        return False
 
 
 def _same_page(first: str, second: str) -> bool:
@@ -299,7 +289,7 @@ def _escape(text: str) -> str:
 
 def _buttons(article: Article) -> tuple[tuple[Button, ...], ...]:
     rows: list[tuple[Button, ...]] = []
-    if _is_web_url(article.url):
+    if is_web_url(article.url):
         provider = shorten(article.provider_label.strip(), PROVIDER_LABEL_LIMIT)
         label = f"Read on {provider}" if provider else "Read the article"
         rows.append((Button(label, article.url),))
@@ -314,7 +304,7 @@ def _related_buttons(article: Article) -> list[Button]:
     for related in article.related:
         if len(buttons) == MAX_RELATED_BUTTONS:
             break
-        if not _is_web_url(related.url) or any(_same_page(related.url, url) for url in seen):
+        if not is_web_url(related.url) or any(_same_page(related.url, url) for url in seen):
             continue
         seen.append(related.url)
         buttons.append(Button(_related_label(related), related.url))
@@ -331,8 +321,8 @@ def _related_label(related: Related) -> str:
 def render_message(article: Article, *, timezone: str = "UTC") -> Message:
     """The Telegram post for ``article``: photo with caption if it has a usable image."""
     image = article.best_image
-    photo_url = image.url if image is not None and _is_web_url(image.url) else None
-    preview_url = article.url if _is_web_url(article.url) else ""
+    photo_url = image.url if image is not None and is_web_url(image.url) else None
+    preview_url = article.url if is_web_url(article.url) else ""
 
     title = article.title.strip()
     excerpt = article.excerpt.strip()

@@ -12,22 +12,20 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from publisher import __version__
-from publisher.catalog import Catalog, FeedSelection
+from publisher.catalog import Catalog
 from publisher.config import Config
 from publisher.errors import ConfigError
+from publisher.feeds import feeds_key, write_current_feeds  # noqa: F401 - feeds_key: kept here
 from publisher.loader import Limits, LoadResult, Notice, Problem, Progress, load_articles
 from publisher.logs import Fields, add_secret
 from publisher.models import Article
-from publisher.names import ALL_SLUG, FEED_SUFFIXES, PAGE_NAMES, feed_name
 from publisher.selection import select
 from publisher.state import (
     PENDING,
@@ -46,7 +44,6 @@ if TYPE_CHECKING:  # rendering and the Telegram side are imported only when used
     from publisher.feeds import BuildResult
     from publisher.messages import Message
 
-FEEDS_KEY = "feeds_digest"
 ROUTING_KEY = "routing_digest"
 # Bump when the same config routes differently (2: routes match topics by slug; chats are
 # keyed by numeric id): the first push of a new version plans every article once more.
@@ -172,112 +169,6 @@ def route_warnings(config: Config, topic_slugs: Iterable[str]) -> list[str]:
 def article_limits(config: Config) -> Limits:
     articles = config.articles
     return Limits(articles.max_file_bytes, articles.max_topics, articles.max_related)
-
-
-def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
-    """Render and write the feeds whose entries changed; None when every file is current.
-
-    One writer at a time per state (instances sharing a PostgreSQL state included); what
-    was written is remembered per host and folder, since each host may have its own disk.
-    """
-    with catalog.db.exclusive("feeds"):
-        return _write_current_feeds(config, catalog)
-
-
-def feeds_key(config: Config) -> str:
-    return f"{FEEDS_KEY}:{socket.gethostname()}:{config.feeds.dir.resolve()}"
-
-
-def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
-    selection = catalog.feed_selection(config.feeds.max_items)
-    # A new publisher version may render differently: its first build renders every feed.
-    settings = _digest(__version__, repr(config.feeds))
-    key = feeds_key(config)
-    last = _json_object(catalog.get_meta(key))
-    known = last.get("feeds", {}) if last.get("settings") == settings else {}
-    known = {slug: digest for slug, digest in known.items() if _feed_files_exist(config, slug)}
-    pages = all((config.feeds.dir / name).is_file() for name in PAGE_NAMES)
-    if last.get("entries") == selection.digest and known and known == last.get("feeds") and pages:
-        if config.feeds.websub_hub:
-            from publisher.websub import announce_changed
-
-            announce_changed(None, config.feeds)  # retry what the hub has not accepted yet
-        return None
-    from publisher.feeds import HEADLINES, render_changed_feeds, write_feeds
-    from publisher.websub import announce_changed
-
-    digests = _feed_digests(selection)
-    counts = last.get("counts", {}) if known else {}
-    unchanged = {
-        slug: counts[slug]
-        for slug, digest in digests.items()
-        if known.get(slug) == digest and isinstance(counts.get(slug), int)
-    }
-    paths = _paths_to_render(selection, unchanged, HEADLINES)
-    articles, moved = catalog.articles_as_selected(selection, paths)
-    rendering = render_changed_feeds(articles, config.feeds, unchanged)
-    result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
-    # What another process changed after the selection was read was rendered as it is now,
-    # not as digested: the feeds holding it, and the pages, are not remembered as current
-    # (a later return to the digested records must not find them "unchanged").
-    stale = _feeds_holding(selection, moved)
-    feeds = {slug: digest for slug, digest in digests.items()
-             if slug in rendering.counts and slug not in stale}
-    catalog.set_meta(
-        key,
-        json.dumps({"entries": "" if moved else selection.digest, "settings": settings,
-                    "feeds": feeds, "counts": rendering.counts}),
-    )
-    announce_changed(result, config.feeds)
-    return result
-
-
-def _feed_members(selection: FeedSelection) -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    yield ALL_SLUG, selection.newest
-    yield from selection.topics.items()
-
-
-def _feed_digests(selection: FeedSelection) -> dict[str, str]:
-    """Per feed, a digest of the records it may show, in order (the settings are compared on
-    their own): equal digests, equal files."""
-    digests = {}
-    for slug, members in _feed_members(selection):
-        digest = hashlib.blake2b(slug.encode(), digest_size=16)
-        for _, record in members:
-            digest.update(record.encode())
-        digests[slug] = digest.hexdigest()
-    return digests
-
-
-def _feeds_holding(selection: FeedSelection, paths: set[str]) -> set[str]:
-    if not paths:
-        return set()
-    return {slug for slug, members in _feed_members(selection)
-            if any(path in paths for path, _ in members)}
-
-
-def _paths_to_render(selection: FeedSelection, unchanged: Mapping[str, int],
-                     headlines: int) -> list[str]:
-    """Every article of a changed feed, the first ``headlines`` of an unchanged one (for the
-    landing page); newest first."""
-    wanted: set[str] = set()
-    for slug, members in _feed_members(selection):
-        shown = members[:headlines] if slug in unchanged else members
-        wanted.update(path for path, _ in shown)
-    return [path for path in selection.paths if path in wanted]
-
-
-def _json_object(text: str | None) -> dict[str, Any]:
-    """A JSON object kept in the state, or {} when absent or unreadable (then all is redone)."""
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _feed_files_exist(config: Config, slug: str) -> bool:
-    return all((config.feeds.dir / feed_name(slug, kind)).is_file() for kind in FEED_SUFFIXES)
 
 
 def build(config: Config, progress: Progress | None = None) -> BuildReport:

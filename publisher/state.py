@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from publisher.catalog import catalog_schema, upgrade_catalog
+from publisher.catalog import add_feed_files, catalog_schema, upgrade_catalog
 from publisher.db import (
     Database,
     connect,
@@ -47,12 +47,13 @@ from publisher.errors import AlreadyRunning, StateError
 # 2: the article catalog (parse cache); 3: its file keys and plans; 4: claims with leases,
 # pacing reservations, the scan snapshot in its own table (PostgreSQL starts here); 6: chats
 # keyed by numeric id (chats, chat_names), the orphaned state; 7: catalog warnings and
-# re-check times.
-SCHEMA_VERSION = 7
+# re-check times; 8: feed_files (what the feeds' writer left on disk).
+SCHEMA_VERSION = 8
 CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
 SCAN_BUCKETS_VERSION = 5  # catalog_scan (buckets) replaced catalog_snapshot
 CHAT_IDS_VERSION = 6  # chats, chat_names; 'orphaned' allowed in deliveries.state
 CATALOG_CHECKS_VERSION = 7  # catalog.warning and recheck_us
+FEED_FILES_VERSION = 8  # feed_files replaced the feeds_digest:... meta rows
 
 PENDING = "pending"
 SENDING = "sending"
@@ -319,6 +320,8 @@ class SQLStore:
                 self.db.execute("DELETE FROM meta WHERE key = 'catalog_scan_fingerprint'")
             if 0 < version < CATALOG_CHECKS_VERSION:
                 upgrade_catalog(self.db)
+            if 0 < version < FEED_FILES_VERSION:
+                add_feed_files(self.db)
             for statement in ledger_schema(self.db.dialect) + catalog_schema(self.db.dialect):
                 self.db.execute(statement)
             self._set_meta("schema_version", str(SCHEMA_VERSION))

@@ -1,9 +1,10 @@
 """What subscribers see besides RSS and Atom: JSON Feed 1.1, an OPML list, a landing page, and
 ``feed.xsl``, the stylesheet that makes an RSS or Atom feed opened in a browser a readable page.
 
-Pure functions over already sanitised entries (``feeds._Entry`` fits ``EntryLike``): every URL
-they receive is an absolute http(s) URL, every text free of XML-invalid characters. Output is
-deterministic (no "now", JSON keys sorted), so an unchanged corpus gives identical bytes.
+The render stage of ``publisher.feeds`` for these outputs: pure functions over already
+sanitised entries (``feeds.entries.Entry`` fits ``EntryLike``): every URL they receive is an
+absolute http(s) URL, every text free of XML-invalid characters. Output is deterministic
+(no "now", JSON keys sorted), so an unchanged corpus gives identical bytes.
 """
 
 from __future__ import annotations

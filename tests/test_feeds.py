@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from publisher import feeds
 from publisher.config import FeedsConfig
 from publisher.errors import FeedError
 from publisher.feeds import build_feeds, render_feeds, write_atomic, write_feeds
+from publisher.feeds import write as feeds_write
 from publisher.models import Article, Image, Provider, Related, article_id
 
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -602,7 +602,7 @@ def test_failed_write_leaves_the_old_file_intact(
     def disk_full(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(feeds.os, "replace", disk_full)
+    monkeypatch.setattr(feeds_write.os, "replace", disk_full)
     with pytest.raises(FeedError, match="No space left"):
         write_atomic(path, b"new")
     assert path.read_bytes() == b"old"
