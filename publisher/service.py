@@ -46,12 +46,12 @@ from publisher import hangup, pipeline
 from publisher.catalog import Catalog
 from publisher.config import Config, check_schedule, interval_seconds, load_config
 from publisher.delivery import Sender
-from publisher.dispatch import Dispatcher
 from publisher.errors import PublisherError
 from publisher.loader import display_path, printable
 from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, limits_from, start_server
+from publisher.session import Session
 from publisher.state import RunRecord, SQLStore, instance_lock, open_store, utc_now_iso
 from publisher.stopping import STOP_DEADLINE_SECONDS
 
@@ -464,24 +464,25 @@ class Service:
         if summary["written"]:
             event(log, logging.INFO, "feeds_written", **summary)
 
+    def _session(self) -> Session:
+        """This tick's session: the service's connections, config and sender as they are
+        now (a reload may change the last two between ticks)."""
+        assert self._store is not None and self._catalog is not None
+        return Session(self.config, self._store, sender=self._sender, writer=self._catalog,
+                       stop=self._push_stop)
+
     async def _build_feeds(self) -> dict[str, object]:
         corpus = await self._load()
         async with self._load_lock:
-            result = await asyncio.to_thread(
-                pipeline.write_current_feeds, self.config, self._writer()
-            )
+            result = await asyncio.to_thread(self._session().write_feeds)
         return {"files": corpus.files, "bad": len(corpus.problems), "selected": corpus.selected,
                 "written": result.written if result is not None else 0}
-
-    def _writer(self) -> Catalog:
-        assert self._catalog is not None
-        return self._catalog
 
     async def _load(self) -> pipeline.CorpusReport:
         async with self._load_lock:
             # Shielded: a cancelled job must not abandon the thread while it holds the writer.
             self._sync_future = asyncio.ensure_future(asyncio.to_thread(
-                pipeline.sync_corpus, self.config, self._writer(), None, self._stop_sync
+                self._session().sync, None, self._stop_sync
             ))
             corpus = await asyncio.shield(self._sync_future)
         self.metrics.observe_load(corpus)
@@ -504,10 +505,7 @@ class Service:
     async def _push(self) -> None:
         assert self._store is not None and self._sender is not None
         corpus = await self._load()
-        dispatcher = Dispatcher(self._store, self._sender, self.config, stop=self._push_stop)
-        outcome = await pipeline.deliver(
-            self.config, self._store, dispatcher, Catalog(self._store.db), corpus,
-        )
+        outcome = await self._session().push(corpus)
         self.metrics.observe_push(outcome.report)
         self.metrics.observe_ledger(outcome.open_posts)
         summary = outcome.summary()
