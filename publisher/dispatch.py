@@ -1,9 +1,10 @@
 """Dispatch: the ledger-driven loop that posts pending articles, paced and fault-tolerant.
 
 At its start a push asks Telegram which chat each destination is (``destinations``): the
-ledger keys chats by that numeric id. For each chat, oldest article first: reserve a pacing
-slot in the state, wait for it, claim the oldest due pair (``sending``, committed, with this
-process's name and a lease), post, then record the outcome. Several processes sharing a
+ledger keys chats by that numeric id. Then it reads the plan (``plan.read_plan``), records
+its new pairs, and executes it. For each chat, oldest article first: reserve a pacing slot
+in the state, wait for it, claim the plan's oldest due pair (``sending``, committed, with
+this process's name and a lease), post, then record the outcome. Several processes sharing a
 PostgreSQL state run this same loop; the claim is what keeps them from posting anything
 twice. Outcomes decide what happens next:
 

@@ -13,6 +13,7 @@ deleting one, a digest or a direct message to a follower will be further kinds, 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -195,7 +196,7 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
         times = inputs.send_times(chat_id, now.timestamp() - pacing.window,
                                   pacing.per_chat_per_minute)
         chat_plan = _plan_chat(chat_candidates, target, config, destinations, now, inputs.lookup,
-                               _Pacer(times, pacing, now.timestamp()))
+                               Pacer(times, pacing, now.timestamp()))
         actions += chat_plan.actions
         closing += chat_plan.closing
         held += chat_plan.held
@@ -241,7 +242,7 @@ class _ChatPlan:
 
 def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
                destinations: Destinations, now: datetime, lookup: Lookup,
-               pacer: _Pacer) -> _ChatPlan:
+               pacer: Pacer) -> _ChatPlan:
     budget = config.telegram.max_per_run or None
     plan = _ChatPlan()
     for index, candidate in enumerate(candidates):
@@ -257,7 +258,7 @@ def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
                                         reason))
             continue
         assert article is not None
-        if not pacer.take():
+        if pacer.take() is None:
             plan.held.append(Held(target, len(candidates) - index, PACING_HELD))
             break
         plan.actions.append(Action(ActionKind.POST, candidate.article_id, target,
@@ -281,27 +282,29 @@ def _why_not_posted(article: Article | None, chat_id: str, config: Config,
     return ""
 
 
-class _Pacer:
+class Pacer:
     """``Store.reserve_send`` foreseen for one chat: each send reserved when the one before
     leaves, as a push's loop does. The bot-wide rate is left out: its interval is a small
     fraction of a second, far below any ``max_wait_seconds`` that holds posts back."""
 
     def __init__(self, newest_first: Sequence[float], pacing: Pacing, now: float) -> None:
-        self._sends = sorted(newest_first)
+        # Only the newest ``per_chat_per_minute`` sends can decide a slot, as in the store.
+        self._sends = deque(sorted(newest_first), maxlen=pacing.per_chat_per_minute)
         self._pacing = pacing
         self._now = now
 
-    def take(self) -> bool:
+    def take(self) -> float | None:
+        """The next send's slot (then taken), or None when it is too far away."""
         pacing = self._pacing
         budget = pacing.per_chat_per_minute
-        latest = [at for at in self._sends if at >= self._now - pacing.window][-budget:]
+        latest = [at for at in self._sends if at >= self._now - pacing.window]
         slot = self._now
         if latest:
             slot = max(slot, latest[-1] + pacing.per_chat_interval)
         if len(latest) >= budget:
             slot = max(slot, latest[-budget] + pacing.window)
         if slot - self._now > pacing.max_wait:
-            return False
+            return None
         self._sends.append(slot)
         self._now = slot
-        return True
+        return slot

@@ -8,7 +8,8 @@ tick, which asks for a run (``_want``) and returns: a run that outlasts its inte
 normal, never a "maximum number of running instances" warning, and a run cancelled at the
 stop deadline is ours to account for, not an exception of APScheduler's job. The ledger,
 not the job store, is the source of truth: jobs live in memory and a restart simply runs
-both jobs once.
+both jobs once. Each job's run is one ``session.Session`` over the service's connections:
+the service triggers it, the session syncs, writes the feeds, plans and pushes.
 
 Signals: SIGTERM/SIGINT stop the triggers, let the send in flight finish and be recorded,
 close the bot session and exit 0; a second one exits at once. SIGHUP reloads the config

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 from publisher.catalog import Catalog
 from publisher.config import Config
 from publisher.destinations import Destinations, remembered_destinations
-from publisher.errors import ConfigError
 from publisher.loader import Progress
 from publisher.models import Article
 from publisher.pipeline import (
@@ -160,8 +159,8 @@ class Session:
         The caller holds the instance lock and closes the sender."""
         from publisher.dispatch import Dispatcher
 
-        if self.sender is None:
-            raise ConfigError("a push needs a sender")
+        if self.sender is None:  # a caller's mistake, not the operator's
+            raise TypeError("Session.push needs a sender")
         corpus = corpus or self.sync()
         dispatcher = Dispatcher(self.store, self.sender, self.config, stop=self._stop)
         return await self.deliver(dispatcher, corpus)

@@ -4,6 +4,7 @@ exactly that (real files, real SQLite and PostgreSQL, the stand-in Bot API)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -259,3 +260,32 @@ def test_a_dry_run_without_a_state_creates_none(
     assert dry_titles(dry) == ["Article number 1"]
     if config.state.url == SQLITE_STATE:
         assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_the_plan_foresees_the_pacing_slots_the_ledger_reserves(tmp_path: Path) -> None:
+    """Each send reserved as the one before leaves, as a push's loop does: the plan's
+    foresight and the store's reservations agree, slot for slot, and on where they stop."""
+    from publisher.config import Config as Defaults
+    from publisher.dispatch import paced_with_margin
+    from publisher.plan import Pacer
+
+    pacing = dataclasses.replace(paced_with_margin(Defaults()), per_chat_per_minute=3,
+                                 max_wait=15.0)
+    store = open_store(f"sqlite:///{tmp_path}/pacing.db")
+    try:
+        start = 1_000_000.0
+        for earlier in (start - 50, start - 20):  # sends of an earlier push, in the window
+            assert store.reserve_send(CHAT, earlier, pacing) == earlier
+        pacer = Pacer(store.send_times(CHAT, start - pacing.window, 3), pacing, start)
+        now, foreseen, reserved = start, [], []
+        for _ in range(8):
+            foreseen.append(pacer.take())
+            slot = store.reserve_send(CHAT, now, pacing)
+            reserved.append(slot)
+            if slot is None:
+                break
+            now = slot
+    finally:
+        store.close()
+    assert foreseen == reserved
+    assert reserved[-1] is None and len(reserved) > 2
