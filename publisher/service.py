@@ -53,7 +53,7 @@ from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, limits_from, start_server
 from publisher.session import Session
-from publisher.state import RunRecord, SQLStore, instance_lock, open_store, utc_now_iso
+from publisher.state import SQLStore, instance_lock, open_store, utc_now_iso
 from publisher.stopping import STOP_DEADLINE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -458,10 +458,9 @@ class Service:
             summary = await self._build_feeds()
         except Exception as exc:
             error = str(exc) or type(exc).__name__
-            self._store.record_run(RunRecord("build", started_at, utc_now_iso(), False,
-                                             {"error": error}))
+            self._session().record("build", started_at, False, {"error": error})
             raise
-        self._store.record_run(RunRecord("build", started_at, utc_now_iso(), True, summary))
+        self._session().record("build", started_at, True, summary)
         if summary["written"]:
             event(log, logging.INFO, "feeds_written", **summary)
 

@@ -118,9 +118,12 @@ class Session:
         corpus = self.sync(progress)
         feeds = self.write_feeds()
         report = BuildReport(corpus, feeds, time.perf_counter() - started)
-        self.store.record_run(RunRecord("build", started_at, utc_now_iso(), True,
-                                        report.summary()))
+        self.record("build", started_at, True, report.summary())
         return report
+
+    def record(self, kind: str, started_at: str, ok: bool, summary: dict[str, object]) -> None:
+        """A run of ``kind`` ("build", "push") for ``publisher status``, ending now."""
+        self.store.record_run(RunRecord(kind, started_at, utc_now_iso(), ok, summary))
 
     # -- the plan ----------------------------------------------------------------------------
 
@@ -180,8 +183,7 @@ class Session:
                       for chat, states in self.store.open_counts().items()}
         outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started,
                               open_posts, route_warnings(self.config, corpus.topic_slugs))
-        self.store.record_run(RunRecord("push", started_at, utc_now_iso(), report.ok,
-                                        outcome.summary()))
+        self.record("push", started_at, report.ok, outcome.summary())
         return outcome
 
     def dry_run(self, now: datetime | None = None) -> DryRun:
