@@ -251,16 +251,18 @@ def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
                                   f"telegram.max_per_run ({budget}) reached: the rest wait "
                                   "for the next push"))
             break
+        # A push reserves a slot before it claims a pair, even one it then closes.
+        if pacer.next_slot() is None:
+            plan.held.append(Held(target, len(candidates) - index, PACING_HELD))
+            break
         article = candidate.article if candidate.new else lookup(candidate.article_id)
         reason = _why_not_posted(article, target.chat_id, config, destinations, now)
-        if reason:
+        if reason:  # its slot is given back
             plan.closing.append(Closing(candidate.article_id, target, candidate.published_at,
                                         reason))
             continue
         assert article is not None
-        if pacer.take() is None:
-            plan.held.append(Held(target, len(candidates) - index, PACING_HELD))
-            break
+        pacer.take()
         plan.actions.append(Action(ActionKind.POST, candidate.article_id, target,
                                    article.title, candidate.published_at, candidate.new))
     return plan
@@ -295,6 +297,14 @@ class Pacer:
 
     def take(self) -> float | None:
         """The next send's slot (then taken), or None when it is too far away."""
+        slot = self.next_slot()
+        if slot is not None:
+            self._sends.append(slot)
+            self._now = slot
+        return slot
+
+    def next_slot(self) -> float | None:
+        """The next send's slot, or None when it is more than ``max_wait`` away."""
         pacing = self._pacing
         budget = pacing.per_chat_per_minute
         latest = [at for at in self._sends if at >= self._now - pacing.window]
@@ -303,8 +313,4 @@ class Pacer:
             slot = max(slot, latest[-1] + pacing.per_chat_interval)
         if len(latest) >= budget:
             slot = max(slot, latest[-budget] + pacing.window)
-        if slot - self._now > pacing.max_wait:
-            return None
-        self._sends.append(slot)
-        self._now = slot
-        return slot
+        return None if slot - self._now > pacing.max_wait else slot
