@@ -45,7 +45,7 @@ def state_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_config(tmp_path: Path, articles_dir: Path, botapi: BotApiStandin,
                 state_url: str) -> ConfigMaker:
-    def make(**telegram: object) -> Config:
+    def make(extra: str = "", **telegram: object) -> Config:
         settings = {"chat_id": CHAT, "api_base_url": botapi.base_url, "max_age_hours": 0,
                     "max_per_run": 0, "per_chat_interval_seconds": 0.06,
                     "timeout_seconds": 0.5, "max_wait_seconds": 5, **telegram}
@@ -54,7 +54,7 @@ def make_config(tmp_path: Path, articles_dir: Path, botapi: BotApiStandin,
         path.write_text(
             f'[articles]\ndir = "articles"\n[state]\nurl = "{state_url}"\n[telegram]\n'
             + "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in
-                      settings.items()),
+                      settings.items()) + extra,
             encoding="utf-8",
         )
         return load_config(path, environ={})
@@ -79,8 +79,8 @@ class VirtualTime:
         return datetime.fromtimestamp(self.now, UTC)
 
 
-def titles(api: BotApiStandin, start: int = 0) -> list[str]:
-    return [record.visible_text.split("\n")[0] for record in api.sent_to(CHAT)[start:]]
+def titles(api: BotApiStandin, start: int = 0, chat: str = CHAT) -> list[str]:
+    return [record.visible_text.split("\n")[0] for record in api.sent_to(chat)[start:]]
 
 
 def dry_titles(dry: pipeline.DryRun) -> list[str]:
@@ -172,6 +172,26 @@ def test_a_dry_run_shows_what_pacing_left_pending_once_its_slot_is_free(
         again = asyncio.run(push_at(config, virtual))
         assert again.report.total("sent") == 2 and again.report.held == {}
         assert titles(api, 2) == dry_titles(later)
+
+
+def test_with_two_destinations_the_dry_run_shows_each_chats_next_posts(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    for index in range(1, 5):
+        write_article(f"{index}.txt", index, topics=["AI"] if index % 2 else ["Space"])
+    config = make_config(max_per_run=1, extra='[telegram.routes]\nAI = "@robots"\n')
+    asyncio.run(pipeline.push(config))  # one post per chat; both chats are known now
+    assert titles(botapi) == ["Article number 1"]
+    assert titles(botapi, chat="@robots") == ["Article number 1"]
+    dry = dry_run_at(config)
+    assert [(item.chat_id, item.message.plain.split("\n")[0]) for item in dry.items] == [
+        ("@news", "Article number 2"), ("@robots", "Article number 3")]
+    assert dry.notes == ["@news: telegram.max_per_run (1) reached: the rest wait for the "
+                         "next push (2 posts left)"]  # @robots has only article 3 left
+    asyncio.run(pipeline.push(config))
+    assert titles(botapi, 1) == ["Article number 2"]
+    assert titles(botapi, 1, chat="@robots") == ["Article number 3"]
+    assert [item.chat_id for item in dry_run_at(config).items] == ["@news"]
 
 
 def test_the_plan_is_a_value_and_the_push_executes_exactly_it(
