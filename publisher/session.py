@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
 
 class Session:
+    """The store, the catalog and the sender of one command or one service tick."""
+
     def __init__(self, config: Config, store: Store, *, sender: Sender | None = None,
                  catalog: Catalog | None = None, writer: Catalog | None = None,
                  stop: asyncio.Event | None = None) -> None:
