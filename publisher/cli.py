@@ -204,11 +204,11 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
       publisher build -c config.toml
       publisher build --articles seeds --output feeds
     """
-    from publisher.pipeline import build as run_build
+    from publisher.session import Session
 
     config = ctx.config(**_path_overrides(articles, output))
-    with _progress(ctx, config) as progress:
-        report = run_build(config, progress=progress)
+    with _progress(ctx, config) as progress, Session.opened(config) as session:
+        report = session.build(progress)
     for line in (*report.corpus.problems, *report.corpus.notices):
         ctx.echo(str(line), err=True)
     _warn_routes(ctx, config, report.corpus.topic_slugs)
@@ -405,12 +405,13 @@ def push(ctx: Context, dry_run: bool) -> None:
       TELEGRAM_BOT_TOKEN=123:abc publisher push -c config.toml
       publisher push -c config.toml --dry-run
     """
-    from publisher import pipeline
     from publisher.messages import format_for_dry_run
+    from publisher.session import Session
 
     config = ctx.config()
     if dry_run:
-        plan = pipeline.dry_run(config)
+        with Session.for_dry_run(config) as session:
+            plan = session.dry_run()
         for warning in plan.route_warnings:
             ctx.echo(f"Warning: {warning}", err=True)
         for item in plan.items:

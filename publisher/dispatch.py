@@ -1,9 +1,10 @@
 """Dispatch: the ledger-driven loop that posts pending articles, paced and fault-tolerant.
 
 At its start a push asks Telegram which chat each destination is (``destinations``): the
-ledger keys chats by that numeric id. For each chat, oldest article first: reserve a pacing
-slot in the state, wait for it, claim the oldest due pair (``sending``, committed, with this
-process's name and a lease), post, then record the outcome. Several processes sharing a
+ledger keys chats by that numeric id. Then it reads the plan (``plan.read_plan``), records
+its new pairs, and executes it. For each chat, oldest article first: reserve a pacing slot
+in the state, wait for it, claim the plan's oldest due pair (``sending``, committed, with
+this process's name and a lease), post, then record the outcome. Several processes sharing a
 PostgreSQL state run this same loop; the claim is what keeps them from posting anything
 twice. Outcomes decide what happens next:
 
@@ -35,7 +36,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -63,13 +64,18 @@ from publisher.destinations import (
 from publisher.logs import event
 from publisher.messages import Message, render_message
 from publisher.models import Article
+from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
+    PACING_HELD,
+    Entry,
+    Plan,
+    plan_deliveries,  # noqa: F401
+    read_plan,
+)
 from publisher.state import (
     ORPHANED,
-    PENDING,
     SKIPPED,
     UNCERTAIN,
     Delivery,
-    NewDelivery,
     Pacing,
     Store,
 )
@@ -133,33 +139,6 @@ class PushReport:
     def ok(self) -> bool:
         return (not self.fatal and not self.errors and self.total("failed") == 0
                 and not self.nothing_delivered)
-
-
-def plan_deliveries(
-    selected: Iterable[Article], config: Config, now: datetime,
-    destinations: Destinations | None = None,
-) -> list[NewDelivery]:
-    """Every (article, chat) pair the selection asks for, keyed as ``destinations`` key its
-    chats (without: as the state remembers them); too-old articles marked skipped."""
-    destinations = destinations or remembered_destinations(config, None)
-    max_age = config.telegram.max_age_hours
-    oldest = now - timedelta(hours=max_age) if max_age else None
-    planned: list[NewDelivery] = []
-    for article in selected:
-        too_old = oldest is not None and article.published_at < oldest
-        for chat in destinations.keys_for(article.topics):
-            planned.append(
-                NewDelivery(
-                    article_id=article.id,
-                    chat_id=chat,
-                    title=article.title,
-                    url=article.url,
-                    published_at=article.published_at.isoformat(),
-                    state=SKIPPED if too_old else PENDING,
-                    reason=f"older than telegram.max_age_hours ({max_age:g} h)" if too_old else "",
-                )
-            )
-    return planned
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -235,6 +214,8 @@ class ChatRun:
     key: str
     report: ChatReport
     budget: int | None
+    queue: list[Entry] = field(default_factory=list)  # the plan's pairs still to claim
+    planned_key: str = ""  # the chat's key when planned (before a migration)
     tries: dict[str, Tries] = field(default_factory=dict)
 
 
@@ -268,6 +249,7 @@ class Dispatcher:
         self._stopping = stop if stop is not None else asyncio.Event()
         self._fatal = ""
         self.destinations = remembered_destinations(config, store)
+        self.plan = Plan(datetime.fromtimestamp(clock(), UTC))  # what this run executes
         # False when this push left the routing half applied (pairs that may be orphaned
         # were kept pending, or rows were re-keyed): the next push plans everything again.
         self.routing_settled = True
@@ -296,7 +278,7 @@ class Dispatcher:
 
     async def run(self, new_articles: Sequence[Article], lookup: Lookup, *,
                   replan: bool = False) -> PushReport:
-        """Plan ``new_articles`` into the ledger, then post what is due.
+        """Plan (``plan.read_plan``), record the plan's new pairs, then execute it.
 
         ``lookup`` gives the currently selected article of an id, or None when it is no
         longer selected (its pending posts are then skipped). ``replan``: the routing
@@ -315,7 +297,7 @@ class Dispatcher:
             destinations, unavailable = await self._resolve(destinations)
         # Planned even when Telegram is unusable (under the remembered ids): nothing is lost.
         self.destinations = destinations
-        self._plan(new_articles, replan, report)
+        self._plan(new_articles, replan, lookup, report)
         if unavailable is not None:
             report.fatal = unavailable.reason
             pending = set(self._store.pending_chats())
@@ -363,11 +345,15 @@ class Dispatcher:
             event(log, logging.ERROR, "unauthorized", reason=exc.reason)
             return destinations, Unavailable(exc.reason, exc.reason)
 
-    def _plan(self, articles: Sequence[Article], replan: bool, report: PushReport) -> None:
-        """The new pairs into the ledger (too old: skipped, counted as this push's); after a
-        routing change, what is no longer wanted is orphaned and what is wanted again not."""
+    def _plan(self, articles: Sequence[Article], replan: bool, lookup: Lookup,
+              report: PushReport) -> None:
+        """The plan, and its new pairs into the ledger (too old: skipped, counted as this
+        push's); after a routing change, what is no longer wanted is orphaned and what is
+        wanted again not."""
         now = datetime.fromtimestamp(self._clock(), UTC)
-        planned = plan_deliveries(articles, self._config, now, self.destinations)
+        self.plan = read_plan(self._store, self._config, articles, replan, lookup,
+                              self.destinations, now, self._pacing)
+        planned = list(self.plan.pairs)
         added = self._store.add_deliveries_by_chat(planned)
         report.new = sum(added.values())
         moved: Counter[tuple[str, str]] = Counter()
@@ -415,12 +401,16 @@ class Dispatcher:
         (nothing due, or the post skipped) is given back.
         """
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
-                      self._settings.max_per_run or None)
+                      self._settings.max_per_run or None, self.plan.entries_for(chat_id),
+                      chat_id)
         while not (self.stop_requested or self._fatal):
             if run.budget is not None and run.budget <= 0:
                 if self._store.has_pending([run.key]):
                     run.report.held = (f"telegram.max_per_run ({self._settings.max_per_run}) "
                                        "reached: the rest wait for the next push")
+                return
+            if not run.queue:
+                self._held_by_plan(run)
                 return
             slot = self._store.reserve_send(run.key, self._clock(), self._pacing)
             if slot is None:
@@ -437,13 +427,36 @@ class Dispatcher:
             if not await self._claim_and_send(run, slot, lookup):
                 return
 
+    def _held_by_plan(self, run: ChatRun) -> None:
+        """The plan's pairs are done: say why it left the chat's others for later."""
+        held = self.plan.held_for(run.planned_key)
+        if held is None or run.report.held or not self._store.has_pending([run.key]):
+            return
+        if held.reason == PACING_HELD:
+            event(log, logging.INFO, "pacing_deferred", chat=self._label(run.key))
+        run.report.held = held.reason
+
+    def _claim_planned(self, run: ChatRun, now: float) -> tuple[Entry, Delivery] | None:
+        """Claim the chat's first planned pair that is due, oldest first, as ``claim_next``
+        would; a pair no longer pending (another instance took it) leaves the queue, one
+        this run retries stays in it until it is due."""
+        for entry in list(run.queue):
+            item = self._store.claim_pair(entry.article_id, run.key, now, self._owner,
+                                          now + self._lease_seconds)
+            if item is not None:
+                return entry, item
+            if entry.article_id not in run.tries:
+                run.queue.remove(entry)
+        return None
+
     async def _claim_and_send(self, run: ChatRun, slot: float, lookup: Lookup) -> bool:
         """One claim in a reserved slot; False when the chat is done for this run."""
         now = self._clock()
-        item = self._store.claim_next(run.key, now, self._owner, now + self._lease_seconds)
-        if item is None:
+        claimed = self._claim_planned(run, now)
+        if claimed is None:
             self._store.cancel_reservation(run.key, slot)
             return False
+        entry, item = claimed
         try:
             prepared = self._prepare(item, lookup)
         except BaseException:
@@ -454,6 +467,7 @@ class Dispatcher:
                                        "sending", 0, count_attempt=False, owner=self._owner)
             raise
         if isinstance(prepared, Skip | Orphan | Unsure):
+            run.queue.remove(entry)
             self._store.cancel_reservation(run.key, slot)
             if isinstance(prepared, Skip):
                 self._skip(item, prepared.article, run.report)
@@ -469,8 +483,10 @@ class Dispatcher:
         )
         if outcome is Outcome.STOP:
             return False
-        if outcome is Outcome.DONE and run.budget is not None:
-            run.budget -= 1
+        if outcome is Outcome.DONE:
+            run.queue.remove(entry)
+            if run.budget is not None:
+                run.budget -= 1
         return True
 
     def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip | Orphan | Unsure:

@@ -1,22 +1,19 @@
 """The pipeline: load -> select -> build feeds and/or deliver. Each call returns a report.
 
-``build`` and ``push`` work through the catalog in the state database, so unchanged files
-are never parsed twice and only the articles the feeds show (or a push sends) are held in
-memory. ``load_and_select`` is the pure path (no state at all) used by ``check`` and
-``push --dry-run``.
+``build``, ``push`` and ``dry_run`` open a ``session.Session`` and work through the catalog
+in the state database, so unchanged files are never parsed twice and only the articles the
+feeds show (or a push sends) are held in memory. ``load_and_select`` is the pure path (no
+state at all) used by ``check``. The reports, the corpus sync and the feed writing are here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from publisher.catalog import Catalog
@@ -27,22 +24,14 @@ from publisher.loader import Limits, LoadResult, Notice, Problem, Progress, load
 from publisher.logs import Fields, add_secret
 from publisher.models import Article
 from publisher.selection import select
-from publisher.state import (
-    PENDING,
-    RunRecord,
-    Store,
-    instance_lock,
-    open_store,
-    state_exists,
-    utc_now_iso,
-)
+from publisher.state import Store, instance_lock
 
 if TYPE_CHECKING:  # rendering and the Telegram side are imported only when used
     from publisher.delivery import Sender
-    from publisher.destinations import Destinations
     from publisher.dispatch import Dispatcher, PushReport
     from publisher.feeds import BuildResult
     from publisher.messages import Message
+    from publisher.plan import Plan
 
 ROUTING_KEY = "routing_digest"
 # Bump when the same config routes differently (2: routes match topics by slug; chats are
@@ -128,7 +117,8 @@ class DryRunItem:
 
 @dataclass
 class DryRun:
-    loaded: LoadReport
+    corpus: CorpusReport
+    plan: Plan
     items: list[DryRunItem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # destinations that may be one chat
     route_warnings: list[str] = field(default_factory=list)
@@ -173,18 +163,10 @@ def article_limits(config: Config) -> Limits:
 
 def build(config: Config, progress: Progress | None = None) -> BuildReport:
     """``publisher build``: sync the catalog, then write the feeds if they changed."""
-    started = time.perf_counter()
-    started_at = utc_now_iso()
-    store = open_store(config.state.url)
-    try:
-        catalog = Catalog(store.db)
-        corpus = sync_corpus(config, catalog, progress)
-        feeds = write_current_feeds(config, catalog)
-        report = BuildReport(corpus, feeds, time.perf_counter() - started)
-        store.record_run(RunRecord("build", started_at, utc_now_iso(), True, report.summary()))
-    finally:
-        store.close()
-    return report
+    from publisher.session import Session
+
+    with Session.opened(config) as session:
+        return session.build(progress)
 
 
 def make_sender(config: Config) -> Sender:
@@ -206,51 +188,26 @@ async def push(config: Config, sender: Sender | None = None, *,
 
     Setting ``stop`` ends the pass after the send in flight (which is recorded).
     """
-    from publisher.dispatch import Dispatcher
+    from publisher.session import Session
 
     require_chat(config)
     sender = sender or make_sender(config)
-    with instance_lock(config.state.url):
-        store = open_store(config.state.url)
+    with instance_lock(config.state.url), Session.opened(config, sender=sender,
+                                                        stop=stop) as session:
         try:
-            catalog = Catalog(store.db)
-            corpus = sync_corpus(config, catalog)
-            try:
-                dispatcher = Dispatcher(store, sender, config, stop=stop)
-                return await deliver(config, store, dispatcher, catalog, corpus)
-            finally:
-                await sender.close()
+            return await session.push()
         finally:
-            store.close()
+            await sender.close()
 
 
 async def deliver(
     config: Config, store: Store, dispatcher: Dispatcher, catalog: Catalog,
     corpus: CorpusReport,
 ) -> PushOutcome:
-    """Post what is new and due from a synced catalog; records the run."""
-    started = time.perf_counter()
-    started_at = utc_now_iso()
-    # The chats as last resolved are part of it: a destination that now names another chat
-    # (or resolved at last) is planned again, and what its old chat waited for orphaned.
-    remembered = [item.key for item in dispatcher.destinations.items]
-    routing = _digest(ROUTING_VERSION, config.telegram.chat_id,
-                      json.dumps(config.telegram.routes, sort_keys=True),
-                      str(config.telegram.max_age_hours), json.dumps(remembered))
-    replan = routing != catalog.get_meta(ROUTING_KEY)
-    # Unchanged routing: what is new or changed since it was last planned; else every
-    # selected article, which may owe a post somewhere new (or no longer).
-    new = list(catalog.selected_articles()) if replan else catalog.unplanned_articles()
-    report = await dispatcher.run(new, catalog.selected_article, replan=replan)
-    catalog.mark_planned(new)
-    # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
-    catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
-    labels = dispatcher.destinations
-    open_posts = {labels.label(chat): states for chat, states in store.open_counts().items()}
-    outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started,
-                          open_posts, route_warnings(config, corpus.topic_slugs))
-    store.record_run(RunRecord("push", started_at, utc_now_iso(), report.ok, outcome.summary()))
-    return outcome
+    """Post what the plan of a synced catalog says (``Session.deliver``); records the run."""
+    from publisher.session import Session
+
+    return await Session(config, store, catalog=catalog).deliver(dispatcher, corpus)
 
 
 def _digest(*parts: str) -> str:
@@ -266,70 +223,9 @@ def load_and_select(config: Config, progress: Progress | None = None) -> LoadRep
 
 
 def dry_run(config: Config) -> DryRun:
-    """What a push would post now, rendered; nothing is sent and nothing is written."""
-    from publisher.destinations import maybe_one_chat, waiting_for_unmatched
-    from publisher.dispatch import plan_deliveries
-    from publisher.messages import render_message
-    from publisher.selection import topic_slug
+    """What a push would post now, rendered (``Session.dry_run``): nothing is sent, and
+    nothing but the parse cache is written."""
+    from publisher.session import Session
 
-    loaded = load_and_select(config)
-    known, destinations, unmatched = _known_pairs(config)
-    loaded.selected = _with_remembered_ids(loaded.selected, config)
-    now = datetime.now(UTC)
-    budget: dict[str, int] = {}
-    by_id = {article.id: article for article in loaded.selected}
-    slugs = {topic_slug(topic) for article in loaded.selected for topic in article.topics}
-    result = DryRun(loaded, notes=maybe_one_chat(destinations),
-                    route_warnings=route_warnings(config, slugs))
-    if unmatched:
-        result.notes.append(f"{waiting_for_unmatched('a destination', unmatched)}: a push asks "
-                            "Telegram first, and what went out there is not sent again")
-    planned = sorted(
-        (p for p in plan_deliveries(loaded.selected, config, now, destinations)
-         if p.state == PENDING),
-        key=lambda p: (p.published_at, p.article_id),
-    )
-    for item in planned:
-        if (item.article_id, item.chat_id) in known:
-            continue
-        used = budget.get(item.chat_id, 0)
-        if config.telegram.max_per_run and used >= config.telegram.max_per_run:
-            continue
-        budget[item.chat_id] = used + 1
-        message = render_message(by_id[item.article_id], timezone=config.telegram.timezone)
-        result.items.append(DryRunItem(destinations.label(item.chat_id), message))
-    return result
-
-
-def _with_remembered_ids(articles: list[Article], config: Config) -> list[Article]:
-    """The articles with the ids the catalog keeps for their files (the identity rule, see
-    ``catalog._kept_ids``), as a push would see them."""
-    if not articles or not state_exists(config.state.url):
-        return articles
-    store = open_store(config.state.url, readonly=True)
-    try:
-        kept = {} if store.empty else Catalog(store.db).kept_ids()
-    finally:
-        store.close()
-    return [
-        dataclasses.replace(article, id=kept[article.source_path])
-        if kept.get(article.source_path, article.id) != article.id else article
-        for article in articles
-    ]
-
-
-def _known_pairs(config: Config) -> tuple[set[tuple[str, str]], Destinations, list[str]]:
-    """The pairs the ledger knows, the destinations as it remembers them (a dry run asks
-    Telegram nothing), and the names it keeps posts under not matched to a chat yet."""
-    from publisher.destinations import remembered_destinations, unmatched_names
-
-    if not state_exists(config.state.url):
-        return set(), remembered_destinations(config, None), []
-    store = open_store(config.state.url, readonly=True)
-    try:
-        if store.empty:
-            return set(), remembered_destinations(config, None), []
-        return (store.known_pairs(), remembered_destinations(config, store),
-                unmatched_names(store))
-    finally:
-        store.close()
+    with Session.for_dry_run(config) as session:
+        return session.dry_run()

@@ -4,7 +4,7 @@ Reads the file and the config, and the state when there is one (read-only, never
 it): no bot token, nothing sent or written. The state gives the id the file keeps (the
 identity rule) and the destinations as last resolved. The messages come from
 ``messages.render_message`` and the destinations (and the too-old rule) from
-``dispatch.plan_deliveries``, the entry from the feed rendering itself, so what is shown is
+``plan.plan_deliveries``, the entry from the feed rendering itself, so what is shown is
 what a push and a build would make of the file.
 """
 
@@ -133,8 +133,8 @@ def _selection(article: Article, path: Path, config: Config) -> str:
 
 def _telegram(known: Known, config: Config, now: datetime) -> str:
     from publisher.destinations import maybe_one_chat
-    from publisher.dispatch import plan_deliveries
     from publisher.messages import format_for_dry_run, render_message
+    from publisher.plan import plan_deliveries
 
     article, destinations = known.article, known.destinations
     planned = plan_deliveries([article], config, now, destinations)

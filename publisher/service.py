@@ -8,7 +8,8 @@ tick, which asks for a run (``_want``) and returns: a run that outlasts its inte
 normal, never a "maximum number of running instances" warning, and a run cancelled at the
 stop deadline is ours to account for, not an exception of APScheduler's job. The ledger,
 not the job store, is the source of truth: jobs live in memory and a restart simply runs
-both jobs once.
+both jobs once. Each job's run is one ``session.Session`` over the service's connections:
+the service triggers it, the session syncs, writes the feeds, plans and pushes.
 
 Signals: SIGTERM/SIGINT stop the triggers, let the send in flight finish and be recorded,
 close the bot session and exit 0; a second one exits at once. SIGHUP reloads the config
@@ -46,14 +47,14 @@ from publisher import hangup, pipeline
 from publisher.catalog import Catalog
 from publisher.config import Config, check_schedule, interval_seconds, load_config
 from publisher.delivery import Sender
-from publisher.dispatch import Dispatcher
 from publisher.errors import PublisherError
 from publisher.errors import PushIncomplete as PushIncomplete
 from publisher.loader import display_path, printable
 from publisher.logs import event
 from publisher.metrics import Metrics
 from publisher.server import RunningServer, limits_from, start_server
-from publisher.state import RunRecord, SQLStore, instance_lock, open_store, utc_now_iso
+from publisher.session import Session
+from publisher.state import SQLStore, instance_lock, open_store, utc_now_iso
 from publisher.stopping import STOP_DEADLINE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -450,31 +451,31 @@ class Service:
             summary = await self._build_feeds()
         except Exception as exc:
             error = str(exc) or type(exc).__name__
-            self._store.record_run(RunRecord("build", started_at, utc_now_iso(), False,
-                                             {"error": error}))
+            self._session().record("build", started_at, False, {"error": error})
             raise
-        self._store.record_run(RunRecord("build", started_at, utc_now_iso(), True, summary))
+        self._session().record("build", started_at, True, summary)
         if summary["written"]:
             event(log, logging.INFO, "feeds_written", **summary)
+
+    def _session(self) -> Session:
+        """This tick's session: the service's connections, config and sender as they are
+        now (a reload may change the last two between ticks)."""
+        assert self._store is not None and self._catalog is not None
+        return Session(self.config, self._store, sender=self._sender, writer=self._catalog,
+                       stop=self._push_stop)
 
     async def _build_feeds(self) -> dict[str, object]:
         corpus = await self._load()
         async with self._load_lock:
-            result = await asyncio.to_thread(
-                pipeline.write_current_feeds, self.config, self._writer()
-            )
+            result = await asyncio.to_thread(self._session().write_feeds)
         return {"files": corpus.files, "bad": len(corpus.problems), "selected": corpus.selected,
                 "written": result.written if result is not None else 0}
-
-    def _writer(self) -> Catalog:
-        assert self._catalog is not None
-        return self._catalog
 
     async def _load(self) -> pipeline.CorpusReport:
         async with self._load_lock:
             # Shielded: a cancelled job must not abandon the thread while it holds the writer.
             self._sync_future = asyncio.ensure_future(asyncio.to_thread(
-                pipeline.sync_corpus, self.config, self._writer(), None, self._stop_sync
+                self._session().sync, None, self._stop_sync
             ))
             corpus = await asyncio.shield(self._sync_future)
         self.metrics.observe_load(corpus)
@@ -497,10 +498,7 @@ class Service:
     async def _push(self) -> None:
         assert self._store is not None and self._sender is not None
         corpus = await self._load()
-        dispatcher = Dispatcher(self._store, self._sender, self.config, stop=self._push_stop)
-        outcome = await pipeline.deliver(
-            self.config, self._store, dispatcher, Catalog(self._store.db), corpus,
-        )
+        outcome = await self._session().push(corpus)
         self.metrics.observe_push(outcome.report)
         self.metrics.observe_ledger(outcome.open_posts)
         summary = outcome.summary()

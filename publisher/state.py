@@ -260,6 +260,12 @@ class Store(Protocol):
     def last_runs(self) -> dict[str, RunRecord]: ...
     def open_counts(self) -> dict[str, dict[str, int]]: ...
     def close(self) -> None: ...
+    # What ``plan.read_plan`` reads, and the claim of one planned pair.
+    def pending_pairs(self) -> list[PendingPair]: ...
+    def pair_states(self, article_ids: Iterable[str]) -> dict[tuple[str, str], str]: ...
+    def send_times(self, chat_id: str, since: float, limit: int) -> list[float]: ...
+    def claim_pair(self, article_id: str, chat_id: str, now: float, owner: str,
+                   lease_until: float) -> Delivery | None: ...
 
 
 class SQLStore:
@@ -922,6 +928,64 @@ class SQLStore:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- what ``session.Plan`` reads, and the claim that executes it --------------------------
+
+    def pending_pairs(self) -> list[PendingPair]:
+        """Every pending pair (due or not), through the state index: the backlog, never the
+        archive of sent posts."""
+        rows = self.db.execute(
+            "SELECT article_id, chat_id, published_at, next_attempt_at FROM deliveries "
+            "WHERE state='pending' ORDER BY chat_id, published_at, article_id"
+        )
+        return [PendingPair(article, chat, published, float(due))
+                for article, chat, published, due in rows]
+
+    def pair_states(self, article_ids: Iterable[str]) -> dict[tuple[str, str], str]:
+        """(article, chat) -> state, of every pair these articles have in the ledger."""
+        ids = sorted(set(article_ids))
+        states: dict[tuple[str, str], str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                "SELECT article_id, chat_id, state FROM deliveries WHERE article_id IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            states.update(((article, chat), state) for article, chat, state in rows)
+        return states
+
+    def send_times(self, chat_id: str, since: float, limit: int) -> list[float]:
+        """The chat's sends (and reserved slots) at or after ``since``, newest first: what
+        ``reserve_send`` reads, so that a plan can foresee its answers."""
+        rows = self.db.execute(
+            "SELECT at FROM send_log WHERE chat_id=? AND at>=? ORDER BY at DESC LIMIT ?",
+            (chat_id, since, limit),
+        )
+        return [float(row[0]) for row in rows]
+
+    def claim_pair(self, article_id: str, chat_id: str, now: float, owner: str,
+                   lease_until: float) -> Delivery | None:
+        """``claim_next`` for one planned pair: None when it is not pending and due (another
+        instance claimed it, or it waits for a retry)."""
+        with self.db.transaction():
+            claimed = self.db.execute(
+                f"UPDATE deliveries SET state='sending', attempts=attempts+1, claimed_by=?, "
+                f"lease_until=?, updated_at=? WHERE article_id=? AND chat_id=? "
+                f"AND state='pending' AND next_attempt_at<=? RETURNING {DELIVERY_COLUMNS}",
+                (owner, lease_until, utc_now_iso(), article_id, chat_id, now),
+            ).fetchall()
+        return Delivery(*claimed[0]) if claimed else None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPair:
+    """A pending pair as a plan reads it."""
+
+    article_id: str
+    chat_id: str
+    published_at: str
+    next_attempt_at: float
 
 
 def open_store(url: str, *, readonly: bool = False, threaded: bool = False) -> SQLStore:

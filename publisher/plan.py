@@ -1,0 +1,316 @@
+"""The plan: what a push will do now, for which destination, as a value.
+
+``make_plan`` is the only code that decides what will be sent. Its inputs are the articles
+new or changed since they were last planned (every selected one after a routing change),
+the ledger's pending pairs, the destinations and the pacing state; its answer, a ``Plan``,
+is what ``publisher push`` executes and what ``publisher push --dry-run`` prints.
+
+An action is (kind, article, destination). Today the only kind is ``POST``; editing a post,
+deleting one, a digest or a direct message to a follower will be further kinds, and a
+``Target`` will grow a forum topic and settings of its own, without another plan.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from publisher.config import Config
+from publisher.destinations import Destinations, remembered_destinations
+from publisher.models import Article
+from publisher.state import ORPHANED, PENDING, SKIPPED, NewDelivery, Pacing, PendingPair, Store
+
+Lookup = Callable[[str], Article | None]
+# A chat's sends and reserved slots (send_log) at or after a moment, newest first.
+SendTimes = Callable[[str, float, int], list[float]]
+
+NO_LONGER_SELECTED = "no longer selected (removed, unpublished or below select.min_quality)"
+PACING_HELD = "pacing: the next free slot is more than telegram.max_wait_seconds away"
+
+
+class ActionKind(enum.Enum):
+    POST = "post"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where an action goes: a chat as the ledger keys it, and as the config names it."""
+
+    chat_id: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    article_id: str
+    target: Target
+    title: str
+    published_at: str  # ISO 8601, as the ledger orders a chat's pairs
+    new: bool  # not in the ledger yet: the push records it first
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """A pending pair the push settles without sending: its article is no longer selected
+    or too old (skipped), or no longer routed to this chat (orphaned), or it may belong to
+    a destination not resolved yet (it waits)."""
+
+    article_id: str
+    target: Target
+    published_at: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Pairs due now that the push leaves for a later one, and why."""
+
+    target: Target
+    count: int
+    reason: str
+
+
+Entry = Action | Closing
+
+
+@dataclass(frozen=True)
+class Plan:
+    at: datetime
+    actions: tuple[Action, ...] = ()  # per chat, oldest first
+    closing: tuple[Closing, ...] = ()
+    held: tuple[Held, ...] = ()
+    # Every pair the new articles ask for (known to the ledger or not, skipped when too
+    # old): what the push records, and, after a routing change, what is wanted.
+    pairs: tuple[NewDelivery, ...] = ()
+    articles: Mapping[str, Article] = field(default_factory=dict, compare=False, repr=False)
+
+    def chats(self) -> list[str]:
+        return list(dict.fromkeys(entry.target.chat_id for entry in self.entries()))
+
+    def entries(self) -> Iterator[Entry]:
+        yield from self.actions
+        yield from self.closing
+
+    def entries_for(self, chat_id: str) -> list[Entry]:
+        """The chat's pairs in the order a push claims them (as ``Store.claim_next``)."""
+        return sorted((entry for entry in self.entries() if entry.target.chat_id == chat_id),
+                      key=lambda entry: (entry.published_at, entry.article_id))
+
+    def held_for(self, chat_id: str) -> Held | None:
+        return next((held for held in self.held if held.target.chat_id == chat_id), None)
+
+    def posts_to(self, chat_id: str) -> list[Action]:
+        return [action for action in self.actions if action.target.chat_id == chat_id]
+
+    def lines(self) -> list[str]:
+        """The plan as text, one line per action, closing and hold."""
+        lines = [f"{action.kind.value} {action.article_id} to {action.target.label}"
+                 f"{' (new)' if action.new else ''}: {action.title}" for action in self.actions]
+        lines += [f"close {item.article_id} in {item.target.label}: {item.reason}"
+                  for item in self.closing]
+        lines += [f"hold {held.count} in {held.target.label}: {held.reason}"
+                  for held in self.held]
+        return lines
+
+    def __str__(self) -> str:
+        head = f"Plan at {self.at.isoformat(timespec='seconds')}: {len(self.actions)} to post"
+        return "\n".join([head, *(f"  {line}" for line in self.lines())])
+
+
+@dataclass
+class _Candidate:
+    article_id: str
+    chat_id: str
+    published_at: str
+    article: Article | None  # known for a new pair; looked up for a ledger pair
+    new: bool
+
+
+def plan_deliveries(
+    selected: Iterable[Article], config: Config, now: datetime,
+    destinations: Destinations | None = None,
+) -> list[NewDelivery]:
+    """Every (article, chat) pair the selection asks for, keyed as ``destinations`` key its
+    chats (without: as the state remembers them); too-old articles marked skipped."""
+    destinations = destinations or remembered_destinations(config, None)
+    max_age = config.telegram.max_age_hours
+    oldest = now - timedelta(hours=max_age) if max_age else None
+    planned: list[NewDelivery] = []
+    for article in selected:
+        too_old = oldest is not None and article.published_at < oldest
+        for chat in destinations.keys_for(article.topics):
+            planned.append(
+                NewDelivery(
+                    article_id=article.id,
+                    chat_id=chat,
+                    title=article.title,
+                    url=article.url,
+                    published_at=article.published_at.isoformat(),
+                    state=SKIPPED if too_old else PENDING,
+                    reason=f"older than telegram.max_age_hours ({max_age:g} h)" if too_old else "",
+                )
+            )
+    return planned
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan is made of (read by ``session.Session.plan``)."""
+
+    new_articles: Sequence[Article]
+    replan: bool  # the routing changed: ``new_articles`` is every selected article
+    known: Mapping[tuple[str, str], str]  # the ledger state of the new articles' pairs
+    pending: Sequence[PendingPair]  # the ledger's pending pairs
+    lookup: Lookup  # the selected article of an id, or None
+    send_times: SendTimes
+
+
+def read_plan(store: Store, config: Config, new_articles: Sequence[Article], replan: bool,
+              lookup: Lookup, destinations: Destinations, now: datetime,
+              pacing: Pacing) -> Plan:
+    """The plan at ``now`` from the ledger as it is: what a push and a dry run both use."""
+    inputs = PlanInputs(
+        new_articles, replan, store.pair_states(article.id for article in new_articles),
+        store.pending_pairs(), lookup, store.send_times,
+    )
+    return make_plan(inputs, config, destinations, now, pacing)
+
+
+def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, now: datetime,
+              pacing: Pacing) -> Plan:
+    """What a push does at ``now``: per chat, its due pairs oldest first, each posted or
+    closed as the push's checks will find it, cut at ``telegram.max_per_run`` posts and
+    where the pacing state leaves the next slot beyond ``telegram.max_wait_seconds``."""
+    pairs = plan_deliveries(inputs.new_articles, config, now, destinations)
+    by_id = {article.id: article for article in inputs.new_articles}
+    candidates = _candidates(inputs, pairs, by_id, now)
+    actions: list[Action] = []
+    closing: list[Closing] = []
+    held: list[Held] = []
+    for chat_id, chat_candidates in candidates.items():
+        target = Target(chat_id, destinations.label(chat_id))
+        times = inputs.send_times(chat_id, now.timestamp() - pacing.window,
+                                  pacing.per_chat_per_minute)
+        chat_plan = _plan_chat(chat_candidates, target, config, destinations, now, inputs.lookup,
+                               Pacer(times, pacing, now.timestamp()))
+        actions += chat_plan.actions
+        closing += chat_plan.closing
+        held += chat_plan.held
+    articles = {action.article_id: by_id[action.article_id]
+                for action in actions if action.article_id in by_id}
+    return Plan(now, tuple(actions), tuple(closing), tuple(held), tuple(pairs), articles)
+
+
+def _candidates(inputs: PlanInputs, pairs: Sequence[NewDelivery], by_id: Mapping[str, Article],
+                now: datetime) -> dict[str, list[_Candidate]]:
+    """Per chat, the pairs a push will claim: due ledger pairs and new pending ones (after
+    a routing change, orphaned pairs wanted again too), oldest first."""
+    due = now.timestamp()
+    found: dict[tuple[str, str], _Candidate] = {}
+    for pair in inputs.pending:
+        if pair.next_attempt_at <= due:
+            found[(pair.article_id, pair.chat_id)] = _Candidate(
+                pair.article_id, pair.chat_id, pair.published_at, None, False)
+    for item in pairs:
+        key = (item.article_id, item.chat_id)
+        state = inputs.known.get(key)
+        if key in found or (item.state != PENDING and state is None):
+            continue
+        if state is None:
+            found[key] = _Candidate(item.article_id, item.chat_id, item.published_at,
+                                    by_id[item.article_id], True)
+        elif state == ORPHANED and inputs.replan:  # the push makes it pending again
+            found[key] = _Candidate(item.article_id, item.chat_id, item.published_at,
+                                    None, False)
+    by_chat: dict[str, list[_Candidate]] = {}
+    for candidate in sorted(found.values(), key=lambda c: (c.chat_id, c.published_at,
+                                                           c.article_id)):
+        by_chat.setdefault(candidate.chat_id, []).append(candidate)
+    return by_chat
+
+
+@dataclass
+class _ChatPlan:
+    actions: list[Action] = field(default_factory=list)
+    closing: list[Closing] = field(default_factory=list)
+    held: list[Held] = field(default_factory=list)
+
+
+def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
+               destinations: Destinations, now: datetime, lookup: Lookup,
+               pacer: Pacer) -> _ChatPlan:
+    budget = config.telegram.max_per_run or None
+    plan = _ChatPlan()
+    for index, candidate in enumerate(candidates):
+        if budget is not None and len(plan.actions) >= budget:
+            plan.held.append(Held(target, len(candidates) - index,
+                                  f"telegram.max_per_run ({budget}) reached: the rest wait "
+                                  "for the next push"))
+            break
+        # A push reserves a slot before it claims a pair, even one it then closes.
+        if pacer.next_slot() is None:
+            plan.held.append(Held(target, len(candidates) - index, PACING_HELD))
+            break
+        article = candidate.article if candidate.new else lookup(candidate.article_id)
+        reason = _why_not_posted(article, target.chat_id, config, destinations, now)
+        if reason:  # its slot is given back
+            plan.closing.append(Closing(candidate.article_id, target, candidate.published_at,
+                                        reason))
+            continue
+        assert article is not None
+        pacer.take()
+        plan.actions.append(Action(ActionKind.POST, candidate.article_id, target,
+                                   article.title, candidate.published_at, candidate.new))
+    return plan
+
+
+def _why_not_posted(article: Article | None, chat_id: str, config: Config,
+                    destinations: Destinations, now: datetime) -> str:
+    """The push's checks before a send (``Dispatcher._prepare``): "" when it posts."""
+    hours = config.telegram.max_age_hours
+    if article is None:
+        return NO_LONGER_SELECTED
+    if hours and article.published_at < now - timedelta(hours=hours):
+        return f"older than telegram.max_age_hours ({hours:g} h)"
+    if chat_id not in destinations.keys_for(article.topics):
+        unknown = destinations.unresolved_for(article.topics)
+        if unknown:
+            return f"{', '.join(unknown)} not resolved yet: it may be this chat"
+        return "no longer routed to this chat: orphaned"
+    return ""
+
+
+class Pacer:
+    """``Store.reserve_send`` foreseen for one chat: each send reserved when the one before
+    leaves, as a push's loop does. The bot-wide rate is left out: its interval is a small
+    fraction of a second, far below any ``max_wait_seconds`` that holds posts back."""
+
+    def __init__(self, newest_first: Sequence[float], pacing: Pacing, now: float) -> None:
+        # Only the newest ``per_chat_per_minute`` sends can decide a slot, as in the store.
+        self._sends = deque(sorted(newest_first), maxlen=pacing.per_chat_per_minute)
+        self._pacing = pacing
+        self._now = now
+
+    def take(self) -> float | None:
+        """The next send's slot (then taken), or None when it is too far away."""
+        slot = self.next_slot()
+        if slot is not None:
+            self._sends.append(slot)
+            self._now = slot
+        return slot
+
+    def next_slot(self) -> float | None:
+        """The next send's slot, or None when it is more than ``max_wait`` away."""
+        pacing = self._pacing
+        budget = pacing.per_chat_per_minute
+        latest = [at for at in self._sends if at >= self._now - pacing.window]
+        slot = self._now
+        if latest:
+            slot = max(slot, latest[-1] + pacing.per_chat_interval)
+        if len(latest) >= budget:
+            slot = max(slot, latest[-budget] + pacing.window)
+        return None if slot - self._now > pacing.max_wait else slot
