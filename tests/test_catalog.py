@@ -15,7 +15,7 @@ import pytest
 from conftest import SEEDS, article_record, front_matter
 
 from publisher import catalog as catalog_module
-from publisher import loader as loader_module
+from publisher import scan as scan_module
 from publisher.catalog import Catalog, article_from_json, article_to_json, create_schema
 from publisher.config import FeedsConfig
 from publisher.db import Database, PostgresDatabase, SQLiteDatabase
@@ -45,15 +45,15 @@ def random_corpus(directory: Path, count: int, seed: int) -> None:
 
 
 CatalogOpener = Callable[[Path], Catalog]
-RACY_NS = catalog_module.RACY_NS
+RACY_NS = scan_module.RACY_NS
 
 
 @pytest.fixture(autouse=True)
 def _files_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests write files and sync within milliseconds, so every file would be racy
-    and read again by the next sync (``catalog.RACY_NS``; its own test below): here a
+    and read again by the next sync (``scan.RACY_NS``; its own test below): here a
     file is read once per change, as it is when it was written a few seconds earlier."""
-    monkeypatch.setattr(catalog_module, "RACY_NS", 0)
+    monkeypatch.setattr(scan_module, "RACY_NS", 0)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -103,7 +103,7 @@ def test_incremental_syncs_stay_equal_to_the_pure_functions(
 ) -> None:
     """Edits, deletions, moves between folders, new duplicates and threshold changes,
     re-synced round after round; chunks of the stored scan of one, two or ~60 files."""
-    monkeypatch.setattr(loader_module, "CHUNK_INODE_MODULUS", modulus)
+    monkeypatch.setattr(scan_module, "CHUNK_INODE_MODULUS", modulus)
     random_corpus(articles_dir, 80, 11)
     folders = [articles_dir, articles_dir / "2030", articles_dir / "2030" / "12"]
     for folder in folders[1:]:
@@ -168,21 +168,21 @@ def test_a_file_rewritten_within_one_tick_of_the_file_clock_is_read_again(
     open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(catalog_module, "RACY_NS", RACY_NS)
+    monkeypatch.setattr(scan_module, "RACY_NS", RACY_NS)
     article = articles_dir / "a.txt"
     (articles_dir / "b.txt").write_text(front_matter(article_record(2)))
     article.write_text(front_matter(article_record(1, title="Title one")))
-    real_scan = catalog_module.scan_chunks
+    real_scan = scan_module.scan_chunks
     first_seen: dict[str, tuple[object, ...]] = {}
 
-    def coarse_clock_scan(directory: Path) -> loader_module.Listing:
+    def coarse_clock_scan(directory: Path) -> scan_module.Listing:
         """A file system whose clock stamps both writes of a.txt alike: same key."""
         listing = real_scan(directory)
         listing.chunks = [[first_seen.setdefault(entry[0], entry) for entry in chunk]
                           for chunk in listing.chunks]
         return listing
 
-    monkeypatch.setattr(catalog_module, "scan_chunks", coarse_clock_scan)
+    monkeypatch.setattr(scan_module, "scan_chunks", coarse_clock_scan)
     catalog = open_catalog(tmp_path)
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2
 
@@ -194,12 +194,12 @@ def test_a_file_rewritten_within_one_tick_of_the_file_clock_is_read_again(
         assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2  # both are still racy
         assert title in titles()
     # An interrupted sync leaves no stored scan: the comparison with the rows re-reads too.
-    catalog.db.execute("DELETE FROM meta WHERE key = ?", (catalog_module.SCAN_ROOT_KEY,))
+    catalog.db.execute("DELETE FROM meta WHERE key = ?", (scan_module.SCAN_ROOT_KEY,))
     article.write_text(front_matter(article_record(1, title="Title ten")))
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2
     assert "Title ten" in titles()
     later = time.time_ns() + RACY_NS
-    monkeypatch.setattr(catalog_module.time, "time_ns", lambda: later)
+    monkeypatch.setattr(scan_module.time, "time_ns", lambda: later)
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2  # once more, with their keys
     for _ in range(2):  # no longer racy: settled
         assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
@@ -579,7 +579,7 @@ def test_a_small_change_rewrites_only_its_own_chunks_of_the_stored_scan(
     # Files just written are "racy" (saved with a key no stat gives) for 2 s, so a chunk
     # saved while they were would differ from the same chunk saved later: not this test's
     # subject, and a slow machine would cross that line between the syncs.
-    monkeypatch.setattr("publisher.catalog.RACY_NS", 0)
+    monkeypatch.setattr("publisher.scan.RACY_NS", 0)
     random_corpus(articles_dir, 600, 4)
     catalog = open_catalog(tmp_path)
     catalog.sync(articles_dir, 1 << 20, 0)
@@ -702,7 +702,7 @@ def test_a_name_listed_twice_while_the_folder_changed_is_not_lost(
 ) -> None:
     """A listing made while files are replaced may hold a name twice (POSIX allows it): the
     stored scan then has it in two chunks, and one of them changing must not drop it."""
-    monkeypatch.setattr(loader_module, "CHUNK_INODE_MODULUS", 1)  # a chunk per file
+    monkeypatch.setattr(scan_module, "CHUNK_INODE_MODULUS", 1)  # a chunk per file
     random_corpus(articles_dir, 20, 8)
     catalog = open_catalog(tmp_path)
     catalog.sync(articles_dir, 1 << 20, 0)
