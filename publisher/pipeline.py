@@ -15,7 +15,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -141,11 +141,14 @@ class DryRun:
 
 
 def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = None,
-                stop: threading.Event | None = None) -> CorpusReport:
+                stop: threading.Event | None = None,
+                paths: Collection[str] | None = None) -> CorpusReport:
+    """Sync the catalog with the articles folder (only ``paths``, when a watcher says only
+    those changed: ``Catalog.sync``)."""
     started = time.perf_counter()
     sync = catalog.sync(
         config.articles.dir, article_limits(config), config.select.min_quality,
-        progress, stop=stop, allow_empty=config.articles.allow_empty,
+        progress, stop=stop, allow_empty=config.articles.allow_empty, paths=paths,
     )
     slugs = tuple(catalog.topic_slugs())
     return CorpusReport(

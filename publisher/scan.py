@@ -344,9 +344,14 @@ class ChangeFinder:
         removed = before.keys() - now.keys()
         if removed:  # a listing made while the folder changed can hold a name twice
             removed -= scan.keys(range(len(scan.chunks))).keys()
+        changed = now.items() - before.items()
+        # A sync of watched paths since (``changes_at``) may have synced some already.
+        rows = self._known_keys(sorted({path for path, _ in changed} | removed))
+        changed = {(path, key) for path, key in changed if rows.get(path) != key}
+        removed &= rows.keys()
         # No stored chunk: the last sync found no file, and the catalog should be empty.
         cold = not stored and self._db.execute("SELECT 1 FROM catalog LIMIT 1").fetchone() is None
-        return Changes(scan.to_parse(now.items() - before.items()), sorted(removed), cold=cold)
+        return Changes(scan.to_parse(changed), sorted(removed), cold=cold)
 
     def save_scan(self, scan: Scan, stored: set[bytes] | None) -> None:
         """Store the chunks that are new and drop those that are gone (all of them when
@@ -449,14 +454,15 @@ def _stat_as_scanned(prefix: str, path: str) -> FileKey | None:
     itself. A file that cannot be stat'ed gets a key of zeros, as in a scan."""
     folder = prefix
     for part in path[len(prefix):].split(os.sep)[:-1]:
-        folder += part + os.sep
-        try:
+        folder += part
+        try:  # (no separator at the end: lstat would follow a link then)
             if not S_ISDIR(os.lstat(folder).st_mode):  # a link to a folder, or no folder
                 return None
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise _Unknown from exc
+        folder += os.sep
     try:
         info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):

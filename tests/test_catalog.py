@@ -830,3 +830,78 @@ def test_an_emptied_folder_is_refused_unless_allowed(tmp_path: Path, articles_di
     allowed = load_config(config_path, environ={"PUBLISHER_ARTICLES_ALLOW_EMPTY": "true"})
     assert pipeline.build(allowed).corpus.selected == 0
     assert "Article number 1" not in (tmp_path / "feeds" / "all.rss.xml").read_text()
+
+
+def _titles(catalog: Catalog) -> set[str]:
+    return {article.title for article in catalog.selected_articles()}
+
+
+def test_a_sync_of_the_watched_paths_looks_at_those_alone(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    """``paths`` (a watcher's report): new, changed and deleted files among them are synced;
+    a change it does not name waits for the next full sync, which then finds nothing else."""
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    new, unreported = articles_dir / "4.txt", articles_dir / "3.txt"
+    new.write_text(front_matter(article_record(4)))
+    unreported.write_text(front_matter(article_record(3, title="Changed unseen")))
+    (articles_dir / "1.txt").unlink()
+    report = catalog.sync(articles_dir, 1 << 20, 0, paths=[str(new), str(articles_dir / "1.txt")])
+    assert (report.files, report.parsed, report.removed) == (3, 1, 1)
+    assert _titles(catalog) == {"Article number 2", "Article number 3", "Article number 4"}
+    full = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (full.files, full.parsed, full.removed) == (3, 1, 0)  # only the unreported one
+    assert _titles(catalog) == {"Article number 2", "Changed unseen", "Article number 4"}
+    assert catalog.sync(articles_dir, 1 << 20, 0, paths=[]).parsed == 0
+    expected = select(load_articles(articles_dir).articles, 0)
+    assert list(catalog.selected_articles()) == expected
+
+
+def test_a_watched_path_a_full_scan_would_not_list_is_left_alone(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    """Hidden names, other suffixes, files outside the folder or under a link to a folder:
+    what a full scan skips, a sync of paths skips too, so the two never disagree."""
+    (articles_dir / "1.txt").write_text(front_matter(article_record(1)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (articles_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (articles_dir / ".hidden").mkdir()
+    skipped = [
+        articles_dir / ".draft.txt", articles_dir / ".hidden" / "2.txt",
+        articles_dir / "notes.rst", elsewhere / "3.txt", articles_dir / "linked" / "4.txt",
+    ]
+    for number, path in enumerate(skipped, 10):
+        path.write_text(front_matter(article_record(number)))
+    report = catalog.sync(articles_dir, 1 << 20, 0, paths=[str(path) for path in skipped])
+    assert (report.files, report.parsed) == (1, 0)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
+    assert _titles(catalog) == {"Article number 1"}
+
+
+def test_a_sync_of_paths_after_a_settings_change_looks_at_every_file(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(
+            front_matter(article_record(index, quality=index * 100)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    assert len(_titles(catalog)) == 3
+    assert catalog.sync(articles_dir, 1 << 20, 250, paths=[]).files == 3  # a new threshold
+    assert _titles(catalog) == {"Article number 3"}
+    assert catalog.sync(articles_dir, 1 << 19, 250, paths=[]).parsed == 3  # new limits
+
+
+def test_an_empty_catalog_is_filled_whole_whatever_paths_say(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(articles_dir, 1 << 20, 0, paths=[]).parsed == 3
