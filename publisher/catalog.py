@@ -59,8 +59,6 @@ COLD_COMMIT_FILES = 5000  # an empty catalog is filled in fewer, larger transact
 def catalog_schema(dialect: str) -> list[str]:
     """The catalog's tables, for ``dialect`` ("sqlite" or "postgresql")."""
     blob = "BYTEA" if dialect == "postgresql" else "BLOB"
-    # The same predicate, spelled as each engine's planner recognises it for the index.
-    unplanned = _unplanned_predicate(dialect)
     return [
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS catalog (
@@ -75,7 +73,6 @@ def catalog_schema(dialect: str) -> list[str]:
             digest TEXT,
             data {blob},  -- the normalised article: JSON, zlib-compressed
             selected BIGINT NOT NULL DEFAULT 0,
-            planned TEXT,  -- the digest last planned into the ledger
             warning TEXT,  -- what the loader cut or left out of a usable file (one line)
             recheck_us BIGINT  -- parse again from then on (a date that was too far ahead)
         )""",
@@ -84,8 +81,6 @@ def catalog_schema(dialect: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id)",
         "CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL",
         *_CHECKED_INDEXES,
-        "CREATE INDEX IF NOT EXISTS catalog_unplanned ON catalog (published_us, article_id) "
-        f"WHERE {unplanned}",
         """CREATE TABLE IF NOT EXISTS catalog_slugs (
             path TEXT NOT NULL,
             slug TEXT NOT NULL,
@@ -100,7 +95,7 @@ def catalog_schema(dialect: str) -> list[str]:
     ]
 
 
-# The columns (and their indexes) added to the catalog by schema 6, for ``upgrade_catalog``.
+# The columns (and their indexes) added to the catalog by schema 7.
 _CHECKED_COLUMNS = {"warning": "TEXT", "recheck_us": "BIGINT"}
 _CHECKED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS catalog_warnings ON catalog (path) WHERE warning IS NOT NULL",
@@ -109,26 +104,46 @@ _CHECKED_INDEXES = (
 )
 
 
-def upgrade_catalog(db: Database) -> None:
-    """Add the columns newer than a stored catalog (within the caller's transaction); its
-    rows are parsed again anyway, as ``PARSER_VERSION`` changed with them."""
+# -- the catalog's migrations (``migrations.MIGRATIONS``) --------------------------------------
+# The catalog is a cache: what a migration cannot carry over is parsed again.
+
+
+def _catalog_columns(db: Database) -> set[str]:
+    """The catalog table's columns; empty when there is none yet."""
     if db.dialect == "sqlite":
-        present = {row[1] for row in db.execute("PRAGMA table_info(catalog)")}
-        if not present:
-            return  # no catalog yet: ``catalog_schema`` creates it whole
-        for column, kind in _CHECKED_COLUMNS.items():
-            if column not in present:
-                db.execute(f"ALTER TABLE catalog ADD COLUMN {column} {kind}")
-    else:
-        if db.execute("SELECT to_regclass('catalog')").fetchone()[0] is None:
-            return
-        for column, kind in _CHECKED_COLUMNS.items():
-            db.execute(f"ALTER TABLE catalog ADD COLUMN IF NOT EXISTS {column} {kind}")
+        return {row[1] for row in db.execute("PRAGMA table_info(catalog)")}
+    rows = db.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'catalog'"
+    )
+    return {row[0] for row in rows}
 
 
-def _unplanned_predicate(dialect: str) -> str:
-    distinct = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
-    return f"selected = 1 AND planned {distinct} digest"
+def drop_catalog_before_file_keys(db: Database, version: int) -> None:
+    """3: a catalog from before file keys and plans is dropped, and rebuilt by its schema."""
+    columns = _catalog_columns(db)
+    if columns and not {"file_key", "planned"} <= columns:
+        for table in ("catalog", "catalog_slugs", "catalog_topics"):
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+        db.execute("DELETE FROM meta WHERE key LIKE 'catalog%' OR key LIKE '%digest'")
+
+
+def drop_scan_snapshot(db: Database, version: int) -> None:
+    """5: the stored scan's old layout goes; the next sync compares the files with the rows
+    once."""
+    db.execute("DROP TABLE IF EXISTS catalog_snapshot")
+    db.execute("DELETE FROM meta WHERE key = 'catalog_scan_fingerprint'")
+
+
+def add_checked_columns(db: Database, version: int) -> None:
+    """7: the columns newer than a stored catalog; its rows are parsed again anyway, as
+    ``PARSER_VERSION`` changed with them."""
+    present = _catalog_columns(db)
+    if not present:
+        return  # no catalog yet: ``catalog_schema`` creates it whole
+    for column, kind in _CHECKED_COLUMNS.items():
+        if column not in present:
+            db.execute(f"ALTER TABLE catalog ADD COLUMN {column} {kind}")
 
 
 # ``selected`` is materialised: 1 on the record that ``selection.select`` keeps for its
@@ -370,8 +385,7 @@ class Catalog:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """A write transaction; in PostgreSQL also one catalog writer at a time, so a sync
-        and another instance's ``mark_planned`` never deadlock on rows in different orders."""
+        """A write transaction; in PostgreSQL also one catalog writer at a time."""
         with self._db.transaction():
             self._db.lock_in_transaction("catalog")
             yield
@@ -579,26 +593,6 @@ class Catalog:
         for row in self._db.execute(query):
             yield stored_article(row[0])
 
-    def unplanned_articles(self) -> list[Article]:
-        """Selected articles whose current record has not been planned into the ledger."""
-        hint = " INDEXED BY catalog_unplanned" if self._db.dialect == "sqlite" else ""
-        query = (
-            f"SELECT data FROM catalog{hint} WHERE {_unplanned_predicate(self._db.dialect)} "
-            "ORDER BY published_us, article_id"
-        )
-        return [stored_article(row[0]) for row in self._db.execute(query)]
-
-    def mark_planned(self, articles: Iterable[Article]) -> None:
-        """Remember that these records (exactly these versions) are planned into the ledger."""
-        rows = [
-            (_digest(article_to_json(article)), article.source_path) for article in articles
-        ]
-        with self._transaction():
-            self._db.executemany(
-                "UPDATE catalog SET planned = digest WHERE digest = ? AND path = ? "
-                "AND selected = 1", rows,
-            )
-
     def kept_ids(self) -> dict[str, str]:
         """Path -> the article id its file keeps (``_kept_ids``)."""
         rows = self._db.execute(
@@ -652,14 +646,18 @@ def _digest(data: str) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
+def record_digest(article: Article) -> str:
+    """The digest of the catalog record ``article`` was decoded from (column ``digest``)."""
+    return _digest(article_to_json(article))
+
+
 _UPSERT_ROW = upsert(
     "catalog",
     ("path", "file_key", "problem", "article_id", "url_key", "published", "quality",
      "published_us", "digest", "data", "warning", "recheck_us"),
     ("path",),
-    # A new parse: selection is decided again. ``planned`` is kept: it is the digest of the
-    # record last planned, so a changed record is unplanned and the same one read again
-    # (a touched or racy file) is not planned twice.
+    # A new parse: selection is decided again. (The ledger's ``planned`` marks are by digest:
+    # a changed record is unplanned, the same one read again is not planned twice.)
     also="selected = 0",
 )
 

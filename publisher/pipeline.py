@@ -31,6 +31,7 @@ from publisher.names import ALL_SLUG, FEED_SUFFIXES, PAGE_NAMES, feed_name
 from publisher.selection import select
 from publisher.state import (
     PENDING,
+    PlannedMarks,
     RunRecord,
     Store,
     instance_lock,
@@ -352,9 +353,10 @@ async def deliver(
     replan = routing != catalog.get_meta(ROUTING_KEY)
     # Unchanged routing: what is new or changed since it was last planned; else every
     # selected article, which may owe a post somewhere new (or no longer).
-    new = list(catalog.selected_articles()) if replan else catalog.unplanned_articles()
+    marks = PlannedMarks(catalog.db)
+    new = list(catalog.selected_articles()) if replan else marks.unplanned_articles()
     report = await dispatcher.run(new, catalog.selected_article, replan=replan)
-    catalog.mark_planned(new)
+    marks.mark_planned(new)
     # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
     catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
     labels = dispatcher.destinations

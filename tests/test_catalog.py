@@ -22,6 +22,7 @@ from publisher.db import Database, PostgresDatabase, SQLiteDatabase
 from publisher.feeds import render_feeds
 from publisher.loader import load_articles
 from publisher.selection import group_by_topic, select
+from publisher.state import PlannedMarks, ledger_schema
 
 TOPICS = ["AI", "Robotics", "Tech/Science", "Tech Science", "Künstliche Intelligenz", "Space",
           "Climate", "../../x"]
@@ -212,19 +213,22 @@ def test_a_file_read_again_unchanged_stays_planned_and_a_changed_one_does_not(
     for index in (1, 2):
         (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
     catalog = open_catalog(tmp_path)
+    for statement in ledger_schema(catalog.db.dialect):  # the marks are the ledger's
+        catalog.db.execute(statement)
+    marks = PlannedMarks(catalog.db)
     catalog.sync(articles_dir, 1 << 20, 0)
-    assert [a.title for a in catalog.unplanned_articles()] == ["Article number 1",
-                                                               "Article number 2"]
-    catalog.mark_planned(catalog.unplanned_articles())
-    assert catalog.unplanned_articles() == []
+    assert [a.title for a in marks.unplanned_articles()] == ["Article number 1",
+                                                             "Article number 2"]
+    marks.mark_planned(marks.unplanned_articles())
+    assert marks.unplanned_articles() == []
     touched = articles_dir / "1.txt"
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
-    assert catalog.unplanned_articles() == []  # the same record: nothing to plan again
+    assert marks.unplanned_articles() == []  # the same record: nothing to plan again
     edited = articles_dir / "2.txt"
     edited.write_text(front_matter(article_record(2, title="Article number 2, corrected")))
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
-    assert [a.title for a in catalog.unplanned_articles()] == ["Article number 2, corrected"]
+    assert [a.title for a in marks.unplanned_articles()] == ["Article number 2, corrected"]
 
 
 def test_parallel_parse_gives_the_same_catalog(
