@@ -16,17 +16,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from publisher import codec
 from publisher.db import Database, Interrupted, upsert
 from publisher.errors import ArticleError
 from publisher.loader import (
@@ -37,7 +36,7 @@ from publisher.loader import (
     display_path,
     read_file,
 )
-from publisher.models import Article, Image, Provider, Related, normalise_url
+from publisher.models import Article, normalise_url
 from publisher.scan import (
     ChangeFinder,
     Changes,
@@ -71,7 +70,7 @@ def catalog_schema(dialect: str) -> list[str]:
             quality BIGINT NOT NULL DEFAULT 0,
             published_us BIGINT NOT NULL DEFAULT 0,
             digest TEXT,
-            data {blob},  -- the normalised article: JSON, zlib-compressed
+            data {blob},  -- the normalised article (``codec``: versioned, compressed)
             selected BIGINT NOT NULL DEFAULT 0,
             warning TEXT,  -- what the loader cut or left out of a usable file (one line)
             recheck_us BIGINT  -- parse again from then on (a date that was too far ahead)
@@ -218,7 +217,7 @@ class _SyncJob:
 
 def _parsing(job: _SyncJob) -> str:
     """What rows parsed with these settings remember (``PARSING_KEY``)."""
-    return f"{job.limits.key}:{PARSER_VERSION}"
+    return f"{job.limits.key}:{PARSER_VERSION}:{codec.CODEC_VERSION}"
 
 
 def _with_due(changes: Changes, due: dict[str, FileKey], kept: set[str]) -> list[FileJob]:
@@ -642,13 +641,9 @@ def create_schema(db: Database) -> None:
         db.execute(statement)
 
 
-def _digest(data: str) -> str:
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
-
-
 def record_digest(article: Article) -> str:
     """The digest of the catalog record ``article`` was decoded from (column ``digest``)."""
-    return _digest(article_to_json(article))
+    return codec.digest_of(article)
 
 
 _UPSERT_ROW = upsert(
@@ -789,13 +784,11 @@ def _problem_row(path: str, key: str, reason: str, recheck_us: int | None) -> Ca
 
 
 def _article_row(path: str, key: str, article: Article, warning: str | None) -> CatalogRow:
-    data = article_to_json(article)
+    encoded = codec.encode(article)
     slugs = tuple(dict.fromkeys(topic_slug(name) for name in article.topics))
-    # Compressed: a third of the bytes to pass from the workers and write to the state.
-    packed = zlib.compress(data.encode("utf-8", "surrogatepass"), 1)
     return CatalogRow(
         path, key, None, article.id, normalise_url(article.url), int(article.published),
-        article.quality, to_microseconds(article.published_at), _digest(data), packed,
+        article.quality, to_microseconds(article.published_at), encoded.digest, encoded.blob,
         warning, None, slugs,
     )
 
@@ -805,57 +798,6 @@ def to_microseconds(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-# -- Article <-> JSON -----------------------------------------------------------------------
-
-
-def article_to_json(article: Article) -> str:
-    return json.dumps(
-        [
-            article.id, article.title, article.url, article.published_at.isoformat(),
-            article.excerpt, [article.provider.name, article.provider.domain],
-            list(article.topics), [_image_fields(i) for i in article.images],
-            [_related_fields(r) for r in article.related], article.quality, article.heat,
-            article.published, article.type, article.amp_url, article.source_path,
-        ],
-        ensure_ascii=False, separators=(",", ":"),
-    )
-
-
 def stored_article(data: bytes | memoryview | str) -> Article:
-    """The article of a catalog row's ``data`` (compressed JSON; plain in older rows)."""
-    if isinstance(data, str):
-        return article_from_json(data)
-    return article_from_json(zlib.decompress(data).decode("utf-8", "surrogatepass"))
-
-
-def article_from_json(text: str) -> Article:
-    (identifier, title, url, published_at, excerpt, provider, topics, images, related,
-     quality, heat, published, kind, amp_url, source_path) = json.loads(text)
-    return Article(
-        id=identifier, title=title, url=url,
-        published_at=datetime.fromisoformat(published_at), excerpt=excerpt,
-        provider=Provider(*provider), topics=tuple(topics),
-        images=tuple(Image(*fields) for fields in images),
-        related=tuple(_related_from(fields) for fields in related),
-        quality=quality, heat=heat, published=published, type=kind, amp_url=amp_url,
-        source_path=source_path,
-    )
-
-
-def _image_fields(image: Image) -> list[Any]:
-    return [image.url, image.width, image.height, image.title]
-
-
-def _related_fields(related: Related) -> list[Any]:
-    provider = [related.provider.name, related.provider.domain] if related.provider else None
-    image = _image_fields(related.image) if related.image else None
-    return [related.title, related.url, related.excerpt, provider, related.quality, image]
-
-
-def _related_from(fields: list[Any]) -> Related:
-    title, url, excerpt, provider, quality, image = fields
-    return Related(
-        title=title, url=url, excerpt=excerpt,
-        provider=Provider(*provider) if provider else None, quality=quality,
-        image=Image(*image) if image else None,
-    )
+    """The article of a catalog row's ``data`` (``codec``: any version it wrote)."""
+    return codec.decode(data)
