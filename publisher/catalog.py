@@ -73,13 +73,15 @@ def catalog_schema(dialect: str) -> list[str]:
             data {blob},  -- the normalised article (``codec``: versioned, compressed)
             selected BIGINT NOT NULL DEFAULT 0,
             warning TEXT,  -- what the loader cut or left out of a usable file (one line)
-            recheck_us BIGINT  -- parse again from then on (a date that was too far ahead)
+            recheck_us BIGINT,  -- parse again from then on (a date that was too far ahead)
+            revision BIGINT NOT NULL DEFAULT 0  -- of the last write of the row (``revision``)
         )""",
         "CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key)",
         "CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id)",
         "CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id)",
         "CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL",
         *_CHECKED_INDEXES,
+        _REVISION_INDEX,
         """CREATE TABLE IF NOT EXISTS catalog_slugs (
             path TEXT NOT NULL,
             slug TEXT NOT NULL,
@@ -101,6 +103,13 @@ _CHECKED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS catalog_recheck ON catalog (recheck_us) "
     "WHERE recheck_us IS NOT NULL",
 )
+
+
+_REVISION_INDEX = "CREATE INDEX IF NOT EXISTS catalog_revision ON catalog (revision)"
+# The number of the last write transaction of the catalog: each one takes the next, and
+# every row it writes (or selects, or unselects) is stamped with it, so that a reader can
+# ask what changed since a revision it saw (the ledger's planned marks do).
+REVISION_KEY = "catalog_revision"
 
 
 # -- the catalog's migrations (``migrations.MIGRATIONS``) --------------------------------------
@@ -132,6 +141,13 @@ def drop_scan_snapshot(db: Database, version: int) -> None:
     once."""
     db.execute("DROP TABLE IF EXISTS catalog_snapshot")
     db.execute("DELETE FROM meta WHERE key = 'catalog_scan_fingerprint'")
+
+
+def add_revisions(db: Database, version: int) -> None:
+    """8: ``catalog.revision`` (rows of before are at revision 0)."""
+    if _catalog_columns(db) and "revision" not in _catalog_columns(db):
+        db.execute("ALTER TABLE catalog ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
+        db.execute(_REVISION_INDEX)
 
 
 def add_checked_columns(db: Database, version: int) -> None:
@@ -235,6 +251,7 @@ class Catalog:
     def __init__(self, db: Database) -> None:
         """``db`` must hold the schema: the state store creates it, or ``create_schema``."""
         self._db = db
+        self._revision = 0  # of the write transaction under way
 
     @property
     def db(self) -> Database:
@@ -384,10 +401,17 @@ class Catalog:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """A write transaction; in PostgreSQL also one catalog writer at a time."""
+        """A write transaction, at the next revision (``REVISION_KEY``); in PostgreSQL also
+        one catalog writer at a time, so revisions are committed in their order."""
         with self._db.transaction():
             self._db.lock_in_transaction("catalog")
+            self._revision = self.revision() + 1
+            self.set_meta(REVISION_KEY, str(self._revision))
             yield
+
+    def revision(self) -> int:
+        """The revision of the last committed write (0: none yet)."""
+        return int(self.get_meta(REVISION_KEY) or 0)
 
     def _remove(self, paths: Sequence[str], min_quality: int) -> None:
         keys = self._url_keys(paths)
@@ -400,7 +424,8 @@ class Catalog:
 
     def _insert(self, rows: Sequence[CatalogRow]) -> None:
         """Rows of files the catalog has never seen, not yet selected."""
-        self._db.executemany(_UPSERT_ROW, [row.columns() for row in rows])
+        revision = (self._revision,)
+        self._db.executemany(_UPSERT_ROW, [row.columns() + revision for row in rows])
         self._db.executemany(
             "INSERT INTO catalog_slugs (path, slug, published_us, article_id) VALUES (?,?,?,?)",
             [(row.path, slug, row.published_us, row.article_id)
@@ -467,7 +492,7 @@ class Catalog:
         return [Notice(Path(path), warning) for path, warning in rows]
 
     def _upsert(self, row: CatalogRow) -> None:
-        self._db.execute(_UPSERT_ROW, row.columns())
+        self._db.execute(_UPSERT_ROW, (*row.columns(), self._revision))
         self._db.execute("DELETE FROM catalog_slugs WHERE path=?", (row.path,))
         self._db.executemany(
             "INSERT INTO catalog_slugs (path, slug, published_us, article_id) VALUES (?,?,?,?)",
@@ -481,14 +506,15 @@ class Catalog:
         self._mark(f"path = ({_PICK})", (url_key, min_quality), 1)
 
     def _select_all(self, min_quality: int) -> None:
-        self._db.execute("UPDATE catalog SET selected = 0 WHERE selected = 1")
+        self._db.execute("UPDATE catalog SET selected = 0, revision = ? WHERE selected = 1",
+                         (self._revision,))
         self._db.execute(
-            "UPDATE catalog SET selected = 1 WHERE path IN (SELECT path FROM ("
+            "UPDATE catalog SET selected = 1, revision = ? WHERE path IN (SELECT path FROM ("
             "  SELECT path, row_number() OVER ("
             "    PARTITION BY url_key ORDER BY published_us DESC, path DESC) AS copy"
             "  FROM catalog WHERE problem IS NULL AND published = 1 AND quality >= ?"
             ") AS ranked WHERE copy = 1)",
-            (min_quality,),
+            (self._revision, min_quality),
         )
         self._db.execute(
             "UPDATE catalog_slugs SET selected = "
@@ -503,7 +529,8 @@ class Catalog:
             )
         ]
         for path in paths:
-            self._db.execute("UPDATE catalog SET selected = ? WHERE path = ?", (value, path))
+            self._db.execute("UPDATE catalog SET selected = ?, revision = ? WHERE path = ?",
+                             (value, self._revision, path))
             self._db.execute("UPDATE catalog_slugs SET selected = ? WHERE path = ?",
                              (value, path))
 
@@ -649,7 +676,7 @@ def record_digest(article: Article) -> str:
 _UPSERT_ROW = upsert(
     "catalog",
     ("path", "file_key", "problem", "article_id", "url_key", "published", "quality",
-     "published_us", "digest", "data", "warning", "recheck_us"),
+     "published_us", "digest", "data", "warning", "recheck_us", "revision"),
     ("path",),
     # A new parse: selection is decided again. (The ledger's ``planned`` marks are by digest:
     # a changed record is unplanned, the same one read again is not planned twice.)

@@ -8,7 +8,7 @@ current schema is created where missing (``CREATE ... IF NOT EXISTS``), and the 
 stored. A new state (version 0) only gets the current schema. An upgrade function is given
 the database and the version the state had; it alters what exists and leaves the creation of
 new tables to the schemas. Adding a migration is one entry at the end of ``MIGRATIONS``
-(its function beside the tables it changes).
+(its function beside the tables it changes); one version may take several.
 
 (``state`` imports this module when it migrates, not before: this one imports it.)
 """
@@ -19,7 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from publisher.catalog import add_checked_columns as add_catalog_checked_columns
-from publisher.catalog import catalog_schema, drop_catalog_before_file_keys, drop_scan_snapshot
+from publisher.catalog import (
+    add_revisions,
+    catalog_schema,
+    drop_catalog_before_file_keys,
+    drop_scan_snapshot,
+)
 from publisher.db import Database
 from publisher.state import (
     add_claim_columns,
@@ -43,6 +48,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "catalog: the stored scan in chunks, its own table", drop_scan_snapshot),
     Migration(6, "ledger: chats keyed by numeric id, the orphaned state", allow_every_state),
     Migration(7, "catalog: warnings and re-check times", add_catalog_checked_columns),
+    Migration(8, "catalog: a revision per row, for readers of what changed", add_revisions),
     Migration(8, "ledger: planned marks in a table of their own", move_planned_marks),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from publisher.catalog import record_digest, stored_article
+from publisher.catalog import REVISION_KEY, record_digest, stored_article
 from publisher.db import (
     Database,
     connect,
@@ -992,30 +992,54 @@ def move_planned_marks(db: Database, version: int) -> None:
 
 
 class PlannedMarks:
-    """Which catalog records are planned into the ledger: the ledger's ``planned`` table,
-    read beside the catalog's rows in the same database."""
+    """Which catalog records are planned into the ledger: the ledger's ``planned`` table
+    (path -> digest of the record planned), read beside the catalog's rows in the same
+    database. Only rows written since the catalog revision through which every selected
+    record was planned (``PLANNED_THROUGH_KEY``) are looked at, by an index."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # The catalog's revision when the unplanned were last read, and their paths.
+        self._read: tuple[int, set[str]] | None = None
 
     def unplanned_articles(self) -> list[Article]:
-        """Selected articles whose current record has not been planned into the ledger."""
+        """Selected articles whose current record has not been planned into the ledger.
+        ``mark_planned`` of (at least) these moves the watermark on to what was read."""
+        through = int(self._meta(PLANNED_THROUGH_KEY) or -1)
+        # Read before the rows: a write committed in between is above it, so looked at again.
+        seen = int(self._meta(REVISION_KEY) or 0)
+        # SQLite's planner would walk every selected row in order instead (a few 100 ms).
+        hint = " INDEXED BY catalog_revision" if self._db.dialect == "sqlite" else ""
         query = (
-            "SELECT c.data FROM catalog c LEFT JOIN planned p ON p.path = c.path "
-            "WHERE c.selected = 1 AND (p.digest IS NULL OR p.digest != c.digest) "
+            f"SELECT c.data FROM catalog c{hint} LEFT JOIN planned p ON p.path = c.path "
+            "WHERE c.revision > ? AND c.selected = 1 "
+            "AND (p.digest IS NULL OR p.digest != c.digest) "
             "ORDER BY c.published_us, c.article_id"
         )
-        return [stored_article(row[0]) for row in self._db.execute(query)]
+        articles = [stored_article(row[0]) for row in self._db.execute(query, (through,))]
+        self._read = (seen, {article.source_path for article in articles})
+        return articles
 
     def mark_planned(self, articles: Iterable[Article]) -> None:
         """Remember that these records (exactly these versions) are planned into the ledger;
-        a record another sync changed since it was read is not marked."""
+        a record another sync changed since it was read is not marked (its row's revision
+        is newer than the watermark, so it is found again)."""
         # In one order (by path), so that two instances marking at once never deadlock.
         rows = sorted((article.source_path, record_digest(article)) for article in articles)
+        read, self._read = self._read, None
         with self._db.transaction():
             self._db.executemany(_MARK_PLANNED, [(digest, path) for path, digest in rows])
+            if read is not None and read[1] <= {path for path, _ in rows}:
+                self._db.execute(upsert("meta", ("key", "value"), ("key",)),
+                                 (PLANNED_THROUGH_KEY, str(read[0])))
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
 
 
+# The catalog revision through which every selected record is planned (or was found so).
+PLANNED_THROUGH_KEY = "planned_through"
 _MARK_PLANNED = (
     "INSERT INTO planned (path, digest) SELECT path, digest FROM catalog "
     "WHERE digest = ? AND path = ? AND selected = 1 "

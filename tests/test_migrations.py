@@ -14,14 +14,14 @@ from publisher.state import PlannedMarks, SQLStore, open_store
 
 def test_the_registry_is_named_and_in_order() -> None:
     versions = [migration.version for migration in MIGRATIONS]
-    assert versions == sorted(set(versions))
+    assert versions == sorted(versions)
     assert versions[-1] == SCHEMA_VERSION
     assert all(migration.name for migration in MIGRATIONS)
 
 
 def _as_schema_7(store: SQLStore) -> None:
     """Turn a current state back into schema 7's layout: the planned marks in a column of
-    the catalog (with its partial index), no ``planned`` table."""
+    the catalog (with its partial index), no ``planned`` table, no revisions."""
     db = store.db
     distinct = "IS DISTINCT FROM" if db.dialect == "postgresql" else "IS NOT"
     with db.transaction():
@@ -31,6 +31,9 @@ def _as_schema_7(store: SQLStore) -> None:
         db.execute("CREATE INDEX catalog_unplanned ON catalog (published_us, article_id) "
                    f"WHERE selected = 1 AND planned {distinct} digest")
         db.execute("DROP TABLE planned")
+        db.execute("DROP INDEX catalog_revision")
+        db.execute("ALTER TABLE catalog DROP COLUMN revision")
+        db.execute("DELETE FROM meta WHERE key IN ('catalog_revision', 'planned_through')")
         db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
 
 
