@@ -287,7 +287,9 @@ class Catalog:
         try:
             with self._db.exclusive("sync", stop):
                 if paths is not None and self._can_sync_paths(job):
-                    return self._sync_paths(directory, paths, job)
+                    report = self._sync_paths(directory, paths, job, allow_empty)
+                    if report is not None:
+                        return report
                 return self._sync(directory, job, allow_empty)
         except Interrupted:
             raise SyncInterrupted("stopped while waiting for another sync") from None
@@ -300,9 +302,16 @@ class Catalog:
                 and self.get_meta(BULK_LOAD_KEY) is None
                 and self._db.execute("SELECT 1 FROM catalog LIMIT 1").fetchone() is not None)
 
-    def _sync_paths(self, directory: Path, paths: Collection[str], job: _SyncJob) -> SyncReport:
+    def _sync_paths(self, directory: Path, paths: Collection[str], job: _SyncJob,
+                    allow_empty: bool) -> SyncReport | None:
+        """The sync of ``paths`` alone; None when it would remove every row, which only a
+        full sync may decide (``allow_empty``: an unmounted share looks empty)."""
         finder = ChangeFinder(self._db)
         changes = finder.changes_at(directory, paths)
+        if changes.removed and not allow_empty:
+            known = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
+            if known <= len(changes.removed):
+                return None
         due = finder.due(to_microseconds(job.now))
         if due:
             changes.changed = _with_due(changes, due, set())

@@ -20,6 +20,7 @@ from publisher import scan as scan_module
 from publisher.catalog import Catalog, create_schema
 from publisher.config import FeedsConfig
 from publisher.db import Database, PostgresDatabase, SQLiteDatabase
+from publisher.errors import ArticleError
 from publisher.feeds import render_feeds
 from publisher.loader import load_articles
 from publisher.selection import group_by_topic, select
@@ -910,3 +911,22 @@ def test_an_empty_catalog_is_filled_whole_whatever_paths_say(
         (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
     catalog = open_catalog(tmp_path)
     assert catalog.sync(articles_dir, 1 << 20, 0, paths=[]).parsed == 3
+
+
+def test_a_sync_of_paths_that_would_forget_every_file_is_a_full_sync(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    """An unmounted share looks empty: whether its files may be forgotten is the full
+    sync's decision (``allow_empty``), whichever way the sync was asked for."""
+    files = [articles_dir / f"{index}.txt" for index in (1, 2)]
+    for index, path in enumerate(files, 1):
+        path.write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    for path in files:
+        path.unlink()
+    with pytest.raises(ArticleError, match="is empty, but 2 article files were known"):
+        catalog.sync(articles_dir, 1 << 20, 0, allow_empty=False, paths=[str(p) for p in files])
+    assert catalog.selected_count() == 2
+    report = catalog.sync(articles_dir, 1 << 20, 0, allow_empty=True, paths=[str(files[0])])
+    assert (report.files, report.removed) == (1, 1)
