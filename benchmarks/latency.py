@@ -73,8 +73,8 @@ def write_config(root: Path, base_url: str, debounce: float) -> Path:
     return path
 
 
-def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + TIMEOUT
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
@@ -151,9 +151,13 @@ def main() -> int:
                     [sys.executable, "-m", "publisher", "run", "-c", str(config)],
                     stdout=log, stderr=log, env=env,
                 )
+                # The start-up run parses the whole corpus first (a minute at 100,000 files).
+                startup = max(TIMEOUT, args.corpus / 200)
                 try:
-                    wait_for(lambda: ledger_size(root) == args.corpus, "the start-up push")
-                    wait_for(lambda: (root / "feeds" / "all.rss.xml").exists(), "the feeds")
+                    wait_for(lambda: ledger_size(root) == args.corpus, "the start-up push",
+                             startup)
+                    wait_for(lambda: (root / "feeds" / "all.rss.xml").exists(), "the feeds",
+                             startup)
                     to_post, to_feed = measure(root, standin, args.drops, args.pause)
                 finally:
                     service.terminate()
