@@ -1,9 +1,10 @@
 """The corpus catalog: a parse cache in the state database, and selection answered from it.
 
 Each article file has one row keyed by its path, with the size, mtime and inode it had when
-it was parsed. A sync stats every file and re-parses only those whose key changed (in worker
-processes when there are many), drops rows of deleted files, and never serves a stale
-article: any change of size, mtime or inode means a new parse.
+it was parsed. A sync finds the files whose key changed (``scan``: every file, or only the
+paths a watcher reported), re-parses those (in worker processes when there are many), drops
+rows of deleted files, and never serves a stale article: any change of size, mtime or inode
+means a new parse.
 
 Selection runs as SQL over the rows, with exactly the semantics of ``selection.select`` and
 ``selection.group_by_topic`` (the pure reference, which tests compare against), so a build
@@ -15,36 +16,37 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
-import marshal
-import operator
 import os
 import threading
-import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from publisher import codec
 from publisher.db import Database, Interrupted, upsert
 from publisher.errors import ArticleError
 from publisher.errors import SyncInterrupted as SyncInterrupted
 from publisher.loader import (
     DEFAULT_LIMITS,
-    FileKey,
     Limits,
     Notice,
     Problem,
-    ScanEntry,
     display_path,
     read_file,
-    scan_chunks,
-    scan_prefix,
 )
-from publisher.models import Article, Image, Provider, Related, normalise_url
+from publisher.models import Article, normalise_url
+from publisher.scan import (
+    ChangeFinder,
+    Changes,
+    FileJob,
+    FileKey,
+    Scan,
+    key_text,
+    scan_schema,
+)
 from publisher.selection import topic_slug
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,6 @@ COLD_COMMIT_FILES = 5000  # an empty catalog is filled in fewer, larger transact
 def catalog_schema(dialect: str) -> list[str]:
     """The catalog's tables, for ``dialect`` ("sqlite" or "postgresql")."""
     blob = "BYTEA" if dialect == "postgresql" else "BLOB"
-    # The same predicate, spelled as each engine's planner recognises it for the index.
-    unplanned = _unplanned_predicate(dialect)
     return [
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS catalog (
@@ -71,19 +71,18 @@ def catalog_schema(dialect: str) -> list[str]:
             quality BIGINT NOT NULL DEFAULT 0,
             published_us BIGINT NOT NULL DEFAULT 0,
             digest TEXT,
-            data {blob},  -- the normalised article: JSON, zlib-compressed
+            data {blob},  -- the normalised article (``codec``: versioned, compressed)
             selected BIGINT NOT NULL DEFAULT 0,
-            planned TEXT,  -- the digest last planned into the ledger
             warning TEXT,  -- what the loader cut or left out of a usable file (one line)
-            recheck_us BIGINT  -- parse again from then on (a date that was too far ahead)
+            recheck_us BIGINT,  -- parse again from then on (a date that was too far ahead)
+            revision BIGINT NOT NULL DEFAULT 0  -- of the last write of the row (``revision``)
         )""",
         "CREATE INDEX IF NOT EXISTS catalog_url ON catalog (url_key)",
         "CREATE INDEX IF NOT EXISTS catalog_article ON catalog (article_id)",
         "CREATE INDEX IF NOT EXISTS catalog_newest ON catalog (selected, published_us, article_id)",
         "CREATE INDEX IF NOT EXISTS catalog_problems ON catalog (path) WHERE problem IS NOT NULL",
         *_CHECKED_INDEXES,
-        "CREATE INDEX IF NOT EXISTS catalog_unplanned ON catalog (published_us, article_id) "
-        f"WHERE {unplanned}",
+        _REVISION_INDEX,
         """CREATE TABLE IF NOT EXISTS catalog_slugs (
             path TEXT NOT NULL,
             slug TEXT NOT NULL,
@@ -94,10 +93,7 @@ def catalog_schema(dialect: str) -> list[str]:
         )""",
         "CREATE INDEX IF NOT EXISTS catalog_slugs_newest "
         "ON catalog_slugs (slug, selected, published_us, article_id)",
-        # The last completed scan in chunks (see ``loader.scan_chunks``): each chunk's
-        # entries (marshal), keyed by their digest.
-        "CREATE TABLE IF NOT EXISTS catalog_scan "
-        f"(digest {blob} PRIMARY KEY, data {blob} NOT NULL)",
+        *scan_schema(dialect),  # the last completed scan (see ``scan``)
         FEED_FILES_TABLE,
     ]
 
@@ -138,7 +134,7 @@ class FeedFileRecord(NamedTuple):
     digest: str
 
 
-# The columns (and their indexes) added to the catalog by schema 6, for ``upgrade_catalog``.
+# The columns (and their indexes) added to the catalog by schema 7.
 _CHECKED_COLUMNS = {"warning": "TEXT", "recheck_us": "BIGINT"}
 _CHECKED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS catalog_warnings ON catalog (path) WHERE warning IS NOT NULL",
@@ -147,26 +143,60 @@ _CHECKED_INDEXES = (
 )
 
 
-def upgrade_catalog(db: Database) -> None:
-    """Add the columns newer than a stored catalog (within the caller's transaction); its
-    rows are parsed again anyway, as ``PARSER_VERSION`` changed with them."""
+_REVISION_INDEX = "CREATE INDEX IF NOT EXISTS catalog_revision ON catalog (revision)"
+# The number of the last write transaction of the catalog: each one takes the next, and
+# every row it writes (or selects, or unselects) is stamped with it, so that a reader can
+# ask what changed since a revision it saw (the ledger's planned marks do).
+REVISION_KEY = "catalog_revision"
+
+
+# -- the catalog's migrations (``migrations.MIGRATIONS``) --------------------------------------
+# The catalog is a cache: what a migration cannot carry over is parsed again.
+
+
+def _catalog_columns(db: Database) -> set[str]:
+    """The catalog table's columns; empty when there is none yet."""
     if db.dialect == "sqlite":
-        present = {row[1] for row in db.execute("PRAGMA table_info(catalog)")}
-        if not present:
-            return  # no catalog yet: ``catalog_schema`` creates it whole
-        for column, kind in _CHECKED_COLUMNS.items():
-            if column not in present:
-                db.execute(f"ALTER TABLE catalog ADD COLUMN {column} {kind}")
-    else:
-        if db.execute("SELECT to_regclass('catalog')").fetchone()[0] is None:
-            return
-        for column, kind in _CHECKED_COLUMNS.items():
-            db.execute(f"ALTER TABLE catalog ADD COLUMN IF NOT EXISTS {column} {kind}")
+        return {row[1] for row in db.execute("PRAGMA table_info(catalog)")}
+    rows = db.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'catalog'"
+    )
+    return {row[0] for row in rows}
 
 
-def _unplanned_predicate(dialect: str) -> str:
-    distinct = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
-    return f"selected = 1 AND planned {distinct} digest"
+def drop_catalog_before_file_keys(db: Database, version: int) -> None:
+    """3: a catalog from before file keys and plans is dropped, and rebuilt by its schema."""
+    columns = _catalog_columns(db)
+    if columns and not {"file_key", "planned"} <= columns:
+        for table in ("catalog", "catalog_slugs", "catalog_topics"):
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+        db.execute("DELETE FROM meta WHERE key LIKE 'catalog%' OR key LIKE '%digest'")
+
+
+def drop_scan_snapshot(db: Database, version: int) -> None:
+    """5: the stored scan's old layout goes; the next sync compares the files with the rows
+    once."""
+    db.execute("DROP TABLE IF EXISTS catalog_snapshot")
+    db.execute("DELETE FROM meta WHERE key = 'catalog_scan_fingerprint'")
+
+
+def add_revisions(db: Database, version: int) -> None:
+    """8: ``catalog.revision`` (rows of before are at revision 0)."""
+    if _catalog_columns(db) and "revision" not in _catalog_columns(db):
+        db.execute("ALTER TABLE catalog ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
+        db.execute(_REVISION_INDEX)
+
+
+def add_checked_columns(db: Database, version: int) -> None:
+    """7: the columns newer than a stored catalog; its rows are parsed again anyway, as
+    ``PARSER_VERSION`` changed with them."""
+    present = _catalog_columns(db)
+    if not present:
+        return  # no catalog yet: ``catalog_schema`` creates it whole
+    for column, kind in _CHECKED_COLUMNS.items():
+        if column not in present:
+            db.execute(f"ALTER TABLE catalog ADD COLUMN {column} {kind}")
 
 
 # ``selected`` is materialised: 1 on the record that ``selection.select`` keeps for its
@@ -192,22 +222,14 @@ _NEWEST = (
     "SELECT path FROM catalog WHERE selected = 1 ORDER BY published_us DESC, article_id DESC"
 )
 THRESHOLD_KEY = "catalog_min_quality"
-_SAVE_CHUNK = upsert("catalog_scan", ("digest", "data"), ("digest",))
-FINGERPRINT_KEY = "catalog_scan_fingerprint"  # a hash of the folder and every chunk digest
-# The folder the stored chunks are relative to; absent while a sync is under way (its rows
-# may be ahead of the chunks) or when there are none.
-SCAN_ROOT_KEY = "catalog_scan_root"
 PARSING_KEY = "catalog_parsing"  # what the rows were parsed with: limits, parser
 BULK_LOAD_KEY = "catalog_bulk_load"  # an empty catalog is being filled: select all at the end
 # Bump when the loader's output changes, so every file is parsed again.
 # 3: published URLs normalised (IDNA, no credentials or tracking), caps and cuts with
 # warnings, dates too far ahead refused, mojibake repaired before parsing.
 PARSER_VERSION = "3"
-URL_KEY = 4  # a row's url_key column
-WARNING = 10  # a row's warning column
 
 
-Row = tuple[Any, ...]
 Progress = Callable[[int, int], None]
 
 
@@ -218,81 +240,6 @@ class SyncReport:
     removed: int = 0
     problems: list[Problem] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)  # usable files with a warning
-
-
-# A file changed this shortly before a scan may be written again after it was read, within
-# the same tick of the file system's clock and at the same size: its key would not change.
-# Such a "racy" file (git's word) is saved with a size of -1, which no stat gives, so every
-# sync reads it again until it is older. Local Linux file systems stamp in ticks of a few
-# ms; FAT in 2 s steps, and network file systems with the server's clock.
-RACY_NS = 2_000_000_000
-_CTIME = operator.itemgetter(3)  # of a ScanEntry
-
-
-@dataclass
-class Scan:
-    """What a sync found on disk: the chunks of ``loader.scan_chunks`` with their digests
-    and a fingerprint of them all and of the folder, compared with what the last sync
-    saved; and what this one saves: the same, but for racy files (``RACY_NS``)."""
-
-    prefix: str
-    chunks: list[list[ScanEntry]]
-    digests: list[bytes]
-    fingerprint: str
-    saved: list[tuple[bytes, bytes]]  # (digest, marshalled entries) of each chunk
-    saved_fingerprint: str
-    racy_since: int  # a file whose ctime_ns is this or later is racy
-    unreadable: dict[str, str]  # folders that could not be read (see ``loader.Listing``)
-
-    @classmethod
-    def of(cls, directory: Path) -> Scan:
-        racy_since = time.time_ns() - RACY_NS
-        prefix = scan_prefix(directory)
-        listing = scan_chunks(directory)
-        digests: list[bytes] = []
-        saved: list[tuple[bytes, bytes]] = []
-        for chunk in listing.chunks:
-            blob = marshal.dumps(chunk)
-            digests.append(_chunk_digest(blob))
-            if max(map(_CTIME, chunk)) >= racy_since:
-                blob = marshal.dumps(
-                    [(entry[0], *_saved_key(entry[1:], racy_since)) for entry in chunk]
-                )
-                saved.append((_chunk_digest(blob), blob))
-            else:
-                saved.append((digests[-1], blob))
-        return cls(
-            prefix, listing.chunks, digests, _scan_fingerprint(prefix, digests), saved,
-            _scan_fingerprint(prefix, [digest for digest, _ in saved]), racy_since,
-            listing.unreadable,
-        )
-
-    @property
-    def files(self) -> int:
-        return sum(map(len, self.chunks))
-
-    def keys(self, chunks: Iterable[int]) -> dict[str, FileKey]:
-        """Path -> key of the files in these chunks."""
-        prefix = self.prefix
-        return {prefix + entry[0]: entry[1:] for index in chunks for entry in self.chunks[index]}
-
-    def to_parse(self, changed: Iterable[tuple[str, FileKey]]) -> list[FileJob]:
-        """Changed files, sorted, with the keys to save for them."""
-        return sorted((path, _saved_key(key, self.racy_since)) for path, key in changed)
-
-
-def _saved_key(key: FileKey, racy_since: int) -> FileKey:
-    return (-1, key[1], key[2], key[3]) if key[2] >= racy_since else key
-
-
-def _chunk_digest(blob: bytes) -> bytes:
-    return hashlib.blake2b(blob, digest_size=16).digest()
-
-
-def _scan_fingerprint(prefix: str, digests: list[bytes]) -> str:
-    whole = hashlib.blake2b(prefix.encode("utf-8", "surrogateescape"), digest_size=16)
-    whole.update(b"".join(digests))
-    return whole.hexdigest()
 
 
 @dataclass
@@ -319,22 +266,18 @@ class _SyncJob:
     now: datetime
 
 
-def _with_due(changes: Changes, due: dict[str, FileKey], scan: Scan) -> list[FileJob]:
-    """The changed files, plus the due rows that are not changed or removed anyway (nor in
-    a folder that cannot be read now: they are kept as they are, see ``Listing``)."""
-    listed = {path for path, _ in changes.changed}.union(changes.removed)
-    unreadable = tuple(scan.prefix + relative for relative in scan.unreadable)
+def _parsing(job: _SyncJob) -> str:
+    """What rows parsed with these settings remember (``PARSING_KEY``)."""
+    return f"{job.limits.key}:{PARSER_VERSION}:{codec.CODEC_VERSION}"
+
+
+def _with_due(changes: Changes, due: dict[str, FileKey], kept: set[str]) -> list[FileJob]:
+    """The changed files, plus the due rows that are not changed or removed anyway (nor
+    ``kept``: in a folder that cannot be read now, they are kept as they are)."""
+    listed = {job.path for job in changes.changed}.union(changes.removed)
     return sorted(changes.changed + [
-        (path, key) for path, key in due.items()
-        if path not in listed and not (unreadable and path.startswith(unreadable))
+        FileJob(path, key) for path, key in due.items() if path not in listed and path not in kept
     ])
-
-
-@dataclass
-class Changes:
-    changed: list[FileJob]  # files to parse, sorted by path
-    removed: list[str]  # paths that are gone, sorted
-    cold: bool  # the catalog was empty
 
 
 class Catalog:
@@ -343,6 +286,7 @@ class Catalog:
     def __init__(self, db: Database) -> None:
         """``db`` must hold the schema: the state store creates it, or ``create_schema``."""
         self._db = db
+        self._revision = 0  # of the write transaction under way
 
     @property
     def db(self) -> Database:
@@ -353,7 +297,7 @@ class Catalog:
     def sync(self, directory: Path, limits: Limits | int, min_quality: int,
              progress: Progress | None = None, workers: int | None = None,
              stop: threading.Event | None = None, allow_empty: bool = True,
-             now: datetime | None = None) -> SyncReport:
+             now: datetime | None = None, paths: Collection[str] | None = None) -> SyncReport:
         """Bring the catalog in line with the files under ``directory`` and the settings
         (``limits``: the loader's ``Limits``, or just its file size cap).
 
@@ -364,6 +308,10 @@ class Catalog:
         before and after a sync (a renamed file, say) is selected all along. ``stop`` ends a
         long sync between batches (``SyncInterrupted``); a later sync picks up from there.
 
+        ``paths``: only these files changed since the last sync (a watcher's report; files
+        and folders it does not name are taken as they were), so only they are looked at.
+        When the settings changed, or the catalog is empty, every file is looked at anyway.
+
         A file refused for a date too far ahead (``now`` is when: the clock by default) is
         parsed again, unchanged, once its time comes: only such rows, found by an index.
         """
@@ -373,12 +321,46 @@ class Catalog:
                        now or datetime.now(UTC))
         try:
             with self._db.exclusive("sync", stop):
+                if paths is not None and self._can_sync_paths(job):
+                    report = self._sync_paths(directory, paths, job, allow_empty)
+                    if report is not None:
+                        return report
                 return self._sync(directory, job, allow_empty)
         except Interrupted:
             raise SyncInterrupted("stopped while waiting for another sync") from None
 
+    def _can_sync_paths(self, job: _SyncJob) -> bool:
+        """Whether the rows are of these settings and complete, so that files no watcher
+        reported are current."""
+        return (self.get_meta(PARSING_KEY) == _parsing(job)
+                and self.get_meta(THRESHOLD_KEY) == str(job.min_quality)
+                and self.get_meta(BULK_LOAD_KEY) is None
+                and self._db.execute("SELECT 1 FROM catalog LIMIT 1").fetchone() is not None)
+
+    def _sync_paths(self, directory: Path, paths: Collection[str], job: _SyncJob,
+                    allow_empty: bool) -> SyncReport | None:
+        """The sync of ``paths`` alone; None when it would remove every row, which only a
+        full sync may decide (``allow_empty``: an unmounted share looks empty)."""
+        finder = ChangeFinder(self._db)
+        changes = finder.changes_at(directory, paths)
+        if changes.removed and not allow_empty:
+            known = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
+            if known <= len(changes.removed):
+                return None
+        due = finder.due(to_microseconds(job.now))
+        if due:
+            changes.changed = _with_due(changes, due, set())
+        report = SyncReport(removed=len(changes.removed))
+        if changes.changed or changes.removed:
+            self._parse_changed(changes, job, report)
+            with self._transaction():
+                self._remove(changes.removed, job.min_quality)
+        report.files = self._db.execute("SELECT count(*) FROM catalog").fetchone()[0]
+        return self._report(report)
+
     def _sync(self, directory: Path, job: _SyncJob, allow_empty: bool) -> SyncReport:
         min_quality = job.min_quality
+        finder = ChangeFinder(self._db)
         scan = Scan.of(directory)
         if "" in scan.unreadable:
             raise ArticleError(
@@ -395,23 +377,18 @@ class Catalog:
                     "forgetting them (an unmounted share looks empty); "
                     "set articles.allow_empty = true if they were removed on purpose"
                 )
-        parsing = f"{job.limits.key}:{PARSER_VERSION}"
+        parsing = _parsing(job)
         same_parsing = self.get_meta(PARSING_KEY) == parsing
         same_threshold = self.get_meta(THRESHOLD_KEY) == str(min_quality)
-        due = self._due(job.now) if same_parsing else {}
-        if (same_parsing and same_threshold and not due
-                and self.get_meta(FINGERPRINT_KEY) == scan.fingerprint):
+        due = finder.due(to_microseconds(job.now)) if same_parsing else {}
+        if same_parsing and same_threshold and not due and finder.is_unchanged(scan):
             # Exactly the files (and keys) of the last completed sync: nothing to read.
             return self._report(SyncReport(files=files))
-        stored = self._stored_digests(scan.prefix) if same_parsing else None
-        changes = self._changes_in_chunks(scan, stored) if stored is not None else None
-        if changes is None:  # no usable stored scan: compare with the rows themselves
-            stored = None
-            changes = self._changes_from_rows(scan, same_parsing)
+        changes, stored = finder.changes(scan, same_parsing)
         if scan.unreadable:
             changes.removed = _kept_under_unreadable_folders(scan, changes.removed)
         if due:
-            changes.changed = _with_due(changes, due, scan)
+            changes.changed = _with_due(changes, due, scan.under_unreadable(due))
         unfinished_bulk_load = self.get_meta(BULK_LOAD_KEY) is not None
         if (not changes.changed and not changes.removed and same_threshold
                 and not unfinished_bulk_load):
@@ -419,17 +396,15 @@ class Catalog:
             # load that died in its last transaction has every row and none selected yet:
             # it goes on to the end, where its rows are selected.)
             with self._transaction():
-                self._save_scan(scan, stored)
+                finder.save_scan(scan, stored)
             return self._report(SyncReport(files=files))
         report = SyncReport(files=files, removed=len(changes.removed))
         with self._transaction():
-            # Until this sync completes, the rows may be ahead of the stored scan: say so,
-            # and an interrupted sync is followed by a comparison with the rows, which
-            # parses only what it had not committed yet. Rows parsed with other settings
-            # are all parsed again, however far this sync gets.
-            stale = (FINGERPRINT_KEY, SCAN_ROOT_KEY) + (() if same_parsing else (PARSING_KEY,))
-            self._db.execute(f"DELETE FROM meta WHERE key IN ({','.join('?' * len(stale))})",
-                             stale)
+            # Until this sync completes, the rows may be ahead of the stored scan. Rows
+            # parsed with other settings are all parsed again, however far this sync gets.
+            finder.forget_scan()
+            if not same_parsing:
+                self._db.execute("DELETE FROM meta WHERE key = ?", (PARSING_KEY,))
             if changes.cold:  # its rows are selected at the end, by whichever sync gets there
                 self.set_meta(BULK_LOAD_KEY, "1")
                 self.set_meta(PARSING_KEY, parsing)  # no row was parsed otherwise
@@ -442,21 +417,13 @@ class Catalog:
                 self._select_all(min_quality)
                 self._db.execute("DELETE FROM meta WHERE key = ?", (BULK_LOAD_KEY,))
             self.set_meta(PARSING_KEY, parsing)
-            self._save_scan(scan, stored)
+            finder.save_scan(scan, stored)
         return self._report(report)
 
     def _report(self, report: SyncReport) -> SyncReport:
         report.problems = self._problems()
         report.notices = self._notices()
         return report
-
-    def _due(self, now: datetime) -> dict[str, FileKey]:
-        """Rows to parse again although their file did not change: their time has come."""
-        rows = self._db.execute(
-            "SELECT path, file_key FROM catalog WHERE recheck_us IS NOT NULL AND recheck_us <= ?",
-            (to_microseconds(now),),
-        )
-        return {path: _key_from_text(text) for path, text in rows}
 
     def _parse_changed(self, changes: Changes, job: _SyncJob, report: SyncReport) -> None:
         min_quality, stop = job.min_quality, job.stop
@@ -476,82 +443,19 @@ class Catalog:
                     self._add(batch.rows, min_quality)
             report.parsed += batch.parsed
 
-    def _changes_from_rows(self, scan: Scan, same_parsing: bool) -> Changes:
-        """Every file compared with the catalog's rows (no usable stored scan)."""
-        previous = {
-            path: _key_from_text(text)
-            for path, text in self._db.execute("SELECT path, file_key FROM catalog")
-        }
-        on_disk = scan.keys(range(len(scan.chunks)))
-        # Set differences run in C: at 100,000 files a Python loop would cost more.
-        changed = on_disk.items() - previous.items() if same_parsing else on_disk.items()
-        return Changes(scan.to_parse(changed), sorted(previous.keys() - on_disk.keys()),
-                       cold=not previous)
-
-    def _changes_in_chunks(self, scan: Scan, stored: set[bytes]) -> Changes | None:
-        """The files of the chunks that are new, compared with those of the stored chunks
-        that are gone: every other file is in a chunk that is exactly as it was. None when
-        a stored chunk cannot be read."""
-        fresh = [i for i, digest in enumerate(scan.digests) if digest not in stored]
-        gone = list(stored.difference(scan.digests))
-        before: dict[str, FileKey] = {}
-        for start in range(0, len(gone), 500):
-            chunk = gone[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT data FROM catalog_scan WHERE digest IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            for (data,) in rows:
-                try:
-                    before.update(
-                        (scan.prefix + entry[0], tuple(entry[1:])) for entry in marshal.loads(data)
-                    )
-                except (EOFError, ValueError, TypeError, IndexError):
-                    return None
-        now = scan.keys(fresh)
-        removed = before.keys() - now.keys()
-        if removed:  # a listing made while the folder changed can hold a name twice
-            removed -= scan.keys(range(len(scan.chunks))).keys()
-        # No stored chunk: the last sync found no file, and the catalog should be empty.
-        cold = not stored and self._db.execute("SELECT 1 FROM catalog LIMIT 1").fetchone() is None
-        return Changes(scan.to_parse(now.items() - before.items()), sorted(removed), cold=cold)
-
-    def _stored_digests(self, prefix: str) -> set[bytes] | None:
-        """The chunk digests of the last completed scan of the folder at ``prefix``; None
-        when there is none (a new state, another folder, or a sync that did not complete)."""
-        if self.get_meta(SCAN_ROOT_KEY) != prefix:
-            return None
-        return {bytes(row[0]) for row in self._db.execute("SELECT digest FROM catalog_scan")}
-
-    def _save_scan(self, scan: Scan, stored: set[bytes] | None) -> None:
-        """Store the chunks that are new and drop those that are gone (all of them when
-        ``stored`` is None), then the folder and the fingerprint. While a folder cannot be
-        read, no scan is kept: the next sync compares with the rows, which kept its files,
-        so what was deleted from it meanwhile is seen once it can be read."""
-        if scan.unreadable:
-            self._db.execute("DELETE FROM catalog_scan")
-            self._db.execute("DELETE FROM meta WHERE key IN (?, ?)",
-                             (SCAN_ROOT_KEY, FINGERPRINT_KEY))
-            return
-        if stored is None:
-            self._db.execute("DELETE FROM catalog_scan")
-            stored = set()
-        saved = {digest for digest, _ in scan.saved}
-        self._db.executemany("DELETE FROM catalog_scan WHERE digest = ?",
-                             [(digest,) for digest in stored.difference(saved)])
-        self._db.executemany(
-            _SAVE_CHUNK, [(digest, blob) for digest, blob in scan.saved if digest not in stored]
-        )
-        self.set_meta(SCAN_ROOT_KEY, scan.prefix)
-        self.set_meta(FINGERPRINT_KEY, scan.saved_fingerprint)
-
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """A write transaction; in PostgreSQL also one catalog writer at a time, so a sync
-        and another instance's ``mark_planned`` never deadlock on rows in different orders."""
+        """A write transaction, at the next revision (``REVISION_KEY``); in PostgreSQL also
+        one catalog writer at a time, so revisions are committed in their order."""
         with self._db.transaction():
             self._db.lock_in_transaction("catalog")
+            self._revision = self.revision() + 1
+            self.set_meta(REVISION_KEY, str(self._revision))
             yield
+
+    def revision(self) -> int:
+        """The revision of the last committed write (0: none yet)."""
+        return int(self.get_meta(REVISION_KEY) or 0)
 
     def _remove(self, paths: Sequence[str], min_quality: int) -> None:
         keys = self._url_keys(paths)
@@ -562,31 +466,36 @@ class Catalog:
         for key in keys:
             self._select_one(key, min_quality)
 
-    def _insert(self, rows: Sequence[Row]) -> None:
+    def _insert(self, rows: Sequence[CatalogRow]) -> None:
         """Rows of files the catalog has never seen, not yet selected."""
-        self._db.executemany(_UPSERT_ROW, [row[:-1] for row in rows])
+        revision = (self._revision,)
+        self._db.executemany(_UPSERT_ROW, [row.columns() + revision for row in rows])
         self._db.executemany(
             "INSERT INTO catalog_slugs (path, slug, published_us, article_id) VALUES (?,?,?,?)",
-            [(row[0], slug, row[7], row[3]) for row in rows for slug in row[-1]],
+            [(row.path, slug, row.published_us, row.article_id)
+             for row in rows for slug in row.slugs],
         )
 
-    def _add(self, rows: Sequence[Row], min_quality: int) -> None:
-        before = self._previous([row[0] for row in rows])
-        keys = {key for key, _ in before.values() if key is not None}  # the URLs they had
+    def _add(self, rows: Sequence[CatalogRow], min_quality: int) -> None:
+        before = self._previous([row.path for row in rows])
+        keys = {was.url_key for was in before.values() if was.url_key is not None}
         known = self._ids_of_urls(
-            [row[URL_KEY] for row in rows if row[0] not in before and row[URL_KEY] is not None]
+            [row.url_key for row in rows if row.path not in before and row.url_key is not None]
         )
         for row in rows:
-            kept = before[row[0]][1] if row[0] in before else known.get(row[URL_KEY])
+            if row.path in before:
+                kept = before[row.path].article_id
+            else:
+                kept = known.get(row.url_key) if row.url_key is not None else None
             self._upsert(_kept_ids(row, kept))
-            if row[URL_KEY] is not None:
-                keys.add(row[URL_KEY])
+            if row.url_key is not None:
+                keys.add(row.url_key)
         for key in keys:
             self._select_one(key, min_quality)
 
-    def _previous(self, paths: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
-        """Path -> (url_key, article_id) of the rows these paths have now."""
-        found: dict[str, tuple[str | None, str | None]] = {}
+    def _previous(self, paths: Sequence[str]) -> dict[str, KnownRow]:
+        """Path -> what the rows these paths have now say of their article."""
+        found: dict[str, KnownRow] = {}
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
             rows = self._db.execute(
@@ -594,7 +503,7 @@ class Catalog:
                 f"({','.join('?' * len(chunk))})",
                 chunk,
             )
-            found.update((path, (key, identifier)) for path, key, identifier in rows)
+            found.update((path, KnownRow(key, identifier)) for path, key, identifier in rows)
         return found
 
     def _ids_of_urls(self, url_keys: Sequence[str]) -> dict[str, str]:
@@ -612,7 +521,7 @@ class Catalog:
         return found
 
     def _url_keys(self, paths: Sequence[str]) -> set[str]:
-        return {key for key, _ in self._previous(paths).values() if key is not None}
+        return {was.url_key for was in self._previous(paths).values() if was.url_key is not None}
 
     def _problems(self) -> list[Problem]:
         rows = self._db.execute(
@@ -626,14 +535,12 @@ class Catalog:
         )
         return [Notice(Path(path), warning) for path, warning in rows]
 
-    def _upsert(self, row: Row) -> None:
-        *columns, slugs = row
-        path, article, published_us = columns[0], columns[3], columns[7]
-        self._db.execute(_UPSERT_ROW, columns)
-        self._db.execute("DELETE FROM catalog_slugs WHERE path=?", (path,))
+    def _upsert(self, row: CatalogRow) -> None:
+        self._db.execute(_UPSERT_ROW, (*row.columns(), self._revision))
+        self._db.execute("DELETE FROM catalog_slugs WHERE path=?", (row.path,))
         self._db.executemany(
             "INSERT INTO catalog_slugs (path, slug, published_us, article_id) VALUES (?,?,?,?)",
-            [(path, slug, published_us, article) for slug in slugs],
+            [(row.path, slug, row.published_us, row.article_id) for slug in row.slugs],
         )
 
     def _select_one(self, url_key: str, min_quality: int) -> None:
@@ -643,14 +550,15 @@ class Catalog:
         self._mark(f"path = ({_PICK})", (url_key, min_quality), 1)
 
     def _select_all(self, min_quality: int) -> None:
-        self._db.execute("UPDATE catalog SET selected = 0 WHERE selected = 1")
+        self._db.execute("UPDATE catalog SET selected = 0, revision = ? WHERE selected = 1",
+                         (self._revision,))
         self._db.execute(
-            "UPDATE catalog SET selected = 1 WHERE path IN (SELECT path FROM ("
+            "UPDATE catalog SET selected = 1, revision = ? WHERE path IN (SELECT path FROM ("
             "  SELECT path, row_number() OVER ("
             "    PARTITION BY url_key ORDER BY published_us DESC, path DESC) AS copy"
             "  FROM catalog WHERE problem IS NULL AND published = 1 AND quality >= ?"
             ") AS ranked WHERE copy = 1)",
-            (min_quality,),
+            (self._revision, min_quality),
         )
         self._db.execute(
             "UPDATE catalog_slugs SET selected = "
@@ -665,7 +573,8 @@ class Catalog:
             )
         ]
         for path in paths:
-            self._db.execute("UPDATE catalog SET selected = ? WHERE path = ?", (value, path))
+            self._db.execute("UPDATE catalog SET selected = ?, revision = ? WHERE path = ?",
+                             (value, self._revision, path))
             self._db.execute("UPDATE catalog_slugs SET selected = ? WHERE path = ?",
                              (value, path))
 
@@ -754,26 +663,6 @@ class Catalog:
         for row in self._db.execute(query):
             yield stored_article(row[0])
 
-    def unplanned_articles(self) -> list[Article]:
-        """Selected articles whose current record has not been planned into the ledger."""
-        hint = " INDEXED BY catalog_unplanned" if self._db.dialect == "sqlite" else ""
-        query = (
-            f"SELECT data FROM catalog{hint} WHERE {_unplanned_predicate(self._db.dialect)} "
-            "ORDER BY published_us, article_id"
-        )
-        return [stored_article(row[0]) for row in self._db.execute(query)]
-
-    def mark_planned(self, articles: Iterable[Article]) -> None:
-        """Remember that these records (exactly these versions) are planned into the ledger."""
-        rows = [
-            (_digest(article_to_json(article)), article.source_path) for article in articles
-        ]
-        with self._transaction():
-            self._db.executemany(
-                "UPDATE catalog SET planned = digest WHERE digest = ? AND path = ? "
-                "AND selected = 1", rows,
-            )
-
     def kept_ids(self) -> dict[str, str]:
         """Path -> the article id its file keeps (``_kept_ids``)."""
         rows = self._db.execute(
@@ -826,7 +715,7 @@ class Catalog:
 
 def _regrouped(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
     """The same rows in batches of at least ``size`` (the last one may be smaller)."""
-    waiting: list[Row] = []
+    waiting: list[CatalogRow] = []
     parsed = 0
     for batch in batches:
         waiting.extend(batch.rows)
@@ -843,18 +732,18 @@ def create_schema(db: Database) -> None:
         db.execute(statement)
 
 
-def _digest(data: str) -> str:
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
+def record_digest(article: Article) -> str:
+    """The digest of the catalog record ``article`` was decoded from (column ``digest``)."""
+    return codec.digest_of(article)
 
 
 _UPSERT_ROW = upsert(
     "catalog",
     ("path", "file_key", "problem", "article_id", "url_key", "published", "quality",
-     "published_us", "digest", "data", "warning", "recheck_us"),
+     "published_us", "digest", "data", "warning", "recheck_us", "revision"),
     ("path",),
-    # A new parse: selection is decided again. ``planned`` is kept: it is the digest of the
-    # record last planned, so a changed record is unplanned and the same one read again
-    # (a touched or racy file) is not planned twice.
+    # A new parse: selection is decided again. (The ledger's ``planned`` marks are by digest:
+    # a changed record is unplanned, the same one read again is not planned twice.)
     also="selected = 0",
 )
 
@@ -862,7 +751,7 @@ _UPSERT_ROW = upsert(
 # -- files to rows -------------------------------------------------------------------------
 
 
-def _kept_ids(row: Row, kept: str | None) -> Row:
+def _kept_ids(row: CatalogRow, kept: str | None) -> CatalogRow:
     """``row`` as the article its path already was: the identity rule.
 
     A file that stays where it is holds the same article however its record changes, its
@@ -873,12 +762,12 @@ def _kept_ids(row: Row, kept: str | None) -> Row:
     still has its row while the new one is parsed), else the id of its URL
     (``models.article_id``): a renamed file with the same URL is the same article.
     """
-    if kept is None or row[3] == kept:
+    if kept is None or row.article_id == kept:
         return row
-    if row[2] is not None:  # a problem row: no article, but the id is remembered
-        return (*row[:3], kept, *row[4:])
-    article = dataclasses.replace(stored_article(row[9]), id=kept)
-    return _article_row(row[0], row[1], article, row[WARNING])
+    if row.problem is not None or row.data is None:  # no article, but the id is remembered
+        return row._replace(article_id=kept)
+    article = dataclasses.replace(stored_article(row.data), id=kept)
+    return _article_row(row.path, row.file_key, article, row.warning)
 
 
 def _kept_under_unreadable_folders(scan: Scan, removed: list[str]) -> list[str]:
@@ -892,23 +781,40 @@ def _kept_under_unreadable_folders(scan: Scan, removed: list[str]) -> list[str]:
     return [path for path in removed if not path.startswith(folders)]
 
 
-def key_text(key: FileKey) -> str:
-    return " ".join(map(str, key))
+class KnownRow(NamedTuple):
+    """What a catalog row says of the article at its path, for the identity rule."""
+
+    url_key: str | None
+    article_id: str | None
 
 
-def _key_from_text(text: str) -> FileKey:
-    size, mtime, ctime, inode = (int(part) for part in text.split())
-    return (size, mtime, ctime, inode)
+class CatalogRow(NamedTuple):
+    """One file's row, as parsed: its columns in the catalog table, then its topic slugs."""
 
+    path: str
+    file_key: str  # ``scan.key_text`` of the key it was parsed at
+    problem: str | None  # why the file is not usable; None for an article
+    article_id: str | None
+    url_key: str | None
+    published: int
+    quality: int
+    published_us: int
+    digest: str | None
+    data: bytes | None  # ``codec``'s blob of the article
+    warning: str | None  # what the loader cut or left out (one line)
+    recheck_us: int | None  # parse again from then on (a date too far ahead)
+    slugs: tuple[str, ...]
 
-FileJob = tuple[str, FileKey]
+    def columns(self) -> tuple[Any, ...]:
+        """The values of ``_UPSERT_ROW``'s columns."""
+        return self[:-1]
 
 
 class Batch(NamedTuple):
     """Rows of files, and how many of those files were parsed: a file refused before its
     content was read (a FIFO, too large, unreadable) has a row, but was not parsed."""
 
-    rows: list[Row]
+    rows: list[CatalogRow]
     parsed: int
 
 
@@ -948,10 +854,10 @@ def _parse_batch(batch: list[FileJob], limits: Limits, now: datetime) -> Batch:
     return Batch([row for row, _ in outcomes], sum(parsed for _, parsed in outcomes))
 
 
-def _row(path: str, file_key: FileKey, limits: Limits, now: datetime) -> tuple[Row, bool]:
-    """(path, file_key, problem, article_id, url_key, published, quality, published_us,
-    digest, data, warning, recheck_us, slugs) for one file, and whether its content was
-    parsed; any surprise becomes the file's problem."""
+def _row(path: str, file_key: FileKey, limits: Limits, now: datetime
+         ) -> tuple[CatalogRow, bool]:
+    """The row of one file, and whether its content was parsed; any surprise becomes the
+    file's problem."""
     key = key_text(file_key)
     try:
         outcome = read_file(Path(path), limits, size=file_key[0], now=now)
@@ -964,18 +870,16 @@ def _row(path: str, file_key: FileKey, limits: Limits, now: datetime) -> tuple[R
         return _problem_row(path, key, f"unusable: {type(exc).__name__}: {exc}", None), True
 
 
-def _problem_row(path: str, key: str, reason: str, recheck_us: int | None) -> Row:
-    return (path, key, reason, None, None, 0, 0, 0, None, None, None, recheck_us, ())
+def _problem_row(path: str, key: str, reason: str, recheck_us: int | None) -> CatalogRow:
+    return CatalogRow(path, key, reason, None, None, 0, 0, 0, None, None, None, recheck_us, ())
 
 
-def _article_row(path: str, key: str, article: Article, warning: str | None) -> Row:
-    data = article_to_json(article)
+def _article_row(path: str, key: str, article: Article, warning: str | None) -> CatalogRow:
+    encoded = codec.encode(article)
     slugs = tuple(dict.fromkeys(topic_slug(name) for name in article.topics))
-    # Compressed: a third of the bytes to pass from the workers and write to the state.
-    packed = zlib.compress(data.encode("utf-8", "surrogatepass"), 1)
-    return (
+    return CatalogRow(
         path, key, None, article.id, normalise_url(article.url), int(article.published),
-        article.quality, to_microseconds(article.published_at), _digest(data), packed,
+        article.quality, to_microseconds(article.published_at), encoded.digest, encoded.blob,
         warning, None, slugs,
     )
 
@@ -985,57 +889,6 @@ def to_microseconds(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-# -- Article <-> JSON -----------------------------------------------------------------------
-
-
-def article_to_json(article: Article) -> str:
-    return json.dumps(
-        [
-            article.id, article.title, article.url, article.published_at.isoformat(),
-            article.excerpt, [article.provider.name, article.provider.domain],
-            list(article.topics), [_image_fields(i) for i in article.images],
-            [_related_fields(r) for r in article.related], article.quality, article.heat,
-            article.published, article.type, article.amp_url, article.source_path,
-        ],
-        ensure_ascii=False, separators=(",", ":"),
-    )
-
-
 def stored_article(data: bytes | memoryview | str) -> Article:
-    """The article of a catalog row's ``data`` (compressed JSON; plain in older rows)."""
-    if isinstance(data, str):
-        return article_from_json(data)
-    return article_from_json(zlib.decompress(data).decode("utf-8", "surrogatepass"))
-
-
-def article_from_json(text: str) -> Article:
-    (identifier, title, url, published_at, excerpt, provider, topics, images, related,
-     quality, heat, published, kind, amp_url, source_path) = json.loads(text)
-    return Article(
-        id=identifier, title=title, url=url,
-        published_at=datetime.fromisoformat(published_at), excerpt=excerpt,
-        provider=Provider(*provider), topics=tuple(topics),
-        images=tuple(Image(*fields) for fields in images),
-        related=tuple(_related_from(fields) for fields in related),
-        quality=quality, heat=heat, published=published, type=kind, amp_url=amp_url,
-        source_path=source_path,
-    )
-
-
-def _image_fields(image: Image) -> list[Any]:
-    return [image.url, image.width, image.height, image.title]
-
-
-def _related_fields(related: Related) -> list[Any]:
-    provider = [related.provider.name, related.provider.domain] if related.provider else None
-    image = _image_fields(related.image) if related.image else None
-    return [related.title, related.url, related.excerpt, provider, related.quality, image]
-
-
-def _related_from(fields: list[Any]) -> Related:
-    title, url, excerpt, provider, quality, image = fields
-    return Related(
-        title=title, url=url, excerpt=excerpt,
-        provider=Provider(*provider) if provider else None, quality=quality,
-        image=Image(*image) if image else None,
-    )
+    """The article of a catalog row's ``data`` (``codec``: any version it wrote)."""
+    return codec.decode(data)

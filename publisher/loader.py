@@ -13,19 +13,16 @@ messages show values through a bounded preview.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import logging
 import math
 import os
 import re
 import reprlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from stat import S_ISDIR
 from typing import Any
 from urllib.parse import urljoin
 
@@ -153,9 +150,6 @@ class LoadResult:
     notices: list[Notice] = field(default_factory=list)
 
 
-# size, mtime and ctime in ns, inode; all 0 when the file cannot be stat'ed. ctime moves on
-# chmod and on copies that keep the mtime, so a file fixed that way is read again.
-FileKey = tuple[int, int, int, int]
 Progress = Callable[[int, int], None]
 
 
@@ -169,6 +163,8 @@ def load_articles(
         raise ArticleError(f"articles folder not found: {display_path(directory)}")
     limits = Limits.of(limits)
     now = now or datetime.now(UTC)
+    from publisher.scan import scan_chunks, scan_prefix  # (scan imports this module)
+
     listing = scan_chunks(directory)
     prefix = scan_prefix(directory)
     files = sorted((prefix + entry[0], entry[1:]) for chunk in listing.chunks for entry in chunk)
@@ -188,122 +184,6 @@ def load_articles(
         if progress is not None:
             progress(index, len(files))
     return result
-
-
-# An article file found by a scan: its path relative to the scanned folder, then its key
-# (size, mtime_ns, ctime_ns, inode).
-ScanEntry = tuple[str, int, int, int, int]
-# A chunk of a scan ends after a file whose inode number is a multiple of this (a prime, so
-# that inode numbers allocated in strides of a power of two still end chunks): ~60 files.
-CHUNK_INODE_MODULUS = 61
-
-
-@dataclass
-class Listing:
-    """What ``scan_chunks`` found: article files in chunks, and the folders that could not be
-    opened or listed (relative, ending in a separator; "" is the scanned folder) with why:
-    nothing is known of the files in those, not even that they are gone."""
-
-    chunks: list[list[ScanEntry]]
-    unreadable: dict[str, str] = field(default_factory=dict)
-
-
-def scan_prefix(directory: Path | str) -> str:
-    """What goes before a ``ScanEntry`` path to make the file's path."""
-    folder = os.fspath(directory)
-    return folder if folder.endswith(os.sep) else folder + os.sep
-
-
-def scan_chunks(directory: Path | str) -> Listing:
-    """Every article file under ``directory``, in the file system's listing order, cut into
-    chunks that end after a file whose inode number is a multiple of ``CHUNK_INODE_MODULUS``.
-
-    The listing order stays the same while a folder is unchanged, and where a chunk ends
-    depends only on its own files, so a new, changed or deleted file changes its own chunk
-    and leaves the others as they were: a caller compares chunks, not every file. One
-    ``stat`` per file, relative to the open folder, in a loop that does little else: at
-    100,000 files this is the floor of every warm build. Symbolic links to folders are not
-    followed (as ``os.walk``); links to files are. A file that cannot be stat'ed gets a key
-    of zeros; a folder that cannot be opened or listed is in ``Listing.unreadable``.
-    """
-    chunks: list[list[ScanEntry]] = [[]]
-    unreadable: dict[str, str] = {}
-    root = scan_prefix(directory)
-    if not root.isascii() and not _printable_name(root, "articles folder"):
-        return Listing([], {"": "its name is not UTF-8"})
-    pending = [""]
-    with _no_cyclic_gc():  # 100,000 tuples of numbers cannot form a cycle
-        while pending:
-            relative = pending.pop()
-            try:
-                fd = os.open(root + relative, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    _scan_folder(root, relative, fd, chunks, pending)
-                finally:
-                    os.close(fd)
-            except OSError as exc:  # gone since its parent was listed, EACCES, EIO...
-                unreadable[relative] = exc.strerror or type(exc).__name__
-    return Listing([chunk for chunk in chunks if chunk], unreadable)
-
-
-@contextlib.contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """The cycle collector paused: it would run ~150 times while a large scan allocates, to
-    find nothing (~20-45 ms at 100,000 files); its next run untracks the lot in one pass.
-    (Paused for the whole process, other threads too: for a fraction of a second, and
-    only cyclic garbage waits.)"""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _scan_folder(root: str, relative: str, fd: int, chunks: list[list[ScanEntry]],
-                 pending: list[str]) -> None:
-    with os.scandir(fd) as listing:
-        entries = list(listing)
-    stat = os.stat
-    modulus = CHUNK_INODE_MODULUS
-    chunk = chunks[-1]
-    for entry in entries:
-        name = entry.name
-        if name.startswith("."):
-            continue
-        if not name.isascii() and not _printable_name(root + relative + name):
-            continue  # (a folder too: every path below it would be unprintable)
-        if not name.endswith(ARTICLE_SUFFIXES):
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(relative + name + os.sep)
-            continue
-        try:
-            info = stat(name, dir_fd=fd)
-        except OSError:
-            chunk.append((relative + name, 0, 0, 0, 0))
-            continue
-        if S_ISDIR(info.st_mode):  # a folder named like an article file
-            if not entry.is_symlink():
-                pending.append(relative + name + os.sep)
-            continue
-        inode = info.st_ino
-        chunk.append((relative + name, info.st_size, info.st_mtime_ns, info.st_ctime_ns, inode))
-        if not inode % modulus:
-            chunk = []
-            chunks.append(chunk)
-
-
-def _printable_name(path: str, what: str = "article file or folder") -> bool:
-    """Names that are not UTF-8 cannot be stored or reported: warn and leave them."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        log.warning("skipping an %s whose name is not UTF-8: %s", what, shown)
-        return False
-    return True
-
 
 
 # ---------------------------------------------------------------------------------------------

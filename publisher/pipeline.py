@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,16 @@ from publisher.loader import Limits, LoadResult, Notice, Problem, Progress, load
 from publisher.logs import Fields, add_secret
 from publisher.models import Article
 from publisher.selection import select
-from publisher.state import Store, instance_lock
+from publisher.state import (  # noqa: F401
+    PENDING,
+    PlannedMarks,
+    RunRecord,
+    Store,
+    instance_lock,
+    open_store,
+    state_exists,
+    utc_now_iso,
+)
 
 if TYPE_CHECKING:  # rendering and the Telegram side are imported only when used
     from publisher.delivery import Sender
@@ -128,11 +137,14 @@ class DryRun:
 
 
 def sync_corpus(config: Config, catalog: Catalog, progress: Progress | None = None,
-                stop: threading.Event | None = None) -> CorpusReport:
+                stop: threading.Event | None = None,
+                paths: Collection[str] | None = None) -> CorpusReport:
+    """Sync the catalog with the articles folder (only ``paths``, when a watcher says only
+    those changed: ``Catalog.sync``)."""
     started = time.perf_counter()
     sync = catalog.sync(
         config.articles.dir, article_limits(config), config.select.min_quality,
-        progress, stop=stop, allow_empty=config.articles.allow_empty,
+        progress, stop=stop, allow_empty=config.articles.allow_empty, paths=paths,
     )
     slugs = tuple(catalog.topic_slugs())
     return CorpusReport(

@@ -32,7 +32,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,10 @@ class Service:
         self._locks = {name: asyncio.Lock() for name in JOBS}
         self._busy: dict[str, asyncio.Task[Any]] = {}  # the task running each job
         self._wanted: dict[str, bool] = {}  # the watcher asked for one more run
+        # The article files the watcher reported since the last sync began: the next sync
+        # looks at those alone. None: at every file (at start, after a tick or a watcher
+        # restart, when a sync failed: nothing says which files changed meanwhile).
+        self._watched: set[str] | None = None
         self._runners: dict[str, asyncio.Task[None]] = {}
         # The catalog's writer connection is used from worker threads, one at a time.
         self._load_lock = asyncio.Lock()
@@ -328,6 +332,7 @@ class Service:
         self._want(name)
 
     def _start_watcher(self) -> None:
+        self._watched = None  # what changed while no watcher ran is not known
         if self.config.schedule.watch:
             stop = asyncio.Event()
             self._watch_stop = stop
@@ -360,15 +365,22 @@ class Service:
                     watch_filter=_article_filter, recursive=True,
                 ):
                     event(log, logging.INFO, "articles_changed", files=len(changes))
+                    paths = [path for _, path in changes]
                     for name in JOBS:
-                        self._want(name)
+                        self._want(name, paths)
             except (OSError, RuntimeError) as exc:
                 # A watcher that dies (folder removed, inotify limits) falls back to the ticks.
+                self._watched = None
                 event(log, logging.WARNING, "watcher_error", error=str(exc))
                 await _wait_or_timeout(stop, WATCH_RETRY_SECONDS)
 
-    def _want(self, name: str) -> None:
-        """Run a job now, or once more after the run in flight; requests in between merge."""
+    def _want(self, name: str, paths: Iterable[str] | None = None) -> None:
+        """Run a job now, or once more after the run in flight; requests in between merge.
+        ``paths``: the watcher's, which changed; any other run looks at every file."""
+        if paths is None:
+            self._watched = None
+        elif self._watched is not None:
+            self._watched.update(paths)
         self._wanted[name] = True
         runner = self._runners.get(name)
         if runner is None or runner.done():
@@ -473,11 +485,17 @@ class Service:
 
     async def _load(self) -> pipeline.CorpusReport:
         async with self._load_lock:
+            # From now on the watcher's reports are of changes this sync may not have seen.
+            paths, self._watched = self._watched, set()
             # Shielded: a cancelled job must not abandon the thread while it holds the writer.
             self._sync_future = asyncio.ensure_future(asyncio.to_thread(
-                self._session().sync, None, self._stop_sync
+                self._session().sync, None, self._stop_sync, paths
             ))
-            corpus = await asyncio.shield(self._sync_future)
+            try:
+                corpus = await asyncio.shield(self._sync_future)
+            except BaseException:
+                self._watched = None  # the paths it was given may not all be synced
+                raise
         self.metrics.observe_load(corpus)
         problems = {problem.path: problem for problem in corpus.problems}
         for path in problems.keys() - self._reported_problems:

@@ -21,7 +21,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,7 @@ from publisher.pipeline import (
 from publisher.plan import Plan, read_plan
 from publisher.state import (
     Pacing,
+    PlannedMarks,
     RunRecord,
     SQLStore,
     Store,
@@ -105,9 +106,10 @@ class Session:
 
     # -- the catalog and the feeds -----------------------------------------------------------
 
-    def sync(self, progress: Progress | None = None,
-             stop: threading.Event | None = None) -> CorpusReport:
-        return sync_corpus(self.config, self.writer, progress, stop)
+    def sync(self, progress: Progress | None = None, stop: threading.Event | None = None,
+             paths: Collection[str] | None = None) -> CorpusReport:
+        """Sync the catalog (only ``paths`` when a file watcher says only those changed)."""
+        return sync_corpus(self.config, self.writer, progress, stop, paths)
 
     def write_feeds(self) -> BuildResult | None:
         """The feeds whose entries changed; None when every file is current."""
@@ -154,7 +156,7 @@ class Session:
         selected article, which may owe a post somewhere new (or no longer)."""
         replan = self._routing(destinations) != self.catalog.get_meta(ROUTING_KEY)
         new = list(self.catalog.selected_articles()) if replan \
-            else self.catalog.unplanned_articles()
+            else PlannedMarks(self.catalog.db).unplanned_articles()
         return replan, new
 
     # -- push and dry run --------------------------------------------------------------------
@@ -177,7 +179,7 @@ class Session:
         routing = self._routing(dispatcher.destinations)
         replan, new = self._articles_to_plan(dispatcher.destinations)
         report = await dispatcher.run(new, self.catalog.selected_article, replan=replan)
-        self.catalog.mark_planned(new)
+        PlannedMarks(self.catalog.db).mark_planned(new)
         # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
         self.catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
         labels = dispatcher.destinations

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from publisher.catalog import add_feed_files, catalog_schema, upgrade_catalog
+from publisher.catalog import REVISION_KEY, record_digest, stored_article
 from publisher.db import (
     Database,
     connect,
@@ -43,17 +43,13 @@ from publisher.db import (
     upsert,
 )
 from publisher.errors import AlreadyRunning, StateError
+from publisher.models import Article
 
-# 2: the article catalog (parse cache); 3: its file keys and plans; 4: claims with leases,
-# pacing reservations, the scan snapshot in its own table (PostgreSQL starts here); 6: chats
-# keyed by numeric id (chats, chat_names), the orphaned state; 7: catalog warnings and
-# re-check times; 8: feed_files (what the feeds' writer left on disk).
-SCHEMA_VERSION = 8
+# The schema's versions and what each changed: ``migrations.MIGRATIONS`` (``SCHEMA_VERSION``
+# is the newest, read from there). 2: the article catalog (parse cache); PostgreSQL starts
+# at 4.
 CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
-SCAN_BUCKETS_VERSION = 5  # catalog_scan (buckets) replaced catalog_snapshot
 CHAT_IDS_VERSION = 6  # chats, chat_names; 'orphaned' allowed in deliveries.state
-CATALOG_CHECKS_VERSION = 7  # catalog.warning and recheck_us
-FEED_FILES_VERSION = 8  # feed_files replaced the feeds_digest:... meta rows
 
 PENDING = "pending"
 SENDING = "sending"
@@ -129,6 +125,9 @@ def ledger_schema(dialect: str) -> list[str]:
         """CREATE TABLE IF NOT EXISTS chat_names (
             name TEXT PRIMARY KEY, chat_id TEXT NOT NULL, resolved_at TEXT NOT NULL
         )""",
+        # The catalog record (path, digest) each article was last planned into the ledger
+        # from: a record read again unchanged is not planned twice (``PlannedMarks``).
+        "CREATE TABLE IF NOT EXISTS planned (path TEXT PRIMARY KEY, digest TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS send_log (chat_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
         "CREATE INDEX IF NOT EXISTS send_log_chat ON send_log (chat_id, at)",
         f"""CREATE TABLE IF NOT EXISTS runs (
@@ -277,7 +276,7 @@ class SQLStore:
         self.description = db.description
         self.empty = False  # read-only: nothing was ever written here (no schema yet)
         self._columns = DELIVERY_COLUMNS
-        self.version = SCHEMA_VERSION
+        self.version = _schema_version_known()
         if readonly:
             self.version = version = self._schema_version()
             self.empty = version == 0
@@ -305,32 +304,21 @@ class SQLStore:
     # -- schema and migrations ---------------------------------------------------------------
 
     def _migrate(self) -> None:
+        from publisher import migrations  # (it imports this module)
+
         with self.db.transaction():
             self.db.lock_in_transaction("schema")  # instances starting together migrate once
             version = self._schema_version()
-            if version > SCHEMA_VERSION:
+            if version > migrations.SCHEMA_VERSION:
                 raise StateError(
                     f"state database {self.description} has schema {version}, newer than "
-                    f"this publisher understands ({SCHEMA_VERSION}); upgrade the publisher"
+                    f"this publisher understands ({migrations.SCHEMA_VERSION}); upgrade the "
+                    "publisher"
                 )
-            if version == SCHEMA_VERSION:
+            if version == migrations.SCHEMA_VERSION:
                 return  # current: no DDL at all (PostgreSQL would lock the tables for it)
-            if 0 < version < SCHEMA_VERSION and self.db.dialect == "sqlite":
-                self._upgrade_sqlite(version)
-            if 0 < version < CHAT_IDS_VERSION and self.db.dialect == "postgresql":
-                self._allow_every_state_postgres()
-            if 0 < version < SCAN_BUCKETS_VERSION:
-                # The stored scan is a cache: its old layout goes, the next sync compares
-                # the files with the catalog's rows once.
-                self.db.execute("DROP TABLE IF EXISTS catalog_snapshot")
-                self.db.execute("DELETE FROM meta WHERE key = 'catalog_scan_fingerprint'")
-            if 0 < version < CATALOG_CHECKS_VERSION:
-                upgrade_catalog(self.db)
-            if 0 < version < FEED_FILES_VERSION:
-                add_feed_files(self.db)
-            for statement in ledger_schema(self.db.dialect) + catalog_schema(self.db.dialect):
-                self.db.execute(statement)
-            self._set_meta("schema_version", str(SCHEMA_VERSION))
+            migrations.upgrade(self.db, version)
+            self._set_meta("schema_version", str(migrations.SCHEMA_VERSION))
 
     def _schema_version(self) -> int:
         if self.db.dialect == "sqlite":
@@ -343,46 +331,6 @@ class SQLStore:
             return 0
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0]) if row else 0
-
-    def _upgrade_sqlite(self, version: int) -> None:
-        """Older SQLite layouts, brought up to date in place (the ledger is never lost)."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(catalog)")}
-        if columns and not {"file_key", "planned"} <= columns:
-            # The catalog is a cache: a layout from before version 3 is dropped and rebuilt.
-            for table in ("catalog", "catalog_slugs", "catalog_topics"):
-                self.db.execute(f"DROP TABLE IF EXISTS {table}")
-            self.db.execute("DELETE FROM meta WHERE key LIKE 'catalog%' OR key LIKE '%digest'")
-        if version < CLAIMS_VERSION:
-            ledger = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
-            if ledger and "claimed_by" not in ledger:
-                self.db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
-                self.db.execute(
-                    "ALTER TABLE deliveries ADD COLUMN lease_until DOUBLE PRECISION "
-                    "NOT NULL DEFAULT 0"
-                )
-            self.db.execute("DELETE FROM meta WHERE key = 'catalog_scan'")  # now a table
-        if version < CHAT_IDS_VERSION:
-            self._allow_every_state_sqlite()
-
-    def _allow_every_state_sqlite(self) -> None:
-        """A CHECK constraint cannot be altered in SQLite: the ledger table is copied into
-        one that allows every state of this version (its indexes are made again after)."""
-        if not list(self.db.execute("PRAGMA table_info(deliveries)")):
-            return
-        create = next(s for s in ledger_schema("sqlite") if "TABLE IF NOT EXISTS deliveries" in s)
-        columns = ", ".join(LEDGER_COLUMNS)
-        self.db.execute(create.replace("TABLE IF NOT EXISTS deliveries", "TABLE deliveries_new"))
-        self.db.execute(f"INSERT INTO deliveries_new ({columns}) SELECT {columns} FROM deliveries")
-        self.db.execute("DROP TABLE deliveries")
-        self.db.execute("ALTER TABLE deliveries_new RENAME TO deliveries")
-
-    def _allow_every_state_postgres(self) -> None:
-        states = ", ".join(repr(s) for s in STATES)
-        self.db.execute("ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_state_check")
-        self.db.execute(
-            f"ALTER TABLE deliveries ADD CONSTRAINT deliveries_state_check "
-            f"CHECK (state IN ({states}))"
-        )
 
     def _set_meta(self, key: str, value: str) -> None:
         self.db.execute(upsert("meta", ("key", "value"), ("key",)), (key, value))
@@ -1042,3 +990,134 @@ class InstanceLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# -- the ledger's migrations (``migrations.MIGRATIONS``) ----------------------------------------
+
+
+def _columns(db: Database, table: str) -> set[str]:
+    if db.dialect == "sqlite":
+        return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    rows = db.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = ?", (table,),
+    )
+    return {row[0] for row in rows}
+
+
+def add_claim_columns(db: Database, version: int) -> None:
+    """4: ``deliveries.claimed_by`` and ``lease_until``; the stored scan left ``meta``."""
+    ledger = _columns(db, "deliveries")
+    if ledger and "claimed_by" not in ledger:
+        db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
+        db.execute(
+            "ALTER TABLE deliveries ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0"
+        )
+    db.execute("DELETE FROM meta WHERE key = 'catalog_scan'")  # now a table
+
+
+def allow_every_state(db: Database, version: int) -> None:
+    """6: 'orphaned' (and every state of this version) allowed in ``deliveries.state``."""
+    if db.dialect == "postgresql":
+        states = ", ".join(repr(s) for s in STATES)
+        db.execute("ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_state_check")
+        db.execute(
+            f"ALTER TABLE deliveries ADD CONSTRAINT deliveries_state_check "
+            f"CHECK (state IN ({states}))"
+        )
+        return
+    # A CHECK constraint cannot be altered in SQLite: the ledger table is copied into one
+    # that allows every state of this version (its indexes are made again after).
+    if not _columns(db, "deliveries"):
+        return
+    create = next(s for s in ledger_schema("sqlite") if "TABLE IF NOT EXISTS deliveries" in s)
+    columns = ", ".join(LEDGER_COLUMNS)
+    db.execute(create.replace("TABLE IF NOT EXISTS deliveries", "TABLE deliveries_new"))
+    db.execute(f"INSERT INTO deliveries_new ({columns}) SELECT {columns} FROM deliveries")
+    db.execute("DROP TABLE deliveries")
+    db.execute("ALTER TABLE deliveries_new RENAME TO deliveries")
+
+
+def move_planned_marks(db: Database, version: int) -> None:
+    """8: the planned marks, a column of the catalog until now, move to the ledger's own
+    ``planned`` table: what was planned stays planned."""
+    if "planned" not in _columns(db, "catalog"):
+        return
+    db.execute(next(s for s in ledger_schema(db.dialect) if "TABLE IF NOT EXISTS planned" in s))
+    db.execute(
+        "INSERT INTO planned (path, digest) SELECT path, planned FROM catalog "
+        "WHERE planned IS NOT NULL"
+    )
+    db.execute("DROP INDEX IF EXISTS catalog_unplanned")
+    db.execute("ALTER TABLE catalog DROP COLUMN planned")
+
+
+# -- planned marks ------------------------------------------------------------------------------
+
+
+class PlannedMarks:
+    """Which catalog records are planned into the ledger: the ledger's ``planned`` table
+    (path -> digest of the record planned), read beside the catalog's rows in the same
+    database. Only rows written since the catalog revision through which every selected
+    record was planned (``PLANNED_THROUGH_KEY``) are looked at, by an index."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # The catalog's revision when the unplanned were last read, and their paths.
+        self._read: tuple[int, set[str]] | None = None
+
+    def unplanned_articles(self) -> list[Article]:
+        """Selected articles whose current record has not been planned into the ledger.
+        ``mark_planned`` of (at least) these moves the watermark on to what was read."""
+        through = int(self._meta(PLANNED_THROUGH_KEY) or -1)
+        # Read before the rows: a write committed in between is above it, so looked at again.
+        seen = int(self._meta(REVISION_KEY) or 0)
+        # SQLite's planner would walk every selected row in order instead (a few 100 ms).
+        hint = " INDEXED BY catalog_revision" if self._db.dialect == "sqlite" else ""
+        query = (
+            f"SELECT c.data FROM catalog c{hint} LEFT JOIN planned p ON p.path = c.path "
+            "WHERE c.revision > ? AND c.selected = 1 "
+            "AND (p.digest IS NULL OR p.digest != c.digest) "
+            "ORDER BY c.published_us, c.article_id"
+        )
+        articles = [stored_article(row[0]) for row in self._db.execute(query, (through,))]
+        self._read = (seen, {article.source_path for article in articles})
+        return articles
+
+    def mark_planned(self, articles: Iterable[Article]) -> None:
+        """Remember that these records (exactly these versions) are planned into the ledger;
+        a record another sync changed since it was read is not marked (its row's revision
+        is newer than the watermark, so it is found again)."""
+        # In one order (by path), so that two instances marking at once never deadlock.
+        rows = sorted((article.source_path, record_digest(article)) for article in articles)
+        read, self._read = self._read, None
+        with self._db.transaction():
+            self._db.executemany(_MARK_PLANNED, [(digest, path) for path, digest in rows])
+            if read is not None and read[1] <= {path for path, _ in rows}:
+                self._db.execute(upsert("meta", ("key", "value"), ("key",)),
+                                 (PLANNED_THROUGH_KEY, str(read[0])))
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+
+# The catalog revision through which every selected record is planned (or was found so).
+PLANNED_THROUGH_KEY = "planned_through"
+_MARK_PLANNED = (
+    "INSERT INTO planned (path, digest) SELECT path, digest FROM catalog "
+    "WHERE digest = ? AND path = ? AND selected = 1 "
+    "ON CONFLICT (path) DO UPDATE SET digest = excluded.digest"
+)
+
+
+def _schema_version_known() -> int:
+    from publisher.migrations import SCHEMA_VERSION  # (it imports this module)
+
+    return SCHEMA_VERSION
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SCHEMA_VERSION":  # from ``migrations``, which imports this module
+        return _schema_version_known()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,13 +15,16 @@ import pytest
 from helpers import SEEDS, article_record, front_matter
 
 from publisher import catalog as catalog_module
-from publisher import loader as loader_module
-from publisher.catalog import Catalog, article_from_json, article_to_json, create_schema
+from publisher import codec
+from publisher import scan as scan_module
+from publisher.catalog import Catalog, create_schema
 from publisher.config import FeedsConfig
 from publisher.db import Database, PostgresDatabase, SQLiteDatabase
+from publisher.errors import ArticleError
 from publisher.feeds import render_feeds
 from publisher.loader import load_articles
 from publisher.selection import group_by_topic, select
+from publisher.state import PlannedMarks, ledger_schema
 
 TOPICS = ["AI", "Robotics", "Tech/Science", "Tech Science", "Künstliche Intelligenz", "Space",
           "Climate", "../../x"]
@@ -45,15 +48,15 @@ def random_corpus(directory: Path, count: int, seed: int) -> None:
 
 
 CatalogOpener = Callable[[Path], Catalog]
-RACY_NS = catalog_module.RACY_NS
+RACY_NS = scan_module.RACY_NS
 
 
 @pytest.fixture(autouse=True)
 def _files_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests write files and sync within milliseconds, so every file would be racy
-    and read again by the next sync (``catalog.RACY_NS``; its own test below): here a
+    and read again by the next sync (``scan.RACY_NS``; its own test below): here a
     file is read once per change, as it is when it was written a few seconds earlier."""
-    monkeypatch.setattr(catalog_module, "RACY_NS", 0)
+    monkeypatch.setattr(scan_module, "RACY_NS", 0)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -103,7 +106,7 @@ def test_incremental_syncs_stay_equal_to_the_pure_functions(
 ) -> None:
     """Edits, deletions, moves between folders, new duplicates and threshold changes,
     re-synced round after round; chunks of the stored scan of one, two or ~60 files."""
-    monkeypatch.setattr(loader_module, "CHUNK_INODE_MODULUS", modulus)
+    monkeypatch.setattr(scan_module, "CHUNK_INODE_MODULUS", modulus)
     random_corpus(articles_dir, 80, 11)
     folders = [articles_dir, articles_dir / "2030", articles_dir / "2030" / "12"]
     for folder in folders[1:]:
@@ -135,9 +138,9 @@ def test_incremental_syncs_stay_equal_to_the_pure_functions(
         assert render_feeds(catalog.feed_articles(4)[0], config) == render_feeds(expected, config)
 
 
-def test_seeds_round_trip_through_json() -> None:
+def test_seeds_round_trip_through_the_codec() -> None:
     for article in load_articles(SEEDS).articles:
-        assert article_from_json(article_to_json(article)) == article
+        assert codec.decode(codec.encode(article).blob) == article
 
 
 def test_sync_reparses_only_what_changed_and_never_serves_stale(
@@ -168,21 +171,21 @@ def test_a_file_rewritten_within_one_tick_of_the_file_clock_is_read_again(
     open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(catalog_module, "RACY_NS", RACY_NS)
+    monkeypatch.setattr(scan_module, "RACY_NS", RACY_NS)
     article = articles_dir / "a.txt"
     (articles_dir / "b.txt").write_text(front_matter(article_record(2)))
     article.write_text(front_matter(article_record(1, title="Title one")))
-    real_scan = catalog_module.scan_chunks
+    real_scan = scan_module.scan_chunks
     first_seen: dict[str, tuple[object, ...]] = {}
 
-    def coarse_clock_scan(directory: Path) -> loader_module.Listing:
+    def coarse_clock_scan(directory: Path) -> scan_module.Listing:
         """A file system whose clock stamps both writes of a.txt alike: same key."""
         listing = real_scan(directory)
         listing.chunks = [[first_seen.setdefault(entry[0], entry) for entry in chunk]
                           for chunk in listing.chunks]
         return listing
 
-    monkeypatch.setattr(catalog_module, "scan_chunks", coarse_clock_scan)
+    monkeypatch.setattr(scan_module, "scan_chunks", coarse_clock_scan)
     catalog = open_catalog(tmp_path)
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2
 
@@ -194,12 +197,12 @@ def test_a_file_rewritten_within_one_tick_of_the_file_clock_is_read_again(
         assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2  # both are still racy
         assert title in titles()
     # An interrupted sync leaves no stored scan: the comparison with the rows re-reads too.
-    catalog.db.execute("DELETE FROM meta WHERE key = ?", (catalog_module.SCAN_ROOT_KEY,))
+    catalog.db.execute("DELETE FROM meta WHERE key = ?", (scan_module.SCAN_ROOT_KEY,))
     article.write_text(front_matter(article_record(1, title="Title ten")))
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2
     assert "Title ten" in titles()
     later = time.time_ns() + RACY_NS
-    monkeypatch.setattr(catalog_module.time, "time_ns", lambda: later)
+    monkeypatch.setattr(scan_module.time, "time_ns", lambda: later)
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 2  # once more, with their keys
     for _ in range(2):  # no longer racy: settled
         assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
@@ -212,19 +215,22 @@ def test_a_file_read_again_unchanged_stays_planned_and_a_changed_one_does_not(
     for index in (1, 2):
         (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
     catalog = open_catalog(tmp_path)
+    for statement in ledger_schema(catalog.db.dialect):  # the marks are the ledger's
+        catalog.db.execute(statement)
+    marks = PlannedMarks(catalog.db)
     catalog.sync(articles_dir, 1 << 20, 0)
-    assert [a.title for a in catalog.unplanned_articles()] == ["Article number 1",
-                                                               "Article number 2"]
-    catalog.mark_planned(catalog.unplanned_articles())
-    assert catalog.unplanned_articles() == []
+    assert [a.title for a in marks.unplanned_articles()] == ["Article number 1",
+                                                             "Article number 2"]
+    marks.mark_planned(marks.unplanned_articles())
+    assert marks.unplanned_articles() == []
     touched = articles_dir / "1.txt"
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
-    assert catalog.unplanned_articles() == []  # the same record: nothing to plan again
+    assert marks.unplanned_articles() == []  # the same record: nothing to plan again
     edited = articles_dir / "2.txt"
     edited.write_text(front_matter(article_record(2, title="Article number 2, corrected")))
     assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 1
-    assert [a.title for a in catalog.unplanned_articles()] == ["Article number 2, corrected"]
+    assert [a.title for a in marks.unplanned_articles()] == ["Article number 2, corrected"]
 
 
 def test_parallel_parse_gives_the_same_catalog(
@@ -579,7 +585,7 @@ def test_a_small_change_rewrites_only_its_own_chunks_of_the_stored_scan(
     # Files just written are "racy" (saved with a key no stat gives) for 2 s, so a chunk
     # saved while they were would differ from the same chunk saved later: not this test's
     # subject, and a slow machine would cross that line between the syncs.
-    monkeypatch.setattr("publisher.catalog.RACY_NS", 0)
+    monkeypatch.setattr("publisher.scan.RACY_NS", 0)
     random_corpus(articles_dir, 600, 4)
     catalog = open_catalog(tmp_path)
     catalog.sync(articles_dir, 1 << 20, 0)
@@ -702,7 +708,7 @@ def test_a_name_listed_twice_while_the_folder_changed_is_not_lost(
 ) -> None:
     """A listing made while files are replaced may hold a name twice (POSIX allows it): the
     stored scan then has it in two chunks, and one of them changing must not drop it."""
-    monkeypatch.setattr(loader_module, "CHUNK_INODE_MODULUS", 1)  # a chunk per file
+    monkeypatch.setattr(scan_module, "CHUNK_INODE_MODULUS", 1)  # a chunk per file
     random_corpus(articles_dir, 20, 8)
     catalog = open_catalog(tmp_path)
     catalog.sync(articles_dir, 1 << 20, 0)
@@ -830,3 +836,97 @@ def test_an_emptied_folder_is_refused_unless_allowed(tmp_path: Path, articles_di
     allowed = load_config(config_path, environ={"PUBLISHER_ARTICLES_ALLOW_EMPTY": "true"})
     assert pipeline.build(allowed).corpus.selected == 0
     assert "Article number 1" not in (tmp_path / "feeds" / "all.rss.xml").read_text()
+
+
+def _titles(catalog: Catalog) -> set[str]:
+    return {article.title for article in catalog.selected_articles()}
+
+
+def test_a_sync_of_the_watched_paths_looks_at_those_alone(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    """``paths`` (a watcher's report): new, changed and deleted files among them are synced;
+    a change it does not name waits for the next full sync, which then finds nothing else."""
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    new, unreported = articles_dir / "4.txt", articles_dir / "3.txt"
+    new.write_text(front_matter(article_record(4)))
+    unreported.write_text(front_matter(article_record(3, title="Changed unseen")))
+    (articles_dir / "1.txt").unlink()
+    report = catalog.sync(articles_dir, 1 << 20, 0, paths=[str(new), str(articles_dir / "1.txt")])
+    assert (report.files, report.parsed, report.removed) == (3, 1, 1)
+    assert _titles(catalog) == {"Article number 2", "Article number 3", "Article number 4"}
+    full = catalog.sync(articles_dir, 1 << 20, 0)
+    assert (full.files, full.parsed, full.removed) == (3, 1, 0)  # only the unreported one
+    assert _titles(catalog) == {"Article number 2", "Changed unseen", "Article number 4"}
+    assert catalog.sync(articles_dir, 1 << 20, 0, paths=[]).parsed == 0
+    expected = select(load_articles(articles_dir).articles, 0)
+    assert list(catalog.selected_articles()) == expected
+
+
+def test_a_watched_path_a_full_scan_would_not_list_is_left_alone(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    """Hidden names, other suffixes, files outside the folder or under a link to a folder:
+    what a full scan skips, a sync of paths skips too, so the two never disagree."""
+    (articles_dir / "1.txt").write_text(front_matter(article_record(1)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (articles_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (articles_dir / ".hidden").mkdir()
+    skipped = [
+        articles_dir / ".draft.txt", articles_dir / ".hidden" / "2.txt",
+        articles_dir / "notes.rst", elsewhere / "3.txt", articles_dir / "linked" / "4.txt",
+    ]
+    for number, path in enumerate(skipped, 10):
+        path.write_text(front_matter(article_record(number)))
+    report = catalog.sync(articles_dir, 1 << 20, 0, paths=[str(path) for path in skipped])
+    assert (report.files, report.parsed) == (1, 0)
+    assert catalog.sync(articles_dir, 1 << 20, 0).parsed == 0
+    assert _titles(catalog) == {"Article number 1"}
+
+
+def test_a_sync_of_paths_after_a_settings_change_looks_at_every_file(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(
+            front_matter(article_record(index, quality=index * 100)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    assert len(_titles(catalog)) == 3
+    assert catalog.sync(articles_dir, 1 << 20, 250, paths=[]).files == 3  # a new threshold
+    assert _titles(catalog) == {"Article number 3"}
+    assert catalog.sync(articles_dir, 1 << 19, 250, paths=[]).parsed == 3  # new limits
+
+
+def test_an_empty_catalog_is_filled_whole_whatever_paths_say(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    for index in range(1, 4):
+        (articles_dir / f"{index}.txt").write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    assert catalog.sync(articles_dir, 1 << 20, 0, paths=[]).parsed == 3
+
+
+def test_a_sync_of_paths_that_would_forget_every_file_is_a_full_sync(
+    open_catalog: CatalogOpener, tmp_path: Path, articles_dir: Path
+) -> None:
+    """An unmounted share looks empty: whether its files may be forgotten is the full
+    sync's decision (``allow_empty``), whichever way the sync was asked for."""
+    files = [articles_dir / f"{index}.txt" for index in (1, 2)]
+    for index, path in enumerate(files, 1):
+        path.write_text(front_matter(article_record(index)))
+    catalog = open_catalog(tmp_path)
+    catalog.sync(articles_dir, 1 << 20, 0)
+    for path in files:
+        path.unlink()
+    with pytest.raises(ArticleError, match="is empty, but 2 article files were known"):
+        catalog.sync(articles_dir, 1 << 20, 0, allow_empty=False, paths=[str(p) for p in files])
+    assert catalog.selected_count() == 2
+    report = catalog.sync(articles_dir, 1 << 20, 0, allow_empty=True, paths=[str(files[0])])
+    assert (report.files, report.removed) == (1, 1)

@@ -19,8 +19,8 @@ import pytest
 from helpers import ArticleWriter, article_record, front_matter
 from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
 
-from publisher import catalog as catalog_module
 from publisher import pipeline
+from publisher import scan as scan_module
 from publisher.catalog import Catalog, create_schema, stored_article
 from publisher.config import Config, load_config
 from publisher.db import Database, PostgresDatabase, SQLiteDatabase
@@ -36,8 +36,8 @@ PROMPTLY = 30  # seconds: a command that takes longer is hanging
 @pytest.fixture(autouse=True)
 def _files_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Files written just before a sync are racy and read again by every sync (see
-    ``catalog.RACY_NS``); here a file is read once per change, to count the parses."""
-    monkeypatch.setattr(catalog_module, "RACY_NS", 0)
+    ``scan.RACY_NS``); here a file is read once per change, to count the parses."""
+    monkeypatch.setattr(scan_module, "RACY_NS", 0)
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None

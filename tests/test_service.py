@@ -249,6 +249,28 @@ def test_new_files_become_one_post_each_and_feed_entries(
     assert DEFAULT_TOKEN.partition(":")[2] not in log
 
 
+def test_a_watcher_run_looks_only_at_the_files_it_reported(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    """A run the watcher asks for syncs the paths it reported; a change it cannot see (here
+    the target of a linked file, outside the folder) waits for a run that looks at every
+    file: a tick, or as here, a restart."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text(front_matter(article_record(1)), encoding="utf-8")
+    (tmp_path / "articles" / "linked.txt").symlink_to(outside)
+    configure(schedule="1h")  # only the start-up run and the watcher can trigger
+    publisher = start()
+    wait_for(lambda: "Article number 1" in feed(tmp_path), "the first feed")
+    outside.write_text(front_matter(article_record(1, title="Edited unseen")), encoding="utf-8")
+    write_article("2.txt", 2)
+    wait_for(lambda: "Article number 2" in feed(tmp_path), "the watched file in the feed")
+    assert "Edited unseen" not in feed(tmp_path)
+    assert publisher.stop() == 0
+    start()
+    wait_for(lambda: "Edited unseen" in feed(tmp_path), "the edit, seen by a full scan")
+
+
 def test_full_disk_keeps_the_old_feed_and_the_service_recovers(
     configure: Callable[..., Path], start: Callable[..., Publisher],
     write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
