@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from publisher import codec
-from publisher.db import Database, Interrupted, upsert
+from publisher.db import Database, Interrupted, rows_in, upsert
 from publisher.errors import ArticleError
 from publisher.errors import SyncInterrupted as SyncInterrupted
 from publisher.loader import (
@@ -495,30 +495,17 @@ class Catalog:
 
     def _previous(self, paths: Sequence[str]) -> dict[str, KnownRow]:
         """Path -> what the rows these paths have now say of their article."""
-        found: dict[str, KnownRow] = {}
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT path, url_key, article_id FROM catalog WHERE path IN "
-                f"({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            found.update((path, KnownRow(key, identifier)) for path, key, identifier in rows)
-        return found
+        rows = rows_in(self._db, "SELECT path, url_key, article_id FROM catalog "
+                                 "WHERE path IN ({})", paths)
+        return {path: KnownRow(key, identifier) for path, key, identifier in rows}
 
     def _ids_of_urls(self, url_keys: Sequence[str]) -> dict[str, str]:
         """url_key -> the article id of a row with that URL (the selected one first)."""
-        found: dict[str, str] = {}
-        unique = sorted(set(url_keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT url_key, article_id FROM catalog WHERE article_id IS NOT NULL "
-                f"AND url_key IN ({','.join('?' * len(chunk))}) ORDER BY selected, path DESC",
-                chunk,
-            )
-            found.update(rows)  # the last row of a key wins: the selected one, else the first path
-        return found
+        # Each key's rows come in one query, in its order: the last row of a key wins, the
+        # selected one, else the first path.
+        return dict(rows_in(
+            self._db, "SELECT url_key, article_id FROM catalog WHERE article_id IS NOT NULL "
+            "AND url_key IN ({}) ORDER BY selected, path DESC", sorted(set(url_keys))))
 
     def _url_keys(self, paths: Sequence[str]) -> set[str]:
         return {was.url_key for was in self._previous(paths).values() if was.url_key is not None}
@@ -648,13 +635,8 @@ class Catalog:
         return [stored_article(data[path]) for path in paths if path in data]
 
     def _rows_at(self, paths: Sequence[str], columns: str) -> Iterator[tuple[Any, ...]]:
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
-            yield from self._db.execute(
-                f"SELECT path, {columns} FROM catalog WHERE path IN "
-                f"({','.join('?' * len(chunk))})",
-                chunk,
-            )
+        yield from rows_in(self._db, f"SELECT path, {columns} FROM catalog WHERE path IN ({{}})",
+                           paths)
 
     def selected_articles(self) -> Iterator[Article]:
         """Every selected article, newest first (decoded one at a time)."""

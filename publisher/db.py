@@ -112,6 +112,17 @@ def upsert(table: str, columns: Sequence[str], keys: Sequence[str],
 # -- SQLite -----------------------------------------------------------------------------------
 
 
+IN_BATCH = 500  # values per IN (...) list: well within both engines' parameter limits
+
+
+def rows_in(db: Database, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql``, a query with one ``IN ({})``, for every one of ``values``: asked
+    ``IN_BATCH`` at a time."""
+    for start in range(0, len(values), IN_BATCH):
+        batch = values[start : start + IN_BATCH]
+        yield from db.execute(sql.format(",".join("?" * len(batch))), batch)
+
+
 class SQLiteDatabase:
     dialect = "sqlite"
     shared = False

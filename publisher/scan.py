@@ -27,7 +27,7 @@ from pathlib import Path
 from stat import S_ISDIR
 from typing import NamedTuple
 
-from publisher.db import Database, upsert
+from publisher.db import Database, rows_in, upsert
 from publisher.loader import ARTICLE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -327,19 +327,14 @@ class ChangeFinder:
         fresh = [i for i, digest in enumerate(scan.digests) if digest not in stored]
         gone = list(stored.difference(scan.digests))
         before: dict[str, FileKey] = {}
-        for start in range(0, len(gone), 500):
-            chunk = gone[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT data FROM catalog_scan WHERE digest IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            for (data,) in rows:
-                try:
-                    before.update(
-                        (scan.prefix + entry[0], tuple(entry[1:])) for entry in marshal.loads(data)
-                    )
-                except (EOFError, ValueError, TypeError, IndexError):
-                    return None
+        for (data,) in rows_in(self._db, "SELECT data FROM catalog_scan WHERE digest IN ({})",
+                               gone):
+            try:
+                before.update(
+                    (scan.prefix + entry[0], tuple(entry[1:])) for entry in marshal.loads(data)
+                )
+            except (EOFError, ValueError, TypeError, IndexError):
+                return None
         now = scan.keys(fresh)
         removed = before.keys() - now.keys()
         if removed:  # a listing made while the folder changed can hold a name twice
@@ -408,15 +403,8 @@ class ChangeFinder:
         return Changes(changed, sorted(missing & known.keys()), cold=False)
 
     def _known_keys(self, paths: list[str]) -> dict[str, FileKey]:
-        found: dict[str, FileKey] = {}
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT path, file_key FROM catalog WHERE path IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            found.update((path, key_from_text(text)) for path, text in rows)
-        return found
+        rows = rows_in(self._db, "SELECT path, file_key FROM catalog WHERE path IN ({})", paths)
+        return {path: key_from_text(text) for path, text in rows}
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

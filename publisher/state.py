@@ -39,6 +39,7 @@ from publisher.db import (
     folder_problem,
     is_postgres_url,
     require_state_folder,
+    rows_in,
     sqlite_path,
     upsert,
 )
@@ -891,17 +892,9 @@ class SQLStore:
 
     def pair_states(self, article_ids: Iterable[str]) -> dict[tuple[str, str], str]:
         """(article, chat) -> state, of every pair these articles have in the ledger."""
-        ids = sorted(set(article_ids))
-        states: dict[tuple[str, str], str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = self.db.execute(
-                "SELECT article_id, chat_id, state FROM deliveries WHERE article_id IN "
-                f"({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            states.update(((article, chat), state) for article, chat, state in rows)
-        return states
+        rows = rows_in(self.db, "SELECT article_id, chat_id, state FROM deliveries "
+                                "WHERE article_id IN ({})", sorted(set(article_ids)))
+        return {(article, chat): state for article, chat, state in rows}
 
     def send_times(self, chat_id: str, since: float, limit: int) -> list[float]:
         """The chat's sends (and reserved slots) at or after ``since``, newest first: what
