@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from publisher.db import redact_url
 from publisher.errors import ConfigError
 from publisher.files import FileTooLarge, read_regular_file
+from publisher.settings import PATH_SETTINGS, SETTING_NAMES, PostSettings
 from publisher.text import is_web_url
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
@@ -93,13 +94,17 @@ class FeedsConfig:
 
 
 @dataclass(frozen=True)
-class TelegramConfig:
+class TelegramConfig(PostSettings):
+    """The ``[telegram]`` section: the defaults of every per-destination setting
+    (``PostSettings``), the overrides per destination (``chats``), and the keys that hold for
+    the whole bot."""
+
     chat_id: str = ""
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Per destination, the settings it overrides (coerced, paths resolved), as written.
+    chats: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     api_base_url: str = OFFICIAL_API_BASE_URL
     token_file: Path | None = None
-    max_age_hours: float = 24.0
-    max_per_run: int = 10
     per_chat_per_minute: int = 20
     per_chat_interval_seconds: float = 1.0
     global_per_second: float = 30.0
@@ -185,6 +190,19 @@ class Config:
             by_slug[slug] = tuple(dict.fromkeys((*by_slug.get(slug, ()), *chats)))
         return by_slug
 
+    def settings_for(self, destination: str) -> PostSettings:
+        """The settings of one destination: ``[telegram]``'s, then its own overrides."""
+        settings = self._settings.get(destination)
+        return settings if settings is not None else self._settings[""]
+
+    @functools.cached_property
+    def _settings(self) -> dict[str, PostSettings]:
+        telegram = self.telegram
+        defaults = {name: getattr(telegram, name) for name in SETTING_NAMES}
+        merged = {name: PostSettings(**(defaults | dict(overrides)))
+                  for name, overrides in telegram.chats.items()}
+        return {"": PostSettings(**defaults), **merged}
+
     @property
     def destinations(self) -> tuple[str, ...]:
         """Every distinct chat configured (the main one, then each route's), as written."""
@@ -235,6 +253,8 @@ _AT_LEAST: dict[tuple[str, str], int] = {
     ("telegram", "per_chat_interval_seconds"): 0,
     ("telegram", "max_wait_seconds"): 0,
     ("telegram", "max_tries"): 1,
+    ("telegram", "related_buttons"): 0,
+    ("telegram", "digest_max_items"): 1,
     ("schedule", "debounce_seconds"): 0,
 }
 _ABOVE_ZERO = (("telegram", "global_per_second"), ("telegram", "timeout_seconds"))
@@ -428,6 +448,11 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any], base_dir: Pa
             resolved[key] = (base_dir / value).resolve()
     if name == "state":
         resolved["url"] = _resolve_sqlite_url(section.url, base_dir)
+    if name == "telegram":
+        for key in PATH_SETTINGS:
+            if getattr(section, key) is not None:
+                resolved[key] = (base_dir / getattr(section, key)).resolve()
+        resolved["chats"] = _coerce_chats(section.chats, base_dir)
     return dataclasses.replace(section, **resolved)
 
 
@@ -458,6 +483,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # chat ids such as -1001234 written without quotes
         return _expect(key, value, str, "a string")
+    if hint == Mapping[str, Mapping[str, Any]]:
+        return _expect(key, value, dict, 'a table of "destination" = { settings }')
     if origin is Mapping or hint == Mapping[str, tuple[str, ...]]:
         return _coerce_routes(key, value)
     raise ConfigError(f"config key {key}: unsupported type")  # pragma: no cover
@@ -493,6 +520,29 @@ def _coerce_number(key: str, value: Any, kind: type) -> int | float:
     if abs(number) > INT64_MAX:
         raise ConfigError(f"config key {key} is out of range (beyond 64 bits): {value!r}")
     return number
+
+
+def _coerce_chats(chats: Mapping[str, Any], base_dir: Path) -> dict[str, dict[str, Any]]:
+    """``[telegram.chats."<destination>"]`` tables: each key a ``PostSettings`` field,
+    coerced to its type; paths relative to the config file."""
+    hints = typing.get_type_hints(PostSettings)
+    coerced: dict[str, dict[str, Any]] = {}
+    for destination, table in chats.items():
+        prefix = f'telegram.chats."{destination}"'
+        _expect(prefix, table, dict, "a table of settings")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"unknown config key {prefix}.{key}"
+                    + _did_you_mean(key, list(SETTING_NAMES)).replace("did you mean ",
+                                                                     f"did you mean {prefix}.")
+                )
+            values[key] = _coerce(f"{prefix}.{key}", hints[key], value)
+            if key in PATH_SETTINGS and values[key] is not None:
+                values[key] = (base_dir / values[key]).resolve()
+        coerced[str(destination).strip()] = values
+    return coerced
 
 
 def _coerce_routes(key: str, value: Any) -> dict[str, tuple[str, ...]]:
@@ -532,6 +582,31 @@ def _validate(config: Config) -> None:
     _validate_folders(config)
     _validate_state(config)
     _validate_server(config.server)
+    _validate_chats(config)
+
+
+def _validate_chats(config: Config) -> None:
+    """Every ``[telegram.chats]`` table names a destination a route uses, and its values
+    are in range, as the same keys of ``[telegram]`` must be."""
+    unused = [name for name in config.telegram.chats if name not in config.destinations]
+    if unused:
+        raise ConfigError(
+            f'config key telegram.chats."{unused[0]}": no route uses this destination '
+            f"(destinations: {', '.join(config.destinations) or 'none'})"
+        )
+    for destination in config.telegram.chats:
+        _validate_settings(config.settings_for(destination), f'telegram.chats."{destination}"')
+    _validate_settings(config.settings_for(""), "telegram")
+
+
+def _validate_settings(settings: PostSettings, prefix: str) -> None:
+    for (section, key), lowest in _AT_LEAST.items():
+        if section == "telegram" and key in SETTING_NAMES and getattr(settings, key) < lowest:
+            bound = "must not be negative" if lowest == 0 else f"must be at least {lowest}"
+            raise ConfigError(f"config key {prefix}.{key} {bound}, not {getattr(settings, key)!r}")
+    if settings.quiet_mode not in ("silent", "hold"):
+        raise ConfigError(f"config key {prefix}.quiet_mode must be 'silent' or 'hold', "
+                          f"not {settings.quiet_mode!r}")
 
 
 def _validate_server(server: ServerConfig) -> None:

@@ -27,8 +27,8 @@ def test_example_config_documents_every_key_with_its_default() -> None:
     text = (REPO / "config.example.toml").read_text()
     for name, cls in SECTIONS.items():
         for field in fields(cls):
-            if field.name == "routes":
-                assert "[telegram.routes]" in text
+            if field.name in ("routes", "chats"):
+                assert f"[telegram.{field.name}" in text
                 continue
             assert f"\n{field.name} = " in text, f"{name}.{field.name} is not documented"
             if field.name not in ("dir", "url"):  # paths resolve against different folders
@@ -241,3 +241,32 @@ def test_not_a_regular_file(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=rf"config file {path} is not a regular file \({kind}"
                            ):
             load_config(path, environ={})
+
+
+def test_a_destination_overrides_post_settings_of_its_own(tmp_path: Path) -> None:
+    path = write(tmp_path, '[telegram]\nchat_id = "@main"\nlanguage = "de"\n'
+                           'routes = { Robotics = "@robots" }\n'
+                           '[telegram.chats."@robots"]\nsilent = true\nmax_per_run = 2\n'
+                           'template_file = "robots.j2"\n')
+    config = load_config(path, environ={})
+    main, robots = config.settings_for("@main"), config.settings_for("@robots")
+    assert (main.language, main.silent, main.max_per_run) == ("de", False, 10)
+    assert (robots.language, robots.silent, robots.max_per_run) == ("de", True, 2)
+    assert robots.template_file == tmp_path / "sub" / "robots.j2"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[telegram.chats."@nobody"]\nsilent = true\n',
+     r'telegram\.chats\."@nobody": no route uses this destination'),
+    ('[telegram.chats."@main"]\nsilnt = true\n',
+     r'unknown config key telegram\.chats\."@main"\.silnt \(did you mean '
+     r'telegram\.chats\."@main"\.silent\?\)'),
+    ('[telegram.chats."@main"]\nrelated_buttons = -1\n',
+     r'telegram\.chats\."@main"\.related_buttons must not be negative'),
+    ('[telegram.chats."@main"]\nquiet_mode = "loud"\n',
+     r"telegram\.chats\.\"@main\"\.quiet_mode must be 'silent' or 'hold'"),
+])
+def test_destination_settings_that_are_wrong_are_named(tmp_path: Path, table: str,
+                                                        message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f'[telegram]\nchat_id = "@main"\n{table}'), environ={})
