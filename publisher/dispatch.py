@@ -37,9 +37,10 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from publisher import alerts
 from publisher.config import Config
 from publisher.delivery import (
     Ambiguous,
@@ -61,13 +62,16 @@ from publisher.destinations import (
     remembered_destinations,
     resolve_destinations,
 )
+from publisher.digest_ledger import recover_digests
 from publisher.logs import event
 from publisher.messages import Message, render_message
 from publisher.models import Article
 from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
     PACING_HELD,
+    Action,
     Entry,
     Plan,
+    is_digest,
     plan_deliveries,  # noqa: F401
     read_plan,
 )
@@ -163,6 +167,7 @@ class Prepared:
     article: Article
     message: Message
     target: str  # the chat id to post to (where the chat migrated, if it did)
+    silent: bool = False  # disable_notification (settings.silent, or quiet hours)
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,14 @@ class ChatRun:
     queue: list[Entry] = field(default_factory=list)  # the plan's pairs still to claim
     planned_key: str = ""  # the chat's key when planned (before a migration)
     tries: dict[str, Tries] = field(default_factory=dict)
+    digest: Action | None = None  # the plan's digest for this chat, sent after the queue
+    digest_chat: bool = False  # the destination gets digests, never single posts
+
+
+def quiet(silent: bool) -> dict[str, bool]:
+    """The sender's ``silent`` keyword, passed only when set: senders that never send
+    silently (test doubles among them) need not know it."""
+    return {"silent": True} if silent else {}
 
 
 def instance_name() -> str:
@@ -253,6 +266,7 @@ class Dispatcher:
         # False when this push left the routing half applied (pairs that may be orphaned
         # were kept pending, or rows were re-keyed): the next push plans everything again.
         self.routing_settled = True
+        self.alerts: list[alerts.Alert] = []  # for telegram.alert_chat, sent when the push ends
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
@@ -308,6 +322,8 @@ class Dispatcher:
         for item in destinations.items:
             if item.error:
                 report.chat(item.configured).error = item.error
+            if item.error and item.answered:
+                self.alerts.append(alerts.stopped(item.key, item.configured, item.error))
         pending = set(self._store.pending_chats())
         chats = [key for key in destinations.postable_keys() if key in pending]
         # Every chat runs to its end even when another fails, so no send is left in flight
@@ -315,11 +331,18 @@ class Dispatcher:
         outcomes = await asyncio.gather(
             *(self._run_chat(chat, lookup, report) for chat in chats), return_exceptions=True
         )
+        await self._send_alerts()
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         report.fatal = self._fatal
         return report
+
+    async def _send_alerts(self) -> None:
+        """This push's alerts, after its deliveries (``alerts.Alerter`` never raises)."""
+        if self.alerts and self._settings.alert_chat:
+            await alerts.Alerter(self._store.db, self._sender.send_text, self._config,
+                                 self._clock).send(self.alerts)
 
     def _recover(self, destinations: Destinations, report: PushReport) -> None:
         """Sends a dead process left in flight: uncertain (counted as this push's), or
@@ -336,6 +359,9 @@ class Dispatcher:
                 chat_report = report.chat(destinations.label(chat))
                 chat_report.uncertain += count
                 chat_report.recovered += count
+                self.alerts.append(alerts.uncertain(chat, destinations.label(chat), count,
+                                                    "interrupted while sending"))
+        recover_digests(self._store.db, self._store.db.shared, self._clock())
 
     async def _resolve(self, destinations: Destinations
                        ) -> tuple[Destinations, Unavailable | None]:
@@ -400,9 +426,12 @@ class Dispatcher:
         The claim comes after the wait, so no claim is held while pacing; a slot left unused
         (nothing due, or the post skipped) is given back.
         """
+        entries = self.plan.entries_for(chat_id)
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
-                      self._settings.max_per_run or None, self.plan.entries_for(chat_id),
-                      chat_id)
+                      self._settings.max_per_run or None,
+                      [entry for entry in entries if not is_digest(entry)], chat_id,
+                      digest=self.plan.digest_for(chat_id),
+                      digest_chat=bool(self._config.settings_for(self._label(chat_id)).digest))
         while not (self.stop_requested or self._fatal):
             if run.budget is not None and run.budget <= 0:
                 if self._store.has_pending([run.key]):
@@ -410,6 +439,12 @@ class Dispatcher:
                                        "reached: the rest wait for the next push")
                 return
             if not run.queue:
+                if run.digest is not None:
+                    from publisher.digest_send import send_digest
+
+                    await send_digest(self, run, run.digest, lookup)
+                    run.digest = None
+                    continue
                 self._held_by_plan(run)
                 return
             slot = self._store.reserve_send(run.key, self._clock(), self._pacing)
@@ -466,6 +501,9 @@ class Dispatcher:
                 self._store.mark_retry(item.article_id, item.chat_id, "interrupted before "
                                        "sending", 0, count_attempt=False, owner=self._owner)
             raise
+        if isinstance(prepared, Prepared) and run.digest_chat:
+            # Re-selected since the plan closed it: it waits for the next digest.
+            prepared = Unsure("waits for the destination's next digest")
         if isinstance(prepared, Skip | Orphan | Unsure):
             run.queue.remove(entry)
             self._store.cancel_reservation(run.key, slot)
@@ -478,8 +516,10 @@ class Dispatcher:
                     item.article_id, item.chat_id, prepared.reason, now + UNSURE_WAIT_SECONDS,
                     count_attempt=False, owner=self._owner))
             return True
+        silent = isinstance(entry, Action) and entry.silent
         outcome = await self._send_claimed(
-            item, prepared, run.tries.setdefault(item.article_id, Tries()), run
+            item, replace(prepared, silent=silent or prepared.silent),
+            run.tries.setdefault(item.article_id, Tries()), run
         )
         if outcome is Outcome.STOP:
             return False
@@ -502,7 +542,8 @@ class Dispatcher:
                 return Unsure(f"{', '.join(unknown)} not resolved yet: it may be this chat")
             return Orphan()
         message = render_message(article, timezone=self._settings.timezone)
-        return Prepared(article, message, item.chat_id)
+        silent = self._config.settings_for(self._label(item.chat_id)).silent
+        return Prepared(article, message, item.chat_id, silent)
 
     def _oldest_allowed(self) -> datetime | None:
         hours = self._settings.max_age_hours
@@ -544,7 +585,7 @@ class Dispatcher:
         article, message, target = prepared.article, prepared.message, prepared.target
         chat_id, chat_report = item.chat_id, run.report
         try:
-            message_id = await self._post_within_lease(target, message)
+            message_id = await self._post_within_lease(target, message, prepared.silent)
         except RateLimited as exc:
             chat_report.rate_limited += 1
             outcome = await self._wait_rate_limit(article.id, chat_id, exc, tries)
@@ -568,6 +609,8 @@ class Dispatcher:
             chat_report.uncertain += 1
             event(log, logging.WARNING, "uncertain", chat=self._label(chat_id), article=article.id,
                   reason=exc.reason, title=article.title)
+            self.alerts.append(alerts.uncertain(chat_id, self._label(chat_id), 1, exc.reason,
+                                                article.title))
             return Outcome.DONE
         except Rejected as exc:
             self._settled(article.id, chat_id, self._store.mark_failed(
@@ -583,6 +626,7 @@ class Dispatcher:
                 f"cannot post to {self.destinations.label(chat_id)}: {exc.reason}"
             )
             event(log, logging.ERROR, "chat_stopped", chat=self._label(chat_id), reason=exc.reason)
+            self.alerts.append(alerts.stopped(chat_id, self._label(chat_id), exc.reason))
             return Outcome.STOP
         except Unauthorized as exc:
             self._settled(article.id, chat_id, self._store.mark_retry(
@@ -615,43 +659,46 @@ class Dispatcher:
         self.destinations = self.destinations.moved(item.chat_id, exc.new_chat_id)
         run.key = exc.new_chat_id
 
-    async def _post_within_lease(self, chat_id: str, message: Message) -> int:
+    async def _post_within_lease(self, chat_id: str, message: Message,
+                                 silent: bool = False) -> int:
         """The post, bounded so that it settles before the claim's lease runs out (or is
         recorded as ambiguous): no other instance takes over a send that is still running."""
         try:
-            return await asyncio.wait_for(self._post(chat_id, message), self._send_deadline)
+            return await asyncio.wait_for(self._post(chat_id, message, silent),
+                                          self._send_deadline)
         except TimeoutError:
             raise Ambiguous(
                 f"no answer within {self._send_deadline:g} s (the claim's lease)"
             ) from None
 
-    async def _post(self, chat_id: str, message: Message) -> int:
+    async def _post(self, chat_id: str, message: Message, silent: bool = False) -> int:
         if message.photo_url:
             try:
                 return await self._sender.send_photo(
-                    chat_id, message.photo_url, message.html, message.buttons
+                    chat_id, message.photo_url, message.html, message.buttons, **quiet(silent)
                 )
             except PhotoRejected as exc:
                 event(log, logging.WARNING, "photo_refused", chat=self._label(chat_id),
                       article=message.article_id, reason=exc.reason, photo=message.photo_url)
             except EntitiesRejected as exc:
-                return await self._post_plain(chat_id, message, exc)
+                return await self._post_plain(chat_id, message, exc, silent)
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,
-                preview_url=message.preview_url,
+                preview_url=message.preview_url, **quiet(silent),
             )
         except EntitiesRejected as exc:
-            return await self._post_plain(chat_id, message, exc)
+            return await self._post_plain(chat_id, message, exc, silent)
 
-    async def _post_plain(self, chat_id: str, message: Message, exc: EntitiesRejected) -> int:
+    async def _post_plain(self, chat_id: str, message: Message, exc: EntitiesRejected,
+                          silent: bool = False) -> int:
         """The plain-text fallback; refused too, the message has failed, for both reasons."""
         event(log, logging.ERROR, "bug_html_refused", chat=self._label(chat_id),
               article=message.article_id, reason=exc.reason)
         try:
             return await self._sender.send_text(
                 chat_id, message.plain, html=False, buttons=message.buttons,
-                preview_url=message.preview_url,
+                preview_url=message.preview_url, **quiet(silent),
             )
         except (Rejected, EntitiesRejected, PhotoRejected) as plain:
             raise Rejected(

@@ -84,6 +84,10 @@ class Held:
 Entry = Action | Closing
 
 
+def is_digest(entry: Entry) -> bool:
+    return isinstance(entry, Action) and entry.kind is ActionKind.DIGEST
+
+
 @dataclass(frozen=True)
 class Plan:
     at: datetime
@@ -109,6 +113,10 @@ class Plan:
 
     def held_for(self, chat_id: str) -> Held | None:
         return next((held for held in self.held if held.target.chat_id == chat_id), None)
+
+    def digest_for(self, chat_id: str) -> Action | None:
+        return next((action for action in self.actions if action.target.chat_id == chat_id
+                     and action.kind is ActionKind.DIGEST), None)
 
     def posts_to(self, chat_id: str) -> list[Action]:
         return [action for action in self.actions if action.target.chat_id == chat_id]
@@ -182,7 +190,7 @@ def read_plan(store: Store, config: Config, new_articles: Sequence[Article], rep
               lookup: Lookup, destinations: Destinations, now: datetime,
               pacing: Pacing) -> Plan:
     """The plan at ``now`` from the ledger as it is: what a push and a dry run both use."""
-    from publisher.digests import digest_since
+    from publisher.digest_ledger import digest_since
 
     inputs = PlanInputs(
         new_articles, replan, store.pair_states(article.id for article in new_articles),

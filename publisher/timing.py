@@ -141,7 +141,11 @@ def check_timing(settings: PostSettings, prefix: str, timezone: str) -> None:
     """The timing keys of one destination's settings, parsed as the plan will: a
     ``ConfigError`` naming the key (``prefix.quiet_hours``...) when one cannot be."""
     parse_quiet_hours(settings.quiet_hours, f"{prefix}.quiet_hours")
-    parse_digest(settings.digest, timezone, f"{prefix}.digest")
+    if parse_digest(settings.digest, timezone, f"{prefix}.digest") is not None or (
+            settings.digest_template or settings.digest_template_file):
+        from publisher.digest import check_digest_template
+
+        check_digest_template(settings, prefix)
 
 
 @dataclass(frozen=True)
