@@ -11,6 +11,7 @@ not fit Telegram's 4096 UTF-16 units, items are dropped from the end and counted
 from __future__ import annotations
 
 import functools
+import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from publisher.errors import ConfigError
-from publisher.messages import shorten, visible_length
+from publisher.messages import Message, shorten, visible_length
 from publisher.models import Article
 from publisher.settings import PostSettings
 
@@ -30,15 +31,18 @@ TEXT_LIMIT = 4096  # a text message, in UTF-16 units after entity parsing
 TITLE_LIMIT = 300  # one item's title at most: a long one must not crowd the others out
 DEFAULT_DIGEST_TEMPLATE = """\
 <b>{{ count }} new {{ "article" if count == 1 else "articles" }}</b>
-{% for item in items %}
-• <a href="{{ item.url }}">{{ item.title }}</a>{% if item.provider %} · {{ item.provider }}\
-{% endif %}
-{% endfor %}
-{%- if more %}and {{ more }} more{% endif %}"""
+{%- for item in items %}
+• <a href="{{ item.url }}">{{ item.title }}</a>
+{%- if item.provider %} · {{ item.provider }}{% endif %}
+{%- endfor %}
+{%- if more %}
+and {{ more }} more
+{%- endif %}"""
 # The tags Telegram's HTML mode accepts (https://core.telegram.org/bots/api#html-style).
 ALLOWED_TAGS = frozenset({"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a",
                           "code", "pre", "span", "tg-spoiler", "tg-emoji", "blockquote"})
 _TAG = re.compile(r"</?\s*([A-Za-z][\w-]*)")
+_ANY_TAG = re.compile(r"<[^>]*>")
 
 
 @dataclass(frozen=True)
@@ -130,3 +134,11 @@ def check_digest_template(settings: PostSettings, prefix: str) -> None:
             line = html.count("\n", 0, match.start()) + 1
             raise ConfigError(f"{key}: line {line} of its output: unsupported tag "
                               f"<{match.group(1)}>")
+
+
+def digest_message(window: str, articles: Sequence[Article], settings: PostSettings,
+                   timezone: str) -> Message:
+    """The digest of window ``window`` (ISO 8601) as a ``Message``, for ``push --dry-run``."""
+    text = render_digest(articles, settings, timezone, datetime.fromisoformat(window))
+    plain = html.unescape(_ANY_TAG.sub("", text.html))
+    return Message(f"digest {window}", None, text.html, text.html, plain, (), "")

@@ -1,0 +1,420 @@
+"""Quiet hours, digests and operator alerts, on the stand-in Bot API with a fake clock
+(real files, real SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from helpers import ArticleWriter
+from standin.server import DEFAULT_TOKEN, BotApiStandin, Recorded
+
+from publisher import digest_send, pipeline
+from publisher.config import Config, load_config
+from publisher.dispatch import Dispatcher
+from publisher.errors import ConfigError
+from publisher.session import Session
+from publisher.state import open_store
+
+CHAT = "@news"
+OPS = "@opsdesk"
+ConfigMaker = Callable[..., Config]
+SQLITE_STATE = "sqlite:///state/publisher.db"
+
+
+@pytest.fixture(autouse=True)
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", DEFAULT_TOKEN)
+    return DEFAULT_TOKEN
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return SQLITE_STATE
+
+
+class FakeClock:
+    """The dispatcher's clock and sleep, and the stand-in's: pacing waits pass at once."""
+
+    def __init__(self, moment: str) -> None:
+        self.now = datetime.fromisoformat(moment).timestamp()
+
+    def set(self, moment: str) -> None:
+        self.now = datetime.fromisoformat(moment).timestamp()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+    def moment(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
+
+
+@pytest.fixture
+def fake() -> FakeClock:
+    return FakeClock("2025-01-01T20:00:00+00:00")
+
+
+@pytest.fixture
+def api(fake: FakeClock) -> Iterator[BotApiStandin]:
+    with BotApiStandin(DEFAULT_TOKEN, clock=fake.clock) as standin:
+        yield standin
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, articles_dir: Path, api: BotApiStandin,
+                state_url: str) -> ConfigMaker:
+    def make(extra: str = "", **telegram: object) -> Config:
+        settings = {"chat_id": CHAT, "api_base_url": api.base_url, "max_age_hours": 0,
+                    "max_per_run": 0, "per_chat_interval_seconds": 0.06,
+                    "timeout_seconds": 0.5, "max_wait_seconds": 5, **telegram}
+        (tmp_path / "state").mkdir(exist_ok=True)
+        path = tmp_path / "config.toml"
+        path.write_text(
+            f'[articles]\ndir = "articles"\n[state]\nurl = "{state_url}"\n[telegram]\n'
+            + "".join(f"{key} = {_toml(value)}\n" for key, value in settings.items()) + extra,
+            encoding="utf-8",
+        )
+        return load_config(path, environ={})
+
+    return make
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@contextmanager
+def session_of(config: Config) -> Iterator[Session]:
+    with Session.opened(config, sender=pipeline.make_sender(config)) as session:
+        yield session
+
+
+async def _push(config: Config, fake: FakeClock) -> pipeline.PushOutcome:
+    with session_of(config) as session:
+        assert session.sender is not None
+        try:
+            dispatcher = Dispatcher(session.store, session.sender, config,
+                                    clock=fake.clock, sleep=fake.sleep)
+            return await session.deliver(dispatcher, session.sync())
+        finally:
+            await session.sender.close()
+
+
+def push(config: Config, fake: FakeClock) -> pipeline.PushOutcome:
+    return asyncio.run(_push(config, fake))
+
+
+def dry_run(config: Config, fake: FakeClock) -> pipeline.DryRun:
+    with Session.for_dry_run(config) as session:
+        return session.dry_run(fake.moment())
+
+
+def first_lines(records: list[Recorded]) -> list[str]:
+    return [record.visible_text.split("\n")[0] for record in records]
+
+
+def states(config: Config) -> dict[str, str]:
+    """Article title -> its ledger state in the main chat."""
+    store = open_store(config.state.url)
+    try:
+        return {delivery.title: delivery.state
+                for delivery in store.deliveries(["pending", "sending", "sent", "uncertain",
+                                                  "failed", "skipped"], limit=100)}
+    finally:
+        store.close()
+
+
+def at(hour: str, day: int = 1) -> str:
+    return f"2025-01-{day:02d}T{hour}:00+00:00"
+
+
+# -- quiet hours ---------------------------------------------------------------------------
+
+
+def test_quiet_hours_in_silent_mode_send_without_notification_only_in_the_window(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    # 23:00-07:00 in Berlin (UTC+1 in January): 22:30 UTC is 23:30 there.
+    config = make_config(quiet_hours="23:00-07:00", timezone="Europe/Berlin")
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T22:00:00Z")
+    fake.set(at("22:30"))
+    assert push(config, fake).report.total("sent") == 1
+    write_article("2.txt", 2, publishedDateTime="2025-01-02T06:30:00Z")
+    fake.set(at("06:30", 2))  # 07:30 in Berlin: the window is over
+    assert push(config, fake).report.total("sent") == 1
+    sent = api.sent_to(CHAT)
+    assert first_lines(sent) == ["Article number 1", "Article number 2"]
+    assert sent[0].params.get("disable_notification") is True
+    assert "disable_notification" not in sent[1].params
+
+
+def test_quiet_hours_in_hold_mode_send_nothing_then_the_held_posts_oldest_first(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(quiet_hours="23:00-07:00", quiet_mode="hold", max_age_hours=8)
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T21:30:00Z")  # 8 h old at 05:40
+    write_article("2.txt", 2, publishedDateTime="2025-01-01T23:10:00Z")
+    write_article("3.txt", 3, publishedDateTime="2025-01-01T23:05:00Z")
+    fake.set(at("23:20"))
+    dry = dry_run(config, fake)
+    assert dry.items == []
+    assert dry.notes == ["@news: quiet hours until 07:00 (3 posts left)"]
+    held = push(config, fake)
+    assert held.report.total("sent") == 0 and api.sent_to(CHAT) == []
+    assert held.report.held == {CHAT: "quiet hours until 07:00"}
+    assert held.report.ok
+    fake.set(at("06:59", 2))  # still quiet: nothing
+    assert push(config, fake).report.total("sent") == 0 and api.sent_to(CHAT) == []
+
+    fake.set(at("07:00", 2))  # over: the held posts, oldest first, aged from the article
+    outcome = push(config, fake)
+    assert first_lines(api.sent_to(CHAT)) == ["Article number 3", "Article number 2"]
+    assert outcome.report.total("skipped") == 1
+    assert states(config)["Article number 1"] == "skipped"
+    assert all("disable_notification" not in record.params for record in api.sent_to(CHAT))
+
+
+def test_per_destination_quiet_hours_hold_only_that_destination(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config('[telegram.routes]\nAI = "@night"\n'
+                         '[telegram.chats."@night"]\nquiet_hours = "22:00-06:00"\n'
+                         'quiet_mode = "hold"\n')
+    write_article("1.txt", 1)
+    fake.set(at("23:00"))
+    outcome = push(config, fake)
+    assert len(api.sent_to(CHAT)) == 1 and api.sent_to("@night") == []
+    assert outcome.report.held == {"@night": "quiet hours until 06:00"}
+    fake.set(at("06:00", 2))
+    push(config, fake)
+    assert first_lines(api.sent_to("@night")) == ["Article number 1"]
+    assert len(api.sent_to(CHAT)) == 1
+
+
+# -- digests -------------------------------------------------------------------------------
+
+
+def _digest_lines(record: Recorded) -> list[str]:
+    return record.visible_text.split("\n")
+
+
+def test_a_digest_across_two_windows_lists_each_article_once_best_first(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="daily 08:00", digest_max_items=2)
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T05:00:00Z", quality=50)
+    write_article("2.txt", 2, publishedDateTime="2025-01-01T06:00:00Z", quality=90)
+    write_article("3.txt", 3, publishedDateTime="2025-01-01T06:30:00Z", quality=90, heat=50)
+    fake.set(at("07:00"))
+    waiting = push(config, fake)
+    assert api.sent_to(CHAT) == []
+    assert waiting.report.held == {CHAT: "digest: the next one at 08:00"}
+
+    fake.set(at("08:05"))
+    dry = dry_run(config, fake)
+    assert [item.message.article_id for item in dry.items] == [
+        "digest 2025-01-01T08:00:00+00:00"]
+    push(config, fake)
+    (first,) = api.sent_to(CHAT)
+    assert _digest_lines(first) == ["3 new articles", "• Article number 3 · Example News",
+                                    "• Article number 2 · Example News", "and 1 more"]
+    assert first.text == dry.items[0].message.html
+    links = [entity["url"] for entity in first.entities if entity["type"] == "text_link"]
+    assert links == ["https://news.example.com/articles/3", "https://news.example.com/articles/2"]
+    assert "disable_notification" not in first.params
+    push(config, fake)  # the same window again: nothing
+    assert len(api.sent_to(CHAT)) == 1
+
+    write_article("4.txt", 4, publishedDateTime="2025-01-01T09:00:00Z")
+    fake.set(at("10:30"))
+    later = push(config, fake)
+    assert later.report.held == {CHAT: "digest: the next one at 2025-01-02 08:00"}
+    fake.set(at("08:00", 2))
+    push(config, fake)
+    push(config, fake)
+    digests = api.sent_to(CHAT)
+    assert len(digests) == 2
+    assert _digest_lines(digests[1]) == ["1 new article", "• Article number 4 · Example News"]
+    assert set(states(config).values()) == {"sent"}
+
+
+def test_a_digest_killed_after_it_left_is_never_sent_again_nor_its_articles(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = make_config(digest="hourly", alert_chat=OPS)
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T09:10:00Z")
+    write_article("2.txt", 2, publishedDateTime="2025-01-01T09:20:00Z")
+    fake.set(at("10:01"))
+
+    real_settle = digest_send.settle_digest
+
+    def killed(*args: object, **kwargs: object) -> int:
+        raise SystemExit("killed after the send, before its outcome was recorded")
+
+    monkeypatch.setattr(digest_send, "settle_digest", killed)
+    with pytest.raises(SystemExit):
+        push(config, fake)
+    assert len(api.sent_to(CHAT)) == 1  # it went out; the ledger says "sending"
+    assert set(states(config).values()) == {"sending"}
+    monkeypatch.setattr(digest_send, "settle_digest", real_settle)
+
+    fake.set(at("10:30"))
+    outcome = push(config, fake)  # the claims are found interrupted: uncertain, not resent
+    assert len(api.sent_to(CHAT)) == 1
+    assert outcome.report.total("uncertain") == 2
+    assert set(states(config).values()) == {"uncertain"}
+    (alert,) = api.sent_to(OPS)
+    assert "2 posts to @news may or may not have gone out" in alert.visible_text
+
+    write_article("3.txt", 3, publishedDateTime="2025-01-01T10:40:00Z")
+    fake.set(at("11:00"))
+    push(config, fake)
+    push(config, fake)
+    digests = api.sent_to(CHAT)
+    assert len(digests) == 2
+    assert _digest_lines(digests[1]) == ["1 new article", "• Article number 3 · Example News"]
+    assert len(api.sent_to(OPS)) == 1
+
+
+def test_a_digest_that_provably_did_not_leave_goes_in_a_later_push(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="hourly")
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T09:10:00Z")
+    fake.set(at("10:01"))
+    api.inject("500")
+    failed = push(config, fake)
+    assert api.sent_to(CHAT) == [] and failed.report.held[CHAT].startswith("digest not sent")
+    assert set(states(config).values()) == {"pending"}
+    fake.set(at("10:05"))
+    push(config, fake)
+    assert len(api.sent_to(CHAT)) == 1
+    assert set(states(config).values()) == {"sent"}
+
+
+def test_a_destination_with_nothing_new_gets_no_digest_and_quiet_hours_hold_it(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="0 6 * * *", quiet_hours="05:00-07:00", quiet_mode="hold")
+    fake.set(at("06:30", 2))
+    assert push(config, fake).report.total("sent") == 0
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T20:00:00Z")
+    held = push(config, fake)
+    assert held.report.held == {CHAT: "quiet hours until 07:00"} and api.sent_to(CHAT) == []
+    fake.set(at("07:00", 2))
+    push(config, fake)
+    assert first_lines(api.sent_to(CHAT)) == ["1 new article"]
+
+
+def test_a_long_digest_drops_items_to_fit_4096_and_counts_them(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="hourly", digest_max_items=40, silent=True)
+    for index in range(1, 41):
+        write_article(f"{index}.txt", index, title=f"Article number {index} " + "word " * 40,
+                      publishedDateTime=f"2025-01-01T09:{index:02d}:00Z")
+    fake.set(at("10:00"))
+    outcome = push(config, fake)
+    (digest,) = api.sent_to(CHAT)  # the stand-in refuses a text over 4096 units
+    lines = _digest_lines(digest)
+    listed = len([line for line in lines if line.startswith("•")])
+    assert 0 < listed < 40 and lines[-1] == f"and {40 - listed} more"
+    assert outcome.report.total("sent") == 40
+    assert digest.params.get("disable_notification") is True
+
+
+# -- alerts --------------------------------------------------------------------------------
+
+
+def test_a_stopped_destination_alerts_once_per_hour_without_the_token(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(alert_chat=OPS)
+    write_article("1.txt", 1)
+    fake.set(at("10:00"))
+    api.forbid_chat(CHAT)
+    first = push(config, fake)
+    assert not first.report.ok
+    (alert,) = api.sent_to(OPS)
+    assert alert.visible_text.startswith("publisher: @news stopped: ")
+    assert DEFAULT_TOKEN not in alert.visible_text
+    assert DEFAULT_TOKEN.split(":")[1] not in alert.visible_text
+    fake.set(at("10:40"))
+    push(config, fake)
+    assert len(api.sent_to(OPS)) == 1  # the same cause within the hour: no second alert
+    fake.set(at("11:01"))
+    push(config, fake)
+    assert len(api.sent_to(OPS)) == 2
+
+
+def test_an_uncertain_post_alerts_with_its_title_and_a_failing_alert_blocks_nothing(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(alert_chat=OPS)
+    write_article("1.txt", 1, excerpt="A long text that no alert may carry. " * 5)
+    write_article("2.txt", 2)
+    fake.set(at("10:00"))
+    api.inject("drop", method="sendPhoto")
+    outcome = push(config, fake)
+    assert outcome.report.total("uncertain") == 1 and outcome.report.total("sent") == 1
+    (alert,) = api.sent_to(OPS)
+    assert '"Article number 1"' in alert.visible_text
+    assert "no alert may carry" not in alert.visible_text
+
+    write_article("3.txt", 3)
+    api.forbid_chat(OPS)  # the alert chat itself refuses: logged, the post still goes out
+    api.inject("drop", method="sendPhoto")
+    fake.set(at("11:30"))
+    write_article("4.txt", 4)
+    later = push(config, fake)
+    assert later.report.total("uncertain") == 1 and later.report.total("sent") == 1
+    assert len(api.sent_to(OPS)) == 1
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('quiet_hours = "25:00-07:00"\n', "config key telegram.quiet_hours must be a window"),
+    ('quiet_hours = "23:00-23:00"\n', "config key telegram.quiet_hours must not start and"),
+    ('digest = "sometimes"\n', "config key telegram.digest must be"),
+    ('[telegram.chats."@news"]\ndigest = "daily 25:00"\n',
+     'config key telegram.chats."@news".digest must be'),
+    ('digest = "hourly"\ndigest_template = "{% for x in items %}"\n',
+     "telegram.digest_template: line 1: "),
+    ('digest = "hourly"\ndigest_template = "<div>{{ count }}</div>"\n',
+     "telegram.digest_template: line 1 of its output: unsupported tag <div>"),
+    ('digest = "hourly"\ndigest_template = "{{ nothing }}"\n',
+     "telegram.digest_template: 'nothing' is undefined"),
+])
+def test_timing_keys_that_cannot_be_right_are_config_errors(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[telegram]\nchat_id = "@news"\n' + extra, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert message in str(caught.value)
+
