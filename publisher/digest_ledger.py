@@ -25,6 +25,7 @@ from typing import Any
 
 from publisher.db import IN_BATCH, Database
 from publisher.state import DELIVERY_COLUMNS, PENDING, SENDING, SENT, Delivery, utc_now_iso
+from publisher.text import as_utc
 
 DIGEST_STATES = (SENDING, SENT, "uncertain", "failed")
 
@@ -206,3 +207,14 @@ def recent_digests(db: Database, limit: int = 20) -> list[DigestRecord]:
         "ORDER BY fire_at DESC, chat_id LIMIT ?", (limit,))
     return [DigestRecord(chat, fire, state, tuple(json.loads(items)), message, reason, stamp)
             for chat, fire, state, items, message, reason, stamp in rows]
+
+
+def waiting_since(db: Database, chat_id: str) -> datetime | None:
+    """What ``plan`` counts a digest destination's wait from: its last digest, else the
+    publication of its oldest pending article."""
+    last = digest_since(db, chat_id)
+    if last is not None:
+        return last
+    row = db.execute("SELECT min(published_at) FROM deliveries WHERE chat_id=? "
+                     "AND state='pending'", (chat_id,)).fetchone()
+    return as_utc(datetime.fromisoformat(row[0])) if row and row[0] else None

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ArticleWriter
@@ -19,6 +20,7 @@ from publisher.dispatch import Dispatcher
 from publisher.errors import ConfigError
 from publisher.session import Session
 from publisher.state import open_store
+from publisher.status import collect_status, render_text
 
 CHAT = "@news"
 OPS = "@opsdesk"
@@ -418,3 +420,52 @@ def test_timing_keys_that_cannot_be_right_are_config_errors(
         load_config(path, environ={})
     assert message in str(caught.value)
 
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def waits(document: dict[str, Any]) -> dict[str, str]:
+    return {wait["destination"]: wait["why"] for wait in document["waiting"]}
+
+
+def status_at(config: Config, fake: FakeClock) -> dict[str, Any]:
+    store = open_store(config.state.url, readonly=True)
+    try:
+        return collect_status(store, config, None, fake.now)
+    finally:
+        store.close()
+
+
+def test_status_says_per_destination_what_waits_for_quiet_hours_and_digests(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config('[telegram.routes]\nAI = "@digested"\n'
+                         '[telegram.chats."@digested"]\ndigest = "daily 08:00"\n',
+                         quiet_hours="23:00-07:00", quiet_mode="hold")
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T22:00:00Z")
+    write_article("2.txt", 2, publishedDateTime="2025-01-01T22:10:00Z")
+    fake.set(at("23:30"))
+    push(config, fake)
+    document = status_at(config, fake)
+    assert waits(document) == {CHAT: "quiet hours until 07:00", "@digested": "quiet hours until 07:00"}
+    text = render_text(document)
+    assert "  @news: 2 posts due now: quiet hours until 07:00" in text
+    assert "quiet 23:00-07:00 (hold), digest daily 08:00" in text
+
+    fake.set(at("07:30", 2))
+    push(config, fake)  # @news gets its posts; @digested waits for its digest
+    document = status_at(config, fake)
+    assert waits(document) == {"@digested": "digest: the next one at 08:00"}
+    assert "  @digested: 2 posts due now: digest: the next one at 08:00" in render_text(document)
+
+    fake.set(at("08:00", 2))
+    push(config, fake)
+    write_article("3.txt", 3, publishedDateTime="2025-01-02T08:10:00Z")
+    fake.set(at("08:15", 2))
+    push(config, fake)
+    document = status_at(config, fake)
+    assert waits(document) == {"@digested": "digest: the next one at 2025-01-03 08:00"}
+    text = render_text(document)
+    assert "Recent digests:\n  2025-01-02T08:00:00+00:00  @digested  2 articles  sent" in text
