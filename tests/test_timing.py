@@ -449,7 +449,8 @@ def test_status_says_per_destination_what_waits_for_quiet_hours_and_digests(
     fake.set(at("23:30"))
     push(config, fake)
     document = status_at(config, fake)
-    assert waits(document) == {CHAT: "quiet hours until 07:00", "@digested": "quiet hours until 07:00"}
+    quiet = "quiet hours until 07:00"
+    assert waits(document) == {CHAT: quiet, "@digested": quiet}
     text = render_text(document)
     assert "  @news: 2 posts due now: quiet hours until 07:00" in text
     assert "quiet 23:00-07:00 (hold), digest daily 08:00" in text
