@@ -37,6 +37,8 @@ from publisher.state import FAILED, PENDING, SENT, UNCERTAIN, Delivery
 if TYPE_CHECKING:
     from publisher.dispatch import ChatRun, Dispatcher, Lookup
 
+UNSURE_WAIT_SECONDS = 300.0  # as dispatch's: a pair that may be a destination's not resolved
+
 log = logging.getLogger(__name__)
 
 NOT_SENT_WAIT_SECONDS = 60.0  # a digest that provably did not leave is tried again after
@@ -91,8 +93,15 @@ def _listed(d: Dispatcher, run: ChatRun, action: Action, claimed: list[Delivery]
             d._store.mark_skipped(item.article_id, run.key, NO_LONGER_SELECTED, owner=d._owner)
             run.report.skipped += 1
         elif run.key not in d.destinations.keys_for(article.topics):
-            d._store.mark_orphaned(item.article_id, run.key, d._owner)
-            run.report.orphaned += 1
+            unknown = d.destinations.unresolved_for(article.topics)
+            if unknown:  # it may be this chat: it waits, as a post's pair would
+                d._store.mark_retry(item.article_id, run.key,
+                                    f"{', '.join(unknown)} not resolved yet: it may be this chat",
+                                    d._clock() + UNSURE_WAIT_SECONDS, count_attempt=False,
+                                    owner=d._owner)
+            else:
+                d._store.mark_orphaned(item.article_id, run.key, d._owner)
+                run.report.orphaned += 1
         else:
             articles.append(article)
             continue
