@@ -16,10 +16,11 @@ from standin.server import DEFAULT_TOKEN, BotApiStandin, Recorded
 
 from publisher import digest_send, pipeline
 from publisher.config import Config, load_config
+from publisher.digest_ledger import claim_digest, recent_digests, settle_digest
 from publisher.dispatch import Dispatcher
 from publisher.errors import ConfigError
 from publisher.session import Session
-from publisher.state import open_store
+from publisher.state import NewDelivery, open_store
 from publisher.status import collect_status, render_text
 
 CHAT = "@news"
@@ -293,6 +294,11 @@ def test_a_digest_killed_after_it_left_is_never_sent_again_nor_its_articles(
     assert len(digests) == 2
     assert _digest_lines(digests[1]) == ["1 new article", "• Article number 3 · Example News"]
     assert len(api.sent_to(OPS)) == 1
+    store = open_store(config.state.url)
+    try:
+        assert [d.state for d in recent_digests(store.db)] == ["sent", "uncertain"]
+    finally:
+        store.close()
 
 
 def test_a_digest_that_provably_did_not_leave_goes_in_a_later_push(
@@ -470,3 +476,53 @@ def test_status_says_per_destination_what_waits_for_quiet_hours_and_digests(
     assert waits(document) == {"@digested": "digest: the next one at 2025-01-03 08:00"}
     text = render_text(document)
     assert "Recent digests:\n  2025-01-02T08:00:00+00:00  @digested  2 articles  sent" in text
+
+
+def test_two_instances_claiming_one_digest_window_claim_it_once(state_url: str,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "state").mkdir()
+    first, second = open_store(state_url), open_store(state_url)
+    try:
+        first.add_deliveries([NewDelivery(f"a{i}", "-100", f"T{i}", f"https://x.example/{i}",
+                                          f"2025-01-01T0{i}:00:00+00:00") for i in range(3)])
+        window, items = "2025-01-01T08:00:00+00:00", ["a0", "a1", "a2"]
+        claimed = claim_digest(first.db, "-100", window, items, 1e10, "one", 2e10)
+        assert [item.article_id for item in claimed] == items
+        assert claim_digest(second.db, "-100", window, items, 1e10, "two", 2e10) == []
+        later = "2025-01-02T08:00:00+00:00"  # a later window finds nothing pending either
+        assert claim_digest(second.db, "-100", later, items, 1e10, "two", 2e10) == []
+        assert [d.state for d in recent_digests(first.db)] == ["sending"]
+        assert settle_digest(second.db, "-100", window, "two", "sent", message_id=1) == 0
+        assert settle_digest(first.db, "-100", window, "one", "sent", message_id=7) == 3
+        assert {d.state for d in first.deliveries(["sent"], 10)} == {"sent"}
+        assert [(d.state, d.message_id) for d in recent_digests(second.db)] == [("sent", 7)]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_digest_that_may_have_gone_out_is_uncertain_and_alerted(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="hourly", alert_chat=OPS)
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T09:10:00Z")
+    write_article("2.txt", 2, publishedDateTime="2025-01-01T09:20:00Z")
+    fake.set(at("10:01"))
+    api.inject("drop", method="sendMessage", chat_id=CHAT)
+    outcome = push(config, fake)
+    assert outcome.report.total("uncertain") == 2
+    assert set(states(config).values()) == {"uncertain"}
+    (alert,) = api.sent_to(OPS)
+    assert "2 posts to @news may or may not have gone out" in alert.visible_text
+    fake.set(at("11:01"))
+    push(config, fake)  # a new window: nothing new, no digest; the uncertain are not resent
+    assert api.sent_to(CHAT) == []
+    store = open_store(config.state.url)
+    try:
+        assert [d.state for d in recent_digests(store.db)] == ["uncertain"]
+    finally:
+        store.close()
