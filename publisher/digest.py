@@ -129,11 +129,15 @@ def check_digest_template(settings: PostSettings, prefix: str) -> None:
         html = template.render(items=[sample, sample], count=3, more=1, date="2025-01-01 08:00")
     except jinja2.TemplateError as exc:
         raise ConfigError(f"{key}: {exc}") from None
-    for match in _TAG.finditer(html):
-        if match.group(1).lower() not in ALLOWED_TAGS:
-            line = html.count("\n", 0, match.start()) + 1
-            raise ConfigError(f"{key}: line {line} of its output: unsupported tag "
-                              f"<{match.group(1)}>")
+    source = settings.digest_template or DEFAULT_DIGEST_TEMPLATE
+    if settings.digest_template_file is not None:
+        source = settings.digest_template_file.read_text(encoding="utf-8")
+    for text, where in ((source, ""), (html, " of its output")):
+        for match in _TAG.finditer(text):
+            if match.group(1).lower() not in ALLOWED_TAGS:
+                line = text.count("\n", 0, match.start()) + 1
+                raise ConfigError(f"{key}: line {line}{where}: unsupported tag "
+                                  f"<{match.group(1)}>")
 
 
 def digest_message(window: str, articles: Sequence[Article], settings: PostSettings,

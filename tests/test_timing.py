@@ -412,8 +412,10 @@ def test_an_uncertain_post_alerts_with_its_title_and_a_failing_alert_blocks_noth
      'config key telegram.chats."@news".digest must be'),
     ('digest = "hourly"\ndigest_template = "{% for x in items %}"\n',
      "telegram.digest_template: line 1: "),
-    ('digest = "hourly"\ndigest_template = "<div>{{ count }}</div>"\n',
-     "telegram.digest_template: line 1 of its output: unsupported tag <div>"),
+    ('digest = "hourly"\ndigest_template = "<b>{{ count }}</b>\\n\\n<div>{{ more }}</div>"\n',
+     "telegram.digest_template: line 3: unsupported tag <div>"),
+    ('digest = "hourly"\ndigest_template = "{{ (\'<\' ~ \'p>\') | safe }}"\n',
+     "telegram.digest_template: line 1 of its output: unsupported tag <p>"),
     ('digest = "hourly"\ndigest_template = "{{ nothing }}"\n',
      "telegram.digest_template: 'nothing' is undefined"),
 ])
