@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +531,43 @@ def test_a_digest_that_may_have_gone_out_is_uncertain_and_alerted(
         assert [d.state for d in recent_digests(store.db)] == ["uncertain"]
     finally:
         store.close()
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "publisher", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN})
+
+
+def test_dry_run_push_and_status_say_what_quiet_hours_and_a_digest_hold(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC)  # the commands' clock is the real one: a window around it
+    start, end = (f"{(now + timedelta(hours=h)).strftime('%H:%M')}" for h in (-1, 1))
+    write_article("1.txt", 1)
+    config = make_config(quiet_hours=f"{start}-{end}", quiet_mode="hold")
+    dry = run_cli("push", "--dry-run", "-c", str(config.path), cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "Dry run: 0 messages would be sent; nothing was sent." in dry.stdout
+    assert f"Note: @news: quiet hours until {end} (1 post left)." in dry.stdout
+    pushed = run_cli("push", "-c", str(config.path), cwd=tmp_path)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"@news: quiet hours until {end}" in pushed.stdout and api.sent_to(CHAT) == []
+    status = run_cli("status", "-c", str(config.path), cwd=tmp_path)
+    assert f"@news: 1 post due now: quiet hours until {end}" in status.stdout
+
+    config = make_config(digest="hourly")  # due: the article is older than the last hour
+    dry = run_cli("push", "--dry-run", "-c", str(config.path), cwd=tmp_path)
+    assert "sendMessage to @news (digest " in dry.stdout
+    assert ('    | • <a href="https://news.example.com/articles/1">Article number 1</a> · '
+            "Example News") in dry.stdout
+    assert run_cli("push", "-c", str(config.path), cwd=tmp_path).returncode == 0
+    (digest,) = api.sent_to(CHAT)
+    assert digest.visible_text == "1 new article\n• Article number 1 · Example News"
+    status = run_cli("status", "-c", str(config.path), cwd=tmp_path)
+    assert "Recent digests:" in status.stdout and "@news  1 article  sent" in status.stdout
+    assert "digest hourly" in status.stdout
