@@ -531,9 +531,10 @@ class Sender(Protocol):
     async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo: ...
 
     async def send_photo(
-        self, chat_id: str, photo_url: str, caption_html: str,
-        buttons: Sequence[Sequence[Button]], *, silent: bool = False,
-    ) -> int: ...
+        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
+        *, silent: bool = False,
+    ) -> int:
+        """``silent``: without a notification (``disable_notification``)."""
 
     async def send_text(
         self,
@@ -544,7 +545,8 @@ class Sender(Protocol):
         buttons: Sequence[Sequence[Button]],
         preview_url: str | None,
         silent: bool = False,
-    ) -> int: ...
+    ) -> int:
+        """``preview_url``: the link to preview; empty or None, no preview."""
 
 
 class TelegramSender:
@@ -630,8 +632,8 @@ class TelegramSender:
                                        f"{_ptb_problem(exc)}")) from exc
 
     async def send_photo(
-        self, chat_id: str, photo_url: str, caption_html: str,
-        buttons: Sequence[Sequence[Button]], *, silent: bool = False,
+        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
+        *, silent: bool = False,
     ) -> int:
         return await self._posted(
             self._bot.send_photo(

@@ -167,7 +167,6 @@ class Prepared:
     article: Article
     message: Message
     target: str  # the chat id to post to (where the chat migrated, if it did)
-    silent: bool = False  # disable_notification (settings.silent, or quiet hours)
 
 
 @dataclass(frozen=True)
@@ -224,12 +223,6 @@ class ChatRun:
     tries: dict[str, Tries] = field(default_factory=dict)
     digest: Action | None = None  # the plan's digest for this chat, sent after the queue
     digest_chat: bool = False  # the destination gets digests, never single posts
-
-
-def quiet(silent: bool) -> dict[str, bool]:
-    """The sender's ``silent`` keyword, passed only when set: senders that never send
-    silently (test doubles among them) need not know it."""
-    return {"silent": True} if silent else {}
 
 
 def instance_name() -> str:
@@ -516,10 +509,10 @@ class Dispatcher:
                     item.article_id, item.chat_id, prepared.reason, now + UNSURE_WAIT_SECONDS,
                     count_attempt=False, owner=self._owner))
             return True
-        silent = isinstance(entry, Action) and entry.silent
+        if isinstance(entry, Action) and entry.silent:  # quiet hours, "silent" mode
+            prepared = replace(prepared, message=replace(prepared.message, silent=True))
         outcome = await self._send_claimed(
-            item, replace(prepared, silent=silent or prepared.silent),
-            run.tries.setdefault(item.article_id, Tries()), run
+            item, prepared, run.tries.setdefault(item.article_id, Tries()), run
         )
         if outcome is Outcome.STOP:
             return False
@@ -542,8 +535,7 @@ class Dispatcher:
                 return Unsure(f"{', '.join(unknown)} not resolved yet: it may be this chat")
             return Orphan()
         message = render_message(article, timezone=self._settings.timezone)
-        silent = self._config.settings_for(self._label(item.chat_id)).silent
-        return Prepared(article, message, item.chat_id, silent)
+        return Prepared(article, message, item.chat_id)
 
     def _oldest_allowed(self) -> datetime | None:
         hours = self._settings.max_age_hours
@@ -585,7 +577,7 @@ class Dispatcher:
         article, message, target = prepared.article, prepared.message, prepared.target
         chat_id, chat_report = item.chat_id, run.report
         try:
-            message_id = await self._post_within_lease(target, message, prepared.silent)
+            message_id = await self._post_within_lease(target, message)
         except RateLimited as exc:
             chat_report.rate_limited += 1
             outcome = await self._wait_rate_limit(article.id, chat_id, exc, tries)
@@ -659,46 +651,44 @@ class Dispatcher:
         self.destinations = self.destinations.moved(item.chat_id, exc.new_chat_id)
         run.key = exc.new_chat_id
 
-    async def _post_within_lease(self, chat_id: str, message: Message,
-                                 silent: bool = False) -> int:
+    async def _post_within_lease(self, chat_id: str, message: Message) -> int:
         """The post, bounded so that it settles before the claim's lease runs out (or is
         recorded as ambiguous): no other instance takes over a send that is still running."""
         try:
-            return await asyncio.wait_for(self._post(chat_id, message, silent),
-                                          self._send_deadline)
+            return await asyncio.wait_for(self._post(chat_id, message), self._send_deadline)
         except TimeoutError:
             raise Ambiguous(
                 f"no answer within {self._send_deadline:g} s (the claim's lease)"
             ) from None
 
-    async def _post(self, chat_id: str, message: Message, silent: bool = False) -> int:
+    async def _post(self, chat_id: str, message: Message) -> int:
         if message.photo_url:
             try:
                 return await self._sender.send_photo(
-                    chat_id, message.photo_url, message.html, message.buttons, **quiet(silent)
+                    chat_id, message.photo_url, message.html, message.buttons,
+                    **_silent(message),
                 )
             except PhotoRejected as exc:
                 event(log, logging.WARNING, "photo_refused", chat=self._label(chat_id),
                       article=message.article_id, reason=exc.reason, photo=message.photo_url)
             except EntitiesRejected as exc:
-                return await self._post_plain(chat_id, message, exc, silent)
+                return await self._post_plain(chat_id, message, exc)
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,
-                preview_url=message.preview_url, **quiet(silent),
+                preview_url=message.preview_url, **_silent(message),
             )
         except EntitiesRejected as exc:
-            return await self._post_plain(chat_id, message, exc, silent)
+            return await self._post_plain(chat_id, message, exc)
 
-    async def _post_plain(self, chat_id: str, message: Message, exc: EntitiesRejected,
-                          silent: bool = False) -> int:
+    async def _post_plain(self, chat_id: str, message: Message, exc: EntitiesRejected) -> int:
         """The plain-text fallback; refused too, the message has failed, for both reasons."""
         event(log, logging.ERROR, "bug_html_refused", chat=self._label(chat_id),
               article=message.article_id, reason=exc.reason)
         try:
             return await self._sender.send_text(
                 chat_id, message.plain, html=False, buttons=message.buttons,
-                preview_url=message.preview_url, **quiet(silent),
+                preview_url=message.preview_url, **_silent(message),
             )
         except (Rejected, EntitiesRejected, PhotoRejected) as plain:
             raise Rejected(
@@ -745,3 +735,9 @@ class Dispatcher:
             return Outcome.STOP
         await self._pause(delay)
         return Outcome.RETRY
+
+
+def _silent(message: Message) -> dict[str, bool]:
+    """``silent=True`` for a silent post; nothing otherwise, so that a ``Sender`` without
+    the option (a test's) still serves the others."""
+    return {"silent": True} if message.silent else {}

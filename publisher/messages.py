@@ -79,7 +79,8 @@ class Message:
     text_html: str
     plain: str
     buttons: tuple[tuple[Button, ...], ...]
-    preview_url: str
+    preview_url: str  # "" for no link preview (text messages)
+    silent: bool = False  # disable_notification
 
 
 @dataclass(frozen=True, slots=True)
