@@ -36,7 +36,7 @@ PACING_HELD = "pacing: the next free slot is more than telegram.max_wait_seconds
 
 class ActionKind(enum.Enum):
     POST = "post"
-    DIGEST = "digest"  # one message listing ``items`` (``digests.py``)
+    DIGEST = "digest"  # one message listing ``items`` (``digest_send.py``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,8 +320,9 @@ def _plan_digest_chat(candidates: Sequence[_Candidate], target: Target, config: 
     items: list[_Candidate] = []
     for index, candidate in enumerate(candidates):
         article = candidate.article if candidate.new else lookup(candidate.article_id)
-        reason = _why_not_posted(article, target.chat_id, config, destinations, now,
-                                 aging=False)
+        # As of its publication: waiting for its digest does not age an article.
+        reason = _why_not_posted(article, target.chat_id, config, destinations,
+                                 article.published_at if article else now)
         if not reason:
             items.append(candidate)
             continue
@@ -346,12 +347,12 @@ def _plan_digest_chat(candidates: Sequence[_Candidate], target: Target, config: 
 
 
 def _why_not_posted(article: Article | None, chat_id: str, config: Config,
-                    destinations: Destinations, now: datetime, *, aging: bool = True) -> str:
+                    destinations: Destinations, now: datetime) -> str:
     """The push's checks before a send (``Dispatcher._prepare``): "" when it posts."""
     hours = config.telegram.max_age_hours
     if article is None:
         return NO_LONGER_SELECTED
-    if aging and hours and article.published_at < now - timedelta(hours=hours):
+    if hours and article.published_at < now - timedelta(hours=hours):
         return f"older than telegram.max_age_hours ({hours:g} h)"
     if chat_id not in destinations.keys_for(article.topics):
         unknown = destinations.unresolved_for(article.topics)
