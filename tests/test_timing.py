@@ -321,6 +321,30 @@ def test_a_digest_that_provably_did_not_leave_goes_in_a_later_push(
     assert set(states(config).values()) == {"sent"}
 
 
+def test_a_rate_limited_digest_waits_it_out_and_an_unpublished_article_leaves_it(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="hourly")
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T09:10:00Z")
+    write_article("2.txt", 2, publishedDateTime="2025-01-01T09:20:00Z")
+    fake.set(at("09:30"))
+    push(config, fake)  # planned: both wait for 10:00
+    write_article("2.txt", 2, publishedDateTime="2025-01-01T09:20:00Z", published=False)
+    fake.set(at("10:01"))
+    api.inject("429", method="sendMessage", retry_after=30)
+    limited = push(config, fake)
+    assert api.sent_to(CHAT) == [] and limited.report.held[CHAT].startswith("rate limited")
+    assert limited.report.total("skipped") == 1
+    assert states(config) == {"Article number 1": "pending", "Article number 2": "skipped"}
+    fake.now += 10  # not over yet: nothing is due
+    assert push(config, fake).report.total("sent") == 0 and api.sent_to(CHAT) == []
+    fake.now += 30
+    assert push(config, fake).report.total("sent") == 1
+    (digest,) = api.sent_to(CHAT)
+    assert _digest_lines(digest) == ["1 new article", "• Article number 1 · Example News"]
+
+
 def test_a_destination_with_nothing_new_gets_no_digest_and_quiet_hours_hold_it(
     make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
     fake: FakeClock,
