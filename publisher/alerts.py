@@ -29,6 +29,7 @@ ALERT_INTERVAL_SECONDS = 3600.0
 MAX_ALERT_CHARS = 600
 MAX_TITLE_CHARS = 120
 ALERT_TIMEOUT_SECONDS = 10.0
+STOPPING_ALERT_TIMEOUT_SECONDS = 1.0  # within a stop's deadline (stopping.py)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,10 @@ class Alerter:
     """Sends alerts through a started ``Sender``; ``send`` never raises."""
 
     def __init__(self, db: Database, send_text: Callable[..., Awaitable[int]], config: Config,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 timeout: float = ALERT_TIMEOUT_SECONDS) -> None:
+        """``timeout``: the most one alert may take (a stopping push has little time)."""
+        self._timeout = timeout
         self._db = db
         self._send_text = send_text
         self._config = config
@@ -106,7 +110,7 @@ class Alerter:
         text = self._redact(alert.text)
         if len(text) > MAX_ALERT_CHARS:
             text = text[: MAX_ALERT_CHARS - 1] + "…"
-        timeout = min(self._config.telegram.timeout_seconds, ALERT_TIMEOUT_SECONDS)
+        timeout = min(self._config.telegram.timeout_seconds, self._timeout)
         result = self._send_text(chat, text, html=False, buttons=(), preview_url=None)
         await asyncio.wait_for(result, timeout)
         event(log, logging.INFO, "alert_sent", cause=alert.cause)

@@ -334,8 +334,10 @@ class Dispatcher:
     async def _send_alerts(self) -> None:
         """This push's alerts, after its deliveries (``alerts.Alerter`` never raises)."""
         if self.alerts and self._settings.alert_chat:
+            timeout = alerts.STOPPING_ALERT_TIMEOUT_SECONDS if self.stop_requested \
+                else alerts.ALERT_TIMEOUT_SECONDS
             await alerts.Alerter(self._store.db, self._sender.send_text, self._config,
-                                 self._clock).send(self.alerts)
+                                 self._clock, timeout=timeout).send(self.alerts)
 
     def _recover(self, destinations: Destinations, report: PushReport) -> None:
         """Sends a dead process left in flight: uncertain (counted as this push's), or
