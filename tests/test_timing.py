@@ -595,3 +595,18 @@ def test_dry_run_push_and_status_say_what_quiet_hours_and_a_digest_hold(
     status = run_cli("status", "-c", str(config.path), cwd=tmp_path)
     assert "Recent digests:" in status.stdout and "@news  1 article  sent" in status.stdout
     assert "digest hourly" in status.stdout
+
+
+def test_check_telegram_asks_about_the_alert_chat_too(
+    make_config: ConfigMaker, api: BotApiStandin, tmp_path: Path,
+) -> None:
+    config = make_config(alert_chat=OPS)
+    fine = run_cli("check", "--telegram", "-c", str(config.path), cwd=tmp_path)
+    assert fine.returncode == 0, fine.stderr
+    lines = fine.stdout.splitlines()
+    assert lines[2].startswith(f'ok    {OPS} (telegram.alert_chat): channel "opsdesk"')
+    assert "The bot can post to 1 destination and the alert chat." in fine.stderr + fine.stdout
+    api.unknown_chat(OPS)
+    refused = run_cli("check", "--telegram", "-c", str(config.path), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert f"FAIL  {OPS} (telegram.alert_chat): Chat not found" in refused.stdout
