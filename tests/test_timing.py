@@ -489,6 +489,9 @@ def test_status_says_per_destination_what_waits_for_quiet_hours_and_digests(
     text = render_text(document)
     assert "  @news: 2 posts due now: quiet hours until 07:00" in text
     assert "quiet 23:00-07:00 (hold), digest daily 08:00" in text
+    by_name = {d["destination"]: d for d in document["destinations"]}
+    assert by_name["@digested"]["digest"] == "daily 08:00"
+    assert by_name[CHAT]["quiet_hours"] == "23:00-07:00" and "digest" not in by_name[CHAT]
 
     fake.set(at("07:30", 2))
     push(config, fake)  # @news gets its posts; @digested waits for its digest
