@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 _CLOCK = r"([01]?\d|2[0-3]):([0-5]\d)"
 _QUIET = re.compile(rf"^\s*{_CLOCK}\s*-\s*{_CLOCK}\s*$")
 _DAILY = re.compile(rf"^\s*daily\s+{_CLOCK}\s*$", re.IGNORECASE)
-# How far back the latest fire time of a cron line is looked for: a year holds every line.
+# How far back the latest fire time of a cron line is looked for, nearest first (a few
+# fire times to walk through each): four years hold every line, 29 February's too.
 _LOOKBACKS = (timedelta(hours=1), timedelta(days=1), timedelta(days=8), timedelta(days=32),
               timedelta(days=367), timedelta(days=366 * 4 + 1))
 
@@ -40,14 +41,6 @@ class QuietHours:
         if self.start <= self.end:
             return self.start <= local < self.end
         return local >= self.start or local < self.end
-
-    def ends_after(self, moment: datetime, zone: tzinfo) -> datetime:
-        """When the window ``moment`` is in ends (aware, in ``zone``)."""
-        local = moment.astimezone(zone)
-        end = datetime.combine(local.date(), self.end, tzinfo=zone)
-        if end <= local:
-            end = datetime.combine(local.date() + timedelta(days=1), self.end, tzinfo=zone)
-        return end
 
     @property
     def end_label(self) -> str:
@@ -162,7 +155,7 @@ class ChatTiming:
 def timing_at(settings: PostSettings, timezone: str, now: datetime,
               digest_since: datetime | None) -> ChatTiming:
     """The timing of a destination at ``now``. ``digest_since``: its last digest's fire
-    time, else when its oldest waiting article arrived (None: nothing waits yet)."""
+    time, else the publication of its oldest waiting article (None: nothing waits yet)."""
     zone = ZoneInfo(timezone)
     hold, silent = "", False
     quiet = parse_quiet_hours(settings.quiet_hours, "quiet_hours")
