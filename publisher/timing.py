@@ -111,7 +111,7 @@ def parse_digest(value: str, timezone: str, key: str) -> DigestSchedule | None:
     elif spec.lower() == "hourly":
         crontab = "0 * * * *"
     else:
-        crontab = spec
+        crontab = with_standard_weekdays(spec)
     from apscheduler.triggers.cron import CronTrigger  # a slow import: only when used
 
     try:
@@ -120,6 +120,44 @@ def parse_digest(value: str, timezone: str, key: str) -> DigestSchedule | None:
         raise ConfigError(f'config key {key} must be "daily HH:MM", "hourly" or a cron line '
                           f'like "0 8 * * *", not {value!r}: {exc}') from None
     return DigestSchedule(spec, crontab, timezone)
+
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def with_standard_weekdays(crontab: str) -> str:
+    """``crontab`` with its day-of-week numbers as cron means them (0 or 7 Sunday, 1
+    Monday), spelled as names: APScheduler's ``from_crontab`` reads 0 as Monday, which
+    would send a "1-5" (Monday to Friday) digest from Tuesday to Saturday. A field it
+    cannot read is left for APScheduler to refuse."""
+    fields = crontab.split()
+    if len(fields) != 5:
+        return crontab
+    try:
+        fields[4] = _weekday_names(fields[4])
+    except (ValueError, IndexError):
+        return crontab
+    return " ".join(fields)
+
+
+def _weekday_names(field: str) -> str:
+    names: list[str] = []
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        if re.search("[A-Za-z?]", part) or (base == "*" and not step):
+            names.append(part)  # names and "*" mean the same to both
+            continue
+        if base == "*":
+            first, last = 0, 6
+        elif "-" in base:
+            first, last = (int(bound) for bound in base.split("-", 1))
+        else:
+            first = int(base)
+            last = 6 if step else first
+        if not 0 <= first <= last <= 7:
+            raise ValueError(part)
+        names += [_DAY_NAMES[day] for day in range(first, last + 1, int(step or 1))]
+    return ",".join(dict.fromkeys(names))
 
 
 def local_label(moment: datetime, zone: tzinfo, now: datetime) -> str:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import ArticleWriter
@@ -23,8 +24,15 @@ from publisher.digest_ledger import claim_digest, recent_digests, settle_digest
 from publisher.dispatch import Dispatcher
 from publisher.errors import ConfigError
 from publisher.session import Session
+from publisher.settings import PostSettings
 from publisher.state import NewDelivery, open_store
 from publisher.status import collect_status, render_text
+from publisher.timing import (
+    parse_digest,
+    parse_quiet_hours,
+    timing_at,
+    with_standard_weekdays,
+)
 
 CHAT = "@news"
 OPS = "@opsdesk"
@@ -613,3 +621,71 @@ def test_check_telegram_asks_about_the_alert_chat_too(
     refused = run_cli("check", "--telegram", "-c", str(config.path), cwd=tmp_path)
     assert refused.returncode == 1
     assert f"FAIL  {OPS} (telegram.alert_chat): Chat not found" in refused.stdout
+
+
+# -- the rules, by themselves --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("window", "local", "inside"), [
+    ("23:00-07:00", "23:00", True), ("23:00-07:00", "03:00", True),
+    ("23:00-07:00", "07:00", False), ("23:00-07:00", "22:59", False),
+    ("09:00-17:30", "12:00", True), ("09:00-17:30", "17:30", False),
+    ("09:00-17:30", "08:59", False), ("0:00-6:00", "05:59", True),
+])
+def test_quiet_hours_windows_wrap_past_midnight_and_end_exclusive(
+    window: str, local: str, inside: bool
+) -> None:
+    quiet = parse_quiet_hours(window, "k")
+    assert quiet is not None
+    zone = ZoneInfo("Asia/Tokyo")
+    moment = datetime.fromisoformat(f"2025-06-01T{local.zfill(5)}:00").replace(tzinfo=zone)
+    assert quiet.contains(moment.astimezone(UTC), zone) is inside
+
+
+@pytest.mark.parametrize(("spec", "now", "latest", "following"), [
+    ("daily 08:00", "2025-03-30T09:00:00+02:00", "2025-03-30T08:00:00+02:00",
+     "2025-03-31T08:00:00+02:00"),  # the day summer time began in Berlin
+    ("hourly", "2025-01-01T10:00:00+01:00", "2025-01-01T10:00:00+01:00",
+     "2025-01-01T11:00:00+01:00"),
+    ("0 8 * * 1", "2025-01-05T12:00:00+01:00", "2024-12-30T08:00:00+01:00",
+     "2025-01-06T08:00:00+01:00"),  # Mondays: a Sunday looks a week back
+    ("0 0 29 2 *", "2025-01-01T00:00:00+01:00", "2024-02-29T00:00:00+01:00",
+     "2028-02-29T00:00:00+01:00"),
+])
+def test_digest_schedules_find_their_latest_and_next_fire_times(
+    spec: str, now: str, latest: str, following: str
+) -> None:
+    schedule = parse_digest(spec, "Europe/Berlin", "k")
+    assert schedule is not None
+    moment = datetime.fromisoformat(now)
+    assert schedule.latest_at(moment) == datetime.fromisoformat(latest)
+    assert schedule.next_after(moment) == datetime.fromisoformat(following)
+
+
+def test_a_digest_is_due_once_its_window_passed_what_waits() -> None:
+    settings = PostSettings(digest="daily 08:00")
+    morning = datetime(2025, 1, 2, 8, 30, tzinfo=UTC)
+    due = timing_at(settings, "UTC", morning, datetime(2025, 1, 1, 20, 0, tzinfo=UTC))
+    assert due.window == datetime(2025, 1, 2, 8, 0, tzinfo=UTC)
+    done = timing_at(settings, "UTC", morning, due.window)  # that digest went out
+    assert done.window is None and done.waiting == "digest: the next one at 2025-01-03 08:00"
+    assert timing_at(settings, "UTC", morning, None).window is None  # nothing waits
+
+
+@pytest.mark.parametrize(("crontab", "days"), [
+    ("0 8 * * 1-5", "mon,tue,wed,thu,fri"), ("0 8 * * 0", "sun"), ("0 8 * * 7", "sun"),
+    ("0 8 * * 6,0", "sat,sun"), ("0 8 * * */2", "sun,tue,thu,sat"), ("0 8 * * *", "*"),
+    ("0 8 * * mon-fri", "mon-fri"),
+])
+def test_digest_cron_lines_count_weekdays_as_cron_does(crontab: str, days: str) -> None:
+    assert with_standard_weekdays(crontab).split()[4] == days
+    schedule = parse_digest(crontab, "UTC", "k")
+    assert schedule is not None
+    sunday = datetime(2025, 1, 5, 12, 0, tzinfo=UTC)
+    fires = {fire.strftime("%a") for n in range(7)
+             if (fire := schedule.next_after(sunday + timedelta(days=n))) is not None}
+    expected = {"mon,tue,wed,thu,fri": {"Mon", "Tue", "Wed", "Thu", "Fri"}, "sun": {"Sun"},
+                "sat,sun": {"Sat", "Sun"}, "sun,tue,thu,sat": {"Sun", "Tue", "Thu", "Sat"},
+                "*": {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"},
+                "mon-fri": {"Mon", "Tue", "Wed", "Thu", "Fri"}}
+    assert fires == expected[days]
