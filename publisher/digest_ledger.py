@@ -186,8 +186,9 @@ def _rows_in(db: Database, sql: str, values: Sequence[str],
 def recover_digests(db: Database, shared: bool, now: float) -> int:
     """Digests a dead process left ``sending``: ``uncertain`` (their pairs are recovered
     as any interrupted send)."""
-    if not _has_table(db):
-        return 0
+    if not _has_table(db) or db.execute(
+            "SELECT 1 FROM digests WHERE state='sending' LIMIT 1").fetchone() is None:
+        return 0  # the common case, without a write transaction
     stale = "state='sending'" + (" AND lease_until < ?" if shared else "")
     with db.transaction():
         return db.execute(
