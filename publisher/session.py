@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -219,6 +220,8 @@ class Session:
             if article is None:  # removed by another process since the plan was read
                 continue
             message = render_message(article, timezone=self.config.telegram.timezone)
+            if action.silent:  # quiet hours, "silent" mode
+                message = dataclasses.replace(message, silent=True)
             result.items.append(DryRunItem(action.target.label, message))
         result.notes += [f"{held.target.label}: {held.reason} ({plural(held.count, 'post')} "
                          "left)" for held in plan.held]
@@ -231,9 +234,10 @@ class Session:
 
         found = (plan.articles.get(item) or self.catalog.selected_article(item)
                  for item in action.items)
-        return digest_message(action.article_id, [a for a in found if a is not None],
-                              self.config.settings_for(action.target.label),
-                              self.config.telegram.timezone)
+        settings = self.config.settings_for(action.target.label)
+        message = digest_message(action.article_id, [a for a in found if a is not None],
+                                 settings, self.config.telegram.timezone)
+        return dataclasses.replace(message, silent=action.silent or settings.silent)
 
 
 def _pacing(config: Config) -> Pacing:

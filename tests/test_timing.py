@@ -165,6 +165,7 @@ def test_quiet_hours_in_silent_mode_send_without_notification_only_in_the_window
     config = make_config(quiet_hours="23:00-07:00", timezone="Europe/Berlin")
     write_article("1.txt", 1, publishedDateTime="2025-01-01T22:00:00Z")
     fake.set(at("22:30"))
+    assert [item.message.silent for item in dry_run(config, fake).items] == [True]
     assert push(config, fake).report.total("sent") == 1
     write_article("2.txt", 2, publishedDateTime="2025-01-02T06:30:00Z")
     fake.set(at("06:30", 2))  # 07:30 in Berlin: the window is over
