@@ -5,9 +5,11 @@ new or changed since they were last planned (every selected one after a routing 
 the ledger's pending pairs, the destinations and the pacing state; its answer, a ``Plan``,
 is what ``publisher push`` executes and what ``publisher push --dry-run`` prints.
 
-An action is (kind, article, destination). Today the only kind is ``POST``; editing a post,
-deleting one, a digest or a direct message to a follower will be further kinds, and a
-``Target`` will grow a forum topic and settings of its own, without another plan.
+An action is (kind, article, destination): a ``POST``, or a ``DIGEST`` that lists many
+articles in one message (its ``items``; ``digest_send``). The destination's timing decides
+too (``timing.timing_at``): quiet hours hold its posts ("hold") or send them silently, and
+a digest destination gets one digest per window of its schedule. Editing a post, deleting
+one or a direct message to a follower will be further kinds, without another plan.
 """
 
 from __future__ import annotations
