@@ -690,3 +690,27 @@ def test_digest_cron_lines_count_weekdays_as_cron_does(crontab: str, days: str) 
                 "*": {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"},
                 "mon-fri": {"Mon", "Tue", "Wed", "Thu", "Fri"}}
     assert fires == expected[days]
+
+
+def test_a_state_made_before_the_digest_tables_gets_them_when_first_needed(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="hourly", alert_chat=OPS)
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T09:10:00Z")
+    store = open_store(config.state.url)  # the current schema version, as an older build
+    try:  # of it made it: without the tables of this feature
+        with store.db.transaction():
+            store.db.execute("DROP TABLE digests")
+            store.db.execute("DROP TABLE alerts")
+    finally:
+        store.close()
+    assert status_at(config, fake)["digests"] == []  # read-only: nothing to create
+    fake.set(at("10:01"))
+    api.forbid_chat(CHAT)
+    push(config, fake)
+    assert len(api.sent_to(OPS)) == 1  # the alerts table, made for the alert
+    api.allow_chat(CHAT)
+    fake.set(at("10:05"))
+    push(config, fake)
+    assert first_lines(api.sent_to(CHAT)) == ["1 new article"]
