@@ -60,7 +60,7 @@ def ensure_timing_tables(db: Database) -> None:
     are new tables, no migration of anything there)."""
     if db in _ENSURED:
         return
-    if not _has_table(db, "digests") or not _has_table(db, "alerts"):
+    if not has_table(db, "digests") or not has_table(db, "alerts"):
         with db.transaction():
             db.lock_in_transaction("schema")
             for statement in timing_schema(db.dialect):
@@ -79,7 +79,7 @@ class DigestRecord:
     updated_at: str
 
 
-def _has_table(db: Database, name: str = "digests") -> bool:
+def has_table(db: Database, name: str = "digests") -> bool:
     if db.dialect == "sqlite":
         return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
                           (name,)).fetchone() is not None
@@ -88,7 +88,7 @@ def _has_table(db: Database, name: str = "digests") -> bool:
 
 def digest_since(db: Database, chat_id: str) -> datetime | None:
     """The window of the chat's last digest (sent, or maybe sent), None without one."""
-    if not _has_table(db):  # a read-only state of an older version
+    if not has_table(db):  # a read-only state of an older version
         return None
     row = db.execute("SELECT max(fire_at) FROM digests WHERE chat_id=?", (chat_id,)).fetchone()
     return datetime.fromisoformat(row[0]) if row and row[0] else None
@@ -186,7 +186,7 @@ def _rows_in(db: Database, sql: str, values: Sequence[str],
 def recover_digests(db: Database, shared: bool, now: float) -> int:
     """Digests a dead process left ``sending``: ``uncertain`` (their pairs are recovered
     as any interrupted send)."""
-    if not _has_table(db) or db.execute(
+    if not has_table(db) or db.execute(
             "SELECT 1 FROM digests WHERE state='sending' LIMIT 1").fetchone() is None:
         return 0  # the common case, without a write transaction
     stale = "state='sending'" + (" AND lease_until < ?" if shared else "")
@@ -201,7 +201,7 @@ def recover_digests(db: Database, shared: bool, now: float) -> int:
 
 def recent_digests(db: Database, limit: int = 20) -> list[DigestRecord]:
     """The latest digests, newest first (for ``publisher status``)."""
-    if not _has_table(db):
+    if not has_table(db):
         return []
     rows = db.execute(
         "SELECT chat_id, fire_at, state, items, message_id, reason, updated_at FROM digests "

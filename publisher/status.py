@@ -87,6 +87,7 @@ def collect_status(store: SQLStore, config: Config, config_path: Path | None,
             {**item, **timing.describe_timing(config.settings_for(item["destination"]))}
             for item in _destinations(destinations, counts)],
         "digests": timing.digests_document(store.db, destinations.label),
+        "alerts": timing.alerts_document(store.db),
         "recent": [_post(d, destinations) for d in store.recent(SENT, RECENT_POSTS)],
         "waiting": _waiting(store, destinations, last_push.summary if last_push else {}, now,
                             config),
@@ -239,6 +240,9 @@ def render_text(document: dict[str, Any]) -> str:
         lines += [f"  {d['window']}  {d['destination']}  {plural(d['articles'], 'article')}  "
                   f"{d['state']}" + (f": {d['reason']}" if d["reason"] else "")
                   for d in document["digests"]]
+    if document.get("alerts"):
+        lines += ["", "Recent alerts (telegram.alert_chat, at most one per cause an hour):"]
+        lines += [f"  {a['at']}  {a['cause']}" for a in document["alerts"]]
     if document["orphaned"]:
         lines += ["", "Orphaned (never sent unless their destination is configured for them "
                       "again):"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from publisher.config import Config
 from publisher.db import Database
-from publisher.digest_ledger import recent_digests, waiting_since
+from publisher.digest_ledger import has_table, recent_digests, waiting_since
 from publisher.settings import PostSettings
 from publisher.timing import timing_at
 
@@ -62,3 +62,12 @@ def digests_document(db: Database, label_of: Any) -> list[dict[str, Any]]:
              "window": record.fire_at, "state": record.state, "articles": len(record.items),
              "message_id": record.message_id, "reason": record.reason}
             for record in recent_digests(db, 10)]
+
+
+def alerts_document(db: Database) -> list[dict[str, Any]]:
+    """When each alert cause was last sent to ``telegram.alert_chat``, newest first."""
+    if not has_table(db, "alerts"):
+        return []
+    rows = db.execute("SELECT cause, sent_at FROM alerts ORDER BY sent_at DESC, cause LIMIT 20")
+    return [{"cause": cause, "at": datetime.fromtimestamp(float(at), UTC).isoformat(
+        timespec="seconds")} for cause, at in rows]

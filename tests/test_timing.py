@@ -410,6 +410,10 @@ def test_a_stopped_destination_alerts_once_per_hour_without_the_token(
     fake.set(at("11:01"))
     push(config, fake)
     assert len(api.sent_to(OPS)) == 2
+    document = status_at(config, fake)
+    assert [alert["at"] for alert in document["alerts"]] == ["2025-01-01T11:01:00+00:00"]
+    assert document["alerts"][0]["cause"].startswith("stopped:")
+    assert "Recent alerts (telegram.alert_chat" in render_text(document)
 
 
 def test_an_uncertain_post_alerts_with_its_title_and_a_failing_alert_blocks_nothing(
