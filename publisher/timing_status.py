@@ -71,3 +71,17 @@ def alerts_document(db: Database) -> list[dict[str, Any]]:
     rows = db.execute("SELECT cause, sent_at FROM alerts ORDER BY sent_at DESC, cause LIMIT 20")
     return [{"cause": cause, "at": datetime.fromtimestamp(float(at), UTC).isoformat(
         timespec="seconds")} for cause, at in rows]
+
+
+def preview_note(config: Config, label: str) -> str:
+    """What ``publisher preview`` adds under a destination's message about its timing."""
+    settings = config.settings_for(label)
+    notes = []
+    if settings.digest:
+        notes.append(f"\n  goes in the destination's digest ({settings.digest}), not as this "
+                     "post")
+    if settings.quiet_hours:
+        what = "held until they end" if settings.quiet_mode == "hold" else "sent silently"
+        notes.append(f"\n  in quiet hours ({settings.quiet_hours}, {config.telegram.timezone}):"
+                     f" {what}")
+    return "".join(notes)

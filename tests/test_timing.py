@@ -718,3 +718,16 @@ def test_a_state_made_before_the_digest_tables_gets_them_when_first_needed(
     fake.set(at("10:05"))
     push(config, fake)
     assert first_lines(api.sent_to(CHAT)) == ["1 new article"]
+
+
+def test_preview_says_a_destination_gets_digests_and_keeps_quiet_hours(
+    make_config: ConfigMaker, write_article: ArticleWriter, tmp_path: Path,
+) -> None:
+    path = write_article("1.txt", 1)
+    config = make_config(digest="daily 08:00", quiet_hours="22:00-06:00", quiet_mode="hold",
+                         timezone="Europe/Berlin")
+    shown = run_cli("preview", "-c", str(config.path), str(path), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "  goes in the destination's digest (daily 08:00), not as this post" in shown.stdout
+    assert ("  in quiet hours (22:00-06:00, Europe/Berlin): held until they end"
+            in shown.stdout)
