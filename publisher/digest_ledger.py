@@ -20,7 +20,7 @@ import json
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from publisher.db import IN_BATCH, Database
@@ -28,6 +28,7 @@ from publisher.state import DELIVERY_COLUMNS, PENDING, SENDING, SENT, Delivery, 
 from publisher.text import as_utc
 
 DIGEST_STATES = (SENDING, SENT, "uncertain", "failed")
+KEEP_DIGESTS = timedelta(days=90)
 
 
 def timing_schema(dialect: str) -> list[str]:
@@ -121,6 +122,11 @@ def claim_digest(db: Database, chat_id: str, fire_at: str, article_ids: Sequence
         ordered = sorted(claimed, key=lambda item: (item.published_at, item.article_id))
         db.execute("UPDATE digests SET items=? WHERE chat_id=? AND fire_at=?",
                    (json.dumps([item.article_id for item in ordered]), chat_id, fire_at))
+        # The ledger's rows say what each article became; the digests are kept a while
+        # for ``publisher status`` (the newest of a chat always: its next window's start).
+        kept_from = (datetime.fromisoformat(fire_at) - KEEP_DIGESTS).isoformat()
+        db.execute("DELETE FROM digests WHERE chat_id=? AND fire_at<? AND state<>'sending'",
+                   (chat_id, kept_from))
     return ordered
 
 

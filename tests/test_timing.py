@@ -544,6 +544,11 @@ def test_two_instances_claiming_one_digest_window_claim_it_once(state_url: str,
         assert settle_digest(first.db, "-100", window, "one", "sent", message_id=7) == 3
         assert {d.state for d in first.deliveries(["sent"], 10)} == {"sent"}
         assert [(d.state, d.message_id) for d in recent_digests(second.db)] == [("sent", 7)]
+        first.add_deliveries([NewDelivery("b", "-100", "B", "https://x.example/b",
+                                          "2025-04-01T00:00:00+00:00")])
+        spring = "2025-04-11T08:00:00+00:00"  # more than 90 days on: the first one goes
+        assert len(claim_digest(first.db, "-100", spring, ["b"], 1e10, "one", 2e10)) == 1
+        assert [d.fire_at for d in recent_digests(first.db)] == [spring]
     finally:
         first.close()
         second.close()
