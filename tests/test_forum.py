@@ -8,6 +8,7 @@ SQLite and PostgreSQL (``state_url``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_the_standin_checks_message_thread_id_and_records_it(botapi: BotApiStand
         FORUM, "hello", message_thread_id=5, disable_notification=True))
     assert sent.message_thread_id == 5 and sent.is_topic_message
     for chat_id, thread in ((FORUM, 6), (CHAT, 5)):  # no such topic; not a forum
-        with pytest.raises(BadRequest, match="(?i)message thread not found"):
+        with pytest.raises(BadRequest, match=r"(?i)message thread not found"):
             with_bot(botapi, lambda bot, c=chat_id, t=thread: bot.send_message(  # type: ignore[misc]
                 c, "hello", message_thread_id=t))
     general = with_bot(botapi, lambda bot: bot.send_message(FORUM, "to the general topic"))
@@ -134,7 +135,7 @@ def test_the_standin_checks_message_thread_id_and_records_it(botapi: BotApiStand
 def test_the_standin_creates_forum_topics_for_an_administrator(botapi: BotApiStandin) -> None:
     botapi.add_chat(CHAT, NEWS_ID)
     botapi.add_forum(FORUM, FORUM_ID)
-    with pytest.raises(BadRequest, match="(?i)not enough rights"):
+    with pytest.raises(BadRequest, match=r"(?i)not enough rights"):
         with_bot(botapi, lambda bot: bot.create_forum_topic(FORUM, "Robotics"))
     botapi.set_member(FORUM, "administrator", can_manage_topics=True)
     topic = with_bot(botapi, lambda bot: bot.create_forum_topic(FORUM, "Robotics"))
@@ -142,7 +143,7 @@ def test_the_standin_creates_forum_topics_for_an_administrator(botapi: BotApiSta
     sent = with_bot(botapi, lambda bot: bot.send_photo(
         FORUM, "https://img.example.com/1.jpg", message_thread_id=topic.message_thread_id))
     assert sent.message_thread_id == topic.message_thread_id
-    with pytest.raises(BadRequest, match="(?i)not a forum"):
+    with pytest.raises(BadRequest, match=r"(?i)not a forum"):
         with_bot(botapi, lambda bot: bot.create_forum_topic(CHAT, "Robotics"))
 
 
@@ -189,7 +190,7 @@ def test_the_topics_of_a_group_share_its_pacing(
     assert outcome.report.ok and outcome.report.total("sent") == 12
     assert outcome.report.total("rate_limited") == 0
     times = sorted(record.at for record in botapi.sent_to(FORUM))
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) > 0.045, gaps  # the configured 60 ms per chat, less some jitter
     store = open_store(config.state.url)
     try:
@@ -210,7 +211,7 @@ def test_a_topic_that_does_not_exist_stops_that_topic_only_and_nothing_goes_twic
     outcome = push(config)
     assert not outcome.report.ok
     error = outcome.report.errors[f"{FORUM}/99"]
-    assert error.startswith(f"cannot post to {FORUM}/99: ") and "thread not found" in error
+    assert error == f"cannot post to {FORUM}/99: Message thread not found"
     assert in_topic(botapi, 10) == ["Article number 1", "Article number 2"]
     assert ledger(config)[f"{FORUM}/99"] == {"pending": 2}  # they wait, nothing is lost
     again = push(config)
@@ -270,6 +271,24 @@ def test_a_dry_run_and_status_name_the_topic(
     status = cli_run(config, "status")
     assert topic in status.output, status.output
     assert in_topic(botapi, 10) == ["Article number 1"]
+
+
+def test_ack_and_resend_name_a_topic_as_configured(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_forum(FORUM, FORUM_ID, topics=[10])
+    write_article("1.txt", 1)
+    config = make_config(chat_id=FORUM, extra=routes(AI=f"{FORUM}/10"))
+    botapi.inject("drop_after_record", times=2)  # both sends may have gone out: uncertain
+    assert push(config).report.total("uncertain") == 2
+    acked = cli_run(config, "ack", "--chat", f"{FORUM}/10", id_of(1))
+    assert acked.exit_code == 0, acked.output
+    assert ledger(config) == {FORUM: {"uncertain": 1}, f"{FORUM}/10": {"sent": 1}}
+    resent = cli_run(config, "resend", "--chat", f"{FORUM_ID}", id_of(1))
+    assert resent.exit_code == 0, resent.output
+    assert ledger(config) == {FORUM: {"pending": 1}, f"{FORUM}/10": {"sent": 1}}
+    unknown = cli_run(config, "ack", "--chat", f"{FORUM}/11", id_of(1))
+    assert unknown.exit_code == 2 and f"no post for the chat {FORUM}/11" in unknown.output
 
 
 # -- per-destination settings ---------------------------------------------------------------
