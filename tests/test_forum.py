@@ -19,7 +19,7 @@ from helpers import ArticleWriter
 from standin.server import DEFAULT_TOKEN, THREAD_NOT_FOUND, BotApiStandin, Recorded
 from telegram import Bot
 from telegram.error import BadRequest
-from test_destinations import cli_run, counts, id_of, make_v5_state
+from test_destinations import cli_run, counts, id_of, make_v5_state, status_json
 from test_push import CHAT, ConfigMaker, ledger, make_config, push, state_url, token
 
 from publisher.config import load_config
@@ -271,6 +271,14 @@ def test_a_dry_run_and_status_name_the_topic(
     status = cli_run(config, "status")
     assert topic in status.output, status.output
     assert in_topic(botapi, 10) == ["Article number 1"]
+    forum = make_config(extra=routes(AI=f"{FORUM}/10"))  # by name: a public forum, linked
+    write_article("2.txt", 2)
+    assert push(forum).report.total("sent") == 2
+    document = status_json(forum)
+    listed = {item["destination"]: item for item in document["destinations"]}
+    assert (listed[f"{FORUM}/10"]["topic"], listed[f"{FORUM}/10"]["link"]) == (
+        10, "https://t.me/forum/10")
+    assert (listed[CHAT]["topic"], listed[CHAT]["link"]) == (None, "https://t.me/news")
 
 
 def test_ack_and_resend_name_a_topic_as_configured(
