@@ -290,7 +290,8 @@ async def resolve_destinations(config: Config, store: Store, sender: Sender) -> 
         unchanged = (names.get(name) == answer.chat.chat_id
                      and known.chat(answer.chat.chat_id) == answer.chat)
         lowered = {source.lower() for source in sources} - {answer.chat.chat_id}
-        if not unchanged or any(key.lower() in lowered for key in ledger_keys):
+        # (a topic kept under the name, "@group/42", moves with its chat)
+        if not unchanged or any(chat_of(key).lower() in lowered for key in ledger_keys):
             rekeyed += store.remember_chat(name, answer.chat, sources)
     # Re-keyed as far as Telegram answered: what is left under a name might be any chat.
     unmatched = unmatched_names(store) if ledger_keys else []

@@ -368,6 +368,25 @@ def test_posts_planned_under_a_topics_name_are_rekeyed_when_it_resolves(
     assert in_topic(botapi, 10) == ["Article number 1"]
 
 
+def test_a_topic_kept_under_its_name_moves_when_its_chat_is_already_known(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_forum(FORUM, FORUM_ID, topics=[10])
+    write_article("1.txt", 1)
+    assert push(make_config(chat_id=FORUM)).report.total("sent") == 1  # @forum resolved
+    config = make_config(chat_id=FORUM, extra=routes(AI=f"{FORUM}/10"))
+    store = open_store(config.state.url)
+    try:  # a pair planned under the topic's name (while its chat was not known)
+        store.add_deliveries([NewDelivery(id_of(1), f"{FORUM}/10", "Article number 1",
+                                          "https://news.example.com/articles/1",
+                                          "2025-01-01T01:01:00+00:00")])
+    finally:
+        store.close()
+    assert push(config).report.total("sent") == 1
+    assert counts(config) == {str(FORUM_ID): {"sent": 1}, f"{FORUM_ID}/10": {"sent": 1}}
+    assert in_topic(botapi, 10) == ["Article number 1"]
+
+
 def test_a_chat_that_migrates_takes_its_topics_with_it(state_url: str, tmp_path: Path) -> None:
     url = state_url if state_url.startswith("postgresql") else f"sqlite:///{tmp_path}/s.db"
     store = open_store(url)
