@@ -176,6 +176,22 @@ def test_two_topics_of_one_group_are_two_destinations_and_two_posts(
     assert counts(by_id)[f"{FORUM_ID}/10"] == {"sent": 3}
 
 
+def test_text_messages_and_the_photo_fallback_go_to_the_topic_too(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_forum(FORUM, FORUM_ID, topics=[10])
+    write_article("1.txt", 1, images=[])
+    write_article("2.txt", 2)
+    botapi.refuse_photo("https://img.example.com/2.jpg")
+    outcome = push(make_config(chat_id=f"{FORUM}/10"))
+    assert outcome.report.ok and outcome.report.total("sent") == 2
+    records = botapi.sent_to(FORUM)
+    assert [(r.method, r.message_thread_id) for r in records] == [
+        ("sendMessage", 10), ("sendMessage", 10)]
+    refused = [entry for entry in botapi.requests if entry.method == "sendPhoto"]
+    assert [int(entry.params["message_thread_id"]) for entry in refused] == [10]
+
+
 def test_the_topics_of_a_group_share_its_pacing(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
 ) -> None:
