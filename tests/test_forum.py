@@ -16,7 +16,13 @@ from typing import TypeVar
 
 import pytest
 from helpers import ArticleWriter
-from standin.server import DEFAULT_TOKEN, THREAD_NOT_FOUND, BotApiStandin, Recorded
+from standin.server import (
+    DEFAULT_TOKEN,
+    THREAD_NOT_FOUND,
+    BotApiStandin,
+    Recorded,
+    StandinProcess,
+)
 from telegram import Bot
 from telegram.error import BadRequest
 from test_destinations import cli_run, counts, id_of, make_v5_state, status_json
@@ -145,6 +151,27 @@ def test_the_standin_creates_forum_topics_for_an_administrator(botapi: BotApiSta
     assert sent.message_thread_id == topic.message_thread_id
     with pytest.raises(BadRequest, match=r"(?i)not a forum"):
         with_bot(botapi, lambda bot: bot.create_forum_topic(CHAT, "Robotics"))
+
+
+def test_the_standin_process_takes_forums_by_control_and_records_threads(
+    botapi_process: StandinProcess,
+) -> None:
+    assert botapi_process.control("add_forum", {"chat": FORUM, "chat_id": FORUM_ID,
+                                                "topics": [3]}) == {"ok": True}
+
+    async def send(bot: Bot) -> None:
+        await bot.send_message(FORUM, "in topic 3", message_thread_id=3)
+        with pytest.raises(BadRequest, match=r"(?i)message thread not found"):
+            await bot.send_message(FORUM, "nowhere", message_thread_id=4)
+
+    async def run() -> None:
+        async with Bot(DEFAULT_TOKEN, base_url=botapi_process.base_url) as bot:
+            await send(bot)
+
+    asyncio.run(run())
+    (record,) = botapi_process.messages()
+    assert (record["chat"]["id"], record["message_thread_id"]) == (FORUM_ID, 3)
+    assert record["disable_notification"] is False
 
 
 # -- posting to topics ------------------------------------------------------------------------
