@@ -269,6 +269,21 @@ def test_a_topic_that_does_not_exist_stops_that_topic_only_and_nothing_goes_twic
     assert push(config).report.total("sent") == 0
 
 
+def test_a_closed_topic_stops_that_topic_until_it_is_reopened(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_forum(FORUM, FORUM_ID, topics=[10, 20])
+    botapi.close_topic(FORUM, 20)
+    write_article("1.txt", 1)
+    config = make_config(chat_id=f"{FORUM}/10", extra=routes(AI=f"{FORUM}/20"))
+    outcome = push(config)
+    assert outcome.report.errors == {f"{FORUM}/20": f"cannot post to {FORUM}/20: Topic_closed"}
+    assert ledger(config) == {f"{FORUM}/10": {"sent": 1}, f"{FORUM}/20": {"pending": 1}}
+    botapi.set_member(FORUM, "administrator", can_manage_topics=True)  # an admin may post
+    assert push(config).report.total("sent") == 1
+    assert in_topic(botapi, 20) == ["Article number 1"] and len(botapi.messages) == 2
+
+
 def test_a_topic_of_a_chat_that_is_no_forum_is_refused_before_anything_is_sent(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
 ) -> None:

@@ -66,6 +66,7 @@ NOT_MEMBER = "Forbidden: bot is not a member of the channel chat"
 CHAT_NOT_FOUND = "Bad Request: chat not found"
 CHAT_MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
 THREAD_NOT_FOUND = "Bad Request: message thread not found"
+TOPIC_CLOSED = "Bad Request: TOPIC_CLOSED"
 TOPIC_RIGHTS = "Bad Request: not enough rights to create a topic"
 TOPIC_ICON_COLORS = (7322096, 16766590, 13338331, 9367192, 16749490, 16478047)
 MARKUP_UNPARSABLE = "Bad Request: can't parse reply keyboard markup JSON object"
@@ -1019,6 +1020,7 @@ class BotApiStandin:
         self._next_message_id: dict[int, int] = collections.defaultdict(lambda: 1)
         self._members: dict[int, tuple[str, dict[str, bool]]] = {}  # chat id -> the bot's
         self._forums: dict[int, dict[int, str]] = {}  # forum chat id -> its topics' names
+        self._closed: set[tuple[int, int]] = set()  # (forum chat id, thread)
         self._down = False
         self._status_all: int | None = None
         self.limiter.reset()
@@ -1161,6 +1163,15 @@ class BotApiStandin:
     def delete_topic(self, chat: int | str, thread: int) -> None:
         with self._lock:
             self._forums[self._resolve_chat(chat, sending=False)["id"]].pop(thread)
+
+    def close_topic(self, chat: int | str, thread: int, closed: bool = True) -> None:
+        """A closed topic takes messages only from administrators who may manage topics."""
+        with self._lock:
+            key = (self._resolve_chat(chat, sending=False)["id"], thread)
+            if closed:
+                self._closed.add(key)
+            else:
+                self._closed.discard(key)
 
     def refuse_photo(
         self, url_or_predicate: str | Callable[[str], bool], reason: str = PHOTO_WRONG_ID
@@ -1317,6 +1328,13 @@ class BotApiStandin:
         reply threads are not modelled: none exists)."""
         if thread is not None and thread not in self._forums.get(chat["id"], {}):
             raise ApiError(400, THREAD_NOT_FOUND)
+        if (chat["id"], thread) in self._closed and not self._manages_topics(chat):
+            raise ApiError(400, TOPIC_CLOSED)
+
+    def _manages_topics(self, chat: Json) -> bool:
+        member = self._chat_member(chat, self._bot_user()["id"])
+        return member["status"] == "creator" or (
+            member["status"] == "administrator" and member.get("can_manage_topics") is True)
 
     def _create_topic(self, chat: Json, params: Json) -> Json:
         """createForumTopic: a forum only, by an administrator that may manage topics."""
@@ -1328,10 +1346,7 @@ class BotApiStandin:
         color = params.get("icon_color", TOPIC_ICON_COLORS[0])
         if color not in TOPIC_ICON_COLORS:
             raise bad_request("TOPIC_ICON_COLOR_INVALID")
-        member = self._chat_member(chat, self._bot_user()["id"])
-        may_manage = member["status"] == "creator" or (
-            member["status"] == "administrator" and member.get("can_manage_topics") is True)
-        if not may_manage:
+        if not self._manages_topics(chat):
             raise ApiError(400, TOPIC_RIGHTS)
         thread = self._next_message_id[chat["id"]]
         self._next_message_id[chat["id"]] = thread + 1
