@@ -489,19 +489,22 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 def _chat_keys(store: Any, config: Config, chat: str | None) -> list[str] | None:
-    """The ledger keys ``--chat`` names ("@name" as configured, or a numeric id), or None
-    for every chat; an unknown chat is an error."""
+    """The ledger keys ``--chat`` names ("@name" as configured, or a numeric id; a forum
+    topic "@group/42" only that topic), or None for every chat; an unknown chat is an
+    error."""
     if chat is None:
         return None
     from publisher.destinations import chat_name, follow_migrations, is_chat_id
+    from publisher.forum import split_key, with_thread
 
-    name = chat_name(chat)
-    keys = {chat.strip(), name}
+    name, thread = split_key(chat_name(chat))
+    chats = {split_key(chat.strip())[0], name}
     if name in store.chat_names():
-        keys.add(store.chat_names()[name])
-    keys |= {key for key, known in store.chats().items()
-             if known.username and f"@{known.username.lower()}" == name}
-    keys |= {follow_migrations(store.migrations(), key) for key in list(keys)}
+        chats.add(store.chat_names()[name])
+    chats |= {key for key, known in store.chats().items()
+              if known.username and f"@{known.username.lower()}" == name}
+    chats |= {follow_migrations(store.migrations(), key) for key in list(chats)}
+    keys = {with_thread(key, thread) for key in chats}
     present = [key for key in sorted(keys) if key in store.counts()]
     if not present:
         hint = "" if is_chat_id(name) or name.startswith("@") else " (a chat is @name or an id)"
@@ -532,7 +535,8 @@ def _report_unmatched(ctx: Context, state: str, article_ids: tuple[str, ...],
 
 @cli.command()
 @click.argument("article_ids", nargs=-1)
-@click.option("--chat", help="Only this destination: @name as configured, or its numeric id.")
+@click.option("--chat", help="Only this destination: @name as configured, or its numeric id "
+              "(a forum topic: @group/42).")
 @click.option("--uncertain", "state", flag_value="uncertain", default=True,
               help="Posts whose delivery is uncertain (the default): you looked, it is not "
                    "in the channel.")
@@ -574,7 +578,8 @@ def resend(ctx: Context, article_ids: tuple[str, ...], chat: str | None, state: 
 
 @cli.command()
 @click.argument("article_ids", nargs=-1)
-@click.option("--chat", help="Only this destination: @name as configured, or its numeric id.")
+@click.option("--chat", help="Only this destination: @name as configured, or its numeric id "
+              "(a forum topic: @group/42).")
 @click.option("--all", "everything", is_flag=True, help="Every uncertain post.")
 @click.option("--message-id", type=click.IntRange(min=1),
               help="The post's message id in the channel (one post only), for its link.")

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from publisher.errors import StateError
+from publisher.errors import CodecError
 from publisher.models import Article, Image, Provider, Related
 
 CODEC_VERSION = 2
@@ -28,11 +28,6 @@ _VERSION_BYTE = bytes([CODEC_VERSION])
 _ZLIB_FIRST_BYTE = 0x78  # of every zlib stream with the default window (version 1)
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(Article)
-
-
-class CodecError(StateError):
-    """A stored article that this publisher cannot decode (written by a newer one, or
-    damaged): its file is parsed again."""
 
 
 class Encoded(msgspec.Struct, frozen=True):

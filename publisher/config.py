@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from publisher.db import redact_url
 from publisher.errors import ConfigError
 from publisher.files import FileTooLarge, read_regular_file
+from publisher.forum import check_destination
 from publisher.settings import PATH_SETTINGS, SETTING_NAMES, PostSettings
 from publisher.text import is_web_url
 from publisher.timing import check_timing
@@ -584,7 +585,18 @@ def _validate(config: Config) -> None:
     _validate_folders(config)
     _validate_state(config)
     _validate_server(config.server)
+    _validate_destinations(config.telegram)
     _validate_chats(config)
+
+
+def _validate_destinations(telegram: TelegramConfig) -> None:
+    """Every destination is a chat, or a chat and a forum topic ("@group/42")."""
+    check_destination(telegram.chat_id, "telegram.chat_id")
+    for topic, chats in telegram.routes.items():
+        for chat in chats:
+            check_destination(chat, f"telegram.routes.{topic}")
+    for destination in telegram.chats:
+        check_destination(destination, f'telegram.chats."{destination}"')
 
 
 def _validate_chats(config: Config) -> None:

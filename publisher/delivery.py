@@ -78,6 +78,9 @@ CHAT_ERRORS = (
     "have no rights to send",
     "chat_restricted",
     "bot is not a member",
+    "message thread not found",  # a forum topic that does not exist (or was deleted)
+    "topic_closed",
+    "topic_deleted",
 )
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # Bot API answers to what we send are a few KB
 MAX_CONNECT_SECONDS = 10.0
@@ -102,6 +105,7 @@ class ChatInfo:
     username: str = ""  # without "@"; empty for a private channel or group
     # Whether plain members may send messages (a group's default permissions); None: unknown.
     members_can_send: bool | None = None
+    is_forum: bool = False  # a supergroup with topics: a destination may be one of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,9 +536,11 @@ class Sender(Protocol):
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
-        *, silent: bool = False,
+        *, thread_id: int | None = None, silent: bool = False,
     ) -> int:
-        """``silent``: without a notification (``disable_notification``)."""
+        """``thread_id``: the forum topic to post in (``message_thread_id``); given only
+        for a topic, so a Sender without topics needs no such argument. ``silent``: without
+        a notification (``disable_notification``), given only when set."""
 
     async def send_text(
         self,
@@ -544,6 +550,7 @@ class Sender(Protocol):
         html: bool,
         buttons: Sequence[Sequence[Button]],
         preview_url: str | None,
+        thread_id: int | None = None,
         silent: bool = False,
     ) -> int:
         """``preview_url``: the link to preview; empty or None, no preview."""
@@ -608,6 +615,7 @@ class TelegramSender:
             title=chat.title or chat.full_name or "",
             username=chat.username or "",
             members_can_send=None if permissions is None else permissions.can_send_messages,
+            is_forum=bool(chat.is_forum),
         )
 
     async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo:
@@ -633,11 +641,12 @@ class TelegramSender:
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
-        *, silent: bool = False,
+        *, thread_id: int | None = None, silent: bool = False,
     ) -> int:
         return await self._posted(
             self._bot.send_photo(
                 chat_id=chat_id,
+                message_thread_id=thread_id,
                 photo=photo_url,
                 caption=caption_html,
                 parse_mode=ParseMode.HTML,
@@ -655,6 +664,7 @@ class TelegramSender:
         html: bool,
         buttons: Sequence[Sequence[Button]],
         preview_url: str | None,
+        thread_id: int | None = None,
         silent: bool = False,
     ) -> int:
         preview = (
@@ -665,6 +675,7 @@ class TelegramSender:
         return await self._posted(
             self._bot.send_message(
                 chat_id=chat_id,
+                message_thread_id=thread_id,
                 text=text,
                 parse_mode=ParseMode.HTML if html else None,
                 reply_markup=_keyboard(buttons),

@@ -13,6 +13,9 @@ chat every such name is, and re-keys its rows; until that is done for every name
 a post went out (or may have), ``unmatched_names``, a destination Telegram did not confirm in
 this push might be one of them, and nothing is posted to it: its posts wait.
 
+A destination may be a forum topic, ``"@group/42"`` or ``"-100123/42"`` (``forum``): it
+resolves as its chat does and is keyed ``"-100123/42"``; a topic needs a forum supergroup.
+
 Routes match topics by slug: ``robotics``, ``Robotics`` and ``"Robotics "`` route the topic
 "Robotics"; a route that matches no topic of the corpus is reported (``route_warnings``).
 """
@@ -37,8 +40,10 @@ from publisher.delivery import (
     SendError,
     Unauthorized,
 )
+from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
 from publisher.selection import topic_slug
+from publisher.settings import PostSettings
 from publisher.state import ChatRecord, Store
 
 log = logging.getLogger(__name__)
@@ -48,15 +53,17 @@ _CHAT_ID = re.compile(r"^-?\d+$")
 
 
 def is_chat_id(text: str) -> bool:
-    """Whether ``text`` is a numeric chat id (what the ledger keys a resolved chat by)."""
-    return bool(_CHAT_ID.match(text.strip()))
+    """Whether ``text`` is a numeric chat id, or one with a forum topic ("-100123/42"):
+    what the ledger keys a resolved destination by."""
+    return bool(_CHAT_ID.match(chat_of(text.strip())))
 
 
 def chat_name(text: str) -> str:
     """A destination as configured, normalised: "@OpNews" -> "@opnews" (Telegram's names
-    are case-insensitive), " -100123 " -> "-100123"."""
-    text = text.strip()
-    return str(int(text)) if is_chat_id(text) else text.lower()
+    are case-insensitive), " -100123 " -> "-100123", "@Group/042" -> "@group/42"."""
+    chat, thread = split_key(text.strip())
+    chat = str(int(chat)) if _CHAT_ID.match(chat) else chat.lower()
+    return with_thread(chat, thread)
 
 
 def follow_migrations(migrations: Mapping[str, str], chat: str) -> str:
@@ -107,7 +114,7 @@ class Destinations:
         self._chats = dict(chats or {})
         for item in self.items:
             if item.chat is not None:
-                self._chats[item.key] = item.chat
+                self._chats[chat_of(item.key)] = item.chat
 
     def key(self, configured: str) -> str:
         return self._by_text[configured].key
@@ -164,15 +171,33 @@ class Destinations:
         owner = self.owner(key)
         if owner is not None:
             return owner.configured
-        chat = self._chats.get(key)
-        return (chat.public_name if chat else "") or key
+        chat = self._chats.get(chat_of(key))
+        return with_thread(chat.public_name, thread_of(key)) if chat and chat.public_name \
+            else key
 
     def chat(self, key: str) -> ChatRecord | None:
-        return self._chats.get(key)
+        """What Telegram said of the chat of a ledger key (a topic's: its group's)."""
+        return self._chats.get(chat_of(key))
+
+    def settings_for(self, key: str) -> PostSettings:
+        """The settings of the destination a ledger key belongs to (the defaults for a
+        chat no longer configured)."""
+        owner = self.owner(key)
+        return self._config.settings_for(owner.configured if owner else "")
+
+    def setting_name(self, key: str, name: str) -> str:
+        """The config key a destination's setting comes from, for messages:
+        ``telegram.max_per_run`` or ``telegram.chats."@group/42".max_per_run``."""
+        owner = self.owner(key)
+        if owner is not None and name in self._config.telegram.chats.get(owner.configured, {}):
+            return f'telegram.chats."{owner.configured}".{name}'
+        return f"telegram.{name}"
 
     def moved(self, old: str, new: str) -> Destinations:
-        """The same destinations after the chat keyed ``old`` migrated to ``new``."""
-        items = [replace(item, key=new) if item.key == old else item for item in self.items]
+        """The same destinations after the chat keyed ``old`` migrated to ``new`` (its
+        topics with it)."""
+        items = [replace(item, key=with_thread(new, thread_of(item.key)))
+                 if chat_of(item.key) == old else item for item in self.items]
         return Destinations(self._config, items, self._chats, rekeyed=self.rekeyed)
 
 
@@ -188,16 +213,16 @@ def remembered_destinations(config: Config, store: Store | None) -> Destinations
             owners.setdefault(chat_name(chat.public_name), []).append(chat.chat_id)
     items = []
     for text in config.destinations:
-        name = chat_name(text)
+        name, thread = split_key(chat_name(text))
         by_username = owners.get(name, [])
         key = (names.get(name) or (name if is_chat_id(name) else None)
                or (by_username[0] if len(by_username) == 1 else None))
         if key is None:
-            items.append(Destination(text, name, error=(
+            items.append(Destination(text, with_thread(name, thread), error=(
                 f"cannot post to {text}: Telegram has not resolved it yet; its posts wait")))
             continue
         key = follow_migrations(migrations, key)
-        items.append(Destination(text, key, chats.get(key)))
+        items.append(Destination(text, with_thread(key, thread), chats.get(key)))
     return Destinations(config, items, chats)
 
 
@@ -239,8 +264,8 @@ async def resolve_destinations(config: Config, store: Store, sender: Sender) -> 
     names = store.chat_names()
     migrations = dict(store.migrations())
     ledger_keys = store.chat_keys()
-    configured = list(dict.fromkeys(chat_name(text) for text in config.destinations))
-    kept = [chat_name(key) for key in ledger_keys if not is_chat_id(key)]
+    configured = list(dict.fromkeys(chat_of(chat_name(text)) for text in config.destinations))
+    kept = [chat_of(chat_name(key)) for key in ledger_keys if not is_chat_id(key)]
     asked = list(dict.fromkeys([*configured, *kept]))
     answers = await asyncio.gather(
         *(_ask(name, follow_migrations(migrations, name), store, sender) for name in asked),
@@ -259,21 +284,29 @@ async def resolve_destinations(config: Config, store: Store, sender: Sender) -> 
         # What the ledger kept under another name of this chat is re-keyed: the text as
         # written ("@OpNews", before it resolved or by an older publisher), its @username
         # (a config now naming it by id), a group it migrated from.
-        texts = [text.strip() for text in config.destinations if chat_name(text) == name]
+        texts = [chat_of(text.strip()) for text in config.destinations
+                 if chat_of(chat_name(text)) == name]
         sources = [s for s in (*texts, name, answer.chat.public_name, *answer.hops) if s]
         unchanged = (names.get(name) == answer.chat.chat_id
                      and known.chat(answer.chat.chat_id) == answer.chat)
         lowered = {source.lower() for source in sources} - {answer.chat.chat_id}
-        if not unchanged or any(key.lower() in lowered for key in ledger_keys):
+        # (a topic kept under the name, "@group/42", moves with its chat)
+        if not unchanged or any(chat_of(key).lower() in lowered for key in ledger_keys):
             rekeyed += store.remember_chat(name, answer.chat, sources)
     # Re-keyed as far as Telegram answered: what is left under a name might be any chat.
     unmatched = unmatched_names(store) if ledger_keys else []
     items = []
     for text in config.destinations:
-        answer = by_name[chat_name(text)]
+        thread = thread_of(chat_name(text))
+        answer = by_name[chat_of(chat_name(text))]
         fallback = known._by_text[text]
-        if isinstance(answer, Resolved):
-            items.append(Destination(text, answer.chat.chat_id, answer.chat, confirmed=True))
+        if isinstance(answer, Resolved) and thread is not None and not answer.forum:
+            items.append(Destination(text, with_thread(answer.chat.chat_id, thread),
+                                     answer.chat, error=f"cannot post to {text}: "
+                                     f"{not_a_forum(answer.chat.type)}", confirmed=True))
+        elif isinstance(answer, Resolved):
+            items.append(Destination(text, with_thread(answer.chat.chat_id, thread), answer.chat,
+                                     confirmed=True))
         elif isinstance(answer, Unreachable) and fallback.postable and unmatched:
             event(log, logging.WARNING, "chat_unconfirmed", chat=text, reason=answer.reason,
                   unmatched=",".join(unmatched))
@@ -298,6 +331,13 @@ async def resolve_destinations(config: Config, store: Store, sender: Sender) -> 
 class Resolved:
     chat: ChatRecord
     hops: tuple[str, ...]  # the chats it migrated from, on the way
+    forum: bool = False  # a forum supergroup: its topics can be posted to
+
+
+def not_a_forum(chat_type: str) -> str:
+    """Why a forum topic of a chat of this type cannot be posted to."""
+    return (f"the chat is a {chat_type}, not a forum: a topic (\"/thread\") needs a "
+            "supergroup with topics enabled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +367,7 @@ async def _ask(name: str, target: str, store: Store,
         except SendError as exc:
             return Unreachable(exc.reason)
         return Resolved(ChatRecord(str(info.id), info.type, info.title, info.username),
-                        tuple(hops))
+                        tuple(hops), info.is_forum)
     return f"the chat keeps moving (now {target})"
 
 
@@ -380,7 +420,8 @@ async def check_telegram(config: Config, sender: Sender) -> list[Check]:
 
 
 async def _check_destination(text: str, bot_id: int, sender: Sender) -> Check:
-    target, moved = chat_name(text), ""
+    target, thread = split_key(chat_name(text))
+    moved = ""
     for _ in range(MAX_MIGRATIONS + 1):
         try:
             chat = await sender.get_chat(target)
@@ -393,6 +434,10 @@ async def _check_destination(text: str, bot_id: int, sender: Sender) -> Check:
         return Check(False, text, f"the chat keeps moving (now {target})")
     title = f' "{chat.title}"' if chat.title else ""
     described = f"{chat.type}{title} ({chat.id}){moved}"
+    if thread is not None and not chat.is_forum:
+        return Check(False, text, f"{described}: {not_a_forum(chat.type)}")
+    if thread is not None:
+        described += f", forum topic {thread}"
     try:
         member = await sender.get_chat_member(str(chat.id), bot_id)
     except SendError as exc:

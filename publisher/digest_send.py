@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from publisher import alerts
 from publisher.delivery import (
@@ -29,6 +29,7 @@ from publisher.delivery import (
 )
 from publisher.digest import render_digest
 from publisher.digest_ledger import claim_digest, drop_from_digest, settle_digest
+from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
 from publisher.models import Article
 from publisher.plan import NO_LONGER_SELECTED, PACING_HELD, Action
@@ -49,7 +50,8 @@ async def send_digest(dispatcher: Dispatcher, run: ChatRun, action: Action,
     """Execute the plan's digest for the chat of ``run`` (see the module's docstring)."""
     d = dispatcher
     store = d._store
-    slot = store.reserve_send(run.key, d._clock(), d._pacing)
+    # A forum topic's slots are its chat's: the group's topics share its pacing.
+    slot = store.reserve_send(chat_of(run.key), d._clock(), d._pacing)
     if slot is None:
         run.report.held = PACING_HELD
         return
@@ -62,9 +64,9 @@ async def send_digest(dispatcher: Dispatcher, run: ChatRun, action: Action,
         now + d._lease_seconds)
     articles = _listed(d, run, action, claimed, lookup)
     if not articles:
-        store.cancel_reservation(run.key, slot)
+        store.cancel_reservation(chat_of(run.key), slot)
         return
-    settings = d._config.settings_for(d._label(run.key))
+    settings = d.destinations.settings_for(run.key)
     text = render_digest(articles, settings, d._settings.timezone,
                          datetime.fromisoformat(action.article_id))
     silent = action.silent or settings.silent
@@ -111,13 +113,17 @@ def _listed(d: Dispatcher, run: ChatRun, action: Action, claimed: list[Delivery]
     return articles
 
 
-async def _post(d: Dispatcher, chat_id: str, html: str, silent: bool) -> int:
-    """The digest, bounded by the claim's lease as a post is."""
-    quiet = {"silent": True} if silent else {}  # (a test's Sender may not know it)
+async def _post(d: Dispatcher, key: str, html: str, silent: bool) -> int:
+    """The digest, to a chat or a forum topic of one, bounded by the claim's lease as a
+    post is. Each keyword only when needed: a test's Sender may know neither."""
+    chat_id, thread = split_key(key)
+    extra: dict[str, Any] = {"silent": True} if silent else {}
+    if thread is not None:
+        extra["thread_id"] = thread
     try:
         return await asyncio.wait_for(
             d._sender.send_text(chat_id, html, html=True, buttons=(), preview_url=None,
-                                **quiet),
+                                **extra),
             d._send_deadline)
     except TimeoutError:
         raise Ambiguous(f"no answer within {d._send_deadline:g} s (the claim's lease)") from None
@@ -145,9 +151,10 @@ def _settle_failure(d: Dispatcher, run: ChatRun, action: Action, articles: list[
             run.report.held = f"rate limited: {exc.reason}"
         case ChatMigrated():
             settle(PENDING, exc.reason)
-            d._store.move_chat(key, exc.new_chat_id)
-            d.destinations = d.destinations.moved(key, exc.new_chat_id)
-            run.key = exc.new_chat_id
+            old = chat_of(key)
+            d._store.move_chat(old, exc.new_chat_id)
+            d.destinations = d.destinations.moved(old, exc.new_chat_id)
+            run.key = with_thread(exc.new_chat_id, thread_of(key))
         case Ambiguous() if d._settings.on_uncertain == "resend":
             settle(PENDING, exc.reason)
         case Ambiguous():

@@ -20,6 +20,11 @@ twice. Outcomes decide what happens next:
 * a pair its destination no longer wants (a chat or route removed) -> ``orphaned``, unsent;
   never while a destination's chat is unknown (it may be the pair's chat).
 
+A destination may be a forum topic ("-100123/42"): its posts carry ``message_thread_id``,
+its ``max_age_hours`` and ``max_per_run`` are its own (``Config.settings_for``), and its
+pacing slots are its chat's, shared by every topic of the group (Telegram's limits are per
+chat).
+
 Pacing keeps a margin (``PACING_MARGIN``) below Telegram's limits: a request paced exactly at
 the limit arrives a few milliseconds early as often as late, and then draws a 429.
 """
@@ -38,7 +43,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
 from publisher import alerts
 from publisher.config import Config
@@ -63,17 +69,21 @@ from publisher.destinations import (
     resolve_destinations,
 )
 from publisher.digest_ledger import recover_digests
+from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
 from publisher.messages import Message, render_message
 from publisher.models import Article
 from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
+    NO_LONGER_SELECTED,
     PACING_HELD,
     Action,
     Entry,
     Plan,
     is_digest,
+    max_per_run_reason,
     plan_deliveries,  # noqa: F401
     read_plan,
+    too_old_reason,
 )
 from publisher.state import (
     ORPHANED,
@@ -423,15 +433,14 @@ class Dispatcher:
         """
         entries = self.plan.entries_for(chat_id)
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
-                      self._settings.max_per_run or None,
+                      self.destinations.settings_for(chat_id).max_per_run or None,
                       [entry for entry in entries if not is_digest(entry)], chat_id,
                       digest=self.plan.digest_for(chat_id),
-                      digest_chat=bool(self._config.settings_for(self._label(chat_id)).digest))
+                      digest_chat=bool(self.destinations.settings_for(chat_id).digest))
         while not (self.stop_requested or self._fatal):
             if run.budget is not None and run.budget <= 0:
                 if self._store.has_pending([run.key]):
-                    run.report.held = (f"telegram.max_per_run ({self._settings.max_per_run}) "
-                                       "reached: the rest wait for the next push")
+                    run.report.held = max_per_run_reason(run.key, self.destinations)
                 return
             if not run.queue:
                 if run.digest is not None:
@@ -442,7 +451,8 @@ class Dispatcher:
                     continue
                 self._held_by_plan(run)
                 return
-            slot = self._store.reserve_send(run.key, self._clock(), self._pacing)
+            # A forum topic's slots are its chat's: the group's topics share its pacing.
+            slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
             if slot is None:
                 event(log, logging.INFO, "pacing_deferred", chat=self._label(run.key))
                 run.report.held = ("pacing: the next free slot is more than "
@@ -452,7 +462,7 @@ class Dispatcher:
             if delay > 0:
                 await self._pause(delay)
             if self.stop_requested or self._fatal:
-                self._store.cancel_reservation(run.key, slot)
+                self._store.cancel_reservation(chat_of(run.key), slot)
                 return
             if not await self._claim_and_send(run, slot, lookup):
                 return
@@ -484,7 +494,7 @@ class Dispatcher:
         now = self._clock()
         claimed = self._claim_planned(run, now)
         if claimed is None:
-            self._store.cancel_reservation(run.key, slot)
+            self._store.cancel_reservation(chat_of(run.key), slot)
             return False
         entry, item = claimed
         try:
@@ -501,7 +511,7 @@ class Dispatcher:
             prepared = Unsure("waits for the destination's next digest")
         if isinstance(prepared, Skip | Orphan | Unsure):
             run.queue.remove(entry)
-            self._store.cancel_reservation(run.key, slot)
+            self._store.cancel_reservation(chat_of(run.key), slot)
             if isinstance(prepared, Skip):
                 self._skip(item, prepared.article, run.report)
             elif isinstance(prepared, Orphan):
@@ -528,8 +538,8 @@ class Dispatcher:
         """What to send for a claimed pair (or why not): every step that can fail before the
         request, so a failure here provably posted nothing."""
         article = lookup(item.article_id)
-        oldest = self._oldest_allowed()
-        if article is None or (oldest is not None and article.published_at < oldest):
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        if article is None or too_old_reason(article, item.chat_id, self.destinations, now):
             return Skip(article)
         if item.chat_id not in self.destinations.keys_for(article.topics):
             unknown = self.destinations.unresolved_for(article.topics)
@@ -539,18 +549,10 @@ class Dispatcher:
         message = render_message(article, timezone=self._settings.timezone)
         return Prepared(article, message, item.chat_id)
 
-    def _oldest_allowed(self) -> datetime | None:
-        hours = self._settings.max_age_hours
-        if not hours:
-            return None
-        return datetime.fromtimestamp(self._clock(), UTC) - timedelta(hours=hours)
-
     def _skip(self, item: Delivery, article: Article | None, chat_report: ChatReport) -> None:
-        reason = (
-            "no longer selected (removed, unpublished or below select.min_quality)"
-            if article is None
-            else f"older than telegram.max_age_hours ({self._settings.max_age_hours:g} h)"
-        )
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        reason = (NO_LONGER_SELECTED if article is None
+                  else too_old_reason(article, item.chat_id, self.destinations, now))
         self._settled(item.article_id, item.chat_id,
                       self._store.mark_skipped(item.article_id, item.chat_id, reason,
                                                owner=self._owner))
@@ -643,15 +645,17 @@ class Dispatcher:
 
     def _follow_migration(self, item: Delivery, exc: ChatMigrated, run: ChatRun) -> None:
         """The group became a supergroup: its pairs (this one given back first) move to the
-        new id, remembered, and the chat's loop goes on there."""
+        new id, remembered, and the chat's loop goes on there (a topic's: in the same topic
+        of the new chat)."""
         self._settled(item.article_id, item.chat_id, self._store.mark_retry(
             item.article_id, item.chat_id, exc.reason, 0, count_attempt=False,
             owner=self._owner))
         event(log, logging.WARNING, "chat_migrated", chat=self._label(item.chat_id),
               to=exc.new_chat_id)
-        self._store.move_chat(item.chat_id, exc.new_chat_id)
-        self.destinations = self.destinations.moved(item.chat_id, exc.new_chat_id)
-        run.key = exc.new_chat_id
+        old = chat_of(item.chat_id)
+        self._store.move_chat(old, exc.new_chat_id)
+        self.destinations = self.destinations.moved(old, exc.new_chat_id)
+        run.key = with_thread(exc.new_chat_id, thread_of(item.chat_id))
 
     async def _post_within_lease(self, chat_id: str, message: Message) -> int:
         """The post, bounded so that it settles before the claim's lease runs out (or is
@@ -663,34 +667,38 @@ class Dispatcher:
                 f"no answer within {self._send_deadline:g} s (the claim's lease)"
             ) from None
 
-    async def _post(self, chat_id: str, message: Message) -> int:
+    async def _post(self, key: str, message: Message) -> int:
+        """Post to a destination: a chat, or a forum topic of one ("-100123/42")."""
+        chat_id, thread = split_key(key)
+        topic = _topic(thread)
         if message.photo_url:
             try:
                 return await self._sender.send_photo(
                     chat_id, message.photo_url, message.html, message.buttons,
-                    **_silent(message),
+                    **topic, **_silent(message),
                 )
             except PhotoRejected as exc:
-                event(log, logging.WARNING, "photo_refused", chat=self._label(chat_id),
+                event(log, logging.WARNING, "photo_refused", chat=self._label(key),
                       article=message.article_id, reason=exc.reason, photo=message.photo_url)
             except EntitiesRejected as exc:
-                return await self._post_plain(chat_id, message, exc)
+                return await self._post_plain(key, message, exc)
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,
-                preview_url=message.preview_url, **_silent(message),
+                preview_url=message.preview_url, **topic, **_silent(message),
             )
         except EntitiesRejected as exc:
-            return await self._post_plain(chat_id, message, exc)
+            return await self._post_plain(key, message, exc)
 
-    async def _post_plain(self, chat_id: str, message: Message, exc: EntitiesRejected) -> int:
+    async def _post_plain(self, key: str, message: Message, exc: EntitiesRejected) -> int:
         """The plain-text fallback; refused too, the message has failed, for both reasons."""
-        event(log, logging.ERROR, "bug_html_refused", chat=self._label(chat_id),
+        event(log, logging.ERROR, "bug_html_refused", chat=self._label(key),
               article=message.article_id, reason=exc.reason)
+        chat_id, thread = split_key(key)
         try:
             return await self._sender.send_text(
                 chat_id, message.plain, html=False, buttons=message.buttons,
-                preview_url=message.preview_url, **_silent(message),
+                preview_url=message.preview_url, **_topic(thread), **_silent(message),
             )
         except (Rejected, EntitiesRejected, PhotoRejected) as plain:
             raise Rejected(
@@ -737,6 +745,12 @@ class Dispatcher:
             return Outcome.STOP
         await self._pause(delay)
         return Outcome.RETRY
+
+
+def _topic(thread: int | None) -> dict[str, Any]:
+    """The send's forum topic argument: none for a whole chat, so a message to a chat goes
+    out exactly as it did before destinations had topics."""
+    return {} if thread is None else {"thread_id": thread}
 
 
 def _silent(message: Message) -> dict[str, bool]:

@@ -12,7 +12,8 @@ The CLI turns a ``PublisherError`` into ``Error: <message>`` and exit status 1::
      ├── FeedError                   feeds could not be built or written
      ├── StateError                  the state database cannot be opened, migrated or locked
      │    ├── AlreadyRunning         another process holds the single-instance lock
-     │    └── Interrupted            a wait for a lock was ended by a stop request
+     │    ├── Interrupted            a wait for a lock was ended by a stop request
+     │    └── CodecError             a stored article cannot be decoded: parse it again
      └── DeliveryError               sending to Telegram went wrong
           ├── PushIncomplete         a push left chats with errors
           └── SendError              one request did not end in a posted message
@@ -48,6 +49,7 @@ __all__ = [
     "ArticleError",
     "ChatForbidden",
     "ChatMigrated",
+    "CodecError",
     "ConfigError",
     "DeliveryError",
     "EntitiesRejected",
@@ -123,6 +125,11 @@ class AlreadyRunning(StateError):
 
 class Interrupted(StateError):
     """A wait for a lock was ended by a stop request."""
+
+
+class CodecError(StateError):
+    """A stored article that this publisher cannot decode (written by a newer one, or
+    damaged): its file is parsed again."""
 
 
 # -- delivery ----------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ An action is (kind, article, destination): a ``POST``, or a ``DIGEST`` that list
 articles in one message (its ``items``; ``digest_send``). The destination's timing decides
 too (``timing.timing_at``): quiet hours hold its posts ("hold") or send them silently, and
 a digest destination gets one digest per window of its schedule. Editing a post, deleting
-one or a direct message to a follower will be further kinds, without another plan.
+one or a direct message to a follower will be further kinds, without another plan. A
+destination may be a forum topic (its ``Target.chat_id`` is then "-100123/42") and has
+settings of its own (``destinations.settings_for``); pacing is the chat's, shared by its
+topics.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from publisher.config import Config
 from publisher.destinations import Destinations, remembered_destinations
+from publisher.forum import chat_of
 from publisher.models import Article
 from publisher.state import ORPHANED, PENDING, SKIPPED, NewDelivery, Pacing, PendingPair, Store
 from publisher.text import as_utc, plural
@@ -154,12 +158,10 @@ def plan_deliveries(
     """Every (article, chat) pair the selection asks for, keyed as ``destinations`` key its
     chats (without: as the state remembers them); too-old articles marked skipped."""
     destinations = destinations or remembered_destinations(config, None)
-    max_age = config.telegram.max_age_hours
-    oldest = now - timedelta(hours=max_age) if max_age else None
     planned: list[NewDelivery] = []
     for article in selected:
-        too_old = oldest is not None and article.published_at < oldest
         for chat in destinations.keys_for(article.topics):
+            too_old = too_old_reason(article, chat, destinations, now)
             planned.append(
                 NewDelivery(
                     article_id=article.id,
@@ -168,10 +170,20 @@ def plan_deliveries(
                     url=article.url,
                     published_at=article.published_at.isoformat(),
                     state=SKIPPED if too_old else PENDING,
-                    reason=f"older than telegram.max_age_hours ({max_age:g} h)" if too_old else "",
+                    reason=too_old,
                 )
             )
     return planned
+
+
+def too_old_reason(article: Article, key: str, destinations: Destinations,
+                   now: datetime) -> str:
+    """Why ``article`` is too old for the destination keyed ``key`` (its
+    ``max_age_hours``), or "" when it is not."""
+    hours = destinations.settings_for(key).max_age_hours
+    if not hours or article.published_at >= now - timedelta(hours=hours):
+        return ""
+    return f"older than {destinations.setting_name(key, 'max_age_hours')} ({hours:g} h)"
 
 
 @dataclass(frozen=True)
@@ -213,17 +225,20 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
     actions: list[Action] = []
     closing: list[Closing] = []
     held: list[Held] = []
+    pacers: dict[str, Pacer] = {}  # per chat: the topics of a group share its pacing
     for chat_id, chat_candidates in candidates.items():
         target = Target(chat_id, destinations.label(chat_id))
-        times = inputs.send_times(chat_id, now.timestamp() - pacing.window,
-                                  pacing.per_chat_per_minute)
-        settings = config.settings_for(target.label)
+        chat = chat_of(chat_id)
+        if chat not in pacers:
+            times = inputs.send_times(chat, now.timestamp() - pacing.window,
+                                      pacing.per_chat_per_minute)
+            pacers[chat] = Pacer(times, pacing, now.timestamp())
+        settings = destinations.settings_for(chat_id)
         since = _digest_since(inputs, chat_id, chat_candidates) if settings.digest else None
         timing = timing_at(settings, config.telegram.timezone, now, since)
-        pacer = Pacer(times, pacing, now.timestamp())
         plan_one = _plan_digest_chat if timing.digest else _plan_chat
         chat_plan = plan_one(chat_candidates, target, config, destinations, now, inputs.lookup,
-                             pacer, timing)
+                             pacers[chat], timing)
         actions += chat_plan.actions
         closing += chat_plan.closing
         held += chat_plan.held
@@ -280,7 +295,7 @@ class _ChatPlan:
 def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
                destinations: Destinations, now: datetime, lookup: Lookup,
                pacer: Pacer, timing: ChatTiming) -> _ChatPlan:
-    budget = config.telegram.max_per_run or None
+    budget = destinations.settings_for(target.chat_id).max_per_run or None
     plan = _ChatPlan()
     if timing.hold:  # quiet hours: everything waits for the window's end, closings too
         plan.held.append(Held(target, len(candidates), timing.hold))
@@ -288,15 +303,14 @@ def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
     for index, candidate in enumerate(candidates):
         if budget is not None and len(plan.actions) >= budget:
             plan.held.append(Held(target, len(candidates) - index,
-                                  f"telegram.max_per_run ({budget}) reached: the rest wait "
-                                  "for the next push"))
+                                  max_per_run_reason(target.chat_id, destinations)))
             break
         # A push reserves a slot before it claims a pair, even one it then closes.
         if pacer.next_slot() is None:
             plan.held.append(Held(target, len(candidates) - index, PACING_HELD))
             break
         article = candidate.article if candidate.new else lookup(candidate.article_id)
-        reason = _why_not_posted(article, target.chat_id, config, destinations, now)
+        reason = _why_not_posted(article, target.chat_id, destinations, now)
         if reason:  # its slot is given back
             plan.closing.append(Closing(candidate.article_id, target, candidate.published_at,
                                         reason))
@@ -323,7 +337,7 @@ def _plan_digest_chat(candidates: Sequence[_Candidate], target: Target, config: 
     for index, candidate in enumerate(candidates):
         article = candidate.article if candidate.new else lookup(candidate.article_id)
         # As of its publication: waiting for its digest does not age an article.
-        reason = _why_not_posted(article, target.chat_id, config, destinations,
+        reason = _why_not_posted(article, target.chat_id, destinations,
                                  article.published_at if article else now)
         if not reason:
             items.append(candidate)
@@ -348,14 +362,21 @@ def _plan_digest_chat(candidates: Sequence[_Candidate], target: Target, config: 
     return plan
 
 
-def _why_not_posted(article: Article | None, chat_id: str, config: Config,
-                    destinations: Destinations, now: datetime) -> str:
+def max_per_run_reason(key: str, destinations: Destinations) -> str:
+    """Why a destination's posts past its ``max_per_run`` wait."""
+    budget = destinations.settings_for(key).max_per_run
+    return (f"{destinations.setting_name(key, 'max_per_run')} ({budget}) reached: the rest "
+            "wait for the next push")
+
+
+def _why_not_posted(article: Article | None, chat_id: str, destinations: Destinations,
+                    now: datetime) -> str:
     """The push's checks before a send (``Dispatcher._prepare``): "" when it posts."""
-    hours = config.telegram.max_age_hours
     if article is None:
         return NO_LONGER_SELECTED
-    if hours and article.published_at < now - timedelta(hours=hours):
-        return f"older than telegram.max_age_hours ({hours:g} h)"
+    too_old = too_old_reason(article, chat_id, destinations, now)
+    if too_old:
+        return too_old
     if chat_id not in destinations.keys_for(article.topics):
         unknown = destinations.unresolved_for(article.topics)
         if unknown:

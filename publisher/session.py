@@ -149,9 +149,15 @@ class Session:
         for orphaned."""
         telegram = self.config.telegram
         remembered = [item.key for item in destinations.items]
-        return _digest(ROUTING_VERSION, telegram.chat_id,
-                       json.dumps(telegram.routes, sort_keys=True),
-                       str(telegram.max_age_hours), json.dumps(remembered))
+        parts = [ROUTING_VERSION, telegram.chat_id, json.dumps(telegram.routes, sort_keys=True),
+                 str(telegram.max_age_hours), json.dumps(remembered)]
+        # A destination's own max_age_hours too (only when one is set: the digest of a
+        # config without any stays what it was, and nothing is planned again for it).
+        ages = {name: chat["max_age_hours"] for name, chat in telegram.chats.items()
+                if "max_age_hours" in chat}
+        if ages:
+            parts.append(json.dumps(ages, sort_keys=True))
+        return _digest(*parts)
 
     def _articles_to_plan(self, destinations: Destinations) -> tuple[bool, list[Article]]:
         """Unchanged routing: what is new or changed since it was last planned; else every

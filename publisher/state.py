@@ -44,6 +44,7 @@ from publisher.db import (
     upsert,
 )
 from publisher.errors import AlreadyRunning, StateError
+from publisher.forum import split_key, thread_of, with_thread
 from publisher.models import Article
 
 # The schema's versions and what each changed: ``migrations.MIGRATIONS`` (``SCHEMA_VERSION``
@@ -670,11 +671,11 @@ class SQLStore:
         if not wanted:
             return 0, 0
         # The exact spellings present, then one key at a time: two spellings of one article
-        # would collide if moved together.
-        olds = [chat for chat in self.chat_keys() if chat.lower() in wanted]
+        # would collide if moved together. A chat's forum topics ("@group/42") go with it.
+        moves = sorted(_rekeyed(self.chat_keys(), wanted, key))
         moved = left = 0
-        for old in sorted(olds):
-            merged, kept = self._rekey_one(old, key)
+        for old, new in moves:
+            merged, kept = self._rekey_one(old, new)
             moved, left = moved + merged, left + kept
         return moved, left
 
@@ -986,6 +987,20 @@ class InstanceLock:
 
 
 # -- the ledger's migrations (``migrations.MIGRATIONS``) ----------------------------------------
+
+
+def _rekeyed(keys: Iterable[str], wanted: set[str], key: str) -> list[tuple[str, str]]:
+    """(old key, new key) for each ledger key under a ``wanted`` name (lower case), or
+    under a topic of one when ``key`` is a whole chat: "@group/42" goes to "<key>/42"."""
+    moves = []
+    whole_chat = thread_of(key) is None
+    for old in keys:
+        chat, thread = split_key(old)
+        if old.lower() in wanted:
+            moves.append((old, key))
+        elif whole_chat and thread is not None and chat.lower() in wanted:
+            moves.append((old, with_thread(key, thread)))
+    return moves
 
 
 def _columns(db: Database, table: str) -> set[str]:

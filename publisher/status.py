@@ -24,6 +24,7 @@ from publisher.destinations import (
     waiting_for_unmatched,
 )
 from publisher.errors import StateError
+from publisher.forum import thread_of, with_thread
 from publisher.state import (
     FAILED,
     ORPHANED,
@@ -127,7 +128,10 @@ def _destinations(destinations: Destinations, counts: dict[str, dict[str, int]]
             "type": chat.type if chat else "",
             "title": chat.title if chat else "",
             "username": chat.username if chat else "",
-            "link": f"https://t.me/{chat.username}" if chat and chat.username else "",
+            "topic": thread_of(key),  # a forum topic's thread id, else None
+            # A topic's link is its chat's with the thread id after it.
+            "link": with_thread(f"https://t.me/{chat.username}", thread_of(key))
+            if chat and chat.username else "",
             "counts": {state: by_state[state] for state in STATES if by_state.get(state)},
         })
     return listed

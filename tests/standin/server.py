@@ -4,7 +4,9 @@ Stdlib only.  It validates requests against the machine-readable Bot API spec
 (``bot-api.json``), parses Telegram's HTML subset, enforces text/caption limits, inline
 keyboards and Telegram-like rate limits, records every accepted message, and can inject
 faults (5xx, dropped connections, slow replies after recording, 403, 429 with any retry_after,
-200 answers with ok:false or the wrong shape, huge or trickling answers, ...).
+200 answers with ok:false or the wrong shape, huge or trickling answers, ...). Forum
+supergroups (``add_forum``, ``createForumTopic``) have topics: a ``message_thread_id`` must
+name one of them, else 400 "message thread not found".
 
 Library use::
 
@@ -63,6 +65,10 @@ KICKED = "Forbidden: bot was kicked from the channel chat"
 NOT_MEMBER = "Forbidden: bot is not a member of the channel chat"
 CHAT_NOT_FOUND = "Bad Request: chat not found"
 CHAT_MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+THREAD_NOT_FOUND = "Bad Request: message thread not found"
+TOPIC_CLOSED = "Bad Request: TOPIC_CLOSED"
+TOPIC_RIGHTS = "Bad Request: not enough rights to create a topic"
+TOPIC_ICON_COLORS = (7322096, 16766590, 13338331, 9367192, 16749490, 16478047)
 MARKUP_UNPARSABLE = "Bad Request: can't parse reply keyboard markup JSON object"
 
 FAULTS = frozenset(
@@ -742,6 +748,15 @@ def chat_json(chat_id: int, username: str | None) -> Json:
     return chat
 
 
+def forum_json(chat_id: int, username: str | None) -> Json:
+    """A supergroup with topics ("is_forum"), public when it has a username."""
+    chat: Json = {"id": chat_id, "type": "supergroup", "title": username or f"Forum {chat_id}",
+                  "is_forum": True}
+    if username is not None:
+        chat["username"] = username
+    return chat
+
+
 CHAT_QUESTIONS = frozenset({"getChat", "getChatMember"})
 MEMBER_STATUSES = frozenset({"creator", "administrator", "member", "restricted", "left",
                              "kicked"})
@@ -879,6 +894,8 @@ class Recorded:
     entities: list[Json] = field(default_factory=list)
     chat: Json = field(default_factory=dict)
     media_group_id: str | None = None
+    message_thread_id: int | None = None  # the forum topic it was posted in
+    disable_notification: bool = False  # sent silently
 
     def to_json(self) -> Json:
         return asdict(self)
@@ -1002,6 +1019,8 @@ class BotApiStandin:
         self._display_names: dict[int, str] = {}  # chat id -> username as first seen
         self._next_message_id: dict[int, int] = collections.defaultdict(lambda: 1)
         self._members: dict[int, tuple[str, dict[str, bool]]] = {}  # chat id -> the bot's
+        self._forums: dict[int, dict[int, str]] = {}  # forum chat id -> its topics' names
+        self._closed: set[tuple[int, int]] = set()  # (forum chat id, thread)
         self._down = False
         self._status_all: int | None = None
         self.limiter.reset()
@@ -1121,6 +1140,38 @@ class BotApiStandin:
                 self._usernames[key] = chat_id
                 self._display_names[chat_id] = str(chat).strip().lstrip("@")
                 self._known.add(chat_id)
+
+    def add_forum(self, chat: int | str, chat_id: int | None = None,
+                  topics: Iterable[int] = ()) -> None:
+        """Make chat a known forum supergroup (with "@username" and chat_id, one chat)
+        whose topics are ``topics`` (more come from ``add_topic`` or createForumTopic)."""
+        self.add_chat(chat, chat_id)
+        with self._lock:
+            forum_id = self._resolve_chat(chat, sending=False)["id"]
+            self._forums.setdefault(forum_id, {})
+        for thread in topics:
+            self.add_topic(chat, thread)
+
+    def add_topic(self, chat: int | str, thread: int, name: str = "") -> None:
+        """A topic of a forum added by ``add_forum``; its ids come after the chat's messages
+        (a topic's id is that of the message that created it)."""
+        with self._lock:
+            forum_id = self._resolve_chat(chat, sending=False)["id"]
+            self._forums[forum_id][thread] = name or f"Topic {thread}"
+            self._next_message_id[forum_id] = max(self._next_message_id[forum_id], thread + 1)
+
+    def delete_topic(self, chat: int | str, thread: int) -> None:
+        with self._lock:
+            self._forums[self._resolve_chat(chat, sending=False)["id"]].pop(thread)
+
+    def close_topic(self, chat: int | str, thread: int, closed: bool = True) -> None:
+        """A closed topic takes messages only from administrators who may manage topics."""
+        with self._lock:
+            key = (self._resolve_chat(chat, sending=False)["id"], thread)
+            if closed:
+                self._closed.add(key)
+            else:
+                self._closed.discard(key)
 
     def refuse_photo(
         self, url_or_predicate: str | Callable[[str], bool], reason: str = PHOTO_WRONG_ID
@@ -1257,8 +1308,11 @@ class BotApiStandin:
             return _Outcome(chat_full_info(chat))
         if chat is not None and method.name == "getChatMember":
             return _Outcome(self._chat_member(chat, params["user_id"]))
+        if chat is not None and method.name == "createForumTopic":
+            return _Outcome(self._create_topic(chat, params))
         if chat is None or not method.creates_message:
             return _Outcome(True)
+        self._check_thread(chat, params.get("message_thread_id"))
         builders = {
             "sendMessage": self._send_message,
             "sendPhoto": self._send_photo,
@@ -1268,6 +1322,36 @@ class BotApiStandin:
         if self.rate_limits:
             self.limiter.acquire(chat["id"], len(records))
         return self._assign_ids(method, chat, records)
+
+    def _check_thread(self, chat: Json, thread: int | None) -> None:
+        """A message_thread_id names an open topic of a forum supergroup (a plain group's
+        reply threads are not modelled: none exists)."""
+        if thread is not None and thread not in self._forums.get(chat["id"], {}):
+            raise ApiError(400, THREAD_NOT_FOUND)
+        if (chat["id"], thread) in self._closed and not self._manages_topics(chat):
+            raise ApiError(400, TOPIC_CLOSED)
+
+    def _manages_topics(self, chat: Json) -> bool:
+        member = self._chat_member(chat, self._bot_user()["id"])
+        return member["status"] == "creator" or (
+            member["status"] == "administrator" and member.get("can_manage_topics") is True)
+
+    def _create_topic(self, chat: Json, params: Json) -> Json:
+        """createForumTopic: a forum only, by an administrator that may manage topics."""
+        if chat["id"] not in self._forums:
+            raise bad_request("the chat is not a forum")
+        name = params["name"]
+        if not 1 <= utf16_len(name) <= 128:
+            raise bad_request("TOPIC_TITLE_EMPTY" if not name else "TOPIC_TITLE_TOO_LONG")
+        color = params.get("icon_color", TOPIC_ICON_COLORS[0])
+        if color not in TOPIC_ICON_COLORS:
+            raise bad_request("TOPIC_ICON_COLOR_INVALID")
+        if not self._manages_topics(chat):
+            raise ApiError(400, TOPIC_RIGHTS)
+        thread = self._next_message_id[chat["id"]]
+        self._next_message_id[chat["id"]] = thread + 1
+        self._forums[chat["id"]][thread] = name
+        return {"message_thread_id": thread, "name": name, "icon_color": color}
 
     def _aliases(self, key: int | str) -> list[int | str]:
         """Both names of a chat: its id and its "@username" (rules set by either apply)."""
@@ -1319,6 +1403,8 @@ class BotApiStandin:
             self._display_names.setdefault(chat_id, str(chat).strip().lstrip("@"))
         else:
             chat_id = key
+        if chat_id in self._forums:
+            return forum_json(chat_id, self._display_names.get(chat_id))
         return chat_json(chat_id, self._display_names.get(chat_id))
 
     # ----------------------------------------------------------------- send methods
@@ -1468,6 +1554,8 @@ class BotApiStandin:
             entities=entities,
             chat=chat,
             media_group_id=media_group_id,
+            message_thread_id=params.get("message_thread_id"),
+            disable_notification=bool(params.get("disable_notification", False)),
         )
 
     def _assign_ids(self, method: MethodSpec, chat: Json, records: list[Recorded]) -> _Outcome:
@@ -1498,6 +1586,8 @@ class BotApiStandin:
             message["photo"] = _photo_sizes()
         if record.media_group_id is not None:
             message["media_group_id"] = record.media_group_id
+        if record.message_thread_id is not None:
+            message.update(message_thread_id=record.message_thread_id, is_topic_message=True)
         markup = record.reply_markup
         if isinstance(markup, dict) and "inline_keyboard" in markup:
             message["reply_markup"] = markup
@@ -1549,6 +1639,9 @@ class BotApiStandin:
             "migrate_chat": lambda: self.migrate_chat(payload["chat"], payload["new_id"]),
             "unknown_chat": lambda: self.unknown_chat(payload["chat"]),
             "allow_chat": lambda: self.allow_chat(payload["chat"]),
+            "add_forum": lambda: self.add_forum(
+                payload["chat"], payload.get("chat_id"), payload.get("topics", ())
+            ),
             "set_member": lambda: self.set_member(
                 payload["chat"], payload["status"], **payload.get("rights", {})
             ),
