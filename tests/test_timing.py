@@ -736,3 +736,27 @@ def test_preview_says_a_destination_gets_digests_and_keeps_quiet_hours(
     assert "  goes in the destination's digest (daily 08:00), not as this post" in shown.stdout
     assert ("  in quiet hours (22:00-06:00, Europe/Berlin): held until they end"
             in shown.stdout)
+
+
+def test_two_topics_of_one_forum_one_with_digests_one_quiet(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    api.add_chat(CHAT, -1001)
+    api.add_forum("@labforum", -1009, topics=[10, 20])
+    config = make_config('[telegram.routes]\nAI = ["@labforum/10", "@labforum/20"]\n'
+                         '[telegram.chats."@labforum/10"]\nquiet_hours = "09:00-11:00"\n'
+                         '[telegram.chats."@labforum/20"]\ndigest = "hourly"\n')
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T09:10:00Z")
+    fake.set(at("09:30"))
+    outcome = push(config, fake)
+    assert outcome.report.ok, outcome.report
+    (post,) = api.sent_to("@labforum")
+    assert post.params["message_thread_id"] == 10 and post.params["disable_notification"]
+    assert "disable_notification" not in api.sent_to(CHAT)[0].params
+    fake.set(at("10:00"))
+    push(config, fake)
+    digest = api.sent_to("@labforum")[1]
+    assert digest.params["message_thread_id"] == 20 and "disable_notification" not in digest.params
+    assert digest.visible_text.startswith("1 new article")
+    assert len(api.sent_to("@labforum")) == 2 and len(api.sent_to(CHAT)) == 1
