@@ -531,8 +531,10 @@ class Sender(Protocol):
     async def get_chat_member(self, chat_id: str, user_id: int) -> MemberInfo: ...
 
     async def send_photo(
-        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
-    ) -> int: ...
+        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
+        *, silent: bool = False,
+    ) -> int:
+        """``silent``: without a notification (``disable_notification``)."""
 
     async def send_text(
         self,
@@ -542,7 +544,9 @@ class Sender(Protocol):
         html: bool,
         buttons: Sequence[Sequence[Button]],
         preview_url: str | None,
-    ) -> int: ...
+        silent: bool = False,
+    ) -> int:
+        """``preview_url``: the link to preview; empty or None, no preview."""
 
 
 class TelegramSender:
@@ -628,7 +632,8 @@ class TelegramSender:
                                        f"{_ptb_problem(exc)}")) from exc
 
     async def send_photo(
-        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]]
+        self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
+        *, silent: bool = False,
     ) -> int:
         return await self._posted(
             self._bot.send_photo(
@@ -637,6 +642,7 @@ class TelegramSender:
                 caption=caption_html,
                 parse_mode=ParseMode.HTML,
                 reply_markup=_keyboard(buttons),
+                disable_notification=silent or None,
             ),
             photo=True,
         )
@@ -649,6 +655,7 @@ class TelegramSender:
         html: bool,
         buttons: Sequence[Sequence[Button]],
         preview_url: str | None,
+        silent: bool = False,
     ) -> int:
         preview = (
             LinkPreviewOptions(url=preview_url, prefer_large_media=True)
@@ -662,6 +669,7 @@ class TelegramSender:
                 parse_mode=ParseMode.HTML if html else None,
                 reply_markup=_keyboard(buttons),
                 link_preview_options=preview,
+                disable_notification=silent or None,
             )
         )
 

@@ -61,8 +61,9 @@ from publisher.destinations import (
     remembered_destinations,
     resolve_destinations,
 )
+from publisher.errors import RenderError
 from publisher.logs import event
-from publisher.messages import Message, render_message
+from publisher.messages import Message, render_for
 from publisher.models import Article
 from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
     PACING_HELD,
@@ -168,6 +169,13 @@ class Prepared:
 @dataclass(frozen=True)
 class Skip:
     article: Article | None  # None: no longer selected
+
+
+@dataclass(frozen=True)
+class Unrenderable:
+    """The destination's template cannot make a post of the article Telegram would accept."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -466,10 +474,12 @@ class Dispatcher:
                 self._store.mark_retry(item.article_id, item.chat_id, "interrupted before "
                                        "sending", 0, count_attempt=False, owner=self._owner)
             raise
-        if isinstance(prepared, Skip | Orphan | Unsure):
+        if isinstance(prepared, Skip | Orphan | Unsure | Unrenderable):
             run.queue.remove(entry)
             self._store.cancel_reservation(run.key, slot)
-            if isinstance(prepared, Skip):
+            if isinstance(prepared, Unrenderable):
+                self._unrenderable(item, prepared.reason, run.report)
+            elif isinstance(prepared, Skip):
                 self._skip(item, prepared.article, run.report)
             elif isinstance(prepared, Orphan):
                 self._orphan(item, run.report)
@@ -489,7 +499,8 @@ class Dispatcher:
                 run.budget -= 1
         return True
 
-    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip | Orphan | Unsure:
+    def _prepare(self, item: Delivery, lookup: Lookup
+                 ) -> Prepared | Skip | Orphan | Unsure | Unrenderable:
         """What to send for a claimed pair (or why not): every step that can fail before the
         request, so a failure here provably posted nothing."""
         article = lookup(item.article_id)
@@ -501,7 +512,10 @@ class Dispatcher:
             if unknown:
                 return Unsure(f"{', '.join(unknown)} not resolved yet: it may be this chat")
             return Orphan()
-        message = render_message(article, timezone=self._settings.timezone)
+        try:
+            message = render_for(article, self._config, self._label(item.chat_id))
+        except RenderError as exc:
+            return Unrenderable(str(exc))
         return Prepared(article, message, item.chat_id)
 
     def _oldest_allowed(self) -> datetime | None:
@@ -521,6 +535,13 @@ class Dispatcher:
                                                owner=self._owner))
         chat_report.skipped += 1
         event(log, logging.INFO, "skipped", chat=self._label(item.chat_id),
+              article=item.article_id, reason=reason)
+
+    def _unrenderable(self, item: Delivery, reason: str, chat_report: ChatReport) -> None:
+        self._settled(item.article_id, item.chat_id, self._store.mark_failed(
+            item.article_id, item.chat_id, reason, owner=self._owner))
+        chat_report.failed += 1
+        event(log, logging.ERROR, "failed", chat=self._label(item.chat_id),
               article=item.article_id, reason=reason)
 
     def _orphan(self, item: Delivery, chat_report: ChatReport) -> None:
@@ -629,7 +650,8 @@ class Dispatcher:
         if message.photo_url:
             try:
                 return await self._sender.send_photo(
-                    chat_id, message.photo_url, message.html, message.buttons
+                    chat_id, message.photo_url, message.html, message.buttons,
+                    **_silent(message),
                 )
             except PhotoRejected as exc:
                 event(log, logging.WARNING, "photo_refused", chat=self._label(chat_id),
@@ -639,7 +661,7 @@ class Dispatcher:
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,
-                preview_url=message.preview_url,
+                preview_url=message.preview_url, **_silent(message),
             )
         except EntitiesRejected as exc:
             return await self._post_plain(chat_id, message, exc)
@@ -651,7 +673,7 @@ class Dispatcher:
         try:
             return await self._sender.send_text(
                 chat_id, message.plain, html=False, buttons=message.buttons,
-                preview_url=message.preview_url,
+                preview_url=message.preview_url, **_silent(message),
             )
         except (Rejected, EntitiesRejected, PhotoRejected) as plain:
             raise Rejected(
@@ -698,3 +720,9 @@ class Dispatcher:
             return Outcome.STOP
         await self._pause(delay)
         return Outcome.RETRY
+
+
+def _silent(message: Message) -> dict[str, bool]:
+    """``silent=True`` for a silent post; nothing otherwise, so that a ``Sender`` without
+    the option (a test's) still serves the others."""
+    return {"silent": True} if message.silent else {}
