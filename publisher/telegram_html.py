@@ -22,6 +22,7 @@ TAGS = frozenset({
     "tg-emoji", "code", "pre", "blockquote",
 })
 NAMED_ENTITIES = frozenset({"lt", "gt", "amp", "quot"})
+_SPECIAL = re.compile(r"[<&>]")
 _ENTITY = re.compile(r"&(?:([a-zA-Z]+)|#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6}));")
 _TAG = re.compile(r"<(/?)([^\s/>]*)([^>]*)>")
 _ATTRIBUTE = re.compile(r"""([a-zA-Z_:][-\w:.]*)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
@@ -40,8 +41,9 @@ def problems(text: str, *, static: bool = False) -> Iterator[Problem]:
     """What Telegram would refuse in ``text``, in order."""
     stack: list[tuple[str, int]] = []
     position = 0
-    while position < len(text):
-        char = text[position]
+    while (special := _SPECIAL.search(text, position)) is not None:
+        position = special.start()
+        char = special.group()
         if char == "<":
             match = _TAG.match(text, position)
             if match is None:
@@ -57,10 +59,8 @@ def problems(text: str, *, static: bool = False) -> Iterator[Problem]:
                 position += 1
             else:
                 position = entity.end()
-        elif char == ">":
-            yield Problem(position, "'>' must be escaped as &gt;")
-            position += 1
         else:
+            yield Problem(position, "'>' must be escaped as &gt;")
             position += 1
     if not static:
         for name, offset in reversed(stack):

@@ -20,7 +20,7 @@ import os
 import traceback
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -210,8 +210,6 @@ def format_date(moment: datetime, timezone: str = "UTC", language: str = "en",
                 date_format: str = "medium") -> str:
     """``moment`` in ``timezone`` as ``language`` writes it, with Babel: a format name
     (short, medium, long, full) or a CLDR pattern ("d MMMM y, HH:mm")."""
-    from babel import dates
-
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as error:
@@ -219,8 +217,28 @@ def format_date(moment: datetime, timezone: str = "UTC", language: str = "en",
     local = as_utc(moment).astimezone(zone)
     pattern = _LEGACY_PATTERNS.get((language, date_format), date_format)
     if pattern in DATE_FORMAT_NAMES:
-        return dates.format_date(local.date(), pattern, locale=language)
-    return dates.format_datetime(as_utc(moment), pattern, tzinfo=zone, locale=language)
+        return _babel_date(local.date(), pattern, language)
+    return _babel_datetime(local.replace(tzinfo=None), local.fold, timezone, pattern, language)
+
+
+# Babel takes tens of microseconds a date; the articles of a push share a few days.
+@functools.lru_cache(maxsize=1024)
+def _babel_date(day: date, format_name: str, language: str) -> str:
+    from babel import dates
+
+    return dates.format_date(day, format_name, locale=language)
+
+
+@functools.lru_cache(maxsize=1024)
+def _babel_datetime(local: datetime, fold: int, timezone: str, pattern: str,
+                    language: str) -> str:
+    """``local``: the wall-clock time in ``timezone``, naive, and its ``fold`` (aware
+    datetimes of different zones compare equal, and would share a cache entry)."""
+    from babel import dates
+
+    zone = ZoneInfo(timezone)
+    moment = local.replace(tzinfo=zone, fold=fold)
+    return dates.format_datetime(moment, pattern, tzinfo=zone, locale=language)
 
 
 def check_language(language: str, key: str) -> None:
