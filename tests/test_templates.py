@@ -22,6 +22,7 @@ from publisher.messages import (
     ELLIPSIS,
     TEXT_LIMIT,
     format_for_dry_run,
+    render_for,
     render_message,
     telegram_length,
     visible_length,
@@ -275,3 +276,15 @@ def test_a_template_file_relative_to_the_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"post\.j2\): line 1: unsupported tag <div>"):
         render_message(make_article(), settings)
 
+
+
+def test_the_readme_example_is_a_working_config(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Shaping posts"):]
+    example = section[section.index("```toml") + len("```toml"):]
+    (tmp_path / "config.toml").write_text(example[:example.index("```")], encoding="utf-8")
+    config = load_config(tmp_path / "config.toml", environ={})
+    message = render_for(make_article(), config, "@robotik")
+    assert message.html.endswith("<i>TechCrunch</i>, 6. Oktober 2021 #AI #ComputerVision")
+    assert message.buttons[0][0].text == "Weiterlesen bei TechCrunch" and message.silent
+    assert render_for(make_article(), config, "@news").html == render_message(make_article()).html
