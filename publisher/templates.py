@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
@@ -100,9 +101,30 @@ def attribute_safe(url: str) -> Markup:
     return Markup(html.escape(url, quote=True))
 
 
+# A template is rendered for every post: "x" * 10**9 must not take the memory.
+MAX_REPEAT = 10_000
+MAX_EXPONENT = 64
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with repetition and powers bounded."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"an exponent above {MAX_EXPONENT}")
+        if operator == "*":
+            counts = [side for side in (left, right) if isinstance(side, int)]
+            sized = any(isinstance(side, str | list | tuple) for side in (left, right))
+            if sized and counts and counts[0] > MAX_REPEAT:
+                raise SecurityError(f"a repetition above {MAX_REPEAT:,} times")
+        return super().call_binop(context, operator, left, right)
+
+
 @functools.cache
 def _environment(for_html: bool) -> ImmutableSandboxedEnvironment:
-    environment = ImmutableSandboxedEnvironment(
+    environment = _Sandbox(
         autoescape=for_html,
         undefined=jinja2.StrictUndefined,
         finalize=_escape_value if for_html else _plain_value,

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_messages import (
     PHOTO,
+    _long_texts,
+    _texts,
     assert_telegram_html,
     make_article,
     visible_text,
@@ -221,6 +223,38 @@ def test_a_read_button_of_its_own() -> None:
     assert telegram_length(render_message(make_article(), long).buttons[0][0].text) <= 64
 
 
+_TEMPLATES = [
+    GERMAN.template,
+    '<a href="{{ url }}">{{ title }}</a>\n<blockquote>{{ excerpt }}</blockquote>\n{{ hashtags }}',
+    "{% for item in related %}<a href=\"{{ item.url }}\">{{ item.title }}</a> ({{ item.provider }})"
+    "\n{% endfor %}<b>{{ title }}</b> {{ excerpt }} {% if image %}📷{% endif %}",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(template=st.sampled_from(_TEMPLATES), title=_texts | _long_texts,
+       excerpt=_texts | _long_texts, topics=st.lists(_texts, max_size=30),
+       related=st.lists(_texts | _long_texts, max_size=10), photo=st.booleans())
+def test_any_article_in_any_template_is_a_valid_post_or_fails_clearly(
+    template: str, title: str, excerpt: str, topics: list[str], related: list[str],
+    photo: bool,
+) -> None:
+    article = make_article(
+        title=title, excerpt=excerpt, topics=tuple(topics), images=(PHOTO,) if photo else (),
+        related=tuple(Related(text, f"https://ex.org/{i}") for i, text in enumerate(related)),
+    )
+    try:
+        message = render_message(article, PostSettings(template=template))
+    except RenderError as exc:
+        assert str(exc).startswith("telegram.template: ")
+        return
+    caption_limit = CAPTION_LIMIT if message.photo_url else TEXT_LIMIT
+    for text, limit in ((message.html, caption_limit), (message.text_html, TEXT_LIMIT)):
+        assert_telegram_html(text)
+        assert 0 < visible_length(text) <= limit and visible_text(text).strip()
+    assert 0 < telegram_length(message.plain) <= caption_limit
+
+
 # --- errors at start ---------------------------------------------------------------------
 
 
@@ -240,6 +274,10 @@ def test_a_read_button_of_its_own() -> None:
     ("<span>{{ title }}</span>", 'telegram.template: line 1: tag <span> needs class="tg-spoiler"'),
     ("{% if image %}<b>{% endif %}{{ title }}",
      "telegram.template: renders HTML Telegram refuses: tag <b> is not closed"),
+    ("{{ title }}\n{{ '=' * 10**9 }}",
+     "telegram.template: line 2: a repetition above 10,000 times"),
+    ("{{ title }}{{ 10 ** 100 ** 100 }}", "telegram.template: line 1: an exponent above 64"),
+    ("{{ published.__class__ }}", "telegram.template: line 1: access to attribute '__class__'"),
 ])
 def test_a_bad_template_is_a_config_error_naming_its_line(tmp_path: Path, template: str,
                                                           message: str) -> None:
