@@ -53,6 +53,8 @@ BUTTON_LABEL_LIMIT = 40
 PROVIDER_LABEL_LIMIT = 32
 # A read button of the operator's own (telegram.read_button) may say more than "Read on X".
 READ_LABEL_LIMIT = 64
+# Telegram refuses an inline keyboard of more than 100 buttons.
+MAX_BUTTONS = 100
 # Telegram links at most 256 characters of a hashtag.
 HASHTAG_LIMIT = 256
 # The footer (provider/date, hashtags, URL) takes at most this share of the limit, so the
@@ -440,8 +442,8 @@ class _Rendering:
         rows: list[tuple[Button, ...]] = []
         if self.url and self.shape.read_button is not None:
             rows.append((Button(self._read_label(), self.url),))
-        related = _related_buttons(self.article, self.shape.settings.related_buttons,
-                                   self.shape.related_fallback)
+        count = min(self.shape.settings.related_buttons, MAX_BUTTONS - len(rows))
+        related = _related_buttons(self.article, count, self.shape.related_fallback)
         rows.extend((button,) for button in related)
         return tuple(rows)
 

@@ -176,3 +176,24 @@ def test_a_bad_template_stops_every_command_before_anything_is_sent(
     assert botapi.requests == []
     assert list((tmp_path / "state").iterdir()) == []
     assert not (tmp_path / "feeds").exists()
+
+
+def test_preview_and_dry_run_show_each_destination_and_what_cannot_be_posted(
+    config_path: ConfigWriter, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    path = write_article("a.txt", 1, topics=["AI", "Robotik", *(f"T{i}" for i in range(9))],
+                         title="T " * 400)
+    config = config_path('routes = { Robotik = "@robotik" }\n[telegram.chats."@robotik"]\n'
+                         "template = '{{ title }}{% for t in topics %} {{ title }}{% endfor %}'\n"
+                         'language = "ja"\n')
+    preview = run_cli("preview", "-c", str(config), str(path), cwd=tmp_path)
+    assert preview.returncode == 0, preview.stderr
+    assert "sendPhoto to @news" in preview.stdout
+    assert ('@robotik: cannot be posted: telegram.chats."@robotik".template: the message is '
+            "longer than 4096") in preview.stdout
+    dry = run_cli("push", "-c", str(config), "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "1 message would be sent" in dry.stdout
+    assert 'Note: @robotik: ' in dry.stdout and "a push records it as failed" in dry.stdout
+    assert botapi.requests == []

@@ -326,3 +326,9 @@ def test_the_readme_example_is_a_working_config(tmp_path: Path) -> None:
     assert message.html.endswith("<i>TechCrunch</i>, 6. Oktober 2021 #AI #ComputerVision")
     assert message.buttons[0][0].text == "Weiterlesen bei TechCrunch" and message.silent
     assert render_for(make_article(), config, "@news").html == render_message(make_article()).html
+
+
+def test_a_keyboard_never_holds_more_buttons_than_telegram_takes() -> None:
+    related = tuple(Related(f"Story {i}", f"https://ex.org/{i}") for i in range(150))
+    message = render_message(make_article(related=related), PostSettings(related_buttons=500))
+    assert len(message.buttons) == 100 and message.buttons[0][0].text == "Read on TechCrunch"
