@@ -536,10 +536,11 @@ class Sender(Protocol):
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
-        *, thread_id: int | None = None,
+        *, thread_id: int | None = None, silent: bool = False,
     ) -> int:
         """``thread_id``: the forum topic to post in (``message_thread_id``); given only
-        for a topic, so a Sender without topics needs no such argument."""
+        for a topic, so a Sender without topics needs no such argument. ``silent``: without
+        a notification (``disable_notification``)."""
 
     async def send_text(
         self,
@@ -550,7 +551,9 @@ class Sender(Protocol):
         buttons: Sequence[Sequence[Button]],
         preview_url: str | None,
         thread_id: int | None = None,
-    ) -> int: ...
+        silent: bool = False,
+    ) -> int:
+        """``preview_url``: the link to preview; empty or None, no preview."""
 
 
 class TelegramSender:
@@ -638,7 +641,7 @@ class TelegramSender:
 
     async def send_photo(
         self, chat_id: str, photo_url: str, caption_html: str, buttons: Sequence[Sequence[Button]],
-        *, thread_id: int | None = None,
+        *, thread_id: int | None = None, silent: bool = False,
     ) -> int:
         return await self._posted(
             self._bot.send_photo(
@@ -648,6 +651,7 @@ class TelegramSender:
                 caption=caption_html,
                 parse_mode=ParseMode.HTML,
                 reply_markup=_keyboard(buttons),
+                disable_notification=silent or None,
             ),
             photo=True,
         )
@@ -661,6 +665,7 @@ class TelegramSender:
         buttons: Sequence[Sequence[Button]],
         preview_url: str | None,
         thread_id: int | None = None,
+        silent: bool = False,
     ) -> int:
         preview = (
             LinkPreviewOptions(url=preview_url, prefer_large_media=True)
@@ -675,6 +680,7 @@ class TelegramSender:
                 parse_mode=ParseMode.HTML if html else None,
                 reply_markup=_keyboard(buttons),
                 link_preview_options=preview,
+                disable_notification=silent or None,
             )
         )
 

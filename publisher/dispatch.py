@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from publisher.config import Config
 from publisher.delivery import (
@@ -66,9 +67,10 @@ from publisher.destinations import (
     remembered_destinations,
     resolve_destinations,
 )
+from publisher.errors import RenderError
 from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
-from publisher.messages import Message, render_message
+from publisher.messages import Message, render_for
 from publisher.models import Article
 from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
     NO_LONGER_SELECTED,
@@ -177,6 +179,13 @@ class Prepared:
 @dataclass(frozen=True)
 class Skip:
     article: Article | None  # None: no longer selected
+
+
+@dataclass(frozen=True)
+class Unrenderable:
+    """The destination's template cannot make a post of the article Telegram would accept."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -475,10 +484,12 @@ class Dispatcher:
                 self._store.mark_retry(item.article_id, item.chat_id, "interrupted before "
                                        "sending", 0, count_attempt=False, owner=self._owner)
             raise
-        if isinstance(prepared, Skip | Orphan | Unsure):
+        if isinstance(prepared, Skip | Orphan | Unsure | Unrenderable):
             run.queue.remove(entry)
             self._store.cancel_reservation(chat_of(run.key), slot)
-            if isinstance(prepared, Skip):
+            if isinstance(prepared, Unrenderable):
+                self._unrenderable(item, prepared.reason, run.report)
+            elif isinstance(prepared, Skip):
                 self._skip(item, prepared.article, run.report)
             elif isinstance(prepared, Orphan):
                 self._orphan(item, run.report)
@@ -498,7 +509,8 @@ class Dispatcher:
                 run.budget -= 1
         return True
 
-    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip | Orphan | Unsure:
+    def _prepare(self, item: Delivery, lookup: Lookup
+                 ) -> Prepared | Skip | Orphan | Unsure | Unrenderable:
         """What to send for a claimed pair (or why not): every step that can fail before the
         request, so a failure here provably posted nothing."""
         article = lookup(item.article_id)
@@ -510,7 +522,10 @@ class Dispatcher:
             if unknown:
                 return Unsure(f"{', '.join(unknown)} not resolved yet: it may be this chat")
             return Orphan()
-        message = render_message(article, timezone=self._settings.timezone)
+        try:
+            message = render_for(article, self._config, self._label(item.chat_id))
+        except RenderError as exc:
+            return Unrenderable(str(exc))
         return Prepared(article, message, item.chat_id)
 
     def _skip(self, item: Delivery, article: Article | None, chat_report: ChatReport) -> None:
@@ -522,6 +537,13 @@ class Dispatcher:
                                                owner=self._owner))
         chat_report.skipped += 1
         event(log, logging.INFO, "skipped", chat=self._label(item.chat_id),
+              article=item.article_id, reason=reason)
+
+    def _unrenderable(self, item: Delivery, reason: str, chat_report: ChatReport) -> None:
+        self._settled(item.article_id, item.chat_id, self._store.mark_failed(
+            item.article_id, item.chat_id, reason, owner=self._owner))
+        chat_report.failed += 1
+        event(log, logging.ERROR, "failed", chat=self._label(item.chat_id),
               article=item.article_id, reason=reason)
 
     def _orphan(self, item: Delivery, chat_report: ChatReport) -> None:
@@ -631,11 +653,11 @@ class Dispatcher:
     async def _post(self, key: str, message: Message) -> int:
         """Post to a destination: a chat, or a forum topic of one ("-100123/42")."""
         chat_id, thread = split_key(key)
-        topic = _topic(thread)
+        options = _send_options(thread, message)
         if message.photo_url:
             try:
                 return await self._sender.send_photo(
-                    chat_id, message.photo_url, message.html, message.buttons, **topic
+                    chat_id, message.photo_url, message.html, message.buttons, **options,
                 )
             except PhotoRejected as exc:
                 event(log, logging.WARNING, "photo_refused", chat=self._label(key),
@@ -645,7 +667,7 @@ class Dispatcher:
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,
-                preview_url=message.preview_url, **topic,
+                preview_url=message.preview_url, **options,
             )
         except EntitiesRejected as exc:
             return await self._post_plain(key, message, exc)
@@ -658,7 +680,7 @@ class Dispatcher:
         try:
             return await self._sender.send_text(
                 chat_id, message.plain, html=False, buttons=message.buttons,
-                preview_url=message.preview_url, **_topic(thread),
+                preview_url=message.preview_url, **_send_options(thread, message),
             )
         except (Rejected, EntitiesRejected, PhotoRejected) as plain:
             raise Rejected(
@@ -707,7 +729,11 @@ class Dispatcher:
         return Outcome.RETRY
 
 
-def _topic(thread: int | None) -> dict[str, int]:
-    """The send's forum topic argument: none for a whole chat, so a message to a chat goes
-    out exactly as it did before destinations had topics."""
-    return {} if thread is None else {"thread_id": thread}
+def _send_options(thread: int | None, message: Message) -> dict[str, Any]:
+    """The send's optional arguments, only where they differ from a plain post: a forum
+    topic (``thread_id``), a silent post (``silent``). A message to a whole chat, with sound,
+    goes out exactly as before either existed, to any ``Sender`` (a test's without them)."""
+    options: dict[str, Any] = {} if thread is None else {"thread_id": thread}
+    if message.silent:
+        options["silent"] = True
+    return options
