@@ -36,7 +36,7 @@ from publisher.db import redact_url
 from publisher.errors import ConfigError
 from publisher.files import FileTooLarge, read_regular_file
 from publisher.forum import check_destination
-from publisher.settings import PATH_SETTINGS, SETTING_NAMES, PostSettings
+from publisher.settings import PATH_SETTINGS, SETTING_NAMES, PostSettings, has_default_shape
 from publisher.text import is_web_url
 from publisher.timing import check_timing
 
@@ -587,6 +587,19 @@ def _validate(config: Config) -> None:
     _validate_server(config.server)
     _validate_destinations(config.telegram)
     _validate_chats(config)
+    _validate_shapes(config)
+
+
+def _validate_shapes(config: Config) -> None:
+    """Templates, read buttons, languages and date formats, tried on sample articles (every
+    command loads the config here, ``check`` included: a bad template stops it before
+    anything is sent)."""
+    everyone = [config.settings_for(name) for name in ("", *config.telegram.chats)]
+    if all(has_default_shape(settings) for settings in everyone):
+        return  # nothing to check: no need to load Jinja and Babel on every start
+    from publisher.templates import check_config
+
+    check_config(config)
 
 
 def _validate_destinations(telegram: TelegramConfig) -> None:

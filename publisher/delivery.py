@@ -540,7 +540,7 @@ class Sender(Protocol):
     ) -> int:
         """``thread_id``: the forum topic to post in (``message_thread_id``); given only
         for a topic, so a Sender without topics needs no such argument. ``silent``: without
-        a notification (``disable_notification``), given only when set."""
+        a notification (``disable_notification``)."""
 
     async def send_text(
         self,

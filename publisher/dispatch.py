@@ -69,9 +69,10 @@ from publisher.destinations import (
     resolve_destinations,
 )
 from publisher.digest_ledger import recover_digests
+from publisher.errors import RenderError
 from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
-from publisher.messages import Message, render_message
+from publisher.messages import Message, render_for
 from publisher.models import Article
 from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
     NO_LONGER_SELECTED,
@@ -182,6 +183,13 @@ class Prepared:
 @dataclass(frozen=True)
 class Skip:
     article: Article | None  # None: no longer selected
+
+
+@dataclass(frozen=True)
+class Unrenderable:
+    """The destination's template cannot make a post of the article Telegram would accept."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -509,10 +517,12 @@ class Dispatcher:
         if isinstance(prepared, Prepared) and run.digest_chat:
             # Re-selected since the plan closed it: it waits for the next digest.
             prepared = Unsure("waits for the destination's next digest")
-        if isinstance(prepared, Skip | Orphan | Unsure):
+        if isinstance(prepared, Skip | Orphan | Unsure | Unrenderable):
             run.queue.remove(entry)
             self._store.cancel_reservation(chat_of(run.key), slot)
-            if isinstance(prepared, Skip):
+            if isinstance(prepared, Unrenderable):
+                self._unrenderable(item, prepared.reason, run.report)
+            elif isinstance(prepared, Skip):
                 self._skip(item, prepared.article, run.report)
             elif isinstance(prepared, Orphan):
                 self._orphan(item, run.report)
@@ -534,7 +544,8 @@ class Dispatcher:
                 run.budget -= 1
         return True
 
-    def _prepare(self, item: Delivery, lookup: Lookup) -> Prepared | Skip | Orphan | Unsure:
+    def _prepare(self, item: Delivery, lookup: Lookup
+                 ) -> Prepared | Skip | Orphan | Unsure | Unrenderable:
         """What to send for a claimed pair (or why not): every step that can fail before the
         request, so a failure here provably posted nothing."""
         article = lookup(item.article_id)
@@ -546,7 +557,10 @@ class Dispatcher:
             if unknown:
                 return Unsure(f"{', '.join(unknown)} not resolved yet: it may be this chat")
             return Orphan()
-        message = render_message(article, timezone=self._settings.timezone)
+        try:
+            message = render_for(article, self._config, self._label(item.chat_id))
+        except RenderError as exc:
+            return Unrenderable(str(exc))
         return Prepared(article, message, item.chat_id)
 
     def _skip(self, item: Delivery, article: Article | None, chat_report: ChatReport) -> None:
@@ -558,6 +572,13 @@ class Dispatcher:
                                                owner=self._owner))
         chat_report.skipped += 1
         event(log, logging.INFO, "skipped", chat=self._label(item.chat_id),
+              article=item.article_id, reason=reason)
+
+    def _unrenderable(self, item: Delivery, reason: str, chat_report: ChatReport) -> None:
+        self._settled(item.article_id, item.chat_id, self._store.mark_failed(
+            item.article_id, item.chat_id, reason, owner=self._owner))
+        chat_report.failed += 1
+        event(log, logging.ERROR, "failed", chat=self._label(item.chat_id),
               article=item.article_id, reason=reason)
 
     def _orphan(self, item: Delivery, chat_report: ChatReport) -> None:
@@ -670,12 +691,11 @@ class Dispatcher:
     async def _post(self, key: str, message: Message) -> int:
         """Post to a destination: a chat, or a forum topic of one ("-100123/42")."""
         chat_id, thread = split_key(key)
-        topic = _topic(thread)
+        options = _send_options(thread, message)
         if message.photo_url:
             try:
                 return await self._sender.send_photo(
-                    chat_id, message.photo_url, message.html, message.buttons,
-                    **topic, **_silent(message),
+                    chat_id, message.photo_url, message.html, message.buttons, **options,
                 )
             except PhotoRejected as exc:
                 event(log, logging.WARNING, "photo_refused", chat=self._label(key),
@@ -685,7 +705,7 @@ class Dispatcher:
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,
-                preview_url=message.preview_url, **topic, **_silent(message),
+                preview_url=message.preview_url, **options,
             )
         except EntitiesRejected as exc:
             return await self._post_plain(key, message, exc)
@@ -698,7 +718,7 @@ class Dispatcher:
         try:
             return await self._sender.send_text(
                 chat_id, message.plain, html=False, buttons=message.buttons,
-                preview_url=message.preview_url, **_topic(thread), **_silent(message),
+                preview_url=message.preview_url, **_send_options(thread, message),
             )
         except (Rejected, EntitiesRejected, PhotoRejected) as plain:
             raise Rejected(
@@ -747,13 +767,11 @@ class Dispatcher:
         return Outcome.RETRY
 
 
-def _topic(thread: int | None) -> dict[str, Any]:
-    """The send's forum topic argument: none for a whole chat, so a message to a chat goes
-    out exactly as it did before destinations had topics."""
-    return {} if thread is None else {"thread_id": thread}
-
-
-def _silent(message: Message) -> dict[str, bool]:
-    """``silent=True`` for a silent post; nothing otherwise, so that a ``Sender`` without
-    the option (a test's) still serves the others."""
-    return {"silent": True} if message.silent else {}
+def _send_options(thread: int | None, message: Message) -> dict[str, Any]:
+    """The send's optional arguments, only where they differ from a plain post: a forum
+    topic (``thread_id``), a silent post (``silent``). A message to a whole chat, with sound,
+    goes out exactly as before either existed, to any ``Sender`` (a test's without them)."""
+    options: dict[str, Any] = {} if thread is None else {"thread_id": thread}
+    if message.silent:
+        options["silent"] = True
+    return options

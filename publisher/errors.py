@@ -10,6 +10,7 @@ The CLI turns a ``PublisherError`` into ``Error: <message>`` and exit status 1::
      │    ├── FutureDate             dated too far ahead: good from ``valid_from`` on
      │    └── SyncInterrupted        a sync was asked to stop; what it committed holds
      ├── FeedError                   feeds could not be built or written
+     ├── RenderError                 an article cannot become a post Telegram accepts
      ├── StateError                  the state database cannot be opened, migrated or locked
      │    ├── AlreadyRunning         another process holds the single-instance lock
      │    ├── Interrupted            a wait for a lock was ended by a stop request
@@ -63,6 +64,7 @@ __all__ = [
     "PushIncomplete",
     "RateLimited",
     "Rejected",
+    "RenderError",
     "SendError",
     "ServerError",
     "StateError",
@@ -113,6 +115,11 @@ class FeedError(PublisherError):
 
 
 # -- the state database ------------------------------------------------------------------------
+
+
+class RenderError(PublisherError):
+    """An article cannot become a post Telegram accepts: its template fails on it, or the
+    rendering does not fit even as a text message without the excerpt."""
 
 
 class StateError(PublisherError):

@@ -6,7 +6,7 @@ to fit (never inside a surrogate pair, a combining sequence or an HTML entity), 
 escaped for ``parse_mode=HTML``. Escaping does not change the visible length, so a plain text
 that fits guarantees an HTML text that fits.
 
-Layout (blocks separated by a blank line, empty blocks left out)::
+The default layout (blocks separated by a blank line, empty blocks left out)::
 
     <b>Title</b>
 
@@ -14,32 +14,47 @@ Layout (blocks separated by a blank line, empty blocks left out)::
 
     TechCrunch · 6 Oct 2021
     #AI #ComputerVision
+
+is the default template (``templates.DEFAULT_TEMPLATE``), rendered from parts fitted one by
+one. An operator's template (``telegram.template``) is rendered whole and measured: too long,
+its excerpt is shortened until it fits; a caption that cannot fit even without the excerpt
+goes as a text message; a text that cannot fit is a ``RenderError`` (the post fails).
 """
 
 from __future__ import annotations
 
 import functools
 import html
+import itertools
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
-from publisher.errors import ConfigError
-from publisher.models import Article, Related, normalise_url
+from publisher import telegram_html, templates
+from publisher.errors import RenderError
+from publisher.models import Article, Related, display_host, normalise_url
+from publisher.settings import PostSettings
 from publisher.text import as_utc, is_web_url
+
+if TYPE_CHECKING:
+    from publisher.config import Config
 
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
 ELLIPSIS = "…"
 
-MAX_RELATED_BUTTONS = 3
 # Inline buttons show about one line; longer labels are cut by the client anyway.
 BUTTON_LABEL_LIMIT = 40
 PROVIDER_LABEL_LIMIT = 32
+# A read button of the operator's own (telegram.read_button) may say more than "Read on X".
+READ_LABEL_LIMIT = 64
+# Telegram refuses an inline keyboard of more than 100 buttons.
+MAX_BUTTONS = 100
 # Telegram links at most 256 characters of a hashtag.
 HASHTAG_LIMIT = 256
 # The footer (provider/date, hashtags, URL) takes at most this share of the limit, so the
@@ -48,7 +63,7 @@ FOOTER_MAX_SHARE = 0.5
 # An excerpt cut shorter than this says nothing useful: leave it out instead.
 MIN_EXCERPT = 24
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+DEFAULT_SETTINGS = PostSettings()
 # Characters worth keeping in a hashtag that Telegram would not link: spelled out instead,
 # so "C++" and "C#" do not both collapse to "#C".
 _HASHTAG_SPELLINGS = {"+": "Plus", "#": "Sharp"}
@@ -100,7 +115,7 @@ class _Fitted:
 
 def telegram_length(text: str) -> int:
     """Length in UTF-16 code units, the unit of every Telegram limit."""
-    return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def visible_length(html_text: str) -> int:
@@ -197,14 +212,11 @@ def _hashtags(topics: Iterable[str]) -> list[str]:
     return tags
 
 
-def format_date(moment: datetime, timezone: str = "UTC") -> str:
-    """'6 Oct 2021' in ``timezone``; English month names whatever the process locale."""
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ConfigError(f"unknown timezone {timezone!r}") from error
-    local = as_utc(moment).astimezone(zone)
-    return f"{local.day} {_MONTHS[local.month - 1]} {local.year}"
+def format_date(moment: datetime, timezone: str = "UTC", language: str = "en",
+                date_format: str = "medium") -> str:
+    """'6 Oct 2021' in ``timezone`` by default; Babel's rendering for other languages and
+    formats (``templates.format_date``), whatever the process locale."""
+    return templates.format_date(moment, timezone, language, date_format)
 
 
 def _same_page(first: str, second: str) -> bool:
@@ -269,91 +281,223 @@ def _tag_line(tags: list[str], budget: int) -> str:
     return line
 
 
-def _render_html(fitted: _Fitted) -> str:
-    blocks: list[str] = []
-    if fitted.title:
-        blocks.append(f"<b>{_escape(fitted.title)}</b>")
-    if fitted.excerpt:
-        blocks.append(_escape(fitted.excerpt))
-    if fitted.footer:
-        blocks.append(_escape("\n".join(fitted.footer)))
-    return "\n\n".join(blocks)
-
-
-def _escape(text: str) -> str:
-    """Escape for Telegram HTML: only &amp; &lt; &gt; are needed in text (quotes stay as is)."""
-    return html.escape(text, quote=False)
-
-
 # --- buttons -------------------------------------------------------------------------------
 
 
-def _buttons(article: Article) -> tuple[tuple[Button, ...], ...]:
-    rows: list[tuple[Button, ...]] = []
-    if is_web_url(article.url):
-        provider = shorten(article.provider_label.strip(), PROVIDER_LABEL_LIMIT)
-        label = f"Read on {provider}" if provider else "Read the article"
-        rows.append((Button(label, article.url),))
-    rows.extend((button,) for button in _related_buttons(article))
-    return tuple(rows)
-
-
-def _related_buttons(article: Article) -> list[Button]:
-    """Up to three buttons for related articles with a web URL other than the article's."""
-    buttons: list[Button] = []
+def _related_items(article: Article) -> Iterator[Related]:
+    """Related articles with a web URL, each page once and never the article's own."""
     seen = [article.url]
     for related in article.related:
-        if len(buttons) == MAX_RELATED_BUTTONS:
-            break
         if not is_web_url(related.url) or any(_same_page(related.url, url) for url in seen):
             continue
         seen.append(related.url)
-        buttons.append(Button(_related_label(related), related.url))
-    return buttons
+        yield related
 
 
-def _related_label(related: Related) -> str:
-    return shorten(related.title.strip(), BUTTON_LABEL_LIMIT) or "Related article"
+def _related_buttons(article: Article, count: int, fallback: str) -> list[Button]:
+    """Up to ``count`` buttons for related articles (see ``_related_items``)."""
+    items = itertools.islice(_related_items(article), count)
+    return [Button(shorten(item.title.strip(), BUTTON_LABEL_LIMIT) or fallback, item.url)
+            for item in items]
+
+
+def _related_provider(related: Related) -> str:
+    provider = related.provider
+    if provider is not None and (provider.name or provider.domain):
+        return provider.name or display_host(provider.domain)
+    return display_host(urlsplit(related.url).hostname or "")
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+class _Rendering:
+    """One article in one destination's shape: its parts, its template variables, and the
+    renderings that fit each limit."""
+
+    def __init__(self, article: Article, shape: templates.Shape, timezone: str) -> None:
+        settings = shape.settings
+        self.article = article
+        self.shape = shape
+        image = article.best_image
+        self.photo_url = image.url if image is not None and is_web_url(image.url) else None
+        self.url = article.url if is_web_url(article.url) else ""
+        self.title = article.title.strip()
+        self.excerpt = article.excerpt.strip()
+        self.provider = article.provider_label.strip()
+        self.date = format_date(article.published_at, timezone, settings.language,
+                                settings.date_format)
+        self.published = as_utc(article.published_at).astimezone(ZoneInfo(timezone))
+        self.tags = _hashtags(article.topics) if settings.hashtags else []
+        self.related = list(_related_items(article))
+
+    def variables(self, *, for_html: bool) -> dict[str, Any]:
+        """The template's variables; links made safe for an attribute in HTML."""
+        link: Callable[[str], str] = templates.attribute_safe if for_html else str
+        return {
+            "title": self.title,
+            "excerpt": self.excerpt,
+            "url": link(self.url),
+            "provider": self.provider,
+            "date": self.date,
+            "published": self.published,
+            "topics": list(self.article.topics),
+            "hashtags": " ".join(self.tags),
+            "quality": self.article.quality,
+            "heat": self.article.heat,
+            "image": link(self.photo_url) if self.photo_url else None,
+            "related": [{"title": item.title.strip(), "url": link(item.url),
+                         "provider": _related_provider(item)} for item in self.related],
+        }
+
+    # -- the body ----------------------------------------------------------------------------
+
+    def html(self, limit: int) -> str | None:
+        """The caption or text within ``limit`` UTF-16 units once parsed; None when even
+        the rendering without the excerpt is longer."""
+        variables = self.variables(for_html=True)
+        if self.shape.builtin:
+            variables |= self._fitted_variables(limit)
+        body = self._shortened_to_fit(variables, limit)
+        if body is not None and not self.shape.builtin:  # the built-in one cannot go wrong
+            self._check(body)
+        return body
+
+    def _fitted_variables(self, limit: int) -> dict[str, Any]:
+        """The default layout's parts, each fitted as before templates existed: the footer
+        (provider and date, hashtags) within half the limit, then the title, the excerpt."""
+        meta = self._meta_line()
+        fitted = self.fitted(limit)
+        kept_meta = meta in fitted.footer
+        tag_line = next((line for line in fitted.footer if line != meta), "")
+        return {
+            "title": fitted.title,
+            "excerpt": fitted.excerpt,
+            "provider": self._short_provider() if kept_meta else "",
+            "date": self.date if kept_meta else "",
+            "hashtags": tag_line,
+        }
+
+    def fitted(self, limit: int, *, with_url: bool = False) -> _Fitted:
+        read_line = f"Read: {self.url}" if with_url and self.url else ""
+        footer = _footer(self._meta_line(), self.tags, read_line, int(limit * FOOTER_MAX_SHARE))
+        return _fit(self.title, self.excerpt, footer, limit)
+
+    def _short_provider(self) -> str:
+        return shorten(self.provider, PROVIDER_LABEL_LIMIT * 2)
+
+    def _meta_line(self) -> str:
+        provider = self._short_provider()
+        return f"{provider} · {self.date}" if provider else self.date
+
+    def _shortened_to_fit(self, variables: dict[str, Any], limit: int) -> str | None:
+        """The rendering, its excerpt shortened at a word boundary as much as it takes."""
+        excerpt = str(variables["excerpt"])
+
+        def rendered(text: str) -> str:
+            return self._render({**variables, "excerpt": text})
+
+        whole = rendered(excerpt)
+        if visible_length(whole) <= limit:
+            return whole
+        best = rendered("")
+        if visible_length(best) > limit:
+            return None
+        low, high = MIN_EXCERPT, telegram_length(excerpt) - 1  # the excerpt's budget, in units
+        while low <= high:
+            middle = (low + high) // 2
+            candidate = rendered(shorten(excerpt, middle))
+            if visible_length(candidate) <= limit:
+                best, low = candidate, middle + 1
+            else:
+                high = middle - 1
+        return best
+
+    def _render(self, variables: dict[str, Any]) -> str:
+        # Telegram drops the whitespace around a message: so is it measured.
+        return templates.render(self.shape.body, variables, self.shape.body_key).strip()
+
+    def _check(self, body: str) -> None:
+        """Nothing Telegram would refuse leaves: a template's tags may only be unbalanced in
+        a branch that the sample articles at start did not take."""
+        key = self.shape.body_key
+        problem = telegram_html.first_problem(body)
+        if problem is not None:
+            raise RenderError(f"{key}: renders HTML Telegram refuses: {problem}")
+        if not html.unescape(_TAG_RE.sub("", body)).strip():
+            raise RenderError(f"{key}: renders an empty message for this article")
+
+    def plain(self, body: str, limit: int) -> str:
+        """The plain-text fallback within ``limit``, ending with the article's link."""
+        if self.shape.builtin:
+            return "\n\n".join(self.fitted(limit, with_url=True).blocks())
+        read_line = f"Read: {self.url}" if self.url else ""
+        room = limit - telegram_length(read_line) - (2 if read_line else 0)
+        text = shorten(html.unescape(_TAG_RE.sub("", body)).strip(), room)
+        return "\n\n".join(part for part in (text, read_line) if part)
+
+    # -- the buttons -------------------------------------------------------------------------
+
+    def buttons(self) -> tuple[tuple[Button, ...], ...]:
+        rows: list[tuple[Button, ...]] = []
+        if self.url and self.shape.read_button is not None:
+            rows.append((Button(self._read_label(), self.url),))
+        count = min(self.shape.settings.related_buttons, MAX_BUTTONS - len(rows))
+        related = _related_buttons(self.article, count, self.shape.related_fallback)
+        rows.extend((button,) for button in related)
+        return tuple(rows)
+
+    def _read_label(self) -> str:
+        shape = self.shape
+        provider = shorten(self.provider, PROVIDER_LABEL_LIMIT)
+        if not provider and shape.settings.read_button == templates.DEFAULT_READ_BUTTON:
+            return shape.read_fallback
+        assert shape.read_button is not None
+        variables = self.variables(for_html=False) | {"provider": provider}
+        label = " ".join(templates.render(shape.read_button, variables, shape.read_key).split())
+        return shorten(label, READ_LABEL_LIMIT) or shape.read_fallback
 
 
 # --- public entry points -------------------------------------------------------------------
 
 
-def render_message(article: Article, *, timezone: str = "UTC") -> Message:
-    """The Telegram post for ``article``: photo with caption if it has a usable image."""
-    image = article.best_image
-    photo_url = image.url if image is not None and is_web_url(image.url) else None
-    preview_url = article.url if is_web_url(article.url) else ""
+def render_message(article: Article, settings: PostSettings | None = None, *,
+                   timezone: str = "UTC", key: str = "telegram") -> Message:
+    """The Telegram post for ``article`` in a destination's shape (``settings``; by default
+    ``[telegram]``'s defaults): a photo with a caption if it has a usable image and the
+    caption fits, else a text message. ``key``: where the settings are written, for errors.
 
-    title = article.title.strip()
-    excerpt = article.excerpt.strip()
-    meta = _meta_line(article, timezone)
-    tags = _hashtags(article.topics)
-
-    def fitted(limit: int, *, with_url: bool = False) -> _Fitted:
-        read_line = f"Read: {preview_url}" if with_url and preview_url else ""
-        footer = _footer(meta, tags, read_line, int(limit * FOOTER_MAX_SHARE))
-        return _fit(title, excerpt, footer, limit)
-
-    text_html = _render_html(fitted(TEXT_LIMIT))
-    caption_html = _render_html(fitted(CAPTION_LIMIT)) if photo_url else text_html
+    ``RenderError`` when the template fails on the article or cannot fit even a text message.
+    """
+    settings = settings or DEFAULT_SETTINGS
+    rendering = _Rendering(article, templates.shape_for(settings, key), timezone)
+    text_html = rendering.html(TEXT_LIMIT)
+    if text_html is None:
+        raise RenderError(f"{rendering.shape.body_key}: the message is longer than "
+                          f"{TEXT_LIMIT} UTF-16 units even without the excerpt")
+    photo_url = rendering.photo_url
+    caption_html = rendering.html(CAPTION_LIMIT) if photo_url else text_html
+    if caption_html is None:  # too long for a caption: the post goes as text
+        photo_url, caption_html = None, text_html
     plain_limit = CAPTION_LIMIT if photo_url else TEXT_LIMIT
-    plain = "\n\n".join(fitted(plain_limit, with_url=True).blocks())
     return Message(
         article_id=article.id,
         photo_url=photo_url,
         html=caption_html,
         text_html=text_html,
-        plain=plain,
-        buttons=_buttons(article),
-        preview_url=preview_url,
+        plain=rendering.plain(caption_html, plain_limit),
+        buttons=rendering.buttons(),
+        preview_url=rendering.url if settings.link_preview else "",
+        silent=settings.silent,
     )
 
 
-def _meta_line(article: Article, timezone: str) -> str:
-    provider = shorten(article.provider_label.strip(), PROVIDER_LABEL_LIMIT * 2)
-    date = format_date(article.published_at, timezone)
-    return f"{provider} · {date}" if provider else date
+def render_for(article: Article, config: Config, destination: str) -> Message:
+    """The post of ``article`` for ``destination`` as configured (``@channel``): its own
+    settings (``Config.settings_for``), errors naming the keys where they are written."""
+    return render_message(article, config.settings_for(destination),
+                          timezone=config.telegram.timezone,
+                          key=templates.key_prefix(config, destination))
 
 
 def format_for_dry_run(message: Message, chat_id: str) -> str:
@@ -367,6 +511,8 @@ def format_for_dry_run(message: Message, chat_id: str) -> str:
         lines.append(f"  photo: {message.photo_url}")
     elif message.preview_url:
         lines.append(f"  link preview: {message.preview_url}")
+    if message.silent:
+        lines.append("  silent: without a notification")
     lines.append(f"  {body_name} ({visible_length(message.html)}/{limit} UTF-16 units, HTML):")
     lines.extend(f"    | {line}".rstrip() for line in message.html.split("\n"))
     if message.buttons:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from publisher.config import Config
-from publisher.errors import ArticleError, PublisherError
+from publisher.errors import ArticleError, PublisherError, RenderError
 from publisher.loader import Problem, load_file
 from publisher.models import Article
 from publisher.names import ALL_SLUG, feed_name
@@ -133,7 +133,7 @@ def _selection(article: Article, path: Path, config: Config) -> str:
 
 def _telegram(known: Known, config: Config, now: datetime) -> str:
     from publisher.destinations import maybe_one_chat
-    from publisher.messages import format_for_dry_run, render_message
+    from publisher.messages import format_for_dry_run, render_for
     from publisher.plan import plan_deliveries
     from publisher.timing_status import preview_note
 
@@ -141,11 +141,14 @@ def _telegram(known: Known, config: Config, now: datetime) -> str:
     planned = plan_deliveries([article], config, now, destinations)
     if not planned:
         return "Telegram: no destination (set telegram.chat_id or [telegram.routes])."
-    message = render_message(article, timezone=config.telegram.timezone)
     count = len(planned)
     parts = [f"Telegram: {count} destination{'' if count == 1 else 's'}"]
     for delivery in planned:
-        text = format_for_dry_run(message, destinations.label(delivery.chat_id))
+        label = destinations.label(delivery.chat_id)
+        try:
+            text = format_for_dry_run(render_for(article, config, label), label)
+        except RenderError as exc:
+            text = f"{label}: cannot be posted: {exc}; a push records it as failed"
         if delivery.reason:  # too old: recorded as skipped, never posted
             text += f"\n  not posted: {delivery.reason}; a push records it as {delivery.state}"
         text += preview_note(config, destinations.label(delivery.chat_id))

@@ -202,7 +202,8 @@ class Session:
         """What a push would post now, rendered: the plan of the synced catalog (the parse
         cache is all that changes); nothing is sent and the ledger is not touched."""
         from publisher.destinations import maybe_one_chat, unmatched_names, waiting_for_unmatched
-        from publisher.messages import render_message
+        from publisher.errors import RenderError
+        from publisher.messages import render_for
 
         corpus = self.sync()
         destinations = remembered_destinations(self.config, self.store)
@@ -225,7 +226,12 @@ class Session:
                 or self.catalog.selected_article(action.article_id)
             if article is None:  # removed by another process since the plan was read
                 continue
-            message = render_message(article, timezone=self.config.telegram.timezone)
+            try:
+                message = render_for(article, self.config, action.target.label)
+            except RenderError as exc:
+                result.notes.append(f"{action.target.label}: {article.id} cannot be posted "
+                                    f"({exc}): a push records it as failed")
+                continue
             if action.silent:  # quiet hours, "silent" mode
                 message = dataclasses.replace(message, silent=True)
             result.items.append(DryRunItem(action.target.label, message))

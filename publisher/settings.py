@@ -37,3 +37,14 @@ class PostSettings:
 
 SETTING_NAMES: tuple[str, ...] = tuple(PostSettings.__dataclass_fields__)
 PATH_SETTINGS = ("template_file", "digest_template_file")
+# The message settings a template check at start covers (templates.check_config): when a
+# destination leaves them all at their defaults, there is nothing to check.
+SHAPE_SETTINGS = ("template", "template_file", "read_button", "language", "date_format",
+                  "hashtags")
+
+
+def has_default_shape(settings: PostSettings) -> bool:
+    return all(getattr(settings, name) == getattr(_DEFAULTS, name) for name in SHAPE_SETTINGS)
+
+
+_DEFAULTS = PostSettings()

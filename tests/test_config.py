@@ -248,6 +248,7 @@ def test_a_destination_overrides_post_settings_of_its_own(tmp_path: Path) -> Non
                            'routes = { Robotics = "@robots" }\n'
                            '[telegram.chats."@robots"]\nsilent = true\nmax_per_run = 2\n'
                            'template_file = "robots.j2"\n')
+    (tmp_path / "sub" / "robots.j2").write_text("<b>{{ title }}</b>", encoding="utf-8")
     config = load_config(path, environ={})
     main, robots = config.settings_for("@main"), config.settings_for("@robots")
     assert (main.language, main.silent, main.max_per_run) == ("de", False, 10)
