@@ -1,31 +1,32 @@
 """A digest's text: the new articles of a destination in one message (Telegram HTML).
 
-Rendered by ``digest_template`` (inline) or ``digest_template_file``, a Jinja2 template with
-autoescape on, or by ``DEFAULT_DIGEST_TEMPLATE``. Its variables: ``items`` (each with
+Rendered by ``digest_template`` (inline) or ``digest_template_file``, compiled and checked
+as a post's template is (``templates.compile_template``: sandboxed, autoescaped, Telegram's
+tags only), or by ``DEFAULT_DIGEST_TEMPLATE``. Its variables: ``items`` (each with
 ``title``, ``url``, ``provider``, ``quality``, ``heat``, ``published``), ``count`` (every
-article of the digest), ``more`` (those not listed) and ``date`` (the digest's, local). The
+article of the digest), ``more`` (those not listed) and ``date`` (the digest's window, as a
+post's date: Babel, in the destination's ``language`` and ``date_format``). The
 items are best first (quality, then heat), at most ``digest_max_items``; when the text would
 not fit Telegram's 4096 UTF-16 units, items are dropped from the end and counted in ``more``.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from zoneinfo import ZoneInfo
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
-from publisher.errors import ConfigError
+from publisher import telegram_html
+from publisher.errors import ConfigError, RenderError
+from publisher.files import FileTooLarge, read_regular_file
 from publisher.messages import Message, shorten, visible_length
 from publisher.models import Article
 from publisher.settings import PostSettings
+from publisher.templates import TEMPLATE_FILE_MAX_BYTES, compile_template, format_date, render
 
 TEXT_LIMIT = 4096  # a text message, in UTF-16 units after entity parsing
 TITLE_LIMIT = 300  # one item's title at most: a long one must not crowd the others out
@@ -38,10 +39,7 @@ DEFAULT_DIGEST_TEMPLATE = """\
 {%- if more %}
 and {{ more }} more
 {%- endif %}"""
-# The tags Telegram's HTML mode accepts (https://core.telegram.org/bots/api#html-style).
-ALLOWED_TAGS = frozenset({"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a",
-                          "code", "pre", "span", "tg-spoiler", "tg-emoji", "blockquote"})
-_TAG = re.compile(r"</?\s*([A-Za-z][\w-]*)")
+DIGEST_VARIABLES = frozenset({"items", "count", "more", "date"})
 _ANY_TAG = re.compile(r"<[^>]*>")
 
 
@@ -69,18 +67,26 @@ def best_first(articles: Sequence[Article]) -> list[Article]:
 
 
 def render_digest(articles: Sequence[Article], settings: PostSettings, timezone: str,
-                  at: datetime) -> DigestText:
-    """The digest of ``articles`` (at least one) for a destination with ``settings``."""
-    template = digest_template(settings.digest_template, settings.digest_template_file)
+                  at: datetime, prefix: str = "telegram") -> DigestText:
+    """The digest of ``articles`` (at least one) for a destination with ``settings``; a
+    ``RenderError`` when its template fails on them, or its text cannot fit even empty."""
+    template = digest_template(settings, prefix)
+    key = f"{prefix}.digest_template"
     ordered = best_first(articles)
     listed = min(len(ordered), settings.digest_max_items)
-    date = at.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
+    date = format_date(at, timezone, settings.language, settings.date_format)
     while True:
         items = [_item(article) for article in ordered[:listed]]
-        html = template.render(items=items, count=len(ordered), more=len(ordered) - listed,
-                               date=date).strip()
-        if visible_length(html) <= TEXT_LIMIT or listed == 0:
-            return DigestText(html, listed, len(ordered))
+        text = render(template, {"items": items, "count": len(ordered),
+                                 "more": len(ordered) - listed, "date": date}, key).strip()
+        problem = telegram_html.first_problem(text)
+        if problem:
+            raise RenderError(f"{key}: its rendering is not Telegram's HTML: {problem}")
+        if visible_length(text) <= TEXT_LIMIT:
+            return DigestText(text, listed, len(ordered))
+        if listed == 0:
+            raise RenderError(f"{key}: the digest is longer than {TEXT_LIMIT} even with no "
+                              "item listed")
         listed -= 1
 
 
@@ -90,54 +96,48 @@ def _item(article: Article) -> DigestItem:
                       article.published_at)
 
 
-@functools.lru_cache(maxsize=64)
-def digest_template(inline: str, file: Path | None) -> jinja2.Template:
-    """The template of these settings, compiled once: the file's, else ``inline``'s, else
-    the default. A ``ConfigError`` when it cannot be read or does not parse."""
-    key = "digest_template_file" if file is not None else "digest_template"
-    source = inline or DEFAULT_DIGEST_TEMPLATE
-    if file is not None:
-        try:
-            source = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"telegram.{key}: cannot read {file}: {exc}") from None
+def digest_template(settings: PostSettings, prefix: str = "telegram") -> jinja2.Template:
+    """The digest template of these settings, compiled once (``templates.compile_template``:
+    the checks of a post's template, over the digest's variables): the file's, else the
+    inline one, else the default."""
+    source, key = _digest_source(settings, prefix)
+    return compile_template(source or DEFAULT_DIGEST_TEMPLATE, key, variables=DIGEST_VARIABLES)
+
+
+def _digest_source(settings: PostSettings, prefix: str) -> tuple[str, str]:
+    """The template's text ("" for the default) and the key that names it in errors."""
+    path = settings.digest_template_file
+    if settings.digest_template and path is not None:
+        raise ConfigError(f"{prefix}.digest_template and {prefix}.digest_template_file: set "
+                          "one of them, not both")
+    if path is None:
+        return settings.digest_template, f"{prefix}.digest_template"
+    key = f"{prefix}.digest_template_file ({path})"
     try:
-        return _environment().from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"telegram.{key}: line {exc.lineno}: {exc.message}") from None
+        data = read_regular_file(path, TEMPLATE_FILE_MAX_BYTES)
+        text = data.decode("utf-8")
+    except FileTooLarge:
+        raise ConfigError(f"{key}: larger than {TEMPLATE_FILE_MAX_BYTES:,} bytes") from None
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: not UTF-8 text") from None
+    if not text.strip():
+        raise ConfigError(f"{key}: the file is empty")
+    return text, key
 
 
-@functools.cache
-def _environment() -> SandboxedEnvironment:
-    # Sandboxed: a template is configuration, but it is still not code to run.
-    return SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined,
-                                keep_trailing_newline=False)
-
-
-def check_digest_template(settings: PostSettings, prefix: str) -> None:
-    """Render the template of ``settings`` once with sample items: a template that does not
-    parse, names an undefined variable or a tag Telegram refuses is a ``ConfigError``."""
-    key = f"{prefix}.digest_template_file" if settings.digest_template_file else \
-        f"{prefix}.digest_template"
+def check_digest_template(settings: PostSettings, prefix: str, timezone: str = "UTC") -> None:
+    """Compile the template of ``settings`` and render it once for sample items: one that
+    does not parse, names an undefined variable or a tag Telegram refuses, or fails on the
+    samples, is a ``ConfigError`` naming its key and line."""
+    sample = Article("sample", "Title", "https://example.com/",
+                     datetime(2025, 1, 1, tzinfo=UTC), quality=1, heat=1)
     try:
-        template = digest_template(settings.digest_template, settings.digest_template_file)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("telegram.", f"{prefix}.", 1)) from None
-    sample = DigestItem("Title", "https://example.com/", "Provider", 1, 1,
-                        datetime(2025, 1, 1).astimezone())
-    try:
-        html = template.render(items=[sample, sample], count=3, more=1, date="2025-01-01 08:00")
-    except jinja2.TemplateError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-    source = settings.digest_template or DEFAULT_DIGEST_TEMPLATE
-    if settings.digest_template_file is not None:
-        source = settings.digest_template_file.read_text(encoding="utf-8")
-    for text, where in ((source, ""), (html, " of its output")):
-        for match in _TAG.finditer(text):
-            if match.group(1).lower() not in ALLOWED_TAGS:
-                line = text.count("\n", 0, match.start()) + 1
-                raise ConfigError(f"{key}: line {line}{where}: unsupported tag "
-                                  f"<{match.group(1)}>")
+        render_digest([sample, sample, sample], replace(settings, digest_max_items=2),
+                      timezone, datetime(2025, 1, 1, 8, tzinfo=UTC), prefix)
+    except RenderError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def digest_message(window: str, articles: Sequence[Article], settings: PostSettings,

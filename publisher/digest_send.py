@@ -29,6 +29,7 @@ from publisher.delivery import (
 )
 from publisher.digest import render_digest
 from publisher.digest_ledger import claim_digest, drop_from_digest, settle_digest
+from publisher.errors import RenderError
 from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
 from publisher.models import Article
@@ -67,8 +68,16 @@ async def send_digest(dispatcher: Dispatcher, run: ChatRun, action: Action,
         store.cancel_reservation(chat_of(run.key), slot)
         return
     settings = d.destinations.settings_for(run.key)
-    text = render_digest(articles, settings, d._settings.timezone,
-                         datetime.fromisoformat(action.article_id))
+    try:
+        text = render_digest(articles, settings, d._settings.timezone,
+                             datetime.fromisoformat(action.article_id))
+    except RenderError as exc:  # nothing left: it failed, as a post Telegram would refuse
+        settle_digest(store.db, run.key, action.article_id, d._owner, FAILED, str(exc))
+        store.cancel_reservation(chat_of(run.key), slot)
+        run.report.failed += len(articles)
+        event(log, logging.ERROR, "digest_failed", chat=d._label(run.key),
+              window=action.article_id, reason=str(exc))
+        return
     silent = action.silent or settings.silent
     try:
         message_id = await _post(d, run.key, text.html, silent)

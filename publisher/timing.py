@@ -176,7 +176,7 @@ def check_timing(settings: PostSettings, prefix: str, timezone: str) -> None:
             settings.digest_template or settings.digest_template_file):
         from publisher.digest import check_digest_template
 
-        check_digest_template(settings, prefix)
+        check_digest_template(settings, prefix, timezone)
 
 
 @dataclass(frozen=True)

@@ -455,9 +455,11 @@ def test_an_uncertain_post_alerts_with_its_title_and_a_failing_alert_blocks_noth
     ('digest = "hourly"\ndigest_template = "<b>{{ count }}</b>\\n\\n<div>{{ more }}</div>"\n',
      "telegram.digest_template: line 3: unsupported tag <div>"),
     ('digest = "hourly"\ndigest_template = "{{ (\'<\' ~ \'p>\') | safe }}"\n',
-     "telegram.digest_template: line 1 of its output: unsupported tag <p>"),
+     "telegram.digest_template: line 1: No filter named 'safe'"),
+    ('digest = "hourly"\ndigest_template = "{% for i in items %}{{ i.nope }}{% endfor %}"\n',
+     "telegram.digest_template: line 1: "),
     ('digest = "hourly"\ndigest_template = "{{ nothing }}"\n',
-     "telegram.digest_template: 'nothing' is undefined"),
+     "telegram.digest_template: line 1: undefined variable 'nothing'"),
 ])
 def test_timing_keys_that_cannot_be_right_are_config_errors(
     tmp_path: Path, extra: str, message: str
@@ -760,3 +762,18 @@ def test_two_topics_of_one_forum_one_with_digests_one_quiet(
     assert digest.params["message_thread_id"] == 20 and "disable_notification" not in digest.params
     assert digest.visible_text.startswith("1 new article")
     assert len(api.sent_to("@labforum")) == 2 and len(api.sent_to(CHAT)) == 1
+
+
+def test_a_digest_template_of_ones_own_with_a_babel_date_in_german(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(digest="hourly", language="de", date_format="long",
+                         timezone="Europe/Berlin",
+                         digest_template="<b>Neu am {{ date }}</b>{% for i in items %}\n"
+                                         "<a href=\"{{ i.url }}\">{{ i.title }}</a>{% endfor %}")
+    write_article("1.txt", 1, publishedDateTime="2025-01-01T09:10:00Z", title="Tom & <Jerry>")
+    fake.set(at("10:01"))
+    push(config, fake)
+    (digest,) = api.sent_to(CHAT)
+    assert digest.visible_text == "Neu am 1. Januar 2025\nTom & <Jerry>"
