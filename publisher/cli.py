@@ -329,7 +329,8 @@ def _check_telegram(ctx: Context, config: Config) -> None:
         ctx.echo(f"{plural(problems, 'problem')}: the bot cannot post everywhere it should.",
                  err=True)
         sys.exit(1)
-    ctx.echo(f"The bot can post to {plural(len(checks) - 1, 'destination')}.")
+    ctx.echo(f"The bot can post to {plural(len(config.destinations), 'destination')}"
+             f"{' and the alert chat' if config.telegram.alert_chat.strip() else ''}.")
 
 
 @cli.command()

@@ -38,6 +38,7 @@ from publisher.files import FileTooLarge, read_regular_file
 from publisher.forum import check_destination
 from publisher.settings import PATH_SETTINGS, SETTING_NAMES, PostSettings, has_default_shape
 from publisher.text import is_web_url
+from publisher.timing import check_timing
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 CONFIG_ENV = "PUBLISHER_CONFIG"
@@ -114,6 +115,7 @@ class TelegramConfig(PostSettings):
     on_uncertain: str = "hold"  # "hold" (at-most-once) or "resend" (at-least-once)
     timeout_seconds: float = 20.0
     timezone: str = "UTC"
+    alert_chat: str = ""  # the operator's chat for alerts (alerts.py); empty = none
 
 
 @dataclass(frozen=True)
@@ -619,9 +621,13 @@ def _validate_chats(config: Config) -> None:
             f'config key telegram.chats."{unused[0]}": no route uses this destination '
             f"(destinations: {', '.join(config.destinations) or 'none'})"
         )
+    zone = config.telegram.timezone
     for destination in config.telegram.chats:
-        _validate_settings(config.settings_for(destination), f'telegram.chats."{destination}"')
+        prefix = f'telegram.chats."{destination}"'
+        _validate_settings(config.settings_for(destination), prefix)
+        check_timing(config.settings_for(destination), prefix, zone)
     _validate_settings(config.settings_for(""), "telegram")
+    check_timing(config.settings_for(""), "telegram", zone)
 
 
 def _validate_settings(settings: PostSettings, prefix: str) -> None:

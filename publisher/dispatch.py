@@ -42,10 +42,11 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from publisher import alerts
 from publisher.config import Config
 from publisher.delivery import (
     Ambiguous,
@@ -67,6 +68,7 @@ from publisher.destinations import (
     remembered_destinations,
     resolve_destinations,
 )
+from publisher.digest_ledger import recover_digests
 from publisher.errors import RenderError
 from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
@@ -75,8 +77,10 @@ from publisher.models import Article
 from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
     NO_LONGER_SELECTED,
     PACING_HELD,
+    Action,
     Entry,
     Plan,
+    is_digest,
     max_per_run_reason,
     plan_deliveries,  # noqa: F401
     read_plan,
@@ -235,6 +239,8 @@ class ChatRun:
     queue: list[Entry] = field(default_factory=list)  # the plan's pairs still to claim
     planned_key: str = ""  # the chat's key when planned (before a migration)
     tries: dict[str, Tries] = field(default_factory=dict)
+    digest: Action | None = None  # the plan's digest for this chat, sent after the queue
+    digest_chat: bool = False  # the destination gets digests, never single posts
 
 
 def instance_name() -> str:
@@ -271,6 +277,7 @@ class Dispatcher:
         # False when this push left the routing half applied (pairs that may be orphaned
         # were kept pending, or rows were re-keyed): the next push plans everything again.
         self.routing_settled = True
+        self.alerts: list[alerts.Alert] = []  # for telegram.alert_chat, sent when the push ends
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
@@ -326,6 +333,8 @@ class Dispatcher:
         for item in destinations.items:
             if item.error:
                 report.chat(item.configured).error = item.error
+            if item.error and item.answered:
+                self.alerts.append(alerts.stopped(item.key, item.configured, item.error))
         pending = set(self._store.pending_chats())
         chats = [key for key in destinations.postable_keys() if key in pending]
         # Every chat runs to its end even when another fails, so no send is left in flight
@@ -333,11 +342,20 @@ class Dispatcher:
         outcomes = await asyncio.gather(
             *(self._run_chat(chat, lookup, report) for chat in chats), return_exceptions=True
         )
+        await self._send_alerts()
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         report.fatal = self._fatal
         return report
+
+    async def _send_alerts(self) -> None:
+        """This push's alerts, after its deliveries (``alerts.Alerter`` never raises)."""
+        if self.alerts and self._settings.alert_chat:
+            timeout = alerts.STOPPING_ALERT_TIMEOUT_SECONDS if self.stop_requested \
+                else alerts.ALERT_TIMEOUT_SECONDS
+            await alerts.Alerter(self._store.db, self._sender.send_text, self._config,
+                                 self._clock, timeout=timeout).send(self.alerts)
 
     def _recover(self, destinations: Destinations, report: PushReport) -> None:
         """Sends a dead process left in flight: uncertain (counted as this push's), or
@@ -354,6 +372,9 @@ class Dispatcher:
                 chat_report = report.chat(destinations.label(chat))
                 chat_report.uncertain += count
                 chat_report.recovered += count
+                self.alerts.append(alerts.uncertain(chat, destinations.label(chat), count,
+                                                    "interrupted while sending"))
+        recover_digests(self._store.db, self._store.db.shared, self._clock())
 
     async def _resolve(self, destinations: Destinations
                        ) -> tuple[Destinations, Unavailable | None]:
@@ -418,15 +439,24 @@ class Dispatcher:
         The claim comes after the wait, so no claim is held while pacing; a slot left unused
         (nothing due, or the post skipped) is given back.
         """
+        entries = self.plan.entries_for(chat_id)
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
                       self.destinations.settings_for(chat_id).max_per_run or None,
-                      self.plan.entries_for(chat_id), chat_id)
+                      [entry for entry in entries if not is_digest(entry)], chat_id,
+                      digest=self.plan.digest_for(chat_id),
+                      digest_chat=bool(self.destinations.settings_for(chat_id).digest))
         while not (self.stop_requested or self._fatal):
             if run.budget is not None and run.budget <= 0:
                 if self._store.has_pending([run.key]):
                     run.report.held = max_per_run_reason(run.key, self.destinations)
                 return
             if not run.queue:
+                if run.digest is not None:
+                    from publisher.digest_send import send_digest
+
+                    await send_digest(self, run, run.digest, lookup)
+                    run.digest = None
+                    continue
                 self._held_by_plan(run)
                 return
             # A forum topic's slots are its chat's: the group's topics share its pacing.
@@ -484,6 +514,9 @@ class Dispatcher:
                 self._store.mark_retry(item.article_id, item.chat_id, "interrupted before "
                                        "sending", 0, count_attempt=False, owner=self._owner)
             raise
+        if isinstance(prepared, Prepared) and run.digest_chat:
+            # Re-selected since the plan closed it: it waits for the next digest.
+            prepared = Unsure("waits for the destination's next digest")
         if isinstance(prepared, Skip | Orphan | Unsure | Unrenderable):
             run.queue.remove(entry)
             self._store.cancel_reservation(chat_of(run.key), slot)
@@ -498,6 +531,8 @@ class Dispatcher:
                     item.article_id, item.chat_id, prepared.reason, now + UNSURE_WAIT_SECONDS,
                     count_attempt=False, owner=self._owner))
             return True
+        if isinstance(entry, Action) and entry.silent:  # quiet hours, "silent" mode
+            prepared = replace(prepared, message=replace(prepared.message, silent=True))
         outcome = await self._send_claimed(
             item, prepared, run.tries.setdefault(item.article_id, Tries()), run
         )
@@ -591,6 +626,8 @@ class Dispatcher:
             chat_report.uncertain += 1
             event(log, logging.WARNING, "uncertain", chat=self._label(chat_id), article=article.id,
                   reason=exc.reason, title=article.title)
+            self.alerts.append(alerts.uncertain(chat_id, self._label(chat_id), 1, exc.reason,
+                                                article.title))
             return Outcome.DONE
         except Rejected as exc:
             self._settled(article.id, chat_id, self._store.mark_failed(
@@ -606,6 +643,7 @@ class Dispatcher:
                 f"cannot post to {self.destinations.label(chat_id)}: {exc.reason}"
             )
             event(log, logging.ERROR, "chat_stopped", chat=self._label(chat_id), reason=exc.reason)
+            self.alerts.append(alerts.stopped(chat_id, self._label(chat_id), exc.reason))
             return Outcome.STOP
         except Unauthorized as exc:
             self._settled(article.id, chat_id, self._store.mark_retry(

@@ -27,6 +27,7 @@ from publisher.catalog import (
     drop_scan_snapshot,
 )
 from publisher.db import Database
+from publisher.digest_ledger import timing_schema
 from publisher.state import (
     add_claim_columns,
     allow_every_state,
@@ -59,7 +60,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
-    return ledger_schema(dialect) + catalog_schema(dialect)
+    return ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
 
 
 def upgrade(db: Database, version: int) -> list[str]:

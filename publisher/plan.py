@@ -5,11 +5,14 @@ new or changed since they were last planned (every selected one after a routing 
 the ledger's pending pairs, the destinations and the pacing state; its answer, a ``Plan``,
 is what ``publisher push`` executes and what ``publisher push --dry-run`` prints.
 
-An action is (kind, article, destination). Today the only kind is ``POST``; editing a post,
-deleting one, a digest or a direct message to a follower will be further kinds, without
-another plan. A destination may be a forum topic (its ``Target.chat_id`` is then
-"-100123/42") and has settings of its own (``max_age_hours``, ``max_per_run``); pacing is
-the chat's, shared by its topics.
+An action is (kind, article, destination): a ``POST``, or a ``DIGEST`` that lists many
+articles in one message (its ``items``; ``digest_send``). The destination's timing decides
+too (``timing.timing_at``): quiet hours hold its posts ("hold") or send them silently, and
+a digest destination gets one digest per window of its schedule. Editing a post, deleting
+one or a direct message to a follower will be further kinds, without another plan. A
+destination may be a forum topic (its ``Target.chat_id`` is then "-100123/42") and has
+settings of its own (``destinations.settings_for``); pacing is the chat's, shared by its
+topics.
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ import enum
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from publisher.config import Config
 from publisher.destinations import Destinations, remembered_destinations
 from publisher.forum import chat_of
 from publisher.models import Article
 from publisher.state import ORPHANED, PENDING, SKIPPED, NewDelivery, Pacing, PendingPair, Store
+from publisher.text import as_utc, plural
+from publisher.timing import ChatTiming, timing_at
 
 Lookup = Callable[[str], Article | None]
 # A chat's sends and reserved slots (send_log) at or after a moment, newest first.
 SendTimes = Callable[[str, float, int], list[float]]
+DigestSince = Callable[[str], datetime | None]
 
 NO_LONGER_SELECTED = "no longer selected (removed, unpublished or below select.min_quality)"
 PACING_HELD = "pacing: the next free slot is more than telegram.max_wait_seconds away"
@@ -36,6 +42,7 @@ PACING_HELD = "pacing: the next free slot is more than telegram.max_wait_seconds
 
 class ActionKind(enum.Enum):
     POST = "post"
+    DIGEST = "digest"  # one message listing ``items`` (``digest_send.py``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,9 @@ class Action:
     title: str
     published_at: str  # ISO 8601, as the ledger orders a chat's pairs
     new: bool  # not in the ledger yet: the push records it first
+    silent: bool = False  # quiet hours in "silent" mode: sent with notifications off
+    # A digest: the articles it lists, oldest first (``article_id`` is its window).
+    items: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,10 @@ class Held:
 
 
 Entry = Action | Closing
+
+
+def is_digest(entry: Entry) -> bool:
+    return isinstance(entry, Action) and entry.kind is ActionKind.DIGEST
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,10 @@ class Plan:
 
     def held_for(self, chat_id: str) -> Held | None:
         return next((held for held in self.held if held.target.chat_id == chat_id), None)
+
+    def digest_for(self, chat_id: str) -> Action | None:
+        return next((action for action in self.actions if action.target.chat_id == chat_id
+                     and action.kind is ActionKind.DIGEST), None)
 
     def posts_to(self, chat_id: str) -> list[Action]:
         return [action for action in self.actions if action.target.chat_id == chat_id]
@@ -178,15 +196,20 @@ class PlanInputs:
     pending: Sequence[PendingPair]  # the ledger's pending pairs
     lookup: Lookup  # the selected article of an id, or None
     send_times: SendTimes
+    # Per chat: the window of its last digest (None: it never had one).
+    digest_since: DigestSince = lambda chat_id: None
 
 
 def read_plan(store: Store, config: Config, new_articles: Sequence[Article], replan: bool,
               lookup: Lookup, destinations: Destinations, now: datetime,
               pacing: Pacing) -> Plan:
     """The plan at ``now`` from the ledger as it is: what a push and a dry run both use."""
+    from publisher.digest_ledger import digest_since
+
     inputs = PlanInputs(
         new_articles, replan, store.pair_states(article.id for article in new_articles),
         store.pending_pairs(), lookup, store.send_times,
+        lambda chat_id: digest_since(store.db, chat_id),
     )
     return make_plan(inputs, config, destinations, now, pacing)
 
@@ -210,14 +233,28 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
             times = inputs.send_times(chat, now.timestamp() - pacing.window,
                                       pacing.per_chat_per_minute)
             pacers[chat] = Pacer(times, pacing, now.timestamp())
-        chat_plan = _plan_chat(chat_candidates, target, config, destinations, now, inputs.lookup,
-                               pacers[chat])
+        settings = destinations.settings_for(chat_id)
+        since = _digest_since(inputs, chat_id, chat_candidates) if settings.digest else None
+        timing = timing_at(settings, config.telegram.timezone, now, since)
+        plan_one = _plan_digest_chat if timing.digest else _plan_chat
+        chat_plan = plan_one(chat_candidates, target, config, destinations, now, inputs.lookup,
+                             pacers[chat], timing)
         actions += chat_plan.actions
         closing += chat_plan.closing
         held += chat_plan.held
     articles = {action.article_id: by_id[action.article_id]
                 for action in actions if action.article_id in by_id}
     return Plan(now, tuple(actions), tuple(closing), tuple(held), tuple(pairs), articles)
+
+
+def _digest_since(inputs: PlanInputs, chat_id: str,
+                  candidates: Sequence[_Candidate]) -> datetime | None:
+    """Since when a digest destination's articles wait: its last digest, else the oldest
+    one's publication (an article goes in the first digest after it was published)."""
+    last = inputs.digest_since(chat_id)
+    if last is not None or not candidates:
+        return last
+    return as_utc(datetime.fromisoformat(min(c.published_at for c in candidates)))
 
 
 def _candidates(inputs: PlanInputs, pairs: Sequence[NewDelivery], by_id: Mapping[str, Article],
@@ -257,9 +294,12 @@ class _ChatPlan:
 
 def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
                destinations: Destinations, now: datetime, lookup: Lookup,
-               pacer: Pacer) -> _ChatPlan:
+               pacer: Pacer, timing: ChatTiming) -> _ChatPlan:
     budget = destinations.settings_for(target.chat_id).max_per_run or None
     plan = _ChatPlan()
+    if timing.hold:  # quiet hours: everything waits for the window's end, closings too
+        plan.held.append(Held(target, len(candidates), timing.hold))
+        return plan
     for index, candidate in enumerate(candidates):
         if budget is not None and len(plan.actions) >= budget:
             plan.held.append(Held(target, len(candidates) - index,
@@ -278,7 +318,47 @@ def _plan_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
         assert article is not None
         pacer.take()
         plan.actions.append(Action(ActionKind.POST, candidate.article_id, target,
-                                   article.title, candidate.published_at, candidate.new))
+                                   article.title, candidate.published_at, candidate.new,
+                                   timing.silent))
+    return plan
+
+
+def _plan_digest_chat(candidates: Sequence[_Candidate], target: Target, config: Config,
+                      destinations: Destinations, now: datetime, lookup: Lookup,
+                      pacer: Pacer, timing: ChatTiming) -> _ChatPlan:
+    """A digest destination: its due pairs become one ``DIGEST`` action when a window is
+    due (and no quiet hours hold it), else they wait. Waiting for its digest does not age
+    an article: ``max_age_hours`` applied when it was first planned."""
+    plan = _ChatPlan()
+    if timing.hold:
+        plan.held.append(Held(target, len(candidates), timing.hold))
+        return plan
+    items: list[_Candidate] = []
+    for index, candidate in enumerate(candidates):
+        article = candidate.article if candidate.new else lookup(candidate.article_id)
+        # As of its publication: waiting for its digest does not age an article.
+        reason = _why_not_posted(article, target.chat_id, destinations,
+                                 article.published_at if article else now)
+        if not reason:
+            items.append(candidate)
+            continue
+        if pacer.next_slot() is None:  # a closing is claimed in a slot of its own
+            plan.held.append(Held(target, len(candidates) - index, PACING_HELD))
+            return plan
+        plan.closing.append(Closing(candidate.article_id, target, candidate.published_at,
+                                    reason))
+    if not items:
+        return plan
+    if timing.window is None:
+        plan.held.append(Held(target, len(items), timing.waiting))
+    elif pacer.take() is None:
+        plan.held.append(Held(target, len(items), PACING_HELD))
+    else:
+        window = timing.window.astimezone(UTC).isoformat(timespec="seconds")
+        plan.actions.append(Action(
+            ActionKind.DIGEST, window, target, f"digest of {plural(len(items), 'article')}",
+            items[-1].published_at, any(item.new for item in items), timing.silent,
+            tuple(item.article_id for item in items)))
     return plan
 
 

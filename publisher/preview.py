@@ -135,6 +135,7 @@ def _telegram(known: Known, config: Config, now: datetime) -> str:
     from publisher.destinations import maybe_one_chat
     from publisher.messages import format_for_dry_run, render_for
     from publisher.plan import plan_deliveries
+    from publisher.timing_status import preview_note
 
     article, destinations = known.article, known.destinations
     planned = plan_deliveries([article], config, now, destinations)
@@ -150,6 +151,7 @@ def _telegram(known: Known, config: Config, now: datetime) -> str:
             text = f"{label}: cannot be posted: {exc}; a push records it as failed"
         if delivery.reason:  # too old: recorded as skipped, never posted
             text += f"\n  not posted: {delivery.reason}; a push records it as {delivery.state}"
+        text += preview_note(config, destinations.label(delivery.chat_id))
         parts.append(text)
     keys = set(destinations.keys_for(article.topics))
     parts += [f"Note: {note}." for note in maybe_one_chat(destinations, keys)]

@@ -43,7 +43,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from publisher import hangup, pipeline
+from publisher import alerts, hangup, pipeline
 from publisher.catalog import Catalog
 from publisher.config import Config, check_schedule, interval_seconds, load_config
 from publisher.delivery import Sender
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 SENDER_CLOSE_SECONDS = 2.0
 MAX_FAILURE_BACKOFF_SECONDS = 300.0
 MAX_BACKOFF_BASE_SECONDS = 60.0
+BUILD_FAILURES_ALERT = 3  # failed builds in a row that make an alert (telegram.alert_chat)
 WATCH_MAX_BATCH_SECONDS = 5.0  # a never-ending stream of changes still triggers this often
 WATCH_RETRY_SECONDS = 5.0
 TICK_SLACK_SECONDS = 0.5  # a tick this close to the end of a backoff runs the job
@@ -414,6 +415,8 @@ class Service:
                 await work()
             except Exception as exc:  # one job failing must never stop the service
                 self._job_failed(name, exc)
+                if name == "build":
+                    await self._alert_failing_builds(health)
             else:
                 health.succeeded()
                 self.metrics.job_succeeded(name)
@@ -435,6 +438,20 @@ class Service:
         trace = health.failures == 1 and not isinstance(exc, PublisherError)
         event(log, logging.ERROR, f"{name}_failed", error=error, failures=health.failures,
               retry_in=round(retry_in, 1), exc_info=trace)
+
+    async def _alert_failing_builds(self, health: JobHealth) -> None:
+        """From ``BUILD_FAILURES_ALERT`` failed builds in a row, an alert (once an hour)."""
+        sender, store = self._sender, self._store
+        if (health.failures < BUILD_FAILURES_ALERT or not self.config.telegram.alert_chat
+                or sender is None or store is None):
+            return
+
+        async def send_text(*args: Any, **kwargs: Any) -> int:
+            await sender.start()
+            return await sender.send_text(*args, **kwargs)
+
+        await alerts.Alerter(store.db, send_text, self.config).send(
+            [alerts.builds_failing(health.failures, health.last_error)])
 
     def _retry_in(self, name: str, health: JobHealth, delay: float) -> float:
         """Seconds until the job really runs again: its first tick once the backoff is over

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -42,7 +43,7 @@ from publisher.pipeline import (
     sync_corpus,
     write_current_feeds,
 )
-from publisher.plan import Plan, read_plan
+from publisher.plan import Action, ActionKind, Plan, read_plan
 from publisher.state import (
     Pacing,
     PlannedMarks,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from publisher.delivery import Sender
     from publisher.dispatch import Dispatcher
     from publisher.feeds import BuildResult
+    from publisher.messages import Message
 
 
 class Session:
@@ -217,6 +219,9 @@ class Session:
             action.published_at, action.article_id, order.get(action.target.chat_id, len(order))
         ))
         for action in actions:
+            if action.kind is ActionKind.DIGEST:
+                result.items.append(DryRunItem(action.target.label, self._digest(plan, action)))
+                continue
             article = plan.articles.get(action.article_id) \
                 or self.catalog.selected_article(action.article_id)
             if article is None:  # removed by another process since the plan was read
@@ -227,10 +232,24 @@ class Session:
                 result.notes.append(f"{action.target.label}: {article.id} cannot be posted "
                                     f"({exc}): a push records it as failed")
                 continue
+            if action.silent:  # quiet hours, "silent" mode
+                message = dataclasses.replace(message, silent=True)
             result.items.append(DryRunItem(action.target.label, message))
         result.notes += [f"{held.target.label}: {held.reason} ({plural(held.count, 'post')} "
                          "left)" for held in plan.held]
         return result
+
+
+    def _digest(self, plan: Plan, action: Action) -> Message:
+        """A digest the dry run shows: its articles as the push will list them."""
+        from publisher.digest import digest_message
+
+        found = (plan.articles.get(item) or self.catalog.selected_article(item)
+                 for item in action.items)
+        settings = self.config.settings_for(action.target.label)
+        message = digest_message(action.article_id, [a for a in found if a is not None],
+                                 settings, self.config.telegram.timezone)
+        return dataclasses.replace(message, silent=action.silent or settings.silent)
 
 
 def _pacing(config: Config) -> Pacing:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from publisher import timing_status as timing
 from publisher.config import Config
 from publisher.db import folder_problem, sqlite_path
 from publisher.destinations import (
@@ -83,9 +84,14 @@ def collect_status(store: SQLStore, config: Config, config_path: Path | None,
             }
             for kind, run in ((kind, runs.get(kind)) for kind in ("build", "push"))
         },
-        "destinations": _destinations(destinations, counts),
+        "destinations": [
+            {**item, **timing.describe_timing(config.settings_for(item["destination"]))}
+            for item in _destinations(destinations, counts)],
+        "digests": timing.digests_document(store.db, destinations.label),
+        "alerts": timing.alerts_document(store.db),
         "recent": [_post(d, destinations) for d in store.recent(SENT, RECENT_POSTS)],
-        "waiting": _waiting(store, destinations, last_push.summary if last_push else {}, now),
+        "waiting": _waiting(store, destinations, last_push.summary if last_push else {}, now,
+                            config),
         "unmatched": unmatched_names(store),
         "orphaned": [_post(d, destinations) for d in store.recent(ORPHANED, LISTED)],
         "uncertain": [_post(d, destinations) for d in uncertain],
@@ -149,7 +155,7 @@ def _post(delivery: Delivery, destinations: Destinations) -> dict[str, Any]:
 
 
 def _waiting(store: SQLStore, destinations: Destinations, last_push: dict[str, Any],
-             now: float) -> list[dict[str, Any]]:
+             now: float, config: Config) -> list[dict[str, Any]]:
     """Per chat with pending posts: how many are due now and why they still wait, and the
     ones backing off after an error, until when. The reasons follow the push's rules."""
     errors = last_push.get("errors") or {}
@@ -182,7 +188,8 @@ def _waiting(store: SQLStore, destinations: Destinations, last_push: dict[str, A
                 f"{waiting_for_unmatched(label, unmatched)} (what went out under either is "
                 "not sent again)")
         else:
-            why = errors.get(label) or held.get(label) or "the next push sends them"
+            why = (errors.get(label) or timing.waiting_reason(store.db, config, key, label, now)
+                   or held.get(label) or "the next push sends them")
         waiting.append({
             "destination": label,
             "chat_id": key if is_chat_id(key) else None,
@@ -232,6 +239,14 @@ def render_text(document: dict[str, Any]) -> str:
         lines += ["", "Waiting:"]
         for wait in document["waiting"]:
             lines += _waiting_text(wait)
+    if document.get("digests"):
+        lines += ["", "Recent digests:"]
+        lines += [f"  {d['window']}  {d['destination']}  {plural(d['articles'], 'article')}  "
+                  f"{d['state']}" + (f": {d['reason']}" if d["reason"] else "")
+                  for d in document["digests"]]
+    if document.get("alerts"):
+        lines += ["", "Recent alerts (telegram.alert_chat, at most one per cause an hour):"]
+        lines += [f"  {a['at']}  {a['cause']}" for a in document["alerts"]]
     if document["orphaned"]:
         lines += ["", "Orphaned (never sent unless their destination is configured for them "
                       "again):"]
@@ -284,6 +299,8 @@ def _destination_text(destination: dict[str, Any]) -> str:
         described.append("no longer configured")
     elif not destination["chat_id"]:
         described.append("not resolved yet")
+    if timing.timing_text(destination):
+        described.append(timing.timing_text(destination))
     about = f" ({', '.join(described)})" if described else ""
     counts = ", ".join(f"{number} {state}" for state, number in destination["counts"].items())
     return f"  {destination['destination']}{about}: {counts or 'no posts yet'}"

@@ -758,3 +758,29 @@ def test_log_lines_are_one_line_each_and_a_wrong_token_says_so(
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert re.search(r"error in \S+: the bot token was refused \(401\)", report)
+
+
+def test_builds_failing_again_and_again_alert_the_operator_once(
+    configure: Callable[..., Path], start: Callable[..., Publisher],
+    write_article: ArticleWriter, botapi_process: StandinProcess, tmp_path: Path,
+) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DISK_FULL_HOOK)
+    disk_full = tmp_path / "disk-full"
+    disk_full.touch()
+    write_article("1.txt", 1)
+    configure(schedule="1s", alert_chat="@opsdesk")
+    publisher = start(env={"PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)]),
+                           "TEST_DISK_FULL_MARKER": str(disk_full)})
+
+    def alerts() -> list[str]:
+        return [message["visible_text"] for message in botapi_process.messages()
+                if message["chat_id"] == "@opsdesk"]
+
+    found = wait_for(alerts, "the alert of failing builds")
+    assert found[0].startswith("publisher: 3 builds in a row failed; the last: ")
+    assert "No space left on device" in found[0]
+    wait_for(lambda: len(publisher.events("build_failed")) >= 4, "a fourth failed build")
+    assert len(alerts()) == 1  # the same cause within the hour
+    assert publisher.stop() == 0
