@@ -38,7 +38,7 @@ from publisher.files import FileTooLarge, read_regular_file
 from publisher.forum import check_destination
 from publisher.settings import PATH_SETTINGS, SETTING_NAMES, PostSettings, has_default_shape
 from publisher.text import is_web_url
-from publisher.timing import check_timing
+from publisher.timing import check_timing, with_standard_weekdays
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 CONFIG_ENV = "PUBLISHER_CONFIG"
@@ -684,7 +684,7 @@ def check_schedule(value: str, key: str) -> float | None:
     from apscheduler.triggers.cron import CronTrigger  # only for cron lines: a slow import
 
     try:
-        CronTrigger.from_crontab(value, timezone="UTC")
+        CronTrigger.from_crontab(with_standard_weekdays(value), timezone="UTC")
     except ValueError as exc:
         raise ConfigError(
             f"config key {key} must be an interval like '10m' or a cron line like "

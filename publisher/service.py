@@ -56,6 +56,7 @@ from publisher.server import RunningServer, limits_from, start_server
 from publisher.session import Session
 from publisher.state import SQLStore, instance_lock, open_store, utc_now_iso
 from publisher.stopping import STOP_DEADLINE_SECONDS
+from publisher.timing import with_standard_weekdays
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def parse_schedule(value: str, key: str) -> BaseTrigger:
     seconds = check_schedule(value, key)
     if seconds is not None:
         return IntervalTrigger(seconds=seconds)
-    return CronTrigger.from_crontab(value, timezone="UTC")
+    return CronTrigger.from_crontab(with_standard_weekdays(value), timezone="UTC")
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -429,6 +429,16 @@ def test_schedules_are_intervals_or_cron_lines() -> None:
     for bad in ("0s", "every tuesday"):
         with pytest.raises(ConfigError, match="schedule"):
             parse_schedule(bad, "schedule.push")
+
+
+def test_a_cron_schedule_counts_weekdays_as_cron_does() -> None:
+    # APScheduler reads day-of-week 0 as Monday; in cron, 1-5 is Monday to Friday.
+    trigger = parse_schedule("0 8 * * 1-5", "schedule.build")
+    friday = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+    following = trigger.get_next_fire_time(None, friday)
+    assert following == datetime(2026, 12, 7, 8, 0, tzinfo=UTC)  # Monday, not Saturday
+    sunday = parse_schedule("0 8 * * 0", "schedule.build").get_next_fire_time(None, friday)
+    assert sunday is not None and sunday.weekday() == 6
 
 
 def test_repeated_failures_back_off_up_to_a_cap() -> None:
