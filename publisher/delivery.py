@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
@@ -35,6 +35,7 @@ from telegram import (
     Bot,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputFile,
     LinkPreviewOptions,
     Message,
 )
@@ -553,8 +554,19 @@ class Sender(Protocol):
     ) -> int: ...
 
 
+@runtime_checkable
+class PhotoUploader(Protocol):
+    """A ``Sender`` that can also upload a photo's bytes (multipart ``sendPhoto``)."""
+
+    async def send_photo_file(
+        self, chat_id: str, data: bytes, filename: str, caption_html: str,
+        buttons: Sequence[Sequence[Button]], *, thread_id: int | None = None,
+    ) -> int: ...
+
+
 class TelegramSender:
-    """``Sender`` over the Bot API through python-telegram-bot, at any Bot API base URL.
+    """``Sender`` (and ``PhotoUploader``) over the Bot API through python-telegram-bot, at
+    any Bot API base URL.
 
     ``transport``: the httpx transport requests go through (``httpx.MockTransport`` in unit
     tests); None, the default, is httpx's connection pool over the network. A given
@@ -645,6 +657,23 @@ class TelegramSender:
                 chat_id=chat_id,
                 message_thread_id=thread_id,
                 photo=photo_url,
+                caption=caption_html,
+                parse_mode=ParseMode.HTML,
+                reply_markup=_keyboard(buttons),
+            ),
+            photo=True,
+        )
+
+    async def send_photo_file(
+        self, chat_id: str, data: bytes, filename: str, caption_html: str,
+        buttons: Sequence[Sequence[Button]], *, thread_id: int | None = None,
+    ) -> int:
+        """The photo's bytes uploaded as a multipart file part."""
+        return await self._posted(
+            self._bot.send_photo(
+                chat_id=chat_id,
+                message_thread_id=thread_id,
+                photo=InputFile(data, filename=filename),
                 caption=caption_html,
                 parse_mode=ParseMode.HTML,
                 reply_markup=_keyboard(buttons),

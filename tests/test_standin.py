@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from helpers import image_bytes
 from standin import server as standin_server
 from standin.server import (
     DEFAULT_TOKEN,
@@ -429,7 +430,7 @@ def test_link_preview_options(api: BotApiStandin) -> None:
 def test_send_photo_by_url_and_upload_through_ptb(api: BotApiStandin) -> None:
     async def both(bot: Bot) -> None:
         await bot.send_photo(CHANNEL, photo=PHOTO_URL, caption="<i>c</i>", parse_mode="HTML")
-        await bot.send_photo(CHANNEL, photo=b"\x89PNG\r\n\x1a\n\x00binary", caption="é 😀")
+        await bot.send_photo(CHANNEL, photo=image_bytes("PNG"), caption="é 😀")
 
     with_bot(api, both)
     by_url, uploaded = api.messages

@@ -1,0 +1,162 @@
+"""A post's photo: by URL, or downloaded and uploaded when Telegram cannot fetch the URL.
+
+``telegram.photo_upload`` chooses:
+
+* ``"fallback"`` (the default): the URL first; refused (``PhotoRejected``), the image is
+  downloaded by publisher (``publisher.images``), converted when needed, and uploaded;
+* ``"always"``: uploaded without trying the URL;
+* ``"never"``: the URL only, as before uploads existed.
+
+Whatever cannot be posted as a photo goes as text (the caller's fallback). Telegram caches a
+failed fetch of a URL for days, so a refused URL is remembered in the state
+(``refused_photos``) and never tried by URL again: the next push, or another chat, goes
+straight to the upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+
+from publisher.config import Config
+from publisher.db import Database, upsert
+from publisher.delivery import PhotoRejected, PhotoUploader, Sender
+from publisher.errors import ImageUnavailable
+from publisher.images import ImageFetcher, Photo, prepare_photo
+from publisher.logs import event
+from publisher.messages import Message
+from publisher.state import utc_now_iso
+
+log = logging.getLogger(__name__)
+
+DOWNLOADS_KEPT = 3  # prepared photos kept in a run, for an article going to several chats
+
+
+def refused_photos_schema(dialect: str) -> list[str]:
+    """Photo URLs Telegram refused, keyed by a digest (a URL may be longer than an index
+    entry may be)."""
+    return [
+        """CREATE TABLE IF NOT EXISTS refused_photos (
+            url_digest TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            refused_at TEXT NOT NULL
+        )""",
+    ]
+
+
+class RefusedPhotos:
+    """The photo URLs Telegram refused to fetch; without a database, for this run only."""
+
+    def __init__(self, db: Database | None) -> None:
+        self._db = db
+        self._known: set[str] = set()
+
+    def __contains__(self, url: object) -> bool:
+        if not isinstance(url, str):
+            return False
+        digest = _digest(url)
+        if digest in self._known:
+            return True
+        if self._db is None:
+            return False
+        row = self._db.execute("SELECT 1 FROM refused_photos WHERE url_digest = ?",
+                               (digest,)).fetchone()
+        if row:
+            self._known.add(digest)
+        return bool(row)
+
+    def add(self, url: str, reason: str) -> None:
+        digest = _digest(url)
+        self._known.add(digest)
+        if self._db is not None:
+            self._db.execute(
+                upsert("refused_photos", ("url_digest", "url", "reason", "refused_at"),
+                       ("url_digest",)),
+                (digest, url, reason, utc_now_iso()),
+            )
+
+
+def _digest(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def photo_poster(store: object, sender: Sender, config: Config) -> PhotoPoster:
+    """The dispatcher's poster: refused URLs remembered in the state's database, when
+    ``store`` has one (a test's fake store may not)."""
+    db = getattr(store, "db", None)
+    telegram = config.telegram
+    fetcher = ImageFetcher(allow_private=telegram.fetch_private_addresses,
+                           timeout=telegram.timeout_seconds)
+    return PhotoPoster(sender, RefusedPhotos(db), fetcher, mode=telegram.photo_upload)
+
+
+class PhotoPoster:
+    """Posts a message's photo as ``telegram.photo_upload`` says; ``post`` gives the
+    message id, or None when the photo could not go (the caller sends text)."""
+
+    def __init__(self, sender: Sender, refused: RefusedPhotos, fetcher: ImageFetcher, *,
+                 mode: str = "fallback") -> None:
+        self._sender = sender
+        self._refused = refused
+        self._fetcher = fetcher
+        # A sender that cannot upload (a test's) posts by URL only.
+        self._mode = mode if isinstance(sender, PhotoUploader) else "never"
+        self._photos: OrderedDict[str, Photo | ImageUnavailable] = OrderedDict()
+        self._downloading = asyncio.Lock()
+
+    async def post(self, chat_id: str, message: Message, label: str,
+                   topic: dict[str, int]) -> int | None:
+        url = message.photo_url
+        assert url is not None
+        by_url = self._mode == "never" or (self._mode == "fallback" and url not in self._refused)
+        if by_url:
+            try:
+                return await self._sender.send_photo(chat_id, url, message.html,
+                                                     message.buttons, **topic)
+            except PhotoRejected as exc:
+                event(log, logging.WARNING, "photo_refused", chat=label,
+                      article=message.article_id, reason=exc.reason, photo=url)
+                if self._mode == "never":
+                    return None
+                self._refused.add(url, exc.reason)
+        return await self._upload(chat_id, message, label, topic)
+
+    async def _upload(self, chat_id: str, message: Message, label: str,
+                      topic: dict[str, int]) -> int | None:
+        url = message.photo_url
+        assert url is not None and isinstance(self._sender, PhotoUploader)
+        photo = await self._photo(url)
+        if isinstance(photo, ImageUnavailable):
+            event(log, logging.WARNING, "photo_not_uploaded", chat=label,
+                  article=message.article_id, reason=str(photo), photo=url)
+            return None
+        try:
+            message_id = await self._sender.send_photo_file(
+                chat_id, photo.data, photo.filename, message.html, message.buttons, **topic)
+        except PhotoRejected as exc:
+            event(log, logging.WARNING, "photo_upload_refused", chat=label,
+                  article=message.article_id, reason=exc.reason, photo=url)
+            return None
+        event(log, logging.INFO, "photo_uploaded", chat=label, article=message.article_id,
+              photo=url, bytes=len(photo.data), converted=photo.converted or "no")
+        return message_id
+
+    async def _photo(self, url: str) -> Photo | ImageUnavailable:
+        """The prepared photo of ``url`` (or why there is none), downloaded once per run
+        for the few latest URLs."""
+        async with self._downloading:
+            if url not in self._photos:
+                self._photos[url] = await self._download(url)
+                while len(self._photos) > DOWNLOADS_KEPT:
+                    self._photos.popitem(last=False)
+            return self._photos[url]
+
+    async def _download(self, url: str) -> Photo | ImageUnavailable:
+        try:
+            data = await self._fetcher.fetch(url)
+            return await asyncio.to_thread(prepare_photo, data)  # Pillow's work is CPU-bound
+        except ImageUnavailable as exc:
+            return exc
