@@ -136,7 +136,11 @@ class ImageFetcher:
         """The address to connect to: every address the host resolves to must be allowed
         (a host that resolves to one public and one private address is refused)."""
         host = url.raw_host.decode("ascii")
-        addresses = await self._resolve(host, url.port or (443 if url.scheme == "https" else 80))
+        try:
+            addresses: list[IPAddress] = [ipaddress.ip_address(host)]
+        except ValueError:
+            addresses = await self._resolve(host, url.port or (443 if url.scheme == "https"
+                                                               else 80))
         if self._allow_private:
             return addresses[0]
         for address in addresses:
@@ -177,11 +181,7 @@ def _web_url(url: str) -> httpx.URL:
 
 
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """The addresses of ``host`` (itself when it is an address)."""
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
+    """The addresses of the host name ``host``."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port,
                                                              type=socket.SOCK_STREAM)
@@ -206,8 +206,10 @@ def prepare_photo(data: bytes) -> Photo:
                 return _prepared(image, data)
         except ImageUnavailable:
             raise
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageUnavailable("the image has too many pixels: too large to decode"
+                                   ) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageUnavailable(f"not a usable image: {_first_line(exc)}") from None
 
 
