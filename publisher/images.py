@@ -124,7 +124,8 @@ class ImageFetcher:
     async def _request(self, client: httpx.AsyncClient, url: httpx.URL) -> httpx.Response:
         address = await self._checked_address(url)
         pinned = url.copy_with(host=str(address))
-        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        host = url.raw_host.decode("ascii")  # IDNA-encoded, as TLS names it
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         request = client.build_request(
             "GET", pinned, extensions=extensions,
             headers={"Host": url.netloc.decode("ascii"), "Accept": "image/*",

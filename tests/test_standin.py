@@ -465,7 +465,7 @@ def test_refused_photo_urls_fail_with_the_configured_reason(api: BotApiStandin) 
 
 def test_media_group_through_ptb(api: BotApiStandin) -> None:
     media = [InputMediaPhoto(PHOTO_URL, caption="<b>one</b>", parse_mode="HTML")]
-    media.append(InputMediaPhoto(b"raw image bytes"))
+    media.append(InputMediaPhoto(image_bytes("PNG")))
     messages = with_bot(api, lambda bot: bot.send_media_group(CHANNEL, media))
     assert [message.message_id for message in messages] == [1, 2]
     assert messages[0].caption == "one"
