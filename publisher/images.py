@@ -21,6 +21,7 @@ import io
 import ipaddress
 import math
 import socket
+import ssl
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -78,15 +79,17 @@ def address_problem(address: IPAddress) -> str | None:
 class ImageFetcher:
     """Downloads an image by URL, under the rules of this module's docstring.
 
-    ``transport``: httpx's transport (tests); ``resolve``: host and port to addresses
-    (tests; by default the event loop's ``getaddrinfo``).
+    ``transport``: httpx's transport (tests); ``resolve``: a host name and port to its
+    addresses (tests; by default the event loop's ``getaddrinfo``); ``verify``: httpx's TLS
+    verification (tests: a test CA's context).
     """
 
     def __init__(self, *, allow_private: bool = False, timeout: float = 20.0,
                  max_bytes: int = MAX_PHOTO_BYTES,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 resolve: Resolver | None = None) -> None:
+                 resolve: Resolver | None = None, verify: ssl.SSLContext | bool = True) -> None:
         self._allow_private = allow_private
+        self._verify = verify
         self._resolve = resolve or resolve_host
         self._timeout = timeout
         self._max_bytes = max_bytes
@@ -107,7 +110,7 @@ class ImageFetcher:
         # No proxies from the environment: the connection must go to the checked address.
         async with httpx.AsyncClient(
             timeout=self._timeout, follow_redirects=False, trust_env=False,
-            transport=self._transport,
+            transport=self._transport, verify=self._verify,
         ) as client:
             target = _web_url(url)
             for _hop in range(MAX_REDIRECTS + 1):

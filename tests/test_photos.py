@@ -8,6 +8,7 @@ import contextlib
 import io
 import ipaddress
 import logging
+import ssl
 import struct
 import threading
 import zlib
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from helpers import ArticleWriter, image_bytes
 from PIL import Image
 from standin.server import (
@@ -107,9 +109,15 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def images() -> Iterator[ImageServer]:
+    yield from _serve(None)
+
+
+def _serve(tls: ssl.SSLContext | None) -> Iterator[ImageServer]:
     holder = ImageServer(0)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(holder))
     httpd.daemon_threads = True
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     holder.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -418,6 +426,42 @@ def test_the_connection_goes_to_the_checked_address() -> None:
     (request,) = seen
     assert request.url.host == "93.184.216.34" and request.headers["Host"] == "images.example"
     assert request.extensions["sni_hostname"] == "images.example"
+
+
+@pytest.fixture
+def test_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_images(test_ca: trustme.CA) -> Iterator[ImageServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert("images.test").configure_cert(context)
+    yield from _serve(context)
+
+
+@pytest.mark.parametrize(("name", "fetched"), [("images.test", True), ("other.test", False)])
+def test_tls_to_the_pinned_address_checks_the_host_name(
+    tls_images: ImageServer, test_ca: trustme.CA, name: str, fetched: bool,
+) -> None:
+    """The connection goes to the checked address, and the certificate is still checked
+    against the URL's host (SNI): pinning neither breaks TLS nor weakens it."""
+    tls_images.serve("/a.jpg", b"image bytes")
+    client_tls = ssl.create_default_context()
+    test_ca.configure_trust(client_tls)
+
+    async def loopback(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    fetch = ImageFetcher(allow_private=True, resolve=loopback, verify=client_tls, timeout=5)
+    url = f"https://{name}:{tls_images.port}/a.jpg"
+    if fetched:
+        assert asyncio.run(fetch.fetch(url)) == b"image bytes"
+        assert tls_images.hits == ["/a.jpg"]
+    else:
+        with pytest.raises(ImageUnavailable, match=r"(?i)certificate"):
+            asyncio.run(fetch.fetch(url))
+        assert tls_images.hits == []
 
 
 @pytest.mark.parametrize("location", [
