@@ -39,6 +39,7 @@ MAX_RATIO = 20.0  # Telegram: the longer side at most 20 times the shorter
 # file can announce a gigapixel image).
 MAX_PIXELS = 50_000_000
 MAX_REDIRECTS = 3
+ADDRESSES_TRIED = 3  # of a host's addresses, in the resolver's order, until one connects
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # What Pillow may open: the formats of web images. Others (PSD, EPS via Ghostscript...) never.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -125,34 +126,39 @@ class ImageFetcher:
         raise ImageUnavailable(f"more than {MAX_REDIRECTS} redirects")
 
     async def _request(self, client: httpx.AsyncClient, url: httpx.URL) -> httpx.Response:
-        address = await self._checked_address(url)
-        pinned = url.copy_with(host=str(address))
+        """The answer from the first of the host's checked addresses that connects."""
+        addresses = await self._checked_addresses(url)
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as TLS names it
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
-        request = client.build_request(
-            "GET", pinned, extensions=extensions,
-            headers={"Host": url.netloc.decode("ascii"), "Accept": "image/*",
-                     "Accept-Encoding": "identity"},
-        )
+        headers = {"Host": url.netloc.decode("ascii"), "Accept": "image/*",
+                   "Accept-Encoding": "identity"}
+        for address in addresses[:-1]:
+            request = client.build_request("GET", url.copy_with(host=str(address)),
+                                           headers=headers, extensions=extensions)
+            try:
+                return await client.send(request, stream=True)
+            except httpx.ConnectError:  # e.g. an IPv6 address on a host without IPv6
+                continue
+        request = client.build_request("GET", url.copy_with(host=str(addresses[-1])),
+                                       headers=headers, extensions=extensions)
         return await client.send(request, stream=True)
 
-    async def _checked_address(self, url: httpx.URL) -> IPAddress:
-        """The address to connect to: every address the host resolves to must be allowed
-        (a host that resolves to one public and one private address is refused)."""
+    async def _checked_addresses(self, url: httpx.URL) -> list[IPAddress]:
+        """The addresses to connect to, at most ``ADDRESSES_TRIED``: every address the host
+        resolves to must be allowed (one public and one private address: refused)."""
         host = url.raw_host.decode("ascii")
         try:
             addresses: list[IPAddress] = [ipaddress.ip_address(host)]
         except ValueError:
             addresses = await self._resolve(host, url.port or (443 if url.scheme == "https"
                                                                else 80))
-        if self._allow_private:
-            return addresses[0]
-        for address in addresses:
-            problem = address_problem(address)
-            if problem is not None:
-                raise ImageUnavailable(f"{url.host} is a {problem} address ({address}): "
-                                       "not fetched (telegram.fetch_private_addresses)")
-        return addresses[0]
+        if not self._allow_private:
+            for address in addresses:
+                problem = address_problem(address)
+                if problem is not None:
+                    raise ImageUnavailable(f"{url.host} is a {problem} address ({address}): "
+                                           "not fetched (telegram.fetch_private_addresses)")
+        return list(dict.fromkeys(addresses))[:ADDRESSES_TRIED]
 
     async def _body(self, response: httpx.Response) -> bytes:
         if response.status_code != 200:
@@ -224,7 +230,7 @@ def _prepared(image: Image.Image, data: bytes) -> Photo:
     kind = str(image.format)
     if (kind in PASS_MODES and image.mode in PASS_MODES[kind] and _fits(width, height)
             and len(data) <= MAX_PHOTO_BYTES and not getattr(image, "is_animated", False)):
-        image.load()  # the whole file decodes: a truncated one is converted or refused here
+        image.load()  # the whole file decodes: a truncated one is refused here
         return Photo(data, "photo.png" if kind == "PNG" else "photo.jpg", width, height)
     jpeg, size = _as_jpeg(image)
     return Photo(jpeg, "photo.jpg", *size,

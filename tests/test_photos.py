@@ -384,6 +384,7 @@ NAMES: dict[str, list[IPAddress]] = {
     "images.example": [PUBLIC],
     "internal.example": [ipaddress.ip_address("10.0.0.7")],
     "mixed.example": [PUBLIC, ipaddress.ip_address("127.0.0.1")],
+    "dual.example": [ipaddress.ip_address("2606:4700::1111"), PUBLIC],
 }
 
 
@@ -478,6 +479,19 @@ def test_a_redirect_to_the_own_network_is_refused(location: str) -> None:
     with pytest.raises(ImageUnavailable):
         asyncio.run(fetcher(answer).fetch("https://images.example/a.jpg"))
     assert seen == ["https://93.184.216.34/a.jpg"]  # the redirect was never followed
+
+
+def test_the_next_checked_address_is_tried_when_one_does_not_connect() -> None:
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "2606:4700::1111":
+            raise httpx.ConnectError("no route to host", request=request)
+        return httpx.Response(200, content=streamed(b"image"))
+
+    assert asyncio.run(fetcher(answer).fetch("http://dual.example/a.jpg")) == b"image"
+    assert seen == ["2606:4700::1111", "93.184.216.34"]
 
 
 def test_a_host_with_one_private_address_is_refused() -> None:
