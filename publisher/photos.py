@@ -106,22 +106,27 @@ class PhotoPoster:
         self._mode = mode if isinstance(sender, PhotoUploader) else "never"
         self._photos: OrderedDict[str, Photo | ImageUnavailable] = OrderedDict()
         self._downloading = asyncio.Lock()
+        self._trying: dict[str, asyncio.Lock] = {}
 
     async def post(self, chat_id: str, message: Message, label: str,
                    topic: dict[str, int]) -> int | None:
         url = message.photo_url
         assert url is not None
-        by_url = self._mode == "never" or (self._mode == "fallback" and url not in self._refused)
-        if by_url:
-            try:
-                return await self._sender.send_photo(chat_id, url, message.html,
-                                                     message.buttons, **topic)
-            except PhotoRejected as exc:
-                event(log, logging.WARNING, "photo_refused", chat=label,
-                      article=message.article_id, reason=exc.reason, photo=url)
-                if self._mode == "never":
-                    return None
-                self._refused.add(url, exc.reason)
+        # One try by URL at a time: chats sending the same photo together learn of a
+        # refusal before they try it too.
+        async with self._trying.setdefault(url, asyncio.Lock()):
+            by_url = self._mode == "never" or (self._mode == "fallback"
+                                               and url not in self._refused)
+            if by_url:
+                try:
+                    return await self._sender.send_photo(chat_id, url, message.html,
+                                                         message.buttons, **topic)
+                except PhotoRejected as exc:
+                    event(log, logging.WARNING, "photo_refused", chat=label,
+                          article=message.article_id, reason=exc.reason, photo=url)
+                    if self._mode == "never":
+                        return None
+                    self._refused.add(url, exc.reason)
         return await self._upload(chat_id, message, label, topic)
 
     async def _upload(self, chat_id: str, message: Message, label: str,

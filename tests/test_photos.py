@@ -354,6 +354,7 @@ def test_one_download_serves_every_chat(
     assert push(config).report.ok
     assert [r.photo for r in botapi.messages] == ["upload:photo.jpg"] * 2
     assert images.hits == ["/1.jpg"] and len(botapi.uploads) == 2
+    assert photo_requests(botapi, url) == 1  # the other chat learnt of the refusal first
 
 
 def test_the_photo_keys_are_checked() -> None:
