@@ -26,6 +26,7 @@ from standin.server import (
     DEFAULT_TOKEN,
     IMAGE_PROCESS_FAILED,
     PHOTO_INVALID_DIMENSIONS,
+    PHOTO_REASONS,
     BotApiStandin,
 )
 
@@ -187,14 +188,15 @@ def picture(data: bytes) -> tuple[str, tuple[int, int]]:
 # -- end to end: push against the stand-in ---------------------------------------------------
 
 
+@pytest.mark.parametrize("reason", PHOTO_REASONS)
 def test_a_refused_url_is_downloaded_and_uploaded(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
-    images: ImageServer, caplog: pytest.LogCaptureFixture,
+    images: ImageServer, caplog: pytest.LogCaptureFixture, reason: str,
 ) -> None:
     jpeg = image_bytes("JPEG", (1200, 800))
     url = images.serve("/1.jpg", jpeg)
     with_image(write_article, 1, url)
-    botapi.refuse_photo(url)
+    botapi.refuse_photo(url, reason)
     with caplog.at_level(logging.INFO):
         outcome = push(make_config(fetch_private_addresses=True))
     assert outcome.report.ok and outcome.report.total("sent") == 1

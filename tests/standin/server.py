@@ -62,7 +62,9 @@ SPEC_PATH = Path(__file__).resolve().parent / "bot-api.json"
 PHOTO_WRONG_ID = "wrong file identifier/HTTP URL specified"
 PHOTO_FETCH_FAILED = "failed to get HTTP URL content"
 PHOTO_WRONG_TYPE = "wrong type of the web page content"
-PHOTO_REASONS = (PHOTO_WRONG_ID, PHOTO_FETCH_FAILED, PHOTO_WRONG_TYPE)
+# Telegram could fetch the URL, but not use what it got.
+PHOTO_URL_UNUSABLE = ("IMAGE_PROCESS_FAILED", "PHOTO_INVALID_DIMENSIONS")
+PHOTO_REASONS = (PHOTO_WRONG_ID, PHOTO_FETCH_FAILED, PHOTO_WRONG_TYPE, *PHOTO_URL_UNUSABLE)
 
 KICKED = "Forbidden: bot was kicked from the channel chat"
 NOT_MEMBER = "Forbidden: bot is not a member of the channel chat"
