@@ -27,7 +27,6 @@ from publisher.catalog import (
     drop_scan_snapshot,
 )
 from publisher.db import Database
-from publisher.photos import refused_photos_schema
 from publisher.state import (
     add_claim_columns,
     allow_every_state,
@@ -54,15 +53,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "ledger: planned marks in a table of their own", move_planned_marks),
     Migration(9, "feeds: what the writer left on disk in feed_files",
               lambda db, _version: add_feed_files(db)),
-    Migration(10, "photos: URLs Telegram refused, never tried by URL again",
-              lambda _db, _version: None),  # a new table only: created by the schema
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
-    return ledger_schema(dialect) + catalog_schema(dialect) + refused_photos_schema(dialect)
+    return ledger_schema(dialect) + catalog_schema(dialect)
 
 
 def upgrade(db: Database, version: int) -> list[str]:

@@ -9,7 +9,7 @@
 
 Whatever cannot be posted as a photo goes as text (the caller's fallback). Telegram caches a
 failed fetch of a URL for days, so a refused URL is remembered in the state
-(``refused_photos``) and never tried by URL again: the next push, or another chat, goes
+(``RefusedPhotos``) and never tried by URL again: the next push, or another chat, goes
 straight to the upload.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections import OrderedDict
 
@@ -31,24 +32,14 @@ from publisher.state import utc_now_iso
 
 log = logging.getLogger(__name__)
 
+REFUSED_KEY = "refused_photo:"  # meta keys: this and a URL's SHA-256
 DOWNLOADS_KEPT = 3  # prepared photos kept in a run, for an article going to several chats
 
 
-def refused_photos_schema(dialect: str) -> list[str]:
-    """Photo URLs Telegram refused, keyed by a digest (a URL may be longer than an index
-    entry may be)."""
-    return [
-        """CREATE TABLE IF NOT EXISTS refused_photos (
-            url_digest TEXT PRIMARY KEY,
-            url TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            refused_at TEXT NOT NULL
-        )""",
-    ]
-
-
 class RefusedPhotos:
-    """The photo URLs Telegram refused to fetch; without a database, for this run only."""
+    """The photo URLs Telegram refused to fetch, one ``meta`` row each (``refused_photo:``
+    and the URL's digest: a URL may be longer than an index entry may be; the value says
+    the URL, the reason and when); without a database, for this run only."""
 
     def __init__(self, db: Database | None) -> None:
         self._db = db
@@ -57,30 +48,27 @@ class RefusedPhotos:
     def __contains__(self, url: object) -> bool:
         if not isinstance(url, str):
             return False
-        digest = _digest(url)
-        if digest in self._known:
+        key = _key(url)
+        if key in self._known:
             return True
         if self._db is None:
             return False
-        row = self._db.execute("SELECT 1 FROM refused_photos WHERE url_digest = ?",
-                               (digest,)).fetchone()
+        row = self._db.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone()
         if row:
-            self._known.add(digest)
+            self._known.add(key)
         return bool(row)
 
     def add(self, url: str, reason: str) -> None:
-        digest = _digest(url)
-        self._known.add(digest)
+        key = _key(url)
+        self._known.add(key)
         if self._db is not None:
-            self._db.execute(
-                upsert("refused_photos", ("url_digest", "url", "reason", "refused_at"),
-                       ("url_digest",)),
-                (digest, url, reason, utc_now_iso()),
-            )
+            value = json.dumps({"url": url, "reason": reason, "at": utc_now_iso()},
+                               ensure_ascii=False)
+            self._db.execute(upsert("meta", ("key", "value"), ("key",)), (key, value))
 
 
-def _digest(url: str) -> str:
-    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+def _key(url: str) -> str:
+    return REFUSED_KEY + hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def photo_poster(store: object, sender: Sender, config: Config) -> PhotoPoster:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import ipaddress
+import json
 import logging
 import ssl
 import struct
@@ -338,10 +339,12 @@ def test_a_refused_url_is_not_tried_by_url_again(
     assert photo_requests(botapi, url) == 1  # only the first, refused, try
     store = open_store(config.state.url)
     try:
-        (row,) = store.db.execute("SELECT url, reason FROM refused_photos").fetchall()
+        (row,) = store.db.execute(
+            "SELECT value FROM meta WHERE key LIKE 'refused_photo:%'").fetchall()
     finally:
         store.close()
-    assert row[0] == url and "wrong file identifier" in row[1].lower()
+    remembered = json.loads(row[0])
+    assert remembered["url"] == url and "wrong file identifier" in remembered["reason"].lower()
 
 
 def test_one_download_serves_every_chat(
