@@ -62,9 +62,11 @@ SPEC_PATH = Path(__file__).resolve().parent / "bot-api.json"
 PHOTO_WRONG_ID = "wrong file identifier/HTTP URL specified"
 PHOTO_FETCH_FAILED = "failed to get HTTP URL content"
 PHOTO_WRONG_TYPE = "wrong type of the web page content"
-# Telegram could fetch the URL, but not use what it got.
-PHOTO_URL_UNUSABLE = ("IMAGE_PROCESS_FAILED", "PHOTO_INVALID_DIMENSIONS")
-PHOTO_REASONS = (PHOTO_WRONG_ID, PHOTO_FETCH_FAILED, PHOTO_WRONG_TYPE, *PHOTO_URL_UNUSABLE)
+# What Telegram says of a photo it got (by URL or uploaded) but cannot use.
+PHOTO_INVALID_DIMENSIONS = "PHOTO_INVALID_DIMENSIONS"
+IMAGE_PROCESS_FAILED = "IMAGE_PROCESS_FAILED"
+PHOTO_REASONS = (PHOTO_WRONG_ID, PHOTO_FETCH_FAILED, PHOTO_WRONG_TYPE,
+                 IMAGE_PROCESS_FAILED, PHOTO_INVALID_DIMENSIONS)
 
 KICKED = "Forbidden: bot was kicked from the channel chat"
 NOT_MEMBER = "Forbidden: bot is not a member of the channel chat"
@@ -523,8 +525,6 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
 MAX_UPLOADED_PHOTO_BYTES = 10 * 1024 * 1024
 MAX_PHOTO_SIDES = 10_000  # width + height
 MAX_PHOTO_RATIO = 20
-PHOTO_INVALID_DIMENSIONS = "PHOTO_INVALID_DIMENSIONS"
-IMAGE_PROCESS_FAILED = "IMAGE_PROCESS_FAILED"
 UPLOADED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
 
@@ -1243,7 +1243,7 @@ class BotApiStandin:
 
     @property
     def uploads(self) -> list[UploadedFile]:
-        """The photo files accepted (as uploaded), in order."""
+        """The files sendPhoto accepted (as uploaded), in order."""
         with self._lock:
             return list(self._uploads)
 
@@ -1472,6 +1472,8 @@ class BotApiStandin:
         caption = params.get("caption")
         visible, entities = check_caption(caption, params.get("parse_mode"))
         self._check_markup(params)
+        if isinstance(params["photo"], UploadedFile):
+            self._uploads.append(params["photo"])
         return [
             self._new_record(
                 method,
@@ -1554,7 +1556,6 @@ class BotApiStandin:
         if isinstance(source, UploadedFile):
             if is_photo:
                 check_uploaded_photo(source)
-                self._uploads.append(source)
             return source.describe()
         if not isinstance(source, str) or not (is_http_url(source) or _FILE_ID_RE.match(source)):
             raise bad_request(PHOTO_WRONG_ID)
