@@ -39,6 +39,7 @@ MAX_RATIO = 20.0  # Telegram: the longer side at most 20 times the shorter
 # file can announce a gigapixel image).
 MAX_PIXELS = 50_000_000
 MAX_REDIRECTS = 3
+USER_AGENT = "publisher (image download for a Telegram post)"
 ADDRESSES_TRIED = 3  # of a host's addresses, in the resolver's order, until one connects
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # What Pillow may open: the formats of web images. Others (PSD, EPS via Ghostscript...) never.
@@ -131,7 +132,7 @@ class ImageFetcher:
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as TLS names it
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         headers = {"Host": url.netloc.decode("ascii"), "Accept": "image/*",
-                   "Accept-Encoding": "identity"}
+                   "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
         for address in addresses[:-1]:
             request = client.build_request("GET", url.copy_with(host=str(address)),
                                            headers=headers, extensions=extensions)

@@ -433,6 +433,7 @@ def test_the_connection_goes_to_the_checked_address() -> None:
     (request,) = seen
     assert request.url.host == "93.184.216.34" and request.headers["Host"] == "images.example"
     assert request.extensions["sni_hostname"] == "images.example"
+    assert request.headers["User-Agent"].startswith("publisher")
 
 
 @pytest.fixture
