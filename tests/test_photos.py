@@ -261,6 +261,20 @@ def test_what_cannot_be_uploaded_goes_as_text(
     assert any("photo_not_uploaded" in r.getMessage() for r in caplog.records)
 
 
+def test_redirects_are_followed(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    images: ImageServer,
+) -> None:
+    jpeg = image_bytes("JPEG")
+    images.serve("/new.jpg", jpeg)
+    url = images.serve("/old.jpg", b"", "text/html", status=302, location="/new.jpg")
+    with_image(write_article, 1, url)
+    botapi.refuse_photo(url)
+    assert push(make_config(fetch_private_addresses=True)).report.ok
+    assert [upload.data for upload in botapi.uploads] == [jpeg]
+    assert images.hits == ["/old.jpg", "/new.jpg"]
+
+
 def test_a_private_address_is_never_fetched_by_default(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
     images: ImageServer, caplog: pytest.LogCaptureFixture,
