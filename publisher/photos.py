@@ -7,7 +7,9 @@
 * ``"always"``: uploaded without trying the URL;
 * ``"never"``: the URL only, as before uploads existed.
 
-Whatever cannot be posted as a photo goes as text (the caller's fallback). Telegram caches a
+Once uploaded, a photo goes to the other chats of the run by the file id Telegram gave it
+(its bytes are sent once). Whatever cannot be posted as a photo goes as text (the caller's
+fallback). Telegram caches a
 failed fetch of a URL for days, so a refused URL is remembered in the state
 (``RefusedPhotos``) and never tried by URL again: the next push, or another chat, goes
 straight to the upload.
@@ -93,16 +95,16 @@ class PhotoPoster:
         # A sender that cannot upload (a test's) posts by URL only.
         self._mode = mode if isinstance(sender, PhotoUploader) else "never"
         self._photos: OrderedDict[str, Photo | ImageUnavailable] = OrderedDict()
-        self._downloading = asyncio.Lock()
-        self._trying: dict[str, asyncio.Lock] = {}
+        self._posting: dict[str, asyncio.Lock] = {}  # by photo URL
+        self._file_ids: dict[str, str] = {}  # photo URL -> the file id of its upload
 
     async def post(self, chat_id: str, message: Message, label: str,
                    topic: dict[str, int]) -> int | None:
         url = message.photo_url
         assert url is not None
-        # One try by URL at a time: chats sending the same photo together learn of a
-        # refusal before they try it too.
-        async with self._trying.setdefault(url, asyncio.Lock()):
+        # One post of a photo at a time: chats sending the same photo together learn of a
+        # refusal, and get the upload's file id, before they try it themselves.
+        async with self._posting.setdefault(url, asyncio.Lock()):
             by_url = self._mode == "never" or (self._mode == "fallback"
                                                and url not in self._refused)
             if by_url:
@@ -115,6 +117,22 @@ class PhotoPoster:
                     if self._mode == "never":
                         return None
                     self._refused.add(url, exc.reason)
+            return await self._uploaded(chat_id, message, label, topic)
+
+    async def _uploaded(self, chat_id: str, message: Message, label: str,
+                        topic: dict[str, int]) -> int | None:
+        """Posted by the file id of this run's upload of the photo, else uploaded."""
+        url = message.photo_url
+        assert url is not None
+        file_id = self._file_ids.get(url)
+        if file_id:
+            try:
+                return await self._sender.send_photo(chat_id, file_id, message.html,
+                                                     message.buttons, **topic)
+            except PhotoRejected as exc:  # the bytes can still go
+                event(log, logging.WARNING, "photo_file_id_refused", chat=label,
+                      article=message.article_id, reason=exc.reason, photo=url)
+                del self._file_ids[url]
         return await self._upload(chat_id, message, label, topic)
 
     async def _upload(self, chat_id: str, message: Message, label: str,
@@ -127,7 +145,7 @@ class PhotoPoster:
                   article=message.article_id, reason=str(photo), photo=url)
             return None
         try:
-            message_id = await self._sender.send_photo_file(
+            uploaded = await self._sender.send_photo_file(
                 chat_id, photo.data, photo.filename, message.html, message.buttons, **topic)
         except PhotoRejected as exc:
             event(log, logging.WARNING, "photo_upload_refused", chat=label,
@@ -135,17 +153,18 @@ class PhotoPoster:
             return None
         event(log, logging.INFO, "photo_uploaded", chat=label, article=message.article_id,
               photo=url, bytes=len(photo.data), converted=photo.converted or "no")
-        return message_id
+        if uploaded.file_id:
+            self._file_ids[url] = uploaded.file_id
+        return uploaded.message_id
 
     async def _photo(self, url: str) -> Photo | ImageUnavailable:
         """The prepared photo of ``url`` (or why there is none), downloaded once per run
-        for the few latest URLs."""
-        async with self._downloading:
-            if url not in self._photos:
-                self._photos[url] = await self._download(url)
-                while len(self._photos) > DOWNLOADS_KEPT:
-                    self._photos.popitem(last=False)
-            return self._photos[url]
+        for the few latest URLs (called under the URL's lock)."""
+        if url not in self._photos:
+            self._photos[url] = await self._download(url)
+            while len(self._photos) > DOWNLOADS_KEPT:
+                self._photos.popitem(last=False)
+        return self._photos[url]
 
     async def _download(self, url: str) -> Photo | ImageUnavailable:
         try:

@@ -361,7 +361,7 @@ def test_a_refused_url_is_not_tried_by_url_again(
     assert remembered["url"] == url and "wrong file identifier" in remembered["reason"].lower()
 
 
-def test_one_download_serves_every_chat(
+def test_one_upload_serves_every_chat(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
     images: ImageServer,
 ) -> None:
@@ -371,9 +371,26 @@ def test_one_download_serves_every_chat(
     config = make_config(fetch_private_addresses=True,
                          extra='routes = { AI = ["@news", "@other"] }\n')
     assert push(config).report.ok
-    assert [r.photo for r in botapi.messages] == ["upload:photo.jpg"] * 2
-    assert images.hits == ["/1.jpg"] and len(botapi.uploads) == 2
+    first, second = botapi.messages
+    assert first.chat_id != second.chat_id
+    assert first.photo == "upload:photo.jpg"  # the bytes went once,
+    assert second.photo and second.photo.startswith("AgACAgIAAxkBAAI")  # then its file id
+    assert images.hits == ["/1.jpg"] and len(botapi.uploads) == 1
     assert photo_requests(botapi, url) == 1  # the other chat learnt of the refusal first
+
+
+def test_a_refused_file_id_is_uploaded_again(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    images: ImageServer,
+) -> None:
+    url = images.serve("/1.jpg", image_bytes("JPEG"))
+    with_image(write_article, 1, url)
+    botapi.refuse_photo(lambda photo: photo == url or photo.startswith("AgAC"))
+    config = make_config(fetch_private_addresses=True,
+                         extra='routes = { AI = ["@news", "@other"] }\n')
+    assert push(config).report.ok
+    assert [r.photo for r in botapi.messages] == ["upload:photo.jpg"] * 2
+    assert images.hits == ["/1.jpg"]  # the download is kept for the run
 
 
 def test_the_photo_keys_are_checked() -> None:
