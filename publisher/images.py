@@ -123,7 +123,7 @@ class ImageFetcher:
                         return await self._body(response)
                 finally:
                     await response.aclose()
-                target = _web_url(str(target.join(location)))
+                target = _redirected(target, location)
         raise ImageUnavailable(f"more than {MAX_REDIRECTS} redirects")
 
     async def _request(self, client: httpx.AsyncClient, url: httpx.URL) -> httpx.Response:
@@ -181,6 +181,13 @@ class ImageFetcher:
         return f"the image is larger than {self._max_bytes // (1024 * 1024)} MB ({detail})"
 
 
+def _redirected(url: httpx.URL, location: str) -> httpx.URL:
+    try:
+        return _web_url(str(url.join(location)))
+    except httpx.InvalidURL as exc:
+        raise ImageUnavailable(f"a redirect to an unusable URL: {exc}") from None
+
+
 def _web_url(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
@@ -220,7 +227,10 @@ def prepare_photo(data: bytes) -> Photo:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageUnavailable("the image has too many pixels: too large to decode"
                                    ) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except MemoryError:
+            raise ImageUnavailable("the image is too large to decode") from None
+        except Exception as exc:  # hostile bytes make Pillow's decoders raise anything
+            # (OSError, SyntaxError, struct.error, IndexError...): none may stop a push
             raise ImageUnavailable(f"not a usable image: {_first_line(exc)}") from None
 
 

@@ -22,6 +22,8 @@ import httpx
 import pytest
 import trustme
 from helpers import ArticleWriter, image_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from standin.server import (
     DEFAULT_TOKEN,
@@ -622,6 +624,24 @@ def test_an_animated_gif_becomes_its_first_frame() -> None:
     with Image.open(io.BytesIO(photo.data)) as image:
         red, _green, blue = image.convert("RGB").getpixel((60, 40))  # type: ignore[misc]
     assert red > 200 and blue < 60
+
+
+SEED_IMAGES = [image_bytes(kind, (64, 48)) for kind in ("JPEG", "PNG", "WEBP", "GIF", "BMP")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.sampled_from(SEED_IMAGES), at=st.integers(0, 10_000),
+       junk=st.binary(min_size=1, max_size=64), cut=st.booleans())
+def test_damaged_images_are_refused_cleanly(seed: bytes, at: int, junk: bytes,
+                                            cut: bool) -> None:
+    """Whatever the bytes, a photo or an ``ImageUnavailable``: never another exception."""
+    at %= len(seed)
+    data = seed[:at] + junk if cut else seed[:at] + junk + seed[at + len(junk):]
+    try:
+        photo = prepare_photo(data)
+    except ImageUnavailable:
+        return
+    assert picture(photo.data)[0] in ("JPEG", "PNG")
 
 
 # -- the stand-in judges an upload by its bytes, as Telegram does ----------------------------
