@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from typing import Any
 
 from publisher.config import Config
 from publisher.db import Database, upsert
@@ -33,6 +34,8 @@ from publisher.messages import Message
 from publisher.state import utc_now_iso
 
 log = logging.getLogger(__name__)
+
+SendOptions = dict[str, Any]
 
 REFUSED_KEY = "refused_photo:"  # meta keys: this and a URL's SHA-256
 DOWNLOADS_KEPT = 3  # prepared photos kept in a run, for an article going to several chats
@@ -99,7 +102,9 @@ class PhotoPoster:
         self._file_ids: dict[str, str] = {}  # photo URL -> the file id of its upload
 
     async def post(self, chat_id: str, message: Message, label: str,
-                   topic: dict[str, int]) -> int | None:
+                   options: SendOptions) -> int | None:
+        """``options``: the keyword arguments every send of the message takes (its forum
+        topic's ``thread_id``), given to the URL, file id and upload sends alike."""
         url = message.photo_url
         assert url is not None
         # One post of a photo at a time: chats sending the same photo together learn of a
@@ -110,17 +115,17 @@ class PhotoPoster:
             if by_url:
                 try:
                     return await self._sender.send_photo(chat_id, url, message.html,
-                                                         message.buttons, **topic)
+                                                         message.buttons, **options)
                 except PhotoRejected as exc:
                     event(log, logging.WARNING, "photo_refused", chat=label,
                           article=message.article_id, reason=exc.reason, photo=url)
                     if self._mode == "never":
                         return None
                     self._refused.add(url, exc.reason)
-            return await self._uploaded(chat_id, message, label, topic)
+            return await self._uploaded(chat_id, message, label, options)
 
     async def _uploaded(self, chat_id: str, message: Message, label: str,
-                        topic: dict[str, int]) -> int | None:
+                        options: SendOptions) -> int | None:
         """Posted by the file id of this run's upload of the photo, else uploaded."""
         url = message.photo_url
         assert url is not None
@@ -128,15 +133,15 @@ class PhotoPoster:
         if file_id:
             try:
                 return await self._sender.send_photo(chat_id, file_id, message.html,
-                                                     message.buttons, **topic)
+                                                     message.buttons, **options)
             except PhotoRejected as exc:  # the bytes can still go
                 event(log, logging.WARNING, "photo_file_id_refused", chat=label,
                       article=message.article_id, reason=exc.reason, photo=url)
                 del self._file_ids[url]
-        return await self._upload(chat_id, message, label, topic)
+        return await self._upload(chat_id, message, label, options)
 
     async def _upload(self, chat_id: str, message: Message, label: str,
-                      topic: dict[str, int]) -> int | None:
+                      options: SendOptions) -> int | None:
         url = message.photo_url
         assert url is not None and isinstance(self._sender, PhotoUploader)
         photo = await self._photo(url)
@@ -146,7 +151,7 @@ class PhotoPoster:
             return None
         try:
             uploaded = await self._sender.send_photo_file(
-                chat_id, photo.data, photo.filename, message.html, message.buttons, **topic)
+                chat_id, photo.data, photo.filename, message.html, message.buttons, **options)
         except PhotoRejected as exc:
             event(log, logging.WARNING, "photo_upload_refused", chat=label,
                   article=message.article_id, reason=exc.reason, photo=url)

@@ -381,6 +381,19 @@ def test_one_upload_serves_every_chat(
     assert photo_requests(botapi, url) == 1  # the other chat learnt of the refusal first
 
 
+def test_an_uploaded_photo_goes_to_its_forum_topic(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    images: ImageServer,
+) -> None:
+    botapi.add_forum("@forum", -1002000000000, topics=[10])
+    url = images.serve("/1.jpg", image_bytes("JPEG"))
+    with_image(write_article, 1, url)
+    botapi.refuse_photo(url)
+    assert push(make_config(chat_id="@forum/10", fetch_private_addresses=True)).report.ok
+    (record,) = botapi.messages
+    assert (record.photo, record.message_thread_id) == ("upload:photo.jpg", 10)
+
+
 def test_a_refused_file_id_is_uploaded_again(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
     images: ImageServer,
