@@ -116,6 +116,11 @@ class TelegramConfig(PostSettings):
     timeout_seconds: float = 20.0
     timezone: str = "UTC"
     alert_chat: str = ""  # the operator's chat for alerts (alerts.py); empty = none
+    photo_upload: str = "fallback"  # "fallback", "always" or "never" (publisher.photos)
+    fetch_private_addresses: bool = False  # image downloads may reach private networks
+
+
+PHOTO_UPLOADS = ("fallback", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -573,6 +578,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"config key telegram.on_uncertain must be 'hold' or 'resend', "
             f"not {telegram.on_uncertain!r}"
+        )
+    if telegram.photo_upload not in PHOTO_UPLOADS:
+        raise ConfigError(
+            f"config key telegram.photo_upload must be one of {', '.join(PHOTO_UPLOADS)}, "
+            f"not {telegram.photo_upload!r}"
         )
     try:
         ZoneInfo(telegram.timezone)

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
@@ -35,6 +35,7 @@ from telegram import (
     Bot,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputFile,
     LinkPreviewOptions,
     Message,
 )
@@ -556,8 +557,29 @@ class Sender(Protocol):
         """``preview_url``: the link to preview; empty or None, no preview."""
 
 
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """A photo posted from its bytes: the message, and the file id Telegram gave the photo
+    (empty when the answer had none), which other chats can be sent instead of the bytes."""
+
+    message_id: int
+    file_id: str
+
+
+@runtime_checkable
+class PhotoUploader(Protocol):
+    """A ``Sender`` that can also upload a photo's bytes (multipart ``sendPhoto``)."""
+
+    async def send_photo_file(
+        self, chat_id: str, data: bytes, filename: str, caption_html: str,
+        buttons: Sequence[Sequence[Button]], *, thread_id: int | None = None,
+        silent: bool = False,
+    ) -> Uploaded: ...
+
+
 class TelegramSender:
-    """``Sender`` over the Bot API through python-telegram-bot, at any Bot API base URL.
+    """``Sender`` (and ``PhotoUploader``) over the Bot API through python-telegram-bot, at
+    any Bot API base URL.
 
     ``transport``: the httpx transport requests go through (``httpx.MockTransport`` in unit
     tests); None, the default, is httpx's connection pool over the network. A given
@@ -656,6 +678,27 @@ class TelegramSender:
             photo=True,
         )
 
+    async def send_photo_file(
+        self, chat_id: str, data: bytes, filename: str, caption_html: str,
+        buttons: Sequence[Sequence[Button]], *, thread_id: int | None = None,
+        silent: bool = False,
+    ) -> Uploaded:
+        """The photo's bytes uploaded as a multipart file part."""
+        message = await self._message(
+            self._bot.send_photo(
+                chat_id=chat_id,
+                message_thread_id=thread_id,
+                disable_notification=silent or None,
+                photo=InputFile(data, filename=filename),
+                caption=caption_html,
+                parse_mode=ParseMode.HTML,
+                reply_markup=_keyboard(buttons),
+            ),
+            photo=True,
+        )
+        sizes = message.photo or ()
+        return Uploaded(message.message_id, sizes[-1].file_id if sizes else "")
+
     async def send_text(
         self,
         chat_id: str,
@@ -686,14 +729,17 @@ class TelegramSender:
 
     async def _posted(self, request: Awaitable[Message], *, photo: bool = False) -> int:
         """The message id of a send, or the translated reason it did not (surely) happen."""
+        return (await self._message(request, photo=photo)).message_id
+
+    async def _message(self, request: Awaitable[Message], *, photo: bool = False) -> Message:
+        """The message a send posted, or the translated reason it did not (surely) happen."""
         try:
-            message = await request
+            return await request
         except tg_error.TelegramError as exc:
             raise self._translate(exc, photo=photo) from None
         except Exception as exc:  # PTB choking on an odd result: it may have been posted
             raise Ambiguous(self._redact(f"the answer's result is not a Message: "
                                          f"{_ptb_problem(exc)}")) from exc
-        return message.message_id
 
     def _translate(self, exc: tg_error.TelegramError, *, photo: bool = False) -> SendError:
         """PTB's exception (or our transport's) to ours. Order matters: BadRequest and

@@ -74,6 +74,7 @@ from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
 from publisher.messages import Message, render_for
 from publisher.models import Article
+from publisher.photos import photo_poster
 from publisher.plan import (  # plan_deliveries: re-exported, where it used to live
     NO_LONGER_SELECTED,
     PACING_HELD,
@@ -271,6 +272,7 @@ class Dispatcher:
         self._clock = clock
         self._owner = instance_name()
         self._stopping = stop if stop is not None else asyncio.Event()
+        self._photos = photo_poster(store, sender, config)
         self._fatal = ""
         self.destinations = remembered_destinations(config, store)
         self.plan = Plan(datetime.fromtimestamp(clock(), UTC))  # what this run executes
@@ -693,15 +695,12 @@ class Dispatcher:
         chat_id, thread = split_key(key)
         options = _send_options(thread, message)
         if message.photo_url:
-            try:
-                return await self._sender.send_photo(
-                    chat_id, message.photo_url, message.html, message.buttons, **options,
-                )
-            except PhotoRejected as exc:
-                event(log, logging.WARNING, "photo_refused", chat=self._label(key),
-                      article=message.article_id, reason=exc.reason, photo=message.photo_url)
+            try:  # by URL or uploaded (publisher.photos); None: it goes as text
+                posted = await self._photos.post(chat_id, message, self._label(key), options)
             except EntitiesRejected as exc:
                 return await self._post_plain(key, message, exc)
+            if posted is not None:
+                return posted
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,

@@ -17,6 +17,7 @@ The CLI turns a ``PublisherError`` into ``Error: <message>`` and exit status 1::
      │    └── CodecError             a stored article cannot be decoded: parse it again
      └── DeliveryError               sending to Telegram went wrong
           ├── PushIncomplete         a push left chats with errors
+          ├── ImageUnavailable       a photo could not be downloaded or made uploadable
           └── SendError              one request did not end in a posted message
                ├── NotSent           "not posted": certainly not delivered, safe to send again
                │    ├── RateLimited         429: wait ``retry_after`` seconds
@@ -56,6 +57,7 @@ __all__ = [
     "EntitiesRejected",
     "FeedError",
     "FutureDate",
+    "ImageUnavailable",
     "InitError",
     "Interrupted",
     "NotSent",
@@ -144,6 +146,11 @@ class CodecError(StateError):
 
 class DeliveryError(PublisherError):
     """Sending to Telegram went wrong in a way the run reports."""
+
+
+class ImageUnavailable(DeliveryError):
+    """A photo publisher tried to download itself (refused by address, too large, not an
+    image, unreachable): its post goes as text."""
 
 
 class PushIncomplete(DeliveryError):

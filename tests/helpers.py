@@ -61,3 +61,15 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_SECO
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def image_bytes(kind: str = "PNG", size: tuple[int, int] = (40, 30), mode: str = "RGB",
+                **save: Any) -> bytes:
+    """A real image file's bytes (Pillow), e.g. ``image_bytes("WEBP", (800, 600))``."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, size, "red" if mode in ("RGB", "RGBA") else 128).save(out, kind, **save)
+    return out.getvalue()

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from helpers import image_bytes
 from standin import server as standin_server
 from standin.server import (
     DEFAULT_TOKEN,
@@ -429,7 +430,7 @@ def test_link_preview_options(api: BotApiStandin) -> None:
 def test_send_photo_by_url_and_upload_through_ptb(api: BotApiStandin) -> None:
     async def both(bot: Bot) -> None:
         await bot.send_photo(CHANNEL, photo=PHOTO_URL, caption="<i>c</i>", parse_mode="HTML")
-        await bot.send_photo(CHANNEL, photo=b"\x89PNG\r\n\x1a\n\x00binary", caption="é 😀")
+        await bot.send_photo(CHANNEL, photo=image_bytes("PNG"), caption="é 😀")
 
     with_bot(api, both)
     by_url, uploaded = api.messages
@@ -464,7 +465,7 @@ def test_refused_photo_urls_fail_with_the_configured_reason(api: BotApiStandin) 
 
 def test_media_group_through_ptb(api: BotApiStandin) -> None:
     media = [InputMediaPhoto(PHOTO_URL, caption="<b>one</b>", parse_mode="HTML")]
-    media.append(InputMediaPhoto(b"raw image bytes"))
+    media.append(InputMediaPhoto(image_bytes("PNG")))
     messages = with_bot(api, lambda bot: bot.send_media_group(CHANNEL, media))
     assert [message.message_id for message in messages] == [1, 2]
     assert messages[0].caption == "one"

@@ -30,6 +30,7 @@ import contextlib
 import email.parser
 import email.policy
 import functools
+import io
 import itertools
 import json
 import math
@@ -53,13 +54,19 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
+from PIL import Image
+
 DEFAULT_TOKEN = "123456:ABC-test_token"
 SPEC_PATH = Path(__file__).resolve().parent / "bot-api.json"
 
 PHOTO_WRONG_ID = "wrong file identifier/HTTP URL specified"
 PHOTO_FETCH_FAILED = "failed to get HTTP URL content"
 PHOTO_WRONG_TYPE = "wrong type of the web page content"
-PHOTO_REASONS = (PHOTO_WRONG_ID, PHOTO_FETCH_FAILED, PHOTO_WRONG_TYPE)
+# What Telegram says of a photo it got (by URL or uploaded) but cannot use.
+PHOTO_INVALID_DIMENSIONS = "PHOTO_INVALID_DIMENSIONS"
+IMAGE_PROCESS_FAILED = "IMAGE_PROCESS_FAILED"
+PHOTO_REASONS = (PHOTO_WRONG_ID, PHOTO_FETCH_FAILED, PHOTO_WRONG_TYPE,
+                 IMAGE_PROCESS_FAILED, PHOTO_INVALID_DIMENSIONS)
 
 KICKED = "Forbidden: bot was kicked from the channel chat"
 NOT_MEMBER = "Forbidden: bot is not a member of the channel chat"
@@ -512,6 +519,30 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
         else:
             params[name] = UploadedFile(filename, part.get_content_type(), data)
     return params
+
+
+# Telegram's limits of an uploaded photo (sendPhoto's "photo" field in the Bot API spec).
+MAX_UPLOADED_PHOTO_BYTES = 10 * 1024 * 1024
+MAX_PHOTO_SIDES = 10_000  # width + height
+MAX_PHOTO_RATIO = 20
+UPLOADED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+
+
+def check_uploaded_photo(upload: UploadedFile) -> None:
+    """An uploaded photo as Telegram judges it: by its bytes (not its name or type), at most
+    10 MB, width + height <= 10000, ratio <= 20."""
+    if len(upload.data) > MAX_UPLOADED_PHOTO_BYTES or not upload.data:
+        raise bad_request(IMAGE_PROCESS_FAILED)
+    try:
+        with Image.open(io.BytesIO(upload.data), formats=UPLOADED_FORMATS) as image:
+            width, height = image.size
+            image.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning):
+        raise bad_request(IMAGE_PROCESS_FAILED) from None
+    if (width + height > MAX_PHOTO_SIDES or min(width, height) < 1
+            or max(width, height) > MAX_PHOTO_RATIO * min(width, height)):
+        raise bad_request(PHOTO_INVALID_DIMENSIONS)
 
 
 # --------------------------------------------------------------------------- parameter types
@@ -1011,6 +1042,7 @@ class BotApiStandin:
         self._requests: list[RequestLog] = []
         self._faults: list[Fault] = []
         self._photo_rules: list[tuple[Callable[[str], bool], str]] = []
+        self._uploads: list[UploadedFile] = []  # photos accepted as multipart uploads
         self._chat_rules: dict[int | str, ApiError] = {}
         self._known: set[int | str] | None = (
             set(self._configured_chats) if self._configured_chats else None
@@ -1208,6 +1240,12 @@ class BotApiStandin:
     def requests(self) -> list[RequestLog]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def uploads(self) -> list[UploadedFile]:
+        """The files sendPhoto accepted (as uploaded), in order."""
+        with self._lock:
+            return list(self._uploads)
 
     def sent_to(self, chat: int | str) -> list[Recorded]:
         """Accepted messages for chat, by "@username" or by numeric id."""
@@ -1434,6 +1472,8 @@ class BotApiStandin:
         caption = params.get("caption")
         visible, entities = check_caption(caption, params.get("parse_mode"))
         self._check_markup(params)
+        if isinstance(params["photo"], UploadedFile):
+            self._uploads.append(params["photo"])
         return [
             self._new_record(
                 method,
@@ -1514,6 +1554,8 @@ class BotApiStandin:
             if not isinstance(source, UploadedFile):
                 raise bad_request("file for an attach:// URL was not found in the request")
         if isinstance(source, UploadedFile):
+            if is_photo:
+                check_uploaded_photo(source)
             return source.describe()
         if not isinstance(source, str) or not (is_http_url(source) or _FILE_ID_RE.match(source)):
             raise bad_request(PHOTO_WRONG_ID)
@@ -1641,6 +1683,9 @@ class BotApiStandin:
             "allow_chat": lambda: self.allow_chat(payload["chat"]),
             "add_forum": lambda: self.add_forum(
                 payload["chat"], payload.get("chat_id"), payload.get("topics", ())
+            ),
+            "refuse_photo": lambda: self.refuse_photo(
+                payload["url"], payload.get("reason", PHOTO_WRONG_ID)
             ),
             "set_member": lambda: self.set_member(
                 payload["chat"], payload["status"], **payload.get("rights", {})
