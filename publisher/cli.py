@@ -23,7 +23,7 @@ from publisher import __version__
 from publisher.config import Config, ConfigSource, find_config, load_config
 from publisher.errors import PublisherError
 from publisher.logs import configure_logging, event, redact_text
-from publisher.text import plural
+from publisher.text import plural, sent_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -441,7 +441,7 @@ def push(ctx: Context, dry_run: bool) -> None:
         ctx.echo(f"Warning: {warning}", err=True)
     summary = outcome.summary()
     ctx.echo(
-        f"Sent {plural(int(summary['sent']), 'post')}; {summary['failed']} failed, "
+        f"Sent {sent_text(summary)}; {summary['failed']} failed, "
         f"{summary['uncertain']} uncertain, {summary['skipped']} skipped, "
         f"{summary['orphaned']} orphaned; {plural(int(summary['new']), 'new pair')} in the "
         f"ledger; {summary['seconds']:.2f} s."

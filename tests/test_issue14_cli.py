@@ -1,0 +1,79 @@
+"""Issue 14 as a user runs it: the ``publisher`` command against a config file, the stand-in
+Bot API as a process of its own, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from helpers import ArticleWriter
+from standin.server import DEFAULT_TOKEN, StandinProcess
+
+FAST = 'per_chat_interval_seconds = 0.06\ntimeout_seconds = 2\nmax_wait_seconds = 5\n'
+
+
+def publisher(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "publisher", *args, "-c", str(config)], cwd=config.parent,
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**environment, "TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN},
+    )
+
+
+def write_config(tmp_path: Path, api: StandinProcess, telegram: str, extra: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[articles]\ndir = "articles"\n[state]\nurl = "sqlite:///state.db"\n'
+        f'[telegram]\napi_base_url = "{api.base_url}"\nmax_age_hours = 0\nmax_per_run = 0\n'
+        + FAST + telegram + extra, encoding="utf-8")
+    return path
+
+
+def hours_ago(hours: float) -> str:
+    moment = datetime.now(UTC) - timedelta(hours=hours)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def status_json(config: Path) -> dict[str, Any]:
+    result = publisher(config, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_push_and_status_say_a_digest_went_out_and_what_waits_for_the_next(
+    tmp_path: Path, botapi_process: StandinProcess, write_article: ArticleWriter,
+) -> None:
+    config = write_config(tmp_path, botapi_process, 'chat_id = "@news"\n',
+                          '[telegram.chats."@news"]\ndigest = "hourly"\nlanguage = "de"\n')
+    for index in (1, 2, 3):
+        write_article(f"{index}.txt", index, publishedDateTime=hours_ago(3 + index / 10))
+    pushed = publisher(config, "push")
+    assert pushed.returncode == 0, pushed.stderr
+    assert "Sent 0 posts and 1 digest (3 articles); 0 failed," in pushed.stdout
+    (digest,) = botapi_process.messages()
+    assert digest["visible_text"].split("\n")[0] == "3 neue Artikel"
+
+    status = publisher(config, "status")
+    assert "sent 0 posts and 1 digest (3 articles)" in status.stdout, status.stdout
+    assert "https://t.me/news, digest hourly): 3 sent" in status.stdout
+    assert "Recent digests:" in status.stdout and "3 articles  sent" in status.stdout
+
+    write_article("4.txt", 4, publishedDateTime=hours_ago(0))
+    again = publisher(config, "push")
+    assert "Sent 0 posts;" in again.stdout and "@news: digest: the next one at" in again.stdout
+    status = publisher(config, "status")
+    assert "@news: 1 post due now: digest: the next one at" in status.stdout, status.stdout
+    document = status_json(config)
+    (waiting,) = document["waiting"]
+    assert waiting["due_now"] == 1 and waiting["why"].startswith("digest: the next one at")
+    assert document["runs"]["push"]["summary"]["digests"] == 0
+    (destination,) = document["destinations"]
+    assert destination["digest"] == "hourly" and destination["counts"] == {
+        "pending": 1, "sent": 3}
