@@ -77,3 +77,46 @@ def test_push_and_status_say_a_digest_went_out_and_what_waits_for_the_next(
     (destination,) = document["destinations"]
     assert destination["digest"] == "hourly" and destination["counts"] == {
         "pending": 1, "sent": 3}
+
+
+def around_now() -> tuple[str, str]:
+    """Quiet hours from an hour ago to two hours ahead, and their end as status says it."""
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=2)
+    return f"{start:%H:%M}-{end:%H:%M}", f"{end:%H:%M}"
+
+
+def test_dry_run_shows_each_destinations_rendering_and_status_why_posts_wait(
+    tmp_path: Path, botapi_process: StandinProcess, write_article: ArticleWriter,
+) -> None:
+    quiet, until = around_now()
+    config = write_config(tmp_path, botapi_process, 'chat_id = "@news"\n', (
+        '[telegram.routes]\nRobotics = ["@nachrichten", "@quiet"]\n'
+        '[telegram.chats."@news"]\nmax_per_run = 1\n'
+        '[telegram.chats."@nachrichten"]\nlanguage = "de"\ndate_format = "d. MMMM y"\n'
+        f'template = "<b>{{{{ title }}}}</b>\\n{{{{ date }}}}"\nquiet_hours = "{quiet}"\n'
+        f'[telegram.chats."@quiet"]\nquiet_hours = "{quiet}"\nquiet_mode = "hold"\n'))
+    for index in (1, 2):
+        write_article(f"{index}.txt", index, publishedDateTime=f"2025-03-0{index}T10:00:00Z",
+                      topics=["AI", "Robotics"])
+    dry = publisher(config, "push", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    news, german = dry.stdout.split("\n\n")[:2]
+    assert news.startswith("sendPhoto to @news") and "| Example News · 1 Mar 2025" in news
+    assert "[Read on Example News]" in news and "silent" not in news
+    assert german.startswith("sendPhoto to @nachrichten") and "silent: without" in german
+    assert "| 1. März 2025" in german and "[Weiterlesen bei Example News]" in german
+    assert f"Note: @quiet: quiet hours until {until} (2 posts left)." in dry.stdout
+    assert botapi_process.messages() == []
+
+    pushed = publisher(config, "push")
+    assert pushed.returncode == 0, pushed.stderr
+    sent = {(m["chat"]["username"], m["disable_notification"]) for m in botapi_process.messages()}
+    assert sent == {("news", False), ("nachrichten", True)}
+    status = publisher(config, "status").stdout
+    assert '@news: 1 post due now: telegram.chats."@news".max_per_run (1) reached' in status
+    assert f"@quiet: 2 posts due now: quiet hours until {until}" in status
+    assert f"quiet {quiet} (hold)): 2 pending" in status
+    waiting = {w["destination"]: w["why"] for w in status_json(config)["waiting"]}
+    assert waiting["@quiet"] == f"quiet hours until {until}"
+    assert waiting["@news"].startswith('telegram.chats."@news".max_per_run (1) reached')
