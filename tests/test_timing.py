@@ -801,3 +801,24 @@ def test_a_digest_template_of_ones_own_with_a_babel_date_in_german(
     push(config, fake)
     (digest,) = api.sent_to(CHAT)
     assert digest.visible_text == "Neu am 1. Januar 2025\nTom & <Jerry>"
+
+
+def test_a_destination_telegram_does_not_find_alerts_once_and_never_the_article(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(alert_chat=OPS)
+    write_article("1.txt", 1, excerpt="The whole text of the article, which no alert carries.")
+    write_article("2.txt", 2)
+    fake.set(at("10:00"))
+    api.unknown_chat(CHAT)
+    first = push(config, fake)
+    assert not first.report.ok and api.sent_to(CHAT) == []
+    (alert,) = api.sent_to(OPS)
+    assert alert.visible_text.startswith("publisher: @news stopped: ")
+    assert "Chat not found" in alert.visible_text and "whole text" not in alert.visible_text
+    assert DEFAULT_TOKEN.split(":")[1] not in alert.visible_text
+    assert len(alert.visible_text) <= 600 and alert.params.get("parse_mode") is None
+    fake.set(at("10:59"))
+    push(config, fake)
+    assert len(api.sent_to(OPS)) == 1
