@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import ArticleWriter
-from standin.server import DEFAULT_TOKEN, StandinProcess
+from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
 
 FAST = 'per_chat_interval_seconds = 0.06\ntimeout_seconds = 2\nmax_wait_seconds = 5\n'
 
@@ -120,3 +120,55 @@ def test_dry_run_shows_each_destinations_rendering_and_status_why_posts_wait(
     waiting = {w["destination"]: w["why"] for w in status_json(config)["waiting"]}
     assert waiting["@quiet"] == f"quiet hours until {until}"
     assert waiting["@news"].startswith('telegram.chats."@news".max_per_run (1) reached')
+
+
+def readme_example(heading: str) -> str:
+    """The first TOML example of a README section, as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index(heading):]
+    example = section[section.index("```toml") + len("```toml"):]
+    return example[:example.index("```")]
+
+
+def readme_config(tmp_path: Path, api_base_url: str, heading: str) -> Path:
+    """The README's example with what any config needs beside it: where articles and the
+    state are, and the stand-in's address."""
+    example = readme_example(heading).replace(
+        "[telegram]\n", f'[telegram]\napi_base_url = "{api_base_url}"\n{FAST}max_age_hours = 0\n',
+        1)
+    path = tmp_path / "config.toml"
+    path.write_text('[articles]\ndir = "articles"\n[state]\nurl = "sqlite:///state.db"\n'
+                    + example, encoding="utf-8")
+    return path
+
+
+def test_the_readme_forum_example_posts_in_each_topic_once(
+    tmp_path: Path, botapi: BotApiStandin, write_article: ArticleWriter,
+) -> None:
+    botapi.add_chat("@news", -1001000000009)
+    botapi.add_forum("@robolab", -1002000000001, topics=[12, 15])
+    config = readme_config(tmp_path, botapi.base_url, "### Forum topics")
+    write_article("1.txt", 1, topics=["Robotics"])
+    write_article("2.txt", 2, topics=["Computer Vision"])
+    pushed = publisher(config, "push")
+    assert pushed.returncode == 0, pushed.stderr
+    assert "Sent 5 posts;" in pushed.stdout
+    threads = sorted(record.message_thread_id for record in botapi.sent_to("@robolab"))
+    assert threads == [12, 12, 15] and len(botapi.sent_to("@news")) == 2
+    assert "Sent 0 posts;" in publisher(config, "push").stdout
+
+
+def test_the_readme_german_example_posts_in_german(
+    tmp_path: Path, botapi: BotApiStandin, write_article: ArticleWriter,
+) -> None:
+    config = readme_config(tmp_path, botapi.base_url, "## Shaping posts")
+    write_article("1.txt", 1, topics=["Robotik"], publishedDateTime="2021-10-06T11:10:00Z")
+    pushed = publisher(config, "push")
+    assert pushed.returncode == 0, pushed.stderr
+    (german,) = botapi.sent_to("@robotik")
+    assert german.visible_text.endswith("Example News, 6. Oktober 2021 #Robotik")
+    assert german.disable_notification
+    assert german.reply_markup is not None
+    assert german.reply_markup["inline_keyboard"][0][0]["text"] == "Weiterlesen bei Example News"
+    (english,) = botapi.sent_to("@news")
+    assert "6 Oct 2021" in english.visible_text and not english.disable_notification
