@@ -208,7 +208,13 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
 
     config = ctx.config(**_path_overrides(articles, output))
     with _progress(ctx, config) as progress, Session.opened(config) as session:
-        report = session.build(progress)
+        try:
+            report = session.build(progress)
+        except PublisherError as exc:
+            from publisher.build_alerts import alert_failing_builds
+
+            alert_failing_builds(config, session.store, str(exc))
+            raise
     for line in (*report.corpus.problems, *report.corpus.notices):
         ctx.echo(str(line), err=True)
     _warn_routes(ctx, config, report.corpus.topic_slugs)

@@ -172,3 +172,26 @@ def test_the_readme_german_example_posts_in_german(
     assert german.reply_markup["inline_keyboard"][0][0]["text"] == "Weiterlesen bei Example News"
     (english,) = botapi.sent_to("@news")
     assert "6 Oct 2021" in english.visible_text and not english.disable_notification
+
+
+def test_builds_from_cron_failing_again_and_again_alert_the_operator_once(
+    tmp_path: Path, botapi_process: StandinProcess, write_article: ArticleWriter,
+) -> None:
+    (tmp_path / "not-a-folder").touch()
+    config = write_config(tmp_path, botapi_process, 'chat_id = "@news"\nalert_chat = "@opsdesk"\n',
+                          '[feeds]\ndir = "not-a-folder/feeds"\n')
+    write_article("1.txt", 1)
+    for _ in range(2):
+        assert publisher(config, "build").returncode == 1
+    assert botapi_process.messages() == []  # two in a row: no alert yet
+    failed = publisher(config, "build")
+    assert failed.returncode == 1 and failed.stderr.startswith("Error: cannot create feeds")
+    (alert,) = botapi_process.messages()
+    assert alert["chat_id"] == "@opsdesk"
+    assert alert["visible_text"].startswith("publisher: 3 builds in a row failed; the last: ")
+    assert "not-a-folder" in alert["visible_text"]
+    assert DEFAULT_TOKEN.split(":")[1] not in alert["visible_text"]
+    assert publisher(config, "build").returncode == 1
+    assert len(botapi_process.messages()) == 1  # the same cause within the hour
+    assert "Last build: " in (status := publisher(config, "status").stdout)
+    assert "FAILED (error cannot create feeds folder" in status
