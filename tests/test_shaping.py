@@ -267,3 +267,16 @@ def test_a_quote_a_variable_puts_inside_an_href_fails_that_post_before_telegram_
     finally:
         store.close()
     assert failed.reason.startswith("telegram.template: renders HTML Telegram refuses: tag <a>")
+
+
+def test_a_caption_that_cannot_fit_even_without_its_excerpt_goes_as_a_text_message(
+    config_path: ConfigWriter, write_article: ArticleWriter, botapi: BotApiStandin,
+) -> None:
+    write_article("1.txt", 1, title="A title of some length, " * 4,
+                  topics=[f"Topic{i}" for i in range(15)])
+    template = "template = '{{ title }}{% for t in topics %} {{ title }}{% endfor %}'\n"
+    outcome = push(load_config(config_path(template), environ={}))
+    assert outcome.report.ok
+    (record,) = botapi.sent_to(CHAT)
+    units = len(record.visible_text.encode("utf-16-le")) // 2
+    assert record.method == "sendMessage" and 1024 < units <= 4096
