@@ -27,9 +27,10 @@ _ENTITY = re.compile(r"&(?:([a-zA-Z]+)|#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6}));")
 _TAG = re.compile(r"<(/?)([^\s/>]*)([^>]*)>")
 # Telegram's parser wants each attribute as a name, or name=value with the value quoted or a
 # token of letters, digits, "." and "-": a quote a variable left inside a quoted value ends
-# it early (a 400, or a link cut short).
+# it early (a 400, or a link cut short). Attributes apart by spaces (stricter than Telegram),
+# so that the pattern cannot backtrack through the ways of splitting one word.
 _ATTRIBUTES_SYNTAX = re.compile(
-    r"""(?:\s*[^\s=<>"'&]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9.\-]+(?=\s|$)))?)*\s*""")
+    r"""(?:\s+[^\s=<>"'&]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9.\-]+(?=\s|$)))?)*\s*""")
 _ATTRIBUTE = re.compile(r"""([a-zA-Z_:][-\w:.]*)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
 # What a template's expression stands for in its static text (see templates.py): a private
 # use character, which no template writes by itself.
