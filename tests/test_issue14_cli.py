@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from helpers import ArticleWriter
 from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
@@ -195,3 +196,22 @@ def test_builds_from_cron_failing_again_and_again_alert_the_operator_once(
     assert len(botapi_process.messages()) == 1  # the same cause within the hour
     assert "Last build: " in (status := publisher(config, "status").stdout)
     assert "FAILED (error cannot create feeds folder" in status
+
+
+def test_the_readme_quiet_hours_and_digest_example_works_as_written(
+    tmp_path: Path, botapi: BotApiStandin, write_article: ArticleWriter,
+) -> None:
+    config = readme_config(tmp_path, botapi.base_url, "### Quiet hours and digests")
+    for index in (1, 2):
+        write_article(f"{index}.txt", index, topics=["Robotics"],
+                      publishedDateTime=hours_ago(48 + index))
+    pushed = publisher(config, "push")
+    assert pushed.returncode == 0, pushed.stderr
+    berlin = datetime.now(ZoneInfo("Europe/Berlin"))
+    if berlin.hour >= 23 or berlin.hour < 7:  # the example's quiet hours hold everything
+        assert botapi.messages == [] and "quiet hours until 07:00" in pushed.stdout
+        return
+    assert "Sent 2 posts and 1 digest (2 articles);" in pushed.stdout
+    assert len(botapi.sent_to("@opnews")) == 2
+    (digest,) = botapi.sent_to("@robots")
+    assert digest.visible_text.startswith("2 new articles\n• Article number")
