@@ -26,6 +26,7 @@ from publisher.logs import event, redact_text, secret_variants
 log = logging.getLogger(__name__)
 
 ALERT_INTERVAL_SECONDS = 3600.0
+BUILD_FAILURES_ALERT = 3  # failed builds in a row that make an alert
 MAX_ALERT_CHARS = 600
 MAX_TITLE_CHARS = 120
 ALERT_TIMEOUT_SECONDS = 10.0

@@ -23,7 +23,7 @@ from publisher import __version__
 from publisher.config import Config, ConfigSource, find_config, load_config
 from publisher.errors import PublisherError
 from publisher.logs import configure_logging, event, redact_text
-from publisher.text import plural
+from publisher.text import plural, sent_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -208,7 +208,13 @@ def build(ctx: Context, articles: Path | None, output: Path | None) -> None:
 
     config = ctx.config(**_path_overrides(articles, output))
     with _progress(ctx, config) as progress, Session.opened(config) as session:
-        report = session.build(progress)
+        try:
+            report = session.build(progress)
+        except PublisherError as exc:
+            from publisher.build_alerts import alert_failing_builds
+
+            alert_failing_builds(config, session.store, str(exc))
+            raise
     for line in (*report.corpus.problems, *report.corpus.notices):
         ctx.echo(str(line), err=True)
     _warn_routes(ctx, config, report.corpus.topic_slugs)
@@ -441,7 +447,7 @@ def push(ctx: Context, dry_run: bool) -> None:
         ctx.echo(f"Warning: {warning}", err=True)
     summary = outcome.summary()
     ctx.echo(
-        f"Sent {plural(int(summary['sent']), 'post')}; {summary['failed']} failed, "
+        f"Sent {sent_text(summary)}; {summary['failed']} failed, "
         f"{summary['uncertain']} uncertain, {summary['skipped']} skipped, "
         f"{summary['orphaned']} orphaned; {plural(int(summary['new']), 'new pair')} in the "
         f"ledger; {summary['seconds']:.2f} s."

@@ -4,8 +4,10 @@ Rendered by ``digest_template`` (inline) or ``digest_template_file``, compiled a
 as a post's template is (``templates.compile_template``: sandboxed, autoescaped, Telegram's
 tags only), or by ``DEFAULT_DIGEST_TEMPLATE``. Its variables: ``items`` (each with
 ``title``, ``url``, ``provider``, ``quality``, ``heat``, ``published``), ``count`` (every
-article of the digest), ``more`` (those not listed) and ``date`` (the digest's window, as a
-post's date: Babel, in the destination's ``language`` and ``date_format``). The
+article of the digest), ``more`` (those not listed), ``date`` (the digest's window, as a
+post's date: Babel, in the destination's ``language`` and ``date_format``), and the default
+texts in that language (``templates.DIGEST_TEXTS``): ``header`` ("3 new articles", "3 neue
+Artikel") and ``and_more`` ("and 7 more", "" when every item is listed). The
 items are best first (quality, then heat), at most ``digest_max_items``; when the text would
 not fit Telegram's 4096 UTF-16 units, items are dropped from the end and counted in ``more``.
 """
@@ -26,20 +28,26 @@ from publisher.files import FileTooLarge, read_regular_file
 from publisher.messages import Message, shorten, visible_length
 from publisher.models import Article
 from publisher.settings import PostSettings
-from publisher.templates import TEMPLATE_FILE_MAX_BYTES, compile_template, format_date, render
+from publisher.templates import (
+    TEMPLATE_FILE_MAX_BYTES,
+    compile_template,
+    digest_texts,
+    format_date,
+    render,
+)
 
 TEXT_LIMIT = 4096  # a text message, in UTF-16 units after entity parsing
 TITLE_LIMIT = 300  # one item's title at most: a long one must not crowd the others out
 DEFAULT_DIGEST_TEMPLATE = """\
-<b>{{ count }} new {{ "article" if count == 1 else "articles" }}</b>
+<b>{{ header }}</b>
 {%- for item in items %}
 • <a href="{{ item.url }}">{{ item.title }}</a>
 {%- if item.provider %} · {{ item.provider }}{% endif %}
 {%- endfor %}
 {%- if more %}
-and {{ more }} more
+{{ and_more }}
 {%- endif %}"""
-DIGEST_VARIABLES = frozenset({"items", "count", "more", "date"})
+DIGEST_VARIABLES = frozenset({"items", "count", "more", "date", "header", "and_more"})
 _ANY_TAG = re.compile(r"<[^>]*>")
 
 
@@ -77,8 +85,11 @@ def render_digest(articles: Sequence[Article], settings: PostSettings, timezone:
     date = format_date(at, timezone, settings.language, settings.date_format)
     while True:
         items = [_item(article) for article in ordered[:listed]]
-        text = render(template, {"items": items, "count": len(ordered),
-                                 "more": len(ordered) - listed, "date": date}, key).strip()
+        more = len(ordered) - listed
+        header, and_more = digest_texts(settings.language, len(ordered), more)
+        text = render(template, {"items": items, "count": len(ordered), "more": more,
+                                 "date": date, "header": header, "and_more": and_more},
+                      key).strip()
         problem = telegram_html.first_problem(text)
         if problem:
             raise RenderError(f"{key}: its rendering is not Telegram's HTML: {problem}")

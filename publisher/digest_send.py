@@ -88,6 +88,8 @@ async def send_digest(dispatcher: Dispatcher, run: ChatRun, action: Action,
         return
     settle_digest(store.db, run.key, action.article_id, d._owner, SENT, message_id=message_id)
     run.report.sent += len(articles)
+    run.report.digests += 1
+    run.report.in_digests += len(articles)
     event(log, logging.INFO, "digest_sent", chat=d._label(run.key), window=action.article_id,
           articles=len(articles), listed=text.listed, message_id=message_id)
 

@@ -113,6 +113,8 @@ class ChatReport:
 
     sent: int = 0
     failed: int = 0
+    digests: int = 0  # digest messages sent; their articles are counted in ``sent`` too
+    in_digests: int = 0  # of ``sent``: the articles those digests listed or counted
     uncertain: int = 0
     skipped: int = 0
     orphaned: int = 0

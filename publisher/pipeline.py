@@ -99,6 +99,8 @@ class PushOutcome:
             "selected": self.corpus.selected,
             "new": report.new,
             "sent": report.total("sent"),
+            "digests": report.total("digests"),
+            "in_digests": report.total("in_digests"),
             "failed": report.total("failed"),
             "uncertain": report.total("uncertain"),
             "skipped": report.total("skipped"),

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING
 from publisher.catalog import Catalog
 from publisher.config import Config
 from publisher.destinations import Destinations, remembered_destinations
+from publisher.errors import PublisherError
 from publisher.loader import Progress
+from publisher.logs import redact_text
 from publisher.models import Article
 from publisher.pipeline import (
     ROUTING_KEY,
@@ -121,8 +123,12 @@ class Session:
         """``publisher build``: sync, write the feeds that changed, record the run."""
         started = time.perf_counter()
         started_at = utc_now_iso()
-        corpus = self.sync(progress)
-        feeds = self.write_feeds()
+        try:
+            corpus = self.sync(progress)
+            feeds = self.write_feeds()
+        except PublisherError as exc:  # recorded: builds failing in a row make an alert
+            self.record("build", started_at, False, {"error": redact_text(str(exc))})
+            raise
         report = BuildReport(corpus, feeds, time.perf_counter() - started)
         self.record("build", started_at, True, report.summary())
         return report

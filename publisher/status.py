@@ -36,7 +36,7 @@ from publisher.state import (
     open_store,
     state_exists,
 )
-from publisher.text import plural
+from publisher.text import plural, sent_text
 
 RECENT_POSTS = 10
 LISTED = 20  # uncertain, orphaned, failed and backing-off posts listed (all are counted)
@@ -275,8 +275,9 @@ def _runs_text(runs: dict[str, Any]) -> list[str]:
             continue
         outcome = "ok" if run["ok"] else "FAILED"
         details = ", ".join(
-            f"{key} {value}" for key, value in run["summary"].items()
-            if value and not isinstance(value, dict)
+            f"sent {sent_text(run['summary'])}" if key == "sent" and run["summary"].get("digests")
+            else f"{key} {value}" for key, value in run["summary"].items()
+            if value and not isinstance(value, dict) and key not in ("digests", "in_digests")
         )
         lines.append(f"Last {kind}: {run['finished_at']} {outcome} ({details})")
         for chat, error in (run["summary"].get("errors") or {}).items():

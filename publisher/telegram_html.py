@@ -25,6 +25,12 @@ NAMED_ENTITIES = frozenset({"lt", "gt", "amp", "quot"})
 _SPECIAL = re.compile(r"[<&>]")
 _ENTITY = re.compile(r"&(?:([a-zA-Z]+)|#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6}));")
 _TAG = re.compile(r"<(/?)([^\s/>]*)([^>]*)>")
+# Telegram's parser wants each attribute as a name, or name=value with the value quoted or a
+# token of letters, digits, "." and "-": a quote a variable left inside a quoted value ends
+# it early (a 400, or a link cut short). Attributes apart by spaces (stricter than Telegram),
+# so that the pattern cannot backtrack through the ways of splitting one word.
+_ATTRIBUTES_SYNTAX = re.compile(
+    r"""(?:\s+[^\s=<>"'&]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9.\-]+(?=\s|$)))?)*\s*""")
 _ATTRIBUTE = re.compile(r"""([a-zA-Z_:][-\w:.]*)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
 # What a template's expression stands for in its static text (see templates.py): a private
 # use character, which no template writes by itself.
@@ -98,6 +104,10 @@ def _tag(match: re.Match[str], stack: list[tuple[str, int]], *,
             yield Problem(offset, f"end tag </{name}> where </{stack[-1][0]}> was expected")
         else:
             stack.pop()
+        return
+    if _ATTRIBUTES_SYNTAX.fullmatch(rest.replace(PLACEHOLDER, "x")) is None:
+        yield Problem(offset, f"tag <{name}>: attributes Telegram cannot parse (a quote "
+                              "inside a quoted value?)")
         return
     problem = _attribute_problem(name, _attributes(rest))
     if problem:

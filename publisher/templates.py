@@ -82,6 +82,21 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "ja": {"read_on": "{{ provider }}で読む", "read": "記事を読む", "related": "関連記事"},
 }
 
+# A digest's default texts by language: its header by Babel's plural category of the count
+# ("one", "few", "many", "other"; "other" when the category has none), and "and N more".
+DIGEST_TEXTS: dict[str, dict[str, str]] = {
+    "en": {"one": "{n} new article", "other": "{n} new articles", "more": "and {n} more"},
+    "de": {"one": "{n} neuer Artikel", "other": "{n} neue Artikel", "more": "und {n} weitere"},
+    "fr": {"one": "{n} nouvel article", "other": "{n} nouveaux articles",
+           "more": "et {n} de plus"},
+    "es": {"one": "{n} artículo nuevo", "other": "{n} artículos nuevos", "more": "y {n} más"},
+    "it": {"one": "{n} nuovo articolo", "other": "{n} nuovi articoli", "more": "e altri {n}"},
+    "ru": {"one": "{n} новая статья", "few": "{n} новые статьи", "many": "{n} новых статей",
+           "other": "{n} новой статьи", "more": "и ещё {n}"},
+    "fa": {"other": "{n} مقالهٔ تازه", "more": "و {n} مورد دیگر"},
+    "ja": {"other": "新着記事 {n} 件", "more": "ほか {n} 件"},
+}
+
 
 # --- the environment -----------------------------------------------------------------------
 
@@ -277,6 +292,21 @@ def default_text(language: str, name: str) -> str:
     """A default text ("read_on", "read", "related") in ``language``, else in English."""
     base = language.replace("-", "_").split("_", 1)[0].lower()
     return CATALOGUE.get(base, CATALOGUE["en"])[name]
+
+
+def digest_texts(language: str, count: int, more: int) -> tuple[str, str]:
+    """A digest's default header ("3 new articles") and "and 7 more" ("" for none) in
+    ``language``, else in English; the plural as Babel's rules for the language say."""
+    from babel import Locale, UnknownLocaleError
+
+    base = language.replace("-", "_").split("_", 1)[0].lower()
+    texts = DIGEST_TEXTS.get(base, DIGEST_TEXTS["en"])
+    try:
+        category = Locale.parse(base if base in DIGEST_TEXTS else "en").plural_form(count)
+    except (UnknownLocaleError, ValueError):
+        category = "other"
+    header = texts.get(category, texts["other"]).format(n=count)
+    return header, texts["more"].format(n=more) if more else ""
 
 
 # --- one destination's shape ---------------------------------------------------------------

@@ -8,7 +8,9 @@ imported on every start.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 # Characters XML 1.0 forbids (C0 controls but tab/newline/return, lone surrogates, U+FFFE/F;
@@ -21,6 +23,17 @@ WEB_SCHEMES = frozenset({"http", "https"})
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """``1 post``, ``2 posts``, ``0 posts``; ``many`` for irregular nouns (``entries``)."""
     return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
+def sent_text(summary: Mapping[str, Any]) -> str:
+    """ "3 posts", or with digests "3 posts and 1 digest (40 articles)": a digest's articles
+    are ledger pairs sent, not posts."""
+    digests = int(summary.get("digests") or 0)
+    in_digests = int(summary.get("in_digests") or 0)
+    text = plural(int(summary["sent"]) - in_digests, "post")
+    if digests:
+        text += f" and {plural(digests, 'digest')} ({plural(in_digests, 'article')})"
+    return text
 
 
 def without_xml_invalid(text: str) -> str:

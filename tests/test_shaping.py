@@ -197,3 +197,86 @@ def test_preview_and_dry_run_show_each_destination_and_what_cannot_be_posted(
     assert "1 message would be sent" in dry.stdout
     assert 'Note: @robotik: ' in dry.stdout and "a push records it as failed" in dry.stdout
     assert botapi.requests == []
+
+
+# --- no request Telegram would refuse leaves, whatever the template and the article ---------
+
+RISKY = """template = '''
+{%- if quality < 60 %}<b>{% endif %}{{ title }}
+{% if heat > 90 %}<a href="{{ provider }}">{{ provider }}</a>{% endif %}
+{{ excerpt }}'''
+"""
+
+
+def test_a_branch_only_some_articles_take_fails_them_and_the_others_go_out(
+    config_path: ConfigWriter, write_article: ArticleWriter, botapi: BotApiStandin,
+) -> None:
+    # The samples checked at start have quality 80 and heat 5: both branches pass that check.
+    write_article("1.txt", 1, quality=50, heat=5)  # <b> never closed
+    write_article("2.txt", 2, quality=95, heat=5, title="AT&T <3")  # fine
+    write_article("3.txt", 3, quality=95, heat=95)  # an href that is not a link
+    config = load_config(config_path(RISKY), environ={})
+    outcome = push(config)
+    assert outcome.report.total("failed") == 2 and outcome.report.total("sent") == 1
+    (sent,) = botapi.sent_to(CHAT)
+    assert sent.visible_text.startswith("AT&T <3\n")
+    assert all(entry.status == 200 for entry in botapi.requests), botapi.requests
+    store = open_store(config.state.url)
+    try:
+        reasons = sorted(d.reason for d in store.deliveries([FAILED]))
+    finally:
+        store.close()
+    assert reasons[0].startswith("telegram.template: ") and "not http(s)" in reasons[0]
+    assert reasons[1].startswith("telegram.template: ") and "<b> is not closed" in reasons[1]
+
+
+@pytest.mark.parametrize(("excerpt", "unit"), [
+    ("AT&T <b> & " * 300, "&"),  # &amp; &lt; &gt; are one unit each, five characters sent
+    ("😀 🇩🇪 👩‍💻 " * 300, "😀"),  # two UTF-16 units a code point above U+FFFF
+])
+def test_entity_heavy_and_astral_texts_fill_a_caption_but_never_pass_1024(
+    config_path: ConfigWriter, write_article: ArticleWriter, botapi: BotApiStandin,
+    excerpt: str, unit: str,
+) -> None:
+    write_article("1.txt", 1, excerpt=excerpt, title=excerpt[:200])
+    template = "template = '<b>{{ title }}</b> {{ excerpt }} <i>{{ excerpt }}</i>'\n"
+    outcome = push(load_config(config_path(template), environ={}))
+    assert outcome.report.ok, outcome.report
+    (record,) = botapi.sent_to(CHAT)  # the stand-in counts after entity parsing, as Telegram
+    units = len(record.visible_text.encode("utf-16-le")) // 2
+    assert record.method.lower() == "sendphoto" and 900 < units <= 1024
+    assert unit in record.visible_text
+
+
+def test_a_quote_a_variable_puts_inside_an_href_fails_that_post_before_telegram_sees_it(
+    config_path: ConfigWriter, write_article: ArticleWriter, botapi: BotApiStandin,
+) -> None:
+    write_article("1.txt", 1, title="Plain words")
+    write_article("2.txt", 2, title='Say "hi" to robots')  # ends the href="..." too soon
+    template = ("template = '<a href=\"https://search.example.com/?q={{ title }}\">"
+                "{{ title }}</a>'\n")
+    config = load_config(config_path(template), environ={})
+    outcome = push(config)
+    assert outcome.report.total("failed") == 1 and outcome.report.total("sent") == 1
+    (sent,) = botapi.sent_to(CHAT)
+    assert sent.entities[0]["url"] == "https://search.example.com/?q=Plain words"
+    assert all(entry.status == 200 for entry in botapi.requests), botapi.requests
+    store = open_store(config.state.url)
+    try:
+        (failed,) = store.deliveries([FAILED])
+    finally:
+        store.close()
+    assert failed.reason.startswith("telegram.template: renders HTML Telegram refuses: tag <a>")
+
+
+def test_a_caption_that_cannot_fit_even_without_its_excerpt_goes_as_a_text_message(
+    config_path: ConfigWriter, write_article: ArticleWriter, botapi: BotApiStandin,
+) -> None:
+    write_article("1.txt", 1, title="A title of some length, " * 4,
+                  topics=[f"Topic{i}" for i in range(15)])
+    template = "template = '{{ title }}{% for t in topics %} {{ title }}{% endfor %}'\n"
+    outcome = push(load_config(config_path(template), environ={}))
+    assert outcome.report.ok
+    (record,) = botapi.sent_to(CHAT)
+    units = len(record.visible_text.encode("utf-16-le")) // 2
+    assert record.method == "sendMessage" and 1024 < units <= 4096

@@ -296,6 +296,8 @@ def test_entities_use_utf16_offsets_and_reach_ptb(api: BotApiStandin) -> None:
         ("<b", "Unclosed start tag at byte offset 0"),
         ("é<u>", 'Can\'t find end tag corresponding to start tag "u"'),
         ("éé<x>", 'Unsupported start tag "x" at byte offset 4'),
+        ("<a href=https://e.com>x</a>", "Unexpected end of name token at byte offset 0"),
+        ('<a href="https://e.com/?q=a "b"">x</a>', "Expected attribute name at byte offset"),
     ],
 )
 def test_invalid_html_is_rejected(api: BotApiStandin, html: str, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -332,3 +333,12 @@ def test_a_keyboard_never_holds_more_buttons_than_telegram_takes() -> None:
     related = tuple(Related(f"Story {i}", f"https://ex.org/{i}") for i in range(150))
     message = render_message(make_article(related=related), PostSettings(related_buttons=500))
     assert len(message.buttons) == 100 and message.buttons[0][0].text == "Read on TechCrunch"
+
+
+@pytest.mark.parametrize("title", ['Say "hi" to robots', 'x"' + "a" * 400 + '"', '"' * 300])
+def test_a_quote_inside_an_href_fails_the_post_at_once(title: str) -> None:
+    template = '<a href="https://search.example.com/?q={{ title }}">{{ title }}</a>'
+    started = time.monotonic()
+    with pytest.raises(RenderError, match=r"tag <a>: attributes Telegram cannot parse"):
+        render_message(make_article(title=title), PostSettings(template=template))
+    assert time.monotonic() - started < 1.0  # the checker never backtracks through a word

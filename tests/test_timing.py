@@ -269,6 +269,30 @@ def test_a_digest_across_two_windows_lists_each_article_once_best_first(
     assert set(states(config).values()) == {"sent"}
 
 
+@pytest.mark.parametrize(("language", "header", "single", "more"), [
+    ("de", "3 neue Artikel", "1 neuer Artikel", "und 1 weitere"),
+    ("fa", "3 مقالهٔ تازه", "1 مقالهٔ تازه", "و 1 مورد دیگر"),
+    ("ja", "新着記事 3 件", "新着記事 1 件", "ほか 1 件"),
+    ("ru", "3 новые статьи", "1 новая статья", "и ещё 1"),
+])
+def test_a_digest_speaks_the_destinations_language_by_default(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock, language: str, header: str, single: str, more: str,
+) -> None:
+    config = make_config(extra=f'[telegram.chats."{CHAT}"]\ndigest = "hourly"\n'
+                               f'digest_max_items = 2\nlanguage = "{language}"\n')
+    for index in (1, 2, 3):
+        write_article(f"{index}.txt", index, publishedDateTime=f"2025-01-01T09:0{index}:00Z")
+    fake.set(at("10:00"))
+    push(config, fake)
+    write_article("4.txt", 4, publishedDateTime="2025-01-01T10:10:00Z")
+    fake.set(at("11:00"))
+    push(config, fake)
+    first, second = api.sent_to(CHAT)
+    assert _digest_lines(first)[0] == header and _digest_lines(first)[-1] == more
+    assert _digest_lines(second) == [single, "• Article number 4 · Example News"]
+
+
 def test_a_digest_killed_after_it_left_is_never_sent_again_nor_its_articles(
     make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
     fake: FakeClock, monkeypatch: pytest.MonkeyPatch,
@@ -777,3 +801,24 @@ def test_a_digest_template_of_ones_own_with_a_babel_date_in_german(
     push(config, fake)
     (digest,) = api.sent_to(CHAT)
     assert digest.visible_text == "Neu am 1. Januar 2025\nTom & <Jerry>"
+
+
+def test_a_destination_telegram_does_not_find_alerts_once_and_never_the_article(
+    make_config: ConfigMaker, write_article: ArticleWriter, api: BotApiStandin,
+    fake: FakeClock,
+) -> None:
+    config = make_config(alert_chat=OPS)
+    write_article("1.txt", 1, excerpt="The whole text of the article, which no alert carries.")
+    write_article("2.txt", 2)
+    fake.set(at("10:00"))
+    api.unknown_chat(CHAT)
+    first = push(config, fake)
+    assert not first.report.ok and api.sent_to(CHAT) == []
+    (alert,) = api.sent_to(OPS)
+    assert alert.visible_text.startswith("publisher: @news stopped: ")
+    assert "Chat not found" in alert.visible_text and "whole text" not in alert.visible_text
+    assert DEFAULT_TOKEN.split(":")[1] not in alert.visible_text
+    assert len(alert.visible_text) <= 600 and alert.params.get("parse_mode") is None
+    fake.set(at("10:59"))
+    push(config, fake)
+    assert len(api.sent_to(OPS)) == 1

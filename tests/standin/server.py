@@ -125,6 +125,7 @@ _FLOAT_RE = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
 _FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{20,}$")
 _TAG_NAME_START_RE = re.compile(r"[A-Za-z]")
 _ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z_-]+")
+_NAME_TOKEN_RE = re.compile(r"[A-Za-z0-9.-]+")
 _ENTITY_NAME_RE = re.compile(r"#x[0-9A-Fa-f]+|#\d+|[A-Za-z][A-Za-z0-9]*")
 _PRIMITIVE_TYPE_NAMES = {"int": "Integer", "bool": "Boolean", "str": "String", "float": "Float"}
 _BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
@@ -292,9 +293,13 @@ class _HtmlParser:
             if match is None:
                 self._fail("Expected attribute name", self.pos)
             self.pos = match.end()
-            value = ""
+            while self.pos < len(self.source) and self.source[self.pos] in " \t\r\n":
+                self.pos += 1
+            value = ""  # a bare attribute: <blockquote expandable>
             if self.source.startswith("=", self.pos):
                 self.pos += 1
+                while self.pos < len(self.source) and self.source[self.pos] in " \t\r\n":
+                    self.pos += 1
                 value = self._attribute_value(tag_start)
             attributes[match.group().lower()] = value
 
@@ -305,9 +310,11 @@ class _HtmlParser:
             if end == -1:
                 self._fail("Unclosed start tag", tag_start)
             raw, self.pos = self.source[self.pos + 1 : end], end + 1
-        else:
+        else:  # a name token: letters, digits, "." and "-", then a space or the tag's end
             end = self._scan_until(" \t\r\n>", self.pos)
             raw, self.pos = self.source[self.pos : end], end
+            if not _NAME_TOKEN_RE.fullmatch(raw):
+                self._fail("Unexpected end of name token", tag_start)
         return self._decode_attribute(raw, tag_start)
 
     def _decode_attribute(self, raw: str, tag_start: int) -> str:
