@@ -25,12 +25,15 @@ import ssl
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
-from PIL import Image, ImageOps
 
 from publisher.delivery import BadEncoding, BoundedBody
 from publisher.errors import ImageUnavailable
+
+if TYPE_CHECKING:  # Pillow is imported when a photo is prepared: most pushes never do
+    from PIL import Image
 
 MAX_PHOTO_BYTES = 10 * 1024 * 1024  # Telegram's limit of an uploaded photo, and of a download
 MAX_SIDES = 10_000  # Telegram: width + height
@@ -217,6 +220,8 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
 def prepare_photo(data: bytes) -> Photo:
     """``data`` as Telegram takes a photo: as it is when it is a JPEG or PNG within the
     limits, else converted to a JPEG; ``ImageUnavailable`` when it is not a usable image."""
+    from PIL import Image
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -255,6 +260,8 @@ def _fits(width: int, height: int) -> bool:
 def _as_jpeg(image: Image.Image) -> tuple[bytes, tuple[int, int]]:
     """The first frame, upright, on white where transparent, padded to the aspect ratio,
     scaled to the sides' limit, as a JPEG under the size limit."""
+    from PIL import Image, ImageOps
+
     image.seek(0)
     picture = _padded(_rgb(ImageOps.exif_transpose(image)))
     scale = min(1.0, MAX_SIDES / (picture.width + picture.height))
@@ -271,6 +278,8 @@ def _as_jpeg(image: Image.Image) -> tuple[bytes, tuple[int, int]]:
 
 
 def _rgb(image: Image.Image) -> Image.Image:
+    from PIL import Image
+
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit greys
         image = image.convert("I").point(lambda value: value / 256).convert("L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P"
@@ -284,6 +293,8 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 def _padded(image: Image.Image) -> Image.Image:
     """A strip longer than ``MAX_RATIO`` times its width, on a white canvas that is not."""
+    from PIL import Image
+
     width, height = image.size
     short = math.ceil(max(width, height) / MAX_RATIO)
     if min(width, height) >= short:

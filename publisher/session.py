@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from publisher.catalog import Catalog
 from publisher.config import Config
-from publisher.destinations import Destinations, remembered_destinations
 from publisher.errors import PublisherError
 from publisher.loader import Progress
 from publisher.logs import redact_text
@@ -45,7 +44,6 @@ from publisher.pipeline import (
     sync_corpus,
     write_current_feeds,
 )
-from publisher.plan import Action, ActionKind, Plan, read_plan
 from publisher.state import (
     Pacing,
     PlannedMarks,
@@ -58,11 +56,13 @@ from publisher.state import (
 )
 from publisher.text import plural
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a build needs none of these (nor the Telegram libraries under them)
     from publisher.delivery import Sender
+    from publisher.destinations import Destinations
     from publisher.dispatch import Dispatcher
     from publisher.feeds import BuildResult
     from publisher.messages import Message
+    from publisher.plan import Action, Plan
 
 
 class Session:
@@ -143,6 +143,9 @@ class Session:
              destinations: Destinations | None = None) -> Plan:
         """What a push would do at ``now`` (by default: now) from the synced catalog, with
         the destinations as the state remembers them unless given; nothing is written."""
+        from publisher.destinations import remembered_destinations
+        from publisher.plan import read_plan
+
         destinations = destinations or remembered_destinations(self.config, self.store)
         replan, new = self._articles_to_plan(destinations)
         return read_plan(self.store, self.config, new, replan, self.catalog.selected_article,
@@ -207,9 +210,15 @@ class Session:
     def dry_run(self, now: datetime | None = None) -> DryRun:
         """What a push would post now, rendered: the plan of the synced catalog (the parse
         cache is all that changes); nothing is sent and the ledger is not touched."""
-        from publisher.destinations import maybe_one_chat, unmatched_names, waiting_for_unmatched
+        from publisher.destinations import (
+            maybe_one_chat,
+            remembered_destinations,
+            unmatched_names,
+            waiting_for_unmatched,
+        )
         from publisher.errors import RenderError
         from publisher.messages import render_for
+        from publisher.plan import ActionKind
 
         corpus = self.sync()
         destinations = remembered_destinations(self.config, self.store)
