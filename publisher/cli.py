@@ -418,6 +418,8 @@ def push(ctx: Context, dry_run: bool) -> None:
         for item in plan.items:
             click.echo(format_for_dry_run(item.message, item.chat_id))
             click.echo()
+        for edit in plan.edits:
+            click.echo(edit)
         click.echo(f"Dry run: {plural(len(plan.items), 'message')} would be sent; "
                    "nothing was sent.")
         for note in plan.notes:

@@ -104,6 +104,8 @@ class PushOutcome:
             "skipped": report.total("skipped"),
             "orphaned": report.total("orphaned"),
             "rate_limited": report.total("rate_limited"),
+            **({"edited": report.total("edited")} if report.total("edited") else {}),
+            **({"gone": report.total("gone")} if report.total("gone") else {}),
             "errors": report.errors,
             "held": {chat: r.held for chat, r in report.chats.items() if r.held},
             "seconds": round(self.seconds, 3),
@@ -131,6 +133,7 @@ class DryRun:
     items: list[DryRunItem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # destinations that may be one chat
     route_warnings: list[str] = field(default_factory=list)
+    edits: list[str] = field(default_factory=list)  # "edit ID in @chat: title changed"
 
 
 # -- the catalog path ------------------------------------------------------------------------

@@ -219,6 +219,10 @@ class Session:
             action.published_at, action.article_id, order.get(action.target.chat_id, len(order))
         ))
         for action in actions:
+            if action.kind is ActionKind.EDIT:
+                result.edits.append(f"edit {action.article_id} in {action.target.label}: "
+                                    f"{action.change} changed")
+                continue
             if action.kind is ActionKind.DIGEST:
                 result.items.append(DryRunItem(action.target.label, self._digest(plan, action)))
                 continue
