@@ -262,8 +262,12 @@ class Dispatcher:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         stop: asyncio.Event | None = None,
+        reedit_since: datetime | None = None,
     ) -> None:
-        """``stop``: an event whose setting is a stop request (as ``request_stop``)."""
+        """``stop``: an event whose setting is a stop request (as ``request_stop``).
+        ``reedit_since``: ``publisher push --reedit``, the posts sent since then are edited
+        wherever their rendering differs (``plan.plan_edits``)."""
+        self._reedit_since = reedit_since
         self._store = store
         self._sender = sender
         self._config = config
@@ -322,7 +326,8 @@ class Dispatcher:
         # Telegram is asked only when there is something to plan or to post (pairs kept
         # under a name not resolved yet may be a destination's).
         names = [key for key in self._store.chat_keys() if not is_chat_id(key)]
-        work = bool(new_articles) or self._store.has_pending([*destinations.keys(), *names])
+        work = (bool(new_articles) or self._reedit_since is not None
+                or self._store.has_pending([*destinations.keys(), *names]))
         unavailable = await self._start_sender() if work else None
         if work and unavailable is None:
             destinations, unavailable = await self._resolve(destinations)
@@ -398,7 +403,7 @@ class Dispatcher:
         wanted again not."""
         now = datetime.fromtimestamp(self._clock(), UTC)
         self.plan = read_plan(self._store, self._config, articles, replan, lookup,
-                              self.destinations, now, self._pacing)
+                              self.destinations, now, self._pacing, self._reedit_since)
         planned = list(self.plan.pairs)
         added = self._store.add_deliveries_by_chat(planned)
         report.new = sum(added.values())

@@ -213,7 +213,8 @@ def needed_change(post: SentPost, article: Article, config: Config, label: str,
     due: its article unchanged (unless ``reedit``), too old, or rendered the same."""
     if not reedit and post.article_digest == digest_of(article):
         return ""
-    if too_old(post, config.telegram.edit_max_age_hours, now):
+    # ``--reedit --since`` chose its posts by their age itself.
+    if not reedit and too_old(post, config.telegram.edit_max_age_hours, now):
         return ""
     try:
         message = new_message(post, article, config, label)

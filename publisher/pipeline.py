@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from publisher.catalog import Catalog
@@ -198,10 +199,12 @@ def require_chat(config: Config) -> None:
 
 
 async def push(config: Config, sender: Sender | None = None, *,
-               stop: asyncio.Event | None = None) -> PushOutcome:
+               stop: asyncio.Event | None = None,
+               reedit_since: datetime | None = None) -> PushOutcome:
     """One delivery pass, as ``publisher push`` runs it: under the single-instance lock.
 
     Setting ``stop`` ends the pass after the send in flight (which is recorded).
+    ``reedit_since``: also edit the posts sent since then whose rendering differs.
     """
     from publisher.session import Session
 
@@ -210,7 +213,7 @@ async def push(config: Config, sender: Sender | None = None, *,
     with instance_lock(config.state.url), Session.opened(config, sender=sender,
                                                         stop=stop) as session:
         try:
-            return await session.push()
+            return await session.push(reedit_since=reedit_since)
         finally:
             await sender.close()
 

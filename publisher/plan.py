@@ -224,21 +224,26 @@ class PlanInputs:
     digest_since: DigestSince = lambda chat_id: None
     # The editable sent posts of ``new_articles`` (``edits.sent_posts``), by (article, chat).
     sent: Mapping[tuple[str, str], SentPost] = field(default_factory=dict)
+    # ``publisher push --reedit``: ``sent`` is every post sent since then, edited wherever
+    # its rendering now differs, whether its article changed or not.
+    reedit_since: datetime | None = None
 
 
 def read_plan(store: Store, config: Config, new_articles: Sequence[Article], replan: bool,
               lookup: Lookup, destinations: Destinations, now: datetime,
-              pacing: Pacing) -> Plan:
+              pacing: Pacing, reedit_since: datetime | None = None) -> Plan:
     """The plan at ``now`` from the ledger as it is: what a push and a dry run both use."""
     from publisher.digest_ledger import digest_since
-    from publisher.edits import sent_posts
+    from publisher.edits import sent_posts, sent_since
 
     sent = (sent_posts(store.db, (article.id for article in new_articles))
             if config.telegram.edits and new_articles else {})
+    if reedit_since is not None:
+        sent = sent_since(store.db, reedit_since.astimezone(UTC).isoformat(timespec="seconds"))
     inputs = PlanInputs(
         new_articles, replan, store.pair_states(article.id for article in new_articles),
         store.pending_pairs(), lookup, store.send_times,
-        lambda chat_id: digest_since(store.db, chat_id), sent,
+        lambda chat_id: digest_since(store.db, chat_id), sent, reedit_since,
     )
     return make_plan(inputs, config, destinations, now, pacing)
 
@@ -283,7 +288,8 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
             if pacers[chat].take() is None:
                 held.append(Held(target, len(edits) - index, PACING_HELD))
                 break
-            article = by_id[post.article_id]
+            article = by_id.get(post.article_id) or inputs.lookup(post.article_id)
+            assert article is not None  # (found by ``plan_edits``)
             actions.append(Action(ActionKind.EDIT, post.article_id, target, article.title,
                                   article.published_at.isoformat(), False, change=change))
     articles = {action.article_id: by_id[action.article_id]
@@ -410,17 +416,21 @@ def plan_edits(inputs: PlanInputs, by_id: Mapping[str, Article], config: Config,
                destinations: Destinations, now: datetime
                ) -> dict[str, list[tuple[SentPost, str]]]:
     """Per chat, the sent posts whose article changed and now renders otherwise (with what
-    the edit changes), oldest first; none when ``telegram.edits`` is off."""
+    the edit changes), oldest first; none when ``telegram.edits`` is off. With
+    ``reedit_since``: every post sent since then that renders otherwise."""
     from publisher.edits import describe, needed_change
 
     found: dict[str, list[tuple[SentPost, str]]] = {}
-    if not config.telegram.edits:
+    reedit = inputs.reedit_since is not None
+    if not config.telegram.edits and not reedit:
         return found
     for post in sorted(inputs.sent.values(), key=lambda post: post.sent_at):
-        article = by_id.get(post.article_id)
+        article = by_id.get(post.article_id) or (inputs.lookup(post.article_id) if reedit
+                                                 else None)
         if article is None:
             continue
-        change = needed_change(post, article, config, destinations.label(post.chat_id), now)
+        change = needed_change(post, article, config, destinations.label(post.chat_id), now,
+                               reedit=reedit)
         if change:
             found.setdefault(post.chat_id, []).append((post, describe(post, article, change)))
     return found

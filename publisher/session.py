@@ -169,15 +169,18 @@ class Session:
 
     # -- push and dry run --------------------------------------------------------------------
 
-    async def push(self, corpus: CorpusReport | None = None) -> PushOutcome:
+    async def push(self, corpus: CorpusReport | None = None, *,
+                   reedit_since: datetime | None = None) -> PushOutcome:
         """Sync (unless ``corpus`` says it was), plan and execute the plan; records the run.
-        The caller holds the instance lock and closes the sender."""
+        The caller holds the instance lock and closes the sender. ``reedit_since``:
+        ``publisher push --reedit``."""
         from publisher.dispatch import Dispatcher
 
         if self.sender is None:  # a caller's mistake, not the operator's
             raise TypeError("Session.push needs a sender")
         corpus = corpus or self.sync()
-        dispatcher = Dispatcher(self.store, self.sender, self.config, stop=self._stop)
+        dispatcher = Dispatcher(self.store, self.sender, self.config, stop=self._stop,
+                                reedit_since=reedit_since)
         return await self.deliver(dispatcher, corpus)
 
     async def deliver(self, dispatcher: Dispatcher, corpus: CorpusReport) -> PushOutcome:

@@ -321,3 +321,49 @@ def test_a_version_9_state_migrates_in_place_and_its_old_posts_are_never_edited(
         columns = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
         db.close()
         assert {"kind", "rendered", "article_digest"} <= columns
+
+
+def test_reedit_applies_a_template_change_to_the_posts_within_since(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    write_article("1.txt", 1)
+    write_article("2.txt", 2)
+    push(make_config())
+    store = open_store(make_config().state.url)
+    try:  # article 2 went out two days ago
+        store.db.execute("UPDATE deliveries SET sent_at = ? WHERE title = 'Article number 2'",
+                         ((datetime.now(UTC) - timedelta(days=2)).isoformat(),))
+    finally:
+        store.close()
+    changed = make_config(template="<b>{{ title }}</b> (new look)")
+    assert push(changed).report.total("edited") == 0  # a plain push: nothing
+    since = datetime.now(UTC) - timedelta(hours=24)
+    outcome = asyncio.run(pipeline.push(changed, reedit_since=since))
+    assert outcome.report.total("edited") == 1 and outcome.report.total("sent") == 0
+    assert [r.visible_text for r in botapi.edits] == ["Article number 1 (new look)"]
+    # Done: the same again edits nothing.
+    assert asyncio.run(pipeline.push(changed, reedit_since=since)).report.total("edited") == 0
+
+
+def test_push_reedit_since_on_the_command_line(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from publisher.cli import cli
+
+    write_article("1.txt", 1)
+    push(make_config())
+    make_config(template="<b>{{ title }}</b> (new look)")
+    config = str(tmp_path / "config.toml")
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["push", "-c", config, "--reedit", "--since", "soon"])
+    assert bad.exit_code == 2 and "--since" in bad.output
+    result = runner.invoke(cli, ["push", "-c", config, "--reedit", "--since", "1h"])
+    assert result.exit_code == 0, result.output
+    assert "Edited 1 post." in result.output
+    assert len(botapi.edits) == 1
+    assert botapi.sent_to(CHAT)[0].visible_text == "Article number 1 (new look)"
