@@ -29,6 +29,7 @@ from publisher.catalog import (
 from publisher.db import Database
 from publisher.digest_ledger import timing_schema
 from publisher.edits import add_edit_columns
+from publisher.modified import changes_schema
 from publisher.state import (
     add_claim_columns,
     allow_every_state,
@@ -63,7 +64,8 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
-    return ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
+    return (ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
+            + changes_schema(dialect))
 
 
 def upgrade(db: Database, version: int) -> list[str]:

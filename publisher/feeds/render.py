@@ -115,10 +115,12 @@ class _Feed:
 
 
 def render_plan(plan: Sequence[PlannedFeed], channel: Channel,
-                unchanged_counts: Mapping[str, int]) -> Rendering:
-    """The files of ``plan`` (see ``render_changed_feeds`` for ``unchanged_counts``)."""
+                unchanged_counts: Mapping[str, int],
+                modified: Mapping[str, datetime] | None = None) -> Rendering:
+    """The files of ``plan`` (see ``render_changed_feeds`` for ``unchanged_counts``);
+    ``modified``: when articles changed after first seen (``publisher.modified``)."""
     config = channel.config
-    entries = EntryCache()
+    entries = EntryCache(modified)
     unchanged: set[str] = set()
     feeds: list[_Feed] = []
     for planned in plan:
@@ -298,7 +300,7 @@ def _add_entry(fg: FeedGenerator, entry: Entry) -> None:
     fe.id(entry.id)  # also the RSS guid, isPermaLink="false"
     fe.title(entry.title)
     fe.link(href=entry.link, rel="alternate", type="text/html")  # the only link() call
-    fe.updated(entry.published)
+    fe.updated(entry.updated)
     fe.published(entry.published)  # also the RSS pubDate
     if entry.author:
         fe.author(name=entry.author, uri=entry.source_url)  # no e-mail: no RSS <author>
