@@ -515,7 +515,7 @@ class Dispatcher:
                 run.report.edited += 1
             elif outcome is Edited.GONE:
                 run.report.gone += 1
-            elif outcome is Edited.UNCHANGED:
+            elif outcome is Edited.SKIPPED:  # no request: its slot is given back
                 self._store.cancel_reservation(chat_of(run.key), slot)
         return True
 

@@ -45,7 +45,8 @@ NOT_FOUND = "message to edit not found"
 
 class Edited(enum.Enum):
     EDITED = "edited"
-    UNCHANGED = "unchanged"  # nothing to do (any more): Telegram shows this rendering
+    UNCHANGED = "unchanged"  # "message is not modified": Telegram shows this rendering
+    SKIPPED = "skipped"  # nothing to do any more (no request made)
     GONE = "gone"
     FAILED = "failed"
 
@@ -58,11 +59,11 @@ async def send_edit(db: Database, editor: Editor, config: Config, key: str, labe
     article = lookup(article_id)
     post = sent_posts(db, [article_id]).get((article_id, key))
     if article is None or post is None:
-        return Edited.UNCHANGED
+        return Edited.SKIPPED
     # The plan saw the article change; whether the post still differs is read again.
     change = needed_change(post, article, config, label, now, reedit=True)
     if not change:
-        return Edited.UNCHANGED
+        return Edited.SKIPPED
     message = new_message(post, article, config, label)
     rendering = rendering_of(message, post.rendering.kind)
     try:
