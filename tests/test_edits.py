@@ -367,3 +367,36 @@ def test_push_reedit_since_on_the_command_line(
     assert "Edited 1 post." in result.output
     assert len(botapi.edits) == 1
     assert botapi.sent_to(CHAT)[0].visible_text == "Article number 1 (new look)"
+
+
+def test_edits_go_after_the_new_posts_of_their_chat(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("1.txt", 1)
+    config = make_config()
+    push(config)
+    write_article("1.txt", 1, title="Fixed")
+    write_article("2.txt", 2)
+    write_article("3.txt", 3)
+    outcome = push(config)
+    assert outcome.report.total("sent") == 2 and outcome.report.total("edited") == 1
+    assert methods(botapi) == ["sendPhoto", "sendPhoto", "sendPhoto", "editMessageCaption"]
+    # Paced with them: at least the chat's interval apart.
+    done = [r.at for r in botapi.requests if r.method in ("sendPhoto", "editMessageCaption")]
+    assert done[-1] - done[-2] >= 0.01
+
+
+def test_a_forum_topic_post_is_edited_in_its_chat(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    botapi.add_forum("@group", -1001234567890, topics=[42])
+    write_article("1.txt", 1)
+    config = make_config(chat_id="@group/42")
+    first = push(config)
+    assert first.report.ok, first.report.errors
+    [posted] = botapi.sent_to("@group")
+    assert posted.message_thread_id == 42
+    write_article("1.txt", 1, title="Fixed")
+    assert push(config).report.total("edited") == 1
+    [edited] = botapi.sent_to("@group")
+    assert edited.message_thread_id == 42 and edited.visible_text.startswith("Fixed")
