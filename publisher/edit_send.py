@@ -24,6 +24,7 @@ from publisher.edits import (
     PHOTO,
     Rendering,
     SentPost,
+    keeping_photo,
     mark_gone,
     needed_change,
     new_message,
@@ -31,7 +32,7 @@ from publisher.edits import (
     rendering_of,
     sent_posts,
 )
-from publisher.errors import SendError
+from publisher.errors import PhotoRejected, SendError
 from publisher.forum import split_key
 from publisher.logs import event
 from publisher.messages import Message
@@ -67,7 +68,15 @@ async def send_edit(db: Database, editor: Editor, config: Config, key: str, labe
     message = new_message(post, article, config, label)
     rendering = rendering_of(message, post.rendering.kind)
     try:
-        await _edit(editor, key, post, change, message)
+        try:
+            await _edit(editor, key, post, change, message)
+        except PhotoRejected as exc:  # the new photo cannot be had: the old one stays
+            event(log, logging.WARNING, "edit_photo_refused", chat=label, article=article_id,
+                  reason=exc.reason)
+            message = new_message(post, keeping_photo(article, post.rendering.photo_url),
+                                  config, label)
+            rendering = rendering_of(message, post.rendering.kind)
+            await _edit(editor, key, post, BODY, message)
     except SendError as exc:
         return _refused(db, post, rendering, article, label, exc)
     record_rendering(db, article_id, key, rendering, article)

@@ -400,3 +400,20 @@ def test_a_forum_topic_post_is_edited_in_its_chat(
     assert push(config).report.total("edited") == 1
     [edited] = botapi.sent_to("@group")
     assert edited.message_thread_id == 42 and edited.visible_text.startswith("Fixed")
+
+
+def test_a_new_photo_telegram_refuses_keeps_the_old_one_and_edits_the_caption(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("1.txt", 1)
+    config = make_config()
+    push(config)
+    botapi.refuse_photo("https://img.example.com/refused.jpg")
+    refused = [{"url": "https://img.example.com/refused.jpg", "width": 1200, "height": 800}]
+    write_article("1.txt", 1, images=refused, title="Fixed")
+    assert push(config).report.total("edited") == 1
+    assert [(r.method, r.status) for r in botapi.requests if r.method.startswith("edit")] == [
+        ("editMessageMedia", 400), ("editMessageCaption", 200)]
+    [edited] = botapi.sent_to(CHAT)
+    assert edited.photo == "https://img.example.com/1.jpg"
+    assert edited.visible_text.startswith("Fixed")
