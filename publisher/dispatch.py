@@ -288,6 +288,9 @@ class Dispatcher:
         # were kept pending, or rows were re-keyed): the next push plans everything again.
         self.routing_settled = True
         self.alerts: list[alerts.Alert] = []  # for telegram.alert_chat, sent when the push ends
+        # Articles whose posts the plan would edit and this push has not (yet): left
+        # unplanned for the next push (``Session.deliver``).
+        self.edits_left: set[tuple[str, str]] = set()  # (article, chat)
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
@@ -404,6 +407,7 @@ class Dispatcher:
         now = datetime.fromtimestamp(self._clock(), UTC)
         self.plan = read_plan(self._store, self._config, articles, replan, lookup,
                               self.destinations, now, self._pacing, self._reedit_since)
+        self.edits_left = set(self.plan.edits_due)
         planned = list(self.plan.pairs)
         added = self._store.add_deliveries_by_chat(planned)
         report.new = sum(added.values())
@@ -511,6 +515,7 @@ class Dispatcher:
             outcome = await send_edit(self._store.db, self._sender, self._config, run.key,
                                       self._label(run.key), action.article_id, lookup,
                                       datetime.fromtimestamp(self._clock(), UTC))
+            self.edits_left.discard((action.article_id, run.planned_key))
             if outcome is Edited.EDITED:
                 run.report.edited += 1
             elif outcome is Edited.GONE:

@@ -115,6 +115,9 @@ class Plan:
     # old): what the push records, and, after a routing change, what is wanted.
     pairs: tuple[NewDelivery, ...] = ()
     articles: Mapping[str, Article] = field(default_factory=dict, compare=False, repr=False)
+    # The articles whose posts need an edit, planned now or held: an article whose edit
+    # does not happen in this push stays unplanned, so that the next one edits it.
+    edits_due: frozenset[tuple[str, str]] = frozenset()  # (article, chat)
 
     def chats(self) -> list[str]:
         return list(dict.fromkeys(entry.target.chat_id for entry in self.entries()))
@@ -276,7 +279,8 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
         actions += chat_plan.actions
         closing += chat_plan.closing
         held += chat_plan.held
-    for chat_id, edits in plan_edits(inputs, by_id, config, destinations, now).items():
+    due = plan_edits(inputs, by_id, config, destinations, now)
+    for chat_id, edits in due.items():
         target = Target(chat_id, destinations.label(chat_id))
         chat = chat_of(chat_id)
         if chat not in pacers:
@@ -294,7 +298,10 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
                                   article.published_at.isoformat(), False, change=change))
     articles = {action.article_id: by_id[action.article_id]
                 for action in actions if action.article_id in by_id}
-    return Plan(now, tuple(actions), tuple(closing), tuple(held), tuple(pairs), articles)
+    edits_due = frozenset((post.article_id, post.chat_id)
+                          for edits in due.values() for post, _ in edits)
+    return Plan(now, tuple(actions), tuple(closing), tuple(held), tuple(pairs), articles,
+                edits_due)
 
 
 def _digest_since(inputs: PlanInputs, chat_id: str,

@@ -190,7 +190,10 @@ class Session:
         routing = self._routing(dispatcher.destinations)
         replan, new = self._articles_to_plan(dispatcher.destinations)
         report = await dispatcher.run(new, self.catalog.selected_article, replan=replan)
-        PlannedMarks(self.catalog.db).mark_planned(new)
+        # An edit left for later (pacing, max_per_run, a stop) keeps its article unplanned.
+        unedited = {article_id for article_id, _chat in dispatcher.edits_left}
+        PlannedMarks(self.catalog.db).mark_planned(
+            [article for article in new if article.id not in unedited])
         # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
         self.catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
         labels = dispatcher.destinations

@@ -417,3 +417,19 @@ def test_a_new_photo_telegram_refuses_keeps_the_old_one_and_edits_the_caption(
     [edited] = botapi.sent_to(CHAT)
     assert edited.photo == "https://img.example.com/1.jpg"
     assert edited.visible_text.startswith("Fixed")
+
+
+def test_an_edit_the_push_could_not_make_is_made_by_the_next(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    write_article("1.txt", 1)
+    config = make_config()
+    push(config)
+    write_article("1.txt", 1, title="Fixed")
+    botapi.set_down()  # Telegram unreachable for this push
+    push(config)
+    botapi.set_down(False)
+    assert methods(botapi) == ["sendPhoto"]
+    assert push(config).report.total("edited") == 1
+    assert methods(botapi) == ["sendPhoto", "editMessageCaption"]
+    assert push(config).report.total("edited") == 0
