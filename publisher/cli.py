@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -398,8 +399,12 @@ def preview(ctx: Context, file: Path) -> None:
 @cli.command()
 @click.option("--dry-run", is_flag=True,
               help="Print what would be posted; send and change nothing.")
+@click.option("--reedit", is_flag=True,
+              help="Also edit posts whose rendering differs now (after a template change).")
+@click.option("--since", default="24h", show_default=True, metavar="INTERVAL",
+              help="With --reedit: the posts sent within this interval (30m, 24h, 7d).")
 @command
-def push(ctx: Context, dry_run: bool) -> None:
+def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
     """Post new selected articles to Telegram, each exactly once per chat.
 
     The bot token comes from the environment variable TELEGRAM_BOT_TOKEN (or
@@ -424,6 +429,8 @@ def push(ctx: Context, dry_run: bool) -> None:
         for item in plan.items:
             click.echo(format_for_dry_run(item.message, item.chat_id))
             click.echo()
+        for edit in plan.edits:
+            click.echo(edit)
         click.echo(f"Dry run: {plural(len(plan.items), 'message')} would be sent; "
                    "nothing was sent.")
         for note in plan.notes:
@@ -433,7 +440,7 @@ def push(ctx: Context, dry_run: bool) -> None:
 
     from publisher.stopping import STOP_DEADLINE_SECONDS, push_once
 
-    run = asyncio.run(push_once(config))
+    run = asyncio.run(push_once(config, reedit_since(since) if reedit else None))
     stopped_by = signal_name(run.signal) if run.signal else ""
     if run.outcome is None:
         click.echo(f"Error: stopped by {stopped_by}: a send still hanging after "
@@ -451,6 +458,7 @@ def push(ctx: Context, dry_run: bool) -> None:
         f"{summary['uncertain']} uncertain, {summary['skipped']} skipped, "
         f"{summary['orphaned']} orphaned; {plural(int(summary['new']), 'new pair')} in the "
         f"ledger; {summary['seconds']:.2f} s."
+        + (f" Edited {plural(int(summary['edited']), 'post')}." if "edited" in summary else "")
     )
     for chat, reason in outcome.report.held.items():
         ctx.echo(f"{chat}: {reason}")
@@ -465,6 +473,19 @@ def push(ctx: Context, dry_run: bool) -> None:
         sys.exit(128 + run.signal)
     if not outcome.report.ok:
         sys.exit(1)
+
+
+def reedit_since(since: str) -> datetime:
+    """The moment ``--since INTERVAL`` reaches back to."""
+    from datetime import UTC, timedelta
+
+    from publisher.config import interval_seconds
+
+    seconds = interval_seconds(since.strip())
+    if seconds is None or seconds <= 0:
+        raise click.BadParameter(f"not an interval such as 24h: {since!r}",
+                                 param_hint="--since")
+    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 def signal_name(signum: int) -> str:

@@ -118,6 +118,8 @@ class TelegramConfig(PostSettings):
     alert_chat: str = ""  # the operator's chat for alerts (alerts.py); empty = none
     photo_upload: str = "fallback"  # "fallback", "always" or "never" (publisher.photos)
     fetch_private_addresses: bool = False  # image downloads may reach private networks
+    edits: bool = True  # a post follows its article's changes (publisher.edits)
+    edit_max_age_hours: float = 48.0  # older posts are left as they are; 0 = no limit
 
 
 PHOTO_UPLOADS = ("fallback", "always", "never")
@@ -261,6 +263,7 @@ _AT_LEAST: dict[tuple[str, str], int] = {
     ("telegram", "per_chat_interval_seconds"): 0,
     ("telegram", "max_wait_seconds"): 0,
     ("telegram", "max_tries"): 1,
+    ("telegram", "edit_max_age_hours"): 0,
     ("telegram", "related_buttons"): 0,
     ("telegram", "digest_max_items"): 1,
     ("schedule", "debounce_seconds"): 0,

@@ -36,6 +36,7 @@ from telegram import (
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     InputFile,
+    InputMediaPhoto,
     LinkPreviewOptions,
     Message,
 )
@@ -577,6 +578,24 @@ class PhotoUploader(Protocol):
     ) -> Uploaded: ...
 
 
+@runtime_checkable
+class Editor(Protocol):
+    """A ``Sender`` that can also edit a message it sent (``publisher.edit_send``)."""
+
+    async def edit_caption(self, chat_id: str, message_id: int, caption_html: str,
+                           buttons: Sequence[Sequence[Button]]) -> None: ...
+
+    async def edit_text(self, chat_id: str, message_id: int, text_html: str,
+                        buttons: Sequence[Sequence[Button]], preview_url: str | None
+                        ) -> None: ...
+
+    async def edit_media(self, chat_id: str, message_id: int, photo_url: str,
+                         caption_html: str, buttons: Sequence[Sequence[Button]]) -> None: ...
+
+    async def edit_markup(self, chat_id: str, message_id: int,
+                          buttons: Sequence[Sequence[Button]]) -> None: ...
+
+
 class TelegramSender:
     """``Sender`` (and ``PhotoUploader``) over the Bot API through python-telegram-bot, at
     any Bot API base URL.
@@ -726,6 +745,42 @@ class TelegramSender:
                 disable_notification=silent or None,
             )
         )
+
+    async def edit_caption(self, chat_id: str, message_id: int, caption_html: str,
+                           buttons: Sequence[Sequence[Button]]) -> None:
+        await self._edited(self._bot.edit_message_caption(
+            chat_id=chat_id, message_id=message_id, caption=caption_html,
+            parse_mode=ParseMode.HTML, reply_markup=_keyboard(buttons)))
+
+    async def edit_text(self, chat_id: str, message_id: int, text_html: str,
+                        buttons: Sequence[Sequence[Button]], preview_url: str | None) -> None:
+        preview = (LinkPreviewOptions(url=preview_url, prefer_large_media=True) if preview_url
+                   else LinkPreviewOptions(is_disabled=True))
+        await self._edited(self._bot.edit_message_text(
+            chat_id=chat_id, message_id=message_id, text=text_html, parse_mode=ParseMode.HTML,
+            reply_markup=_keyboard(buttons), link_preview_options=preview))
+
+    async def edit_media(self, chat_id: str, message_id: int, photo_url: str,
+                         caption_html: str, buttons: Sequence[Sequence[Button]]) -> None:
+        media = InputMediaPhoto(photo_url, caption=caption_html, parse_mode=ParseMode.HTML)
+        await self._edited(self._bot.edit_message_media(
+            chat_id=chat_id, message_id=message_id, media=media,
+            reply_markup=_keyboard(buttons)), photo=True)
+
+    async def edit_markup(self, chat_id: str, message_id: int,
+                          buttons: Sequence[Sequence[Button]]) -> None:
+        await self._edited(self._bot.edit_message_reply_markup(
+            chat_id=chat_id, message_id=message_id, reply_markup=_keyboard(buttons)))
+
+    async def _edited(self, request: Awaitable[object], *, photo: bool = False) -> None:
+        """An edit, or the translated reason it did not (surely) happen."""
+        try:
+            await request
+        except tg_error.TelegramError as exc:
+            raise self._translate(exc, photo=photo) from None
+        except Exception as exc:  # PTB choking on an odd result: it may have been edited
+            raise Ambiguous(self._redact(f"the answer's result is not a Message: "
+                                         f"{_ptb_problem(exc)}")) from exc
 
     async def _posted(self, request: Awaitable[Message], *, photo: bool = False) -> int:
         """The message id of a send, or the translated reason it did not (surely) happen."""

@@ -82,6 +82,7 @@ from publisher.plan import (  # plan_deliveries: re-exported, where it used to l
     Entry,
     Plan,
     is_digest,
+    is_edit,
     max_per_run_reason,
     plan_deliveries,  # noqa: F401
     read_plan,
@@ -120,6 +121,8 @@ class ChatReport:
     orphaned: int = 0
     rate_limited: int = 0
     recovered: int = 0  # of ``uncertain``: sends an earlier process left in flight
+    edited: int = 0  # posts edited to follow their article (``edit_send``)
+    gone: int = 0  # posts found deleted in the chat when edited
     error: str = ""
     held: str = ""  # why posts due now were left for a later push (pacing, max_per_run...)
 
@@ -261,8 +264,12 @@ class Dispatcher:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         stop: asyncio.Event | None = None,
+        reedit_since: datetime | None = None,
     ) -> None:
-        """``stop``: an event whose setting is a stop request (as ``request_stop``)."""
+        """``stop``: an event whose setting is a stop request (as ``request_stop``).
+        ``reedit_since``: ``publisher push --reedit``, the posts sent since then are edited
+        wherever their rendering differs (``plan.plan_edits``)."""
+        self._reedit_since = reedit_since
         self._store = store
         self._sender = sender
         self._config = config
@@ -275,6 +282,7 @@ class Dispatcher:
         self._owner = instance_name()
         self._stopping = stop if stop is not None else asyncio.Event()
         self._photos = photo_poster(store, sender, config)
+        self._kinds: dict[tuple[str, str], str] = {}  # (key, article): how it went out
         self._fatal = ""
         self.destinations = remembered_destinations(config, store)
         self.plan = Plan(datetime.fromtimestamp(clock(), UTC))  # what this run executes
@@ -282,6 +290,9 @@ class Dispatcher:
         # were kept pending, or rows were re-keyed): the next push plans everything again.
         self.routing_settled = True
         self.alerts: list[alerts.Alert] = []  # for telegram.alert_chat, sent when the push ends
+        # Articles whose posts the plan would edit and this push has not (yet): left
+        # unplanned for the next push (``Session.deliver``).
+        self.edits_left: set[tuple[str, str]] = set()  # (article, chat)
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
@@ -320,7 +331,8 @@ class Dispatcher:
         # Telegram is asked only when there is something to plan or to post (pairs kept
         # under a name not resolved yet may be a destination's).
         names = [key for key in self._store.chat_keys() if not is_chat_id(key)]
-        work = bool(new_articles) or self._store.has_pending([*destinations.keys(), *names])
+        work = (bool(new_articles) or self._reedit_since is not None
+                or self._store.has_pending([*destinations.keys(), *names]))
         unavailable = await self._start_sender() if work else None
         if work and unavailable is None:
             destinations, unavailable = await self._resolve(destinations)
@@ -340,7 +352,8 @@ class Dispatcher:
             if item.error and item.answered:
                 self.alerts.append(alerts.stopped(item.key, item.configured, item.error))
         pending = set(self._store.pending_chats())
-        chats = [key for key in destinations.postable_keys() if key in pending]
+        edits = {action.target.chat_id for action in self.plan.actions if is_edit(action)}
+        chats = [key for key in destinations.postable_keys() if key in pending or key in edits]
         # Every chat runs to its end even when another fails, so no send is left in flight
         # behind the report; the first unexpected error is raised after all have finished.
         outcomes = await asyncio.gather(
@@ -395,7 +408,8 @@ class Dispatcher:
         wanted again not."""
         now = datetime.fromtimestamp(self._clock(), UTC)
         self.plan = read_plan(self._store, self._config, articles, replan, lookup,
-                              self.destinations, now, self._pacing)
+                              self.destinations, now, self._pacing, self._reedit_since)
+        self.edits_left = set(self.plan.edits_due)
         planned = list(self.plan.pairs)
         added = self._store.add_deliveries_by_chat(planned)
         report.new = sum(added.values())
@@ -446,7 +460,8 @@ class Dispatcher:
         entries = self.plan.entries_for(chat_id)
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
                       self.destinations.settings_for(chat_id).max_per_run or None,
-                      [entry for entry in entries if not is_digest(entry)], chat_id,
+                      [entry for entry in entries if not (is_digest(entry) or is_edit(entry))],
+                      chat_id,
                       digest=self.plan.digest_for(chat_id),
                       digest_chat=bool(self.destinations.settings_for(chat_id).digest))
         while not (self.stop_requested or self._fatal):
@@ -461,7 +476,8 @@ class Dispatcher:
                     await send_digest(self, run, run.digest, lookup)
                     run.digest = None
                     continue
-                self._held_by_plan(run)
+                if await self._run_edits(run, lookup):
+                    self._held_by_plan(run)
                 return
             # A forum topic's slots are its chat's: the group's topics share its pacing.
             slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
@@ -478,6 +494,37 @@ class Dispatcher:
                 return
             if not await self._claim_and_send(run, slot, lookup):
                 return
+
+    async def _run_edits(self, run: ChatRun, lookup: Lookup) -> bool:
+        """The plan's edits of the chat, after its new posts, each in a pacing slot of the
+        chat's; False when the chat stopped for this run."""
+        from publisher.delivery import Editor
+        from publisher.edit_send import Edited, send_edit
+
+        if not isinstance(self._sender, Editor) or run.key != run.planned_key:
+            return True  # a test's sender without edits; a chat that moved: the next push
+        for action in self.plan.edits_for(run.planned_key):
+            slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
+            if slot is None:
+                run.report.held = PACING_HELD
+                return False
+            delay = slot - self._clock()
+            if delay > 0:
+                await self._pause(delay)
+            if self.stop_requested or self._fatal:
+                self._store.cancel_reservation(chat_of(run.key), slot)
+                return False
+            outcome = await send_edit(self._store.db, self._sender, self._config, run.key,
+                                      self._label(run.key), action.article_id, lookup,
+                                      datetime.fromtimestamp(self._clock(), UTC))
+            self.edits_left.discard((action.article_id, run.planned_key))
+            if outcome is Edited.EDITED:
+                run.report.edited += 1
+            elif outcome is Edited.GONE:
+                run.report.gone += 1
+            elif outcome is Edited.SKIPPED:  # no request: its slot is given back
+                self._store.cancel_reservation(chat_of(run.key), slot)
+        return True
 
     def _held_by_plan(self, run: ChatRun) -> None:
         """The plan's pairs are done: say why it left the chat's others for later."""
@@ -663,10 +710,19 @@ class Dispatcher:
             chat_report.uncertain += 1
             raise
         self._store.mark_sent(article.id, chat_id, message_id, target)
+        self._remember_rendering(item.chat_id, target, article, message)
         chat_report.sent += 1
         event(log, logging.INFO, "sent", chat=self._label(chat_id), article=article.id,
               message_id=message_id, title=article.title)
         return Outcome.DONE
+
+    def _remember_rendering(self, key: str, target: str, article: Article,
+                            message: Message) -> None:
+        """What went out, for later edits (``publisher.edits``)."""
+        from publisher.edits import PHOTO, TEXT, record_rendering, rendering_of
+
+        kind = self._kinds.pop((target, article.id), PHOTO if message.photo_url else TEXT)
+        record_rendering(self._store.db, article.id, key, rendering_of(message, kind), article)
 
     def _follow_migration(self, item: Delivery, exc: ChatMigrated, run: ChatRun) -> None:
         """The group became a supergroup: its pairs (this one given back first) move to the
@@ -703,6 +759,7 @@ class Dispatcher:
                 return await self._post_plain(key, message, exc)
             if posted is not None:
                 return posted
+        self._kinds[(key, message.article_id)] = "text"  # (a photo refused goes as text)
         try:
             return await self._sender.send_text(
                 chat_id, message.text_html, html=True, buttons=message.buttons,
@@ -715,6 +772,7 @@ class Dispatcher:
         """The plain-text fallback; refused too, the message has failed, for both reasons."""
         event(log, logging.ERROR, "bug_html_refused", chat=self._label(key),
               article=message.article_id, reason=exc.reason)
+        self._kinds[(key, message.article_id)] = "text"
         chat_id, thread = split_key(key)
         try:
             return await self._sender.send_text(

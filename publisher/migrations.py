@@ -28,6 +28,8 @@ from publisher.catalog import (
 )
 from publisher.db import Database
 from publisher.digest_ledger import timing_schema
+from publisher.edits import add_edit_columns
+from publisher.modified import changes_schema
 from publisher.state import (
     add_claim_columns,
     allow_every_state,
@@ -54,13 +56,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "ledger: planned marks in a table of their own", move_planned_marks),
     Migration(9, "feeds: what the writer left on disk in feed_files",
               lambda db, _version: add_feed_files(db)),
+    Migration(10, "ledger: what each sent post was (kind, rendering), the gone state",
+              add_edit_columns),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
-    return ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
+    return (ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
+            + changes_schema(dialect))
 
 
 def upgrade(db: Database, version: int) -> list[str]:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from publisher.catalog import Catalog
@@ -106,6 +107,8 @@ class PushOutcome:
             "skipped": report.total("skipped"),
             "orphaned": report.total("orphaned"),
             "rate_limited": report.total("rate_limited"),
+            **({"edited": report.total("edited")} if report.total("edited") else {}),
+            **({"gone": report.total("gone")} if report.total("gone") else {}),
             "errors": report.errors,
             "held": {chat: r.held for chat, r in report.chats.items() if r.held},
             "seconds": round(self.seconds, 3),
@@ -133,6 +136,7 @@ class DryRun:
     items: list[DryRunItem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # destinations that may be one chat
     route_warnings: list[str] = field(default_factory=list)
+    edits: list[str] = field(default_factory=list)  # "edit ID in @chat: title changed"
 
 
 # -- the catalog path ------------------------------------------------------------------------
@@ -197,10 +201,12 @@ def require_chat(config: Config) -> None:
 
 
 async def push(config: Config, sender: Sender | None = None, *,
-               stop: asyncio.Event | None = None) -> PushOutcome:
+               stop: asyncio.Event | None = None,
+               reedit_since: datetime | None = None) -> PushOutcome:
     """One delivery pass, as ``publisher push`` runs it: under the single-instance lock.
 
     Setting ``stop`` ends the pass after the send in flight (which is recorded).
+    ``reedit_since``: also edit the posts sent since then whose rendering differs.
     """
     from publisher.session import Session
 
@@ -209,7 +215,7 @@ async def push(config: Config, sender: Sender | None = None, *,
     with instance_lock(config.state.url), Session.opened(config, sender=sender,
                                                         stop=stop) as session:
         try:
-            return await session.push()
+            return await session.push(reedit_since=reedit_since)
         finally:
             await sender.close()
 

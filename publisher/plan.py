@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from publisher.config import Config
 from publisher.destinations import Destinations, remembered_destinations
@@ -30,6 +31,9 @@ from publisher.models import Article
 from publisher.state import ORPHANED, PENDING, SKIPPED, NewDelivery, Pacing, PendingPair, Store
 from publisher.text import as_utc, plural
 from publisher.timing import ChatTiming, timing_at
+
+if TYPE_CHECKING:
+    from publisher.edits import SentPost
 
 Lookup = Callable[[str], Article | None]
 # A chat's sends and reserved slots (send_log) at or after a moment, newest first.
@@ -43,6 +47,7 @@ PACING_HELD = "pacing: the next free slot is more than telegram.max_wait_seconds
 class ActionKind(enum.Enum):
     POST = "post"
     DIGEST = "digest"  # one message listing ``items`` (``digest_send.py``)
+    EDIT = "edit"  # a sent post its changed article renders otherwise (``edit_send.py``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ class Action:
     silent: bool = False  # quiet hours in "silent" mode: sent with notifications off
     # A digest: the articles it lists, oldest first (``article_id`` is its window).
     items: tuple[str, ...] = ()
+    # An edit: what changed ("photo", "title", "text" or "buttons": ``edits.describe``).
+    change: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,10 @@ def is_digest(entry: Entry) -> bool:
     return isinstance(entry, Action) and entry.kind is ActionKind.DIGEST
 
 
+def is_edit(entry: Entry) -> bool:
+    return isinstance(entry, Action) and entry.kind is ActionKind.EDIT
+
+
 @dataclass(frozen=True)
 class Plan:
     at: datetime
@@ -104,6 +115,9 @@ class Plan:
     # old): what the push records, and, after a routing change, what is wanted.
     pairs: tuple[NewDelivery, ...] = ()
     articles: Mapping[str, Article] = field(default_factory=dict, compare=False, repr=False)
+    # The articles whose posts need an edit, planned now or held: an article whose edit
+    # does not happen in this push stays unplanned, so that the next one edits it.
+    edits_due: frozenset[tuple[str, str]] = frozenset()  # (article, chat)
 
     def chats(self) -> list[str]:
         return list(dict.fromkeys(entry.target.chat_id for entry in self.entries()))
@@ -124,13 +138,16 @@ class Plan:
         return next((action for action in self.actions if action.target.chat_id == chat_id
                      and action.kind is ActionKind.DIGEST), None)
 
+    def edits_for(self, chat_id: str) -> list[Action]:
+        return [action for action in self.actions if action.target.chat_id == chat_id
+                and action.kind is ActionKind.EDIT]
+
     def posts_to(self, chat_id: str) -> list[Action]:
         return [action for action in self.actions if action.target.chat_id == chat_id]
 
     def lines(self) -> list[str]:
         """The plan as text, one line per action, closing and hold."""
-        lines = [f"{action.kind.value} {action.article_id} to {action.target.label}"
-                 f"{' (new)' if action.new else ''}: {action.title}" for action in self.actions]
+        lines = [_line(action) for action in self.actions]
         lines += [f"close {item.article_id} in {item.target.label}: {item.reason}"
                   for item in self.closing]
         lines += [f"hold {held.count} in {held.target.label}: {held.reason}"
@@ -138,8 +155,18 @@ class Plan:
         return lines
 
     def __str__(self) -> str:
-        head = f"Plan at {self.at.isoformat(timespec='seconds')}: {len(self.actions)} to post"
+        posts = [action for action in self.actions if action.kind is not ActionKind.EDIT]
+        head = f"Plan at {self.at.isoformat(timespec='seconds')}: {len(posts)} to post"
+        if len(posts) < len(self.actions):
+            head += f", {plural(len(self.actions) - len(posts), 'edit')}"
         return "\n".join([head, *(f"  {line}" for line in self.lines())])
+
+
+def _line(action: Action) -> str:
+    if action.kind is ActionKind.EDIT:
+        return f"edit {action.article_id} in {action.target.label}: {action.change} changed"
+    return (f"{action.kind.value} {action.article_id} to {action.target.label}"
+            f"{' (new)' if action.new else ''}: {action.title}")
 
 
 @dataclass
@@ -198,18 +225,28 @@ class PlanInputs:
     send_times: SendTimes
     # Per chat: the window of its last digest (None: it never had one).
     digest_since: DigestSince = lambda chat_id: None
+    # The editable sent posts of ``new_articles`` (``edits.sent_posts``), by (article, chat).
+    sent: Mapping[tuple[str, str], SentPost] = field(default_factory=dict)
+    # ``publisher push --reedit``: ``sent`` is every post sent since then, edited wherever
+    # its rendering now differs, whether its article changed or not.
+    reedit_since: datetime | None = None
 
 
 def read_plan(store: Store, config: Config, new_articles: Sequence[Article], replan: bool,
               lookup: Lookup, destinations: Destinations, now: datetime,
-              pacing: Pacing) -> Plan:
+              pacing: Pacing, reedit_since: datetime | None = None) -> Plan:
     """The plan at ``now`` from the ledger as it is: what a push and a dry run both use."""
     from publisher.digest_ledger import digest_since
+    from publisher.edits import sent_posts, sent_since
 
+    sent = (sent_posts(store.db, (article.id for article in new_articles))
+            if config.telegram.edits and new_articles else {})
+    if reedit_since is not None:
+        sent = sent_since(store.db, reedit_since.astimezone(UTC).isoformat(timespec="seconds"))
     inputs = PlanInputs(
         new_articles, replan, store.pair_states(article.id for article in new_articles),
         store.pending_pairs(), lookup, store.send_times,
-        lambda chat_id: digest_since(store.db, chat_id),
+        lambda chat_id: digest_since(store.db, chat_id), sent, reedit_since,
     )
     return make_plan(inputs, config, destinations, now, pacing)
 
@@ -242,9 +279,29 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
         actions += chat_plan.actions
         closing += chat_plan.closing
         held += chat_plan.held
+    due = plan_edits(inputs, by_id, config, destinations, now)
+    for chat_id, edits in due.items():
+        target = Target(chat_id, destinations.label(chat_id))
+        chat = chat_of(chat_id)
+        if chat not in pacers:
+            times = inputs.send_times(chat, now.timestamp() - pacing.window,
+                                      pacing.per_chat_per_minute)
+            pacers[chat] = Pacer(times, pacing, now.timestamp())
+        # After the chat's new posts, in the slots its pacing leaves.
+        for index, (post, change) in enumerate(edits):
+            if pacers[chat].take() is None:
+                held.append(Held(target, len(edits) - index, PACING_HELD))
+                break
+            article = by_id.get(post.article_id) or inputs.lookup(post.article_id)
+            assert article is not None  # (found by ``plan_edits``)
+            actions.append(Action(ActionKind.EDIT, post.article_id, target, article.title,
+                                  article.published_at.isoformat(), False, change=change))
     articles = {action.article_id: by_id[action.article_id]
                 for action in actions if action.article_id in by_id}
-    return Plan(now, tuple(actions), tuple(closing), tuple(held), tuple(pairs), articles)
+    edits_due = frozenset((post.article_id, post.chat_id)
+                          for edits in due.values() for post, _ in edits)
+    return Plan(now, tuple(actions), tuple(closing), tuple(held), tuple(pairs), articles,
+                edits_due)
 
 
 def _digest_since(inputs: PlanInputs, chat_id: str,
@@ -360,6 +417,30 @@ def _plan_digest_chat(candidates: Sequence[_Candidate], target: Target, config: 
             items[-1].published_at, any(item.new for item in items), timing.silent,
             tuple(item.article_id for item in items)))
     return plan
+
+
+def plan_edits(inputs: PlanInputs, by_id: Mapping[str, Article], config: Config,
+               destinations: Destinations, now: datetime
+               ) -> dict[str, list[tuple[SentPost, str]]]:
+    """Per chat, the sent posts whose article changed and now renders otherwise (with what
+    the edit changes), oldest first; none when ``telegram.edits`` is off. With
+    ``reedit_since``: every post sent since then that renders otherwise."""
+    from publisher.edits import describe, needed_change
+
+    found: dict[str, list[tuple[SentPost, str]]] = {}
+    reedit = inputs.reedit_since is not None
+    if not config.telegram.edits and not reedit:
+        return found
+    for post in sorted(inputs.sent.values(), key=lambda post: post.sent_at):
+        article = by_id.get(post.article_id) or (inputs.lookup(post.article_id) if reedit
+                                                 else None)
+        if article is None:
+            continue
+        change = needed_change(post, article, config, destinations.label(post.chat_id), now,
+                               reedit=reedit)
+        if change:
+            found.setdefault(post.chat_id, []).append((post, describe(post, article, change)))
+    return found
 
 
 def max_per_run_reason(key: str, destinations: Destinations) -> str:

@@ -178,15 +178,18 @@ class Session:
 
     # -- push and dry run --------------------------------------------------------------------
 
-    async def push(self, corpus: CorpusReport | None = None) -> PushOutcome:
+    async def push(self, corpus: CorpusReport | None = None, *,
+                   reedit_since: datetime | None = None) -> PushOutcome:
         """Sync (unless ``corpus`` says it was), plan and execute the plan; records the run.
-        The caller holds the instance lock and closes the sender."""
+        The caller holds the instance lock and closes the sender. ``reedit_since``:
+        ``publisher push --reedit``."""
         from publisher.dispatch import Dispatcher
 
         if self.sender is None:  # a caller's mistake, not the operator's
             raise TypeError("Session.push needs a sender")
         corpus = corpus or self.sync()
-        dispatcher = Dispatcher(self.store, self.sender, self.config, stop=self._stop)
+        dispatcher = Dispatcher(self.store, self.sender, self.config, stop=self._stop,
+                                reedit_since=reedit_since)
         return await self.deliver(dispatcher, corpus)
 
     async def deliver(self, dispatcher: Dispatcher, corpus: CorpusReport) -> PushOutcome:
@@ -196,7 +199,10 @@ class Session:
         routing = self._routing(dispatcher.destinations)
         replan, new = self._articles_to_plan(dispatcher.destinations)
         report = await dispatcher.run(new, self.catalog.selected_article, replan=replan)
-        PlannedMarks(self.catalog.db).mark_planned(new)
+        # An edit left for later (pacing, max_per_run, a stop) keeps its article unplanned.
+        unedited = {article_id for article_id, _chat in dispatcher.edits_left}
+        PlannedMarks(self.catalog.db).mark_planned(
+            [article for article in new if article.id not in unedited])
         # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
         self.catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
         labels = dispatcher.destinations
@@ -234,6 +240,10 @@ class Session:
             action.published_at, action.article_id, order.get(action.target.chat_id, len(order))
         ))
         for action in actions:
+            if action.kind is ActionKind.EDIT:
+                result.edits.append(f"edit {action.article_id} in {action.target.label}: "
+                                    f"{action.change} changed")
+                continue
             if action.kind is ActionKind.DIGEST:
                 result.items.append(DryRunItem(action.target.label, self._digest(plan, action)))
                 continue

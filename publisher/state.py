@@ -60,16 +60,18 @@ FAILED = "failed"
 UNCERTAIN = "uncertain"
 SKIPPED = "skipped"
 ORPHANED = "orphaned"
-STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED, ORPHANED)
+GONE = "gone"  # sent, then deleted in the chat ("message to edit not found"): never touched
+STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED, ORPHANED, GONE)
 GLOBAL_PACE = "*"  # the send_log rows of the bot-wide rate
 INTERRUPTED = "interrupted while sending: it may or may not have been posted"
 NOT_ROUTED = "its destination is not configured for this article (a chat or route removed)"
 # Two rows of one article under two keys of one chat: the one that says more about what
 # happened wins, so a pair sent (or maybe sent) under either key is never sent again.
-MERGE_RANK = {SENT: 6, SENDING: 5, UNCERTAIN: 4, FAILED: 3, SKIPPED: 2, ORPHANED: 1, PENDING: 0}
+MERGE_RANK = {GONE: 7, SENT: 6, SENDING: 5, UNCERTAIN: 4, FAILED: 3, SKIPPED: 2, ORPHANED: 1,
+              PENDING: 0}
 # The states of a post that went out, or may have: kept under a key not yet matched to a
 # chat, such a row is why a chat Telegram has not confirmed must not be posted to.
-POSTED_STATES = (SENT, SENDING, UNCERTAIN)
+POSTED_STATES = (SENT, SENDING, UNCERTAIN, GONE)
 # Every distinct chat key, one probe of the (chat_id, ...) index per key: the ledger holds
 # a handful of chats and may hold millions of rows.
 _CHAT_KEYS = (
@@ -107,6 +109,9 @@ def ledger_schema(dialect: str) -> list[str]:
             updated_at TEXT NOT NULL,
             claimed_by TEXT,
             lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            kind TEXT,
+            rendered TEXT,
+            article_digest TEXT,
             PRIMARY KEY (article_id, chat_id)
         )""",
         "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (chat_id, state, published_at)",
@@ -171,6 +176,9 @@ LEDGER_COLUMNS = (
     "sent_to", "sent_at", "reason", "next_attempt_at", "created_at", "updated_at", "claimed_by",
     "lease_until",
 )
+# What a sent post was (schema 10, ``publisher.edits``): "photo" or "text", the digests of its
+# rendering (JSON) and of the article record it was rendered from. NULL: never edited.
+EDIT_COLUMNS = ("kind", "rendered", "article_digest")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from publisher.config import Config
@@ -35,7 +36,7 @@ class PushRun:
     signal: int | None = None
 
 
-async def push_once(config: Config) -> PushRun:
+async def push_once(config: Config, reedit_since: datetime | None = None) -> PushRun:
     """``publisher push``: one delivery pass, which SIGTERM or SIGINT stops like the service.
 
     The handlers are Python-level ones, not the event loop's, so that a signal counts (and a
@@ -62,7 +63,7 @@ async def push_once(config: Config) -> PushRun:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        outcome = await pipeline.push(config, stop=stop)
+        outcome = await pipeline.push(config, stop=stop, reedit_since=reedit_since)
     except asyncio.CancelledError:
         if not received:
             raise

@@ -115,7 +115,7 @@ def _json_item(entry: EntryLike) -> dict[str, Any]:
         "url": entry.link,
         "title": entry.title,
         "date_published": rfc3339(entry.published),
-        "date_modified": rfc3339(entry.published),
+        "date_modified": rfc3339(getattr(entry, "updated", entry.published)),
     }
     # One of content_html and content_text is required.
     if entry.content_html:

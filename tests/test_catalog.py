@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -291,7 +292,16 @@ def test_a_sync_between_selecting_and_rendering_feeds_leaves_no_feed_stale(
     monkeypatch.setattr(Catalog, "feed_selection", real_selection)
     write_title("Title two")  # back to the records that build selected
     pipeline.build(config)
-    expected = render_feeds(select(load_articles(articles_dir).articles, 0), config.feeds)
+    # "Title two" came after "Title one": an edit, which its entries' <updated> tell.
+    store = open_store(config.state.url)
+    try:
+        modified = {row[0]: datetime.fromtimestamp(row[1] / 1e6, UTC) for row in store.db.execute(
+            "SELECT article_id, changed_us FROM entry_changes WHERE changed_us > 0")}
+    finally:
+        store.close()
+    assert len(modified) == 1
+    expected = render_feeds(select(load_articles(articles_dir).articles, 0), config.feeds,
+                            modified)
     written = {p.name: p.read_bytes() for p in config.feeds.dir.iterdir()}
     assert b"Title two" in written["all.rss.xml"]
     assert written == expected

@@ -167,7 +167,7 @@ def test_a_schema_7_state_upgrades_in_place(
     store = open_store(config.state.url)  # the upgrade, as every command starts
     try:
         version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "9"
+        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "10"
         left = store.db.execute("SELECT count(*) FROM meta WHERE key LIKE 'feeds_digest:%'")
         assert left.fetchone()[0] == 0
         assert Catalog(store.db).feed_files(feeds_key(config)) == {}
@@ -207,3 +207,40 @@ def test_the_plan_shows_the_members_the_catalog_chose() -> None:
     ]
     whole = plan_articles(list(articles.values())[::-1], channel)
     assert [a.id for a in whole[1].articles] == ["id-2", "id-1"]  # what regrouping would show
+
+
+def test_an_edited_article_is_updated_in_its_feeds_with_the_same_id(
+    make_config: ConfigMaker, write_article: ArticleWriter
+) -> None:
+    import re
+
+    write_article("a.txt", 1, topics=["AI"])
+    write_article("b.txt", 2, topics=["AI"])
+    config = make_config()
+    build(config)
+    folder = config.feeds.dir
+    atom = (folder / "all.atom.xml").read_text(encoding="utf-8")
+    items = {item["title"]: item for item in
+             json.loads((folder / "all.json").read_text(encoding="utf-8"))["items"]}
+    first = items["Article number 1"]
+    assert first["date_modified"] == first["date_published"]  # never changed: as before
+    before = datetime.now(UTC).replace(microsecond=0)
+    write_article("a.txt", 1, topics=["AI"], title="Article number 1, corrected")
+    build(config)
+    items = {item["title"]: item for item in
+             json.loads((folder / "all.json").read_text(encoding="utf-8"))["items"]}
+    fixed, other = items["Article number 1, corrected"], items["Article number 2"]
+    assert fixed["id"] == first["id"]
+    assert fixed["date_published"] == first["date_published"]
+    assert datetime.fromisoformat(fixed["date_modified"]) >= before
+    assert other["date_modified"] == other["date_published"]
+    updated = (folder / "all.atom.xml").read_text(encoding="utf-8")
+    [entry] = [text for text in re.findall(r"<entry>.*?</entry>", updated, re.S)
+               if "corrected" in text]
+    stamp = re.search(r"<updated>(.*?)</updated>", entry)
+    assert stamp is not None and datetime.fromisoformat(stamp.group(1)) >= before
+    assert atom != updated
+    # A build that finds nothing new keeps the moment: the files stay as they are.
+    write_article("b.txt", 2, topics=["AI"], quality=99)  # selected the same, renders the same
+    build(config)
+    assert (folder / "all.atom.xml").read_text(encoding="utf-8") == updated

@@ -12,6 +12,7 @@ import hashlib
 import socket
 import stat
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from publisher import __version__
@@ -73,6 +74,7 @@ def _render_and_write(config: Config, catalog: Catalog, selection: FeedSelection
     """Render the feeds that are not current on disk (and the pages), write them, and say
     what the folder now holds."""
     from publisher.feeds.render import render_plan  # feedgen and lxml: only when rendering
+    from publisher.modified import modified_times
     from publisher.subscribe import HEADLINES
 
     channel = channel_settings(config.feeds)
@@ -82,7 +84,9 @@ def _render_and_write(config: Config, catalog: Catalog, selection: FeedSelection
         selection, paths_to_render(selection, unchanged, HEADLINES))
     # An article's source path is its catalog path (``Catalog.mark_planned`` relies on it too).
     articles = {article.source_path: article for article in shown}
-    rendering = render_plan(plan_selection(selection, articles, channel), channel, unchanged)
+    modified = modified_times(catalog.db, shown, datetime.now(UTC))
+    rendering = render_plan(plan_selection(selection, articles, channel), channel, unchanged,
+                            modified)
     result = write_feeds(rendering.rendered, config.feeds.dir, rendering.unchanged)
     # What another process changed after the selection was read was rendered as it is now,
     # not as digested: the feeds holding it, and the pages, are not remembered as current

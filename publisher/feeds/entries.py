@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -75,6 +75,15 @@ class Entry:
     image: Picture | None
     related: tuple[RelatedLink, ...]
     content_html: str
+    # When its record last changed after it was first seen (``publisher.modified``); None:
+    # never, and its feeds say its publication date, as they always did.
+    modified: datetime | None = None
+
+    @property
+    def updated(self) -> datetime:
+        """Atom ``<updated>`` and JSON Feed ``date_modified``."""
+        return self.modified if self.modified and self.modified > self.published \
+            else self.published
 
 
 class EntryCache:
@@ -83,8 +92,9 @@ class EntryCache:
     Only articles that reach a feed are looked at, so a large corpus costs little.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, modified: Mapping[str, datetime] | None = None) -> None:
         self._entries: dict[str, Entry | None] = {}
+        self._modified = modified or {}
 
     def first(self, articles: Iterable[Article], limit: int) -> tuple[Entry, ...]:
         """The entries of the first ``limit`` articles that have an http(s) link."""
@@ -98,11 +108,11 @@ class EntryCache:
 
     def _get(self, article: Article) -> Entry | None:
         if article.id not in self._entries:
-            self._entries[article.id] = make_entry(article)
+            self._entries[article.id] = make_entry(article, self._modified.get(article.id))
         return self._entries[article.id]
 
 
-def make_entry(article: Article) -> Entry | None:
+def make_entry(article: Article, modified: datetime | None = None) -> Entry | None:
     """The entry for ``article``; None if it has no http(s) link to point to."""
     link = safe_url(article.url)
     if link is None:
@@ -124,6 +134,7 @@ def make_entry(article: Article) -> Entry | None:
         image=image,
         related=related,
         content_html=_content_html(summary, image, related),
+        modified=feed_moment(modified) if modified else None,
     )
 
 

@@ -81,17 +81,20 @@ class Rendering:
     counts: dict[str, int]  # entries per feed, for the next rendering's landing page
 
 
-def render_feeds(selected: Sequence[Article], config: FeedsConfig) -> dict[str, bytes]:
+def render_feeds(selected: Sequence[Article], config: FeedsConfig,
+                 modified: Mapping[str, datetime] | None = None) -> dict[str, bytes]:
     """Every file, by name: ``all.rss.xml``, ``all.atom.xml``, ``all.json``, the same per topic
     (``<slug>.rss.xml``...), ``feeds.opml``, ``index.html`` and ``feed.xsl``.
 
-    ``selected`` is newest first, as ``selection.select`` returns it. No I/O.
+    ``selected`` is newest first, as ``selection.select`` returns it; ``modified``: when
+    articles changed after first seen (``publisher.modified``). No I/O.
     """
-    return render_changed_feeds(selected, config, {}).rendered
+    return render_changed_feeds(selected, config, {}, modified).rendered
 
 
 def render_changed_feeds(
-    selected: Sequence[Article], config: FeedsConfig, unchanged_counts: Mapping[str, int]
+    selected: Sequence[Article], config: FeedsConfig, unchanged_counts: Mapping[str, int],
+    modified: Mapping[str, datetime] | None = None,
 ) -> Rendering:
     """Like ``render_feeds``, but the feeds in ``unchanged_counts`` (slug -> the number of
     entries their files hold, from an earlier rendering of the same content and settings)
@@ -102,7 +105,7 @@ def render_changed_feeds(
     OPML, which list every feed and so are always rendered.
     """
     channel = channel_settings(config)
-    return render_plan(plan_articles(selected, channel), channel, unchanged_counts)
+    return render_plan(plan_articles(selected, channel), channel, unchanged_counts, modified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +118,12 @@ class _Feed:
 
 
 def render_plan(plan: Sequence[PlannedFeed], channel: Channel,
-                unchanged_counts: Mapping[str, int]) -> Rendering:
-    """The files of ``plan`` (see ``render_changed_feeds`` for ``unchanged_counts``)."""
+                unchanged_counts: Mapping[str, int],
+                modified: Mapping[str, datetime] | None = None) -> Rendering:
+    """The files of ``plan`` (see ``render_changed_feeds`` for ``unchanged_counts``);
+    ``modified``: when articles changed after first seen (``publisher.modified``)."""
     config = channel.config
-    entries = EntryCache()
+    entries = EntryCache(modified)
     unchanged: set[str] = set()
     feeds: list[_Feed] = []
     for planned in plan:
@@ -298,7 +303,7 @@ def _add_entry(fg: FeedGenerator, entry: Entry) -> None:
     fe.id(entry.id)  # also the RSS guid, isPermaLink="false"
     fe.title(entry.title)
     fe.link(href=entry.link, rel="alternate", type="text/html")  # the only link() call
-    fe.updated(entry.published)
+    fe.updated(entry.updated)
     fe.published(entry.published)  # also the RSS pubDate
     if entry.author:
         fe.author(name=entry.author, uri=entry.source_url)  # no e-mail: no RSS <author>

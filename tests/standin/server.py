@@ -1060,6 +1060,8 @@ class BotApiStandin:
         self._members: dict[int, tuple[str, dict[str, bool]]] = {}  # chat id -> the bot's
         self._forums: dict[int, dict[int, str]] = {}  # forum chat id -> its topics' names
         self._closed: set[tuple[int, int]] = set()  # (forum chat id, thread)
+        self._edits: list[Recorded] = []  # every accepted edit: the message as it became
+        self._foreign: set[tuple[int, int]] = set()  # (chat id, message id) not the bot's
         self._down = False
         self._status_all: int | None = None
         self.limiter.reset()
@@ -1355,6 +1357,8 @@ class BotApiStandin:
             return _Outcome(self._chat_member(chat, params["user_id"]))
         if chat is not None and method.name == "createForumTopic":
             return _Outcome(self._create_topic(chat, params))
+        if chat is not None and method.name in EDIT_METHODS:
+            return _Outcome(self._edit_message(method.name, chat, params))
         if chat is None or not method.creates_message:
             return _Outcome(True)
         self._check_thread(chat, params.get("message_thread_id"))
@@ -1367,6 +1371,55 @@ class BotApiStandin:
         if self.rate_limits:
             self.limiter.acquire(chat["id"], len(records))
         return self._assign_ids(method, chat, records)
+
+    # ----------------------------------------------------------------- edits
+
+    @property
+    def edits(self) -> list[Recorded]:
+        """Accepted edits, oldest first: each the whole message as the edit left it."""
+        with self._lock:
+            return list(self._edits)
+
+    def delete_by_admin(self, chat: int | str, message_id: int) -> None:
+        """An admin deletes a message: it cannot be edited any more."""
+        chat_id = self._resolve_chat(chat, sending=False)["id"]
+        with self._lock:
+            self._messages = [record for record in self._messages
+                              if (record.chat.get("id"), record.message_id)
+                              != (chat_id, message_id)]
+
+    def post_as_other(self, chat: int | str, text: str) -> int:
+        """Someone else (another admin) posts ``text``: the bot cannot edit it."""
+        found = self._resolve_chat(chat, sending=False)
+        with self._lock:
+            record = self._new_record("sendMessage", found, {"chat_id": found["id"]},
+                                      text=text, visible=text, entities=[])
+            message_id = self._next_message_id[found["id"]]
+            self._next_message_id[found["id"]] = message_id + 1
+            self._messages.append(_replace_id(record, message_id))
+            self._foreign.add((found["id"], message_id))
+        return message_id
+
+    def _edit_message(self, method: str, chat: Json, params: Json) -> Json:
+        """editMessageText/Caption/Media/ReplyMarkup of a message in ``chat``, as Telegram
+        answers them (not found, not the bot's, not modified)."""
+        index, old = self._message_to_edit(chat, params.get("message_id"))
+        if (chat["id"], old.message_id) in self._foreign:
+            raise bad_request("message can't be edited")
+        new = _edited(self, method, old, params)
+        if _shown(new) == _shown(old):
+            raise bad_request(NOT_MODIFIED)
+        self._messages[index] = new
+        self._edits.append(new)
+        return self._message_json(new)
+
+    def _message_to_edit(self, chat: Json, message_id: Any) -> tuple[int, Recorded]:
+        if not isinstance(message_id, int):
+            raise bad_request("message identifier is not specified")
+        for index, record in enumerate(self._messages):
+            if record.chat.get("id") == chat["id"] and record.message_id == message_id:
+                return index, record
+        raise bad_request("message to edit not found")
 
     def _check_thread(self, chat: Json, thread: int | None) -> None:
         """A message_thread_id names an open topic of a forum supergroup (a plain group's
@@ -1704,6 +1757,53 @@ class BotApiStandin:
 def _as_sent(chat: int | str) -> int | str:
     key = chat_key(chat)
     return key if isinstance(key, int) else str(chat).strip()
+
+
+EDIT_METHODS = frozenset({"editMessageText", "editMessageCaption", "editMessageMedia",
+                          "editMessageReplyMarkup"})
+NOT_MODIFIED = ("message is not modified: specified new message content and reply markup are "
+                "exactly the same as a current content and reply markup of the message")
+
+
+def _shown(record: Recorded) -> tuple[Any, ...]:
+    """What "not modified" compares: the content and the reply markup."""
+    return (record.visible_text, json.dumps(record.entities, sort_keys=True), record.photo,
+            json.dumps(record.reply_markup, sort_keys=True))
+
+
+def _edited(standin: BotApiStandin, method: str, old: Recorded, params: Json) -> Recorded:
+    """The message ``old`` as the edit ``method`` with ``params`` makes it."""
+    markup = params.get("reply_markup")
+    if markup is not None:
+        standin._check_markup(params)
+    changes: Json = {"reply_markup": markup}
+    if method == "editMessageText":
+        if old.text is None:
+            raise bad_request("there is no text in the message to edit")
+        visible, entities = check_text(params["text"], params.get("parse_mode"))
+        changes.update(text=params["text"], visible_text=visible, entities=entities,
+                       parse_mode=params.get("parse_mode"))
+        preview = params.get("link_preview_options")
+        if preview is not None:
+            check_link_preview_options(preview)
+            changes["link_preview_options"] = preview
+    elif method == "editMessageCaption":
+        if old.photo is None:
+            raise bad_request("there is no caption in the message to edit")
+        visible, entities = check_caption(params.get("caption"), params.get("parse_mode"))
+        changes.update(caption=params.get("caption"), visible_text=visible, entities=entities,
+                       parse_mode=params.get("parse_mode"))
+    elif method == "editMessageMedia":
+        media = params.get("media")
+        if not isinstance(media, dict) or media.get("type") != "photo":
+            raise bad_request("can't parse InputMedia: media is not a photo")
+        if old.photo is None:
+            raise bad_request("there is no media in the message to edit")
+        photo = standin._check_media_source(media.get("media"), params, is_photo=True)
+        visible, entities = check_caption(media.get("caption"), media.get("parse_mode"))
+        changes.update(photo=photo, caption=media.get("caption"), visible_text=visible,
+                       entities=entities, parse_mode=media.get("parse_mode"))
+    return Recorded(**{**old.__dict__, **changes, "at": time.time()})
 
 
 def _replace_id(record: Recorded, message_id: int) -> Recorded:
