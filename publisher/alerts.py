@@ -46,6 +46,7 @@ def title_of(title: str) -> str:
 
 
 def stopped(chat_key: str, label: str, reason: str) -> Alert:
+    reason = reason.removeprefix(f"cannot post to {label}: ")  # the alert names it already
     return Alert(f"stopped:{chat_key}",
                  f"publisher: {label} stopped: {reason}. Its posts wait until the bot can "
                  "post there again (publisher check --telegram says why).")

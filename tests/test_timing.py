@@ -817,6 +817,7 @@ def test_a_destination_telegram_does_not_find_alerts_once_and_never_the_article(
     (alert,) = api.sent_to(OPS)
     assert alert.visible_text.startswith("publisher: @news stopped: ")
     assert "Chat not found" in alert.visible_text and "whole text" not in alert.visible_text
+    assert alert.visible_text.count("@news") == 1  # named once, not again in the reason
     assert DEFAULT_TOKEN.split(":")[1] not in alert.visible_text
     assert len(alert.visible_text) <= 600 and alert.params.get("parse_mode") is None
     fake.set(at("10:59"))
