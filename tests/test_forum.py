@@ -350,7 +350,10 @@ def test_ack_and_resend_name_a_topic_as_configured(
 ) -> None:
     botapi.add_forum(FORUM, FORUM_ID, topics=[10])
     write_article("1.txt", 1)
-    config = make_config(chat_id=FORUM, extra=routes(AI=f"{FORUM}/10"))
+    # A wide pacing gap: a request that reaches a busy stand-in late must not meet the next
+    # one's 429, which would take one of the two injected faults.
+    config = make_config(chat_id=FORUM, extra=routes(AI=f"{FORUM}/10"),
+                         per_chat_interval_seconds=0.3)
     botapi.inject("drop_after_record", times=2)  # both sends may have gone out: uncertain
     assert push(config).report.total("uncertain") == 2
     acked = cli_run(config, "ack", "--chat", f"{FORUM}/10", id_of(1))
