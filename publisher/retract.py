@@ -48,10 +48,11 @@ CANNOT_DELETE = "message can't be deleted"
 
 # A sent post whose article is in the catalog only unpublished: not selected under any copy
 # of its id, and at least one file of it says ``published: false`` (not a quality drop).
+# Read from the few unpublished catalog rows, each probing the ledger by its key.
 _RETRACTING = (
-    f"{_SENT_POSTS} AND NOT EXISTS (SELECT 1 FROM catalog s WHERE s.article_id = "
-    "deliveries.article_id AND s.selected = 1) AND EXISTS (SELECT 1 FROM catalog u WHERE "
-    "u.article_id = deliveries.article_id AND u.published = 0 AND u.problem IS NULL)"
+    f"{_SENT_POSTS} AND article_id IN (SELECT u.article_id FROM catalog u WHERE "
+    "u.published = 0 AND u.problem IS NULL AND NOT EXISTS (SELECT 1 FROM catalog s "
+    "WHERE s.article_id = u.article_id AND s.selected = 1))"
 )
 _ARTICLE = ("SELECT data FROM catalog WHERE article_id = ? AND published = 0 "
             "AND problem IS NULL ORDER BY published_us DESC, path DESC LIMIT 1")
