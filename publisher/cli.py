@@ -459,6 +459,8 @@ def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
         f"{summary['orphaned']} orphaned; {plural(int(summary['new']), 'new pair')} in the "
         f"ledger; {summary['seconds']:.2f} s."
         + (f" Edited {plural(int(summary['edited']), 'post')}." if "edited" in summary else "")
+        + (f" Retracted {plural(int(summary['retracted']), 'post')}."
+           if "retracted" in summary else "")
     )
     for chat, reason in outcome.report.held.items():
         ctx.echo(f"{chat}: {reason}")

@@ -120,6 +120,8 @@ class TelegramConfig(PostSettings):
     fetch_private_addresses: bool = False  # image downloads may reach private networks
     edits: bool = True  # a post follows its article's changes (publisher.edits)
     edit_max_age_hours: float = 48.0  # older posts are left as they are; 0 = no limit
+    on_retract: str = "delete"  # an unpublished post: "delete", "mark" or "keep" (retract.py)
+    retract_template: str = ""  # what a marked post says; empty: "This article was withdrawn."
 
 
 PHOTO_UPLOADS = ("fallback", "always", "never")
@@ -568,6 +570,17 @@ def _coerce_routes(key: str, value: Any) -> dict[str, tuple[str, ...]]:
     return routes
 
 
+def _validate_retract(telegram: TelegramConfig) -> None:
+    from publisher.retract import RETRACT_MODES, compile_retract_template
+
+    if telegram.on_retract not in RETRACT_MODES:
+        raise ConfigError(
+            f"config key telegram.on_retract must be one of {', '.join(RETRACT_MODES)}, "
+            f"not {telegram.on_retract!r}"
+        )
+    compile_retract_template(telegram.retract_template)
+
+
 def _validate(config: Config) -> None:
     _validate_numbers(config)
     feeds, telegram = config.feeds, config.telegram
@@ -587,6 +600,7 @@ def _validate(config: Config) -> None:
             f"config key telegram.photo_upload must be one of {', '.join(PHOTO_UPLOADS)}, "
             f"not {telegram.photo_upload!r}"
         )
+    _validate_retract(telegram)
     try:
         ZoneInfo(telegram.timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -772,6 +772,10 @@ class TelegramSender:
         await self._edited(self._bot.edit_message_reply_markup(
             chat_id=chat_id, message_id=message_id, reply_markup=_keyboard(buttons)))
 
+    async def delete_message(self, chat_id: str, message_id: int) -> None:
+        """deleteMessage (``retract.Deleter``)."""
+        await self._edited(self._bot.delete_message(chat_id=chat_id, message_id=message_id))
+
     async def _edited(self, request: Awaitable[object], *, photo: bool = False) -> None:
         """An edit, or the translated reason it did not (surely) happen."""
         try:

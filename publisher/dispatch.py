@@ -83,11 +83,13 @@ from publisher.plan import (  # plan_deliveries: re-exported, where it used to l
     Plan,
     is_digest,
     is_edit,
+    is_retract,
     max_per_run_reason,
     plan_deliveries,  # noqa: F401
     read_plan,
     too_old_reason,
 )
+from publisher.retract import has_retracting
 from publisher.state import (
     ORPHANED,
     SKIPPED,
@@ -123,6 +125,7 @@ class ChatReport:
     recovered: int = 0  # of ``uncertain``: sends an earlier process left in flight
     edited: int = 0  # posts edited to follow their article (``edit_send``)
     gone: int = 0  # posts found deleted in the chat when edited
+    retracted: int = 0  # posts of unpublished articles deleted or marked (``retract``)
     error: str = ""
     held: str = ""  # why posts due now were left for a later push (pacing, max_per_run...)
 
@@ -332,7 +335,8 @@ class Dispatcher:
         # under a name not resolved yet may be a destination's).
         names = [key for key in self._store.chat_keys() if not is_chat_id(key)]
         work = (bool(new_articles) or self._reedit_since is not None
-                or self._store.has_pending([*destinations.keys(), *names]))
+                or self._store.has_pending([*destinations.keys(), *names])
+                or has_retracting(self._store.db, self._settings.on_retract))
         unavailable = await self._start_sender() if work else None
         if work and unavailable is None:
             destinations, unavailable = await self._resolve(destinations)
@@ -352,7 +356,8 @@ class Dispatcher:
             if item.error and item.answered:
                 self.alerts.append(alerts.stopped(item.key, item.configured, item.error))
         pending = set(self._store.pending_chats())
-        edits = {action.target.chat_id for action in self.plan.actions if is_edit(action)}
+        edits = {action.target.chat_id for action in self.plan.actions
+                 if is_edit(action) or is_retract(action)}
         chats = [key for key in destinations.postable_keys() if key in pending or key in edits]
         # Every chat runs to its end even when another fails, so no send is left in flight
         # behind the report; the first unexpected error is raised after all have finished.
@@ -460,7 +465,8 @@ class Dispatcher:
         entries = self.plan.entries_for(chat_id)
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
                       self.destinations.settings_for(chat_id).max_per_run or None,
-                      [entry for entry in entries if not (is_digest(entry) or is_edit(entry))],
+                      [entry for entry in entries
+                       if not (is_digest(entry) or is_edit(entry) or is_retract(entry))],
                       chat_id,
                       digest=self.plan.digest_for(chat_id),
                       digest_chat=bool(self.destinations.settings_for(chat_id).digest))
@@ -476,7 +482,7 @@ class Dispatcher:
                     await send_digest(self, run, run.digest, lookup)
                     run.digest = None
                     continue
-                if await self._run_edits(run, lookup):
+                if await self._run_edits(run, lookup) and await self._run_retractions(run):
                     self._held_by_plan(run)
                 return
             # A forum topic's slots are its chat's: the group's topics share its pacing.
@@ -523,6 +529,36 @@ class Dispatcher:
             elif outcome is Edited.GONE:
                 run.report.gone += 1
             elif outcome is Edited.SKIPPED:  # no request: its slot is given back
+                self._store.cancel_reservation(chat_of(run.key), slot)
+        return True
+
+    async def _run_retractions(self, run: ChatRun) -> bool:
+        """The plan's retractions of the chat, after its edits, each in a pacing slot of
+        the chat's; False when the chat stopped for this run."""
+        from publisher.retract import Retracted, send_retract
+
+        if run.key != run.planned_key:
+            return True  # a chat that moved: the next push
+        for action in self.plan.retractions_for(run.planned_key):
+            slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
+            if slot is None:
+                run.report.held = PACING_HELD
+                return False
+            delay = slot - self._clock()
+            if delay > 0:
+                await self._pause(delay)
+            if self.stop_requested or self._fatal:
+                self._store.cancel_reservation(chat_of(run.key), slot)
+                return False
+            outcome = await send_retract(
+                self._store.db, self._sender, self._settings.retract_template, run.key,
+                self._label(run.key), action.article_id, self._settings.on_retract,
+                datetime.fromtimestamp(self._clock(), UTC))
+            if outcome in (Retracted.DELETED, Retracted.MARKED):
+                run.report.retracted += 1
+            elif outcome is Retracted.GONE:
+                run.report.gone += 1
+            elif outcome is Retracted.SKIPPED:  # no request: its slot is given back
                 self._store.cancel_reservation(chat_of(run.key), slot)
         return True
 

@@ -58,6 +58,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda db, _version: add_feed_files(db)),
     Migration(10, "ledger: what each sent post was (kind, rendering), the gone state",
               add_edit_columns),
+    Migration(11, "ledger: the retracted state", add_edit_columns),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

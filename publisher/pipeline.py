@@ -109,6 +109,7 @@ class PushOutcome:
             "rate_limited": report.total("rate_limited"),
             **({"edited": report.total("edited")} if report.total("edited") else {}),
             **({"gone": report.total("gone")} if report.total("gone") else {}),
+            **({"retracted": report.total("retracted")} if report.total("retracted") else {}),
             "errors": report.errors,
             "held": {chat: r.held for chat, r in report.chats.items() if r.held},
             "seconds": round(self.seconds, 3),

@@ -48,6 +48,7 @@ class ActionKind(enum.Enum):
     POST = "post"
     DIGEST = "digest"  # one message listing ``items`` (``digest_send.py``)
     EDIT = "edit"  # a sent post its changed article renders otherwise (``edit_send.py``)
+    RETRACT = "retract"  # a sent post whose article is unpublished (``retract.py``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,8 @@ class Action:
     silent: bool = False  # quiet hours in "silent" mode: sent with notifications off
     # A digest: the articles it lists, oldest first (``article_id`` is its window).
     items: tuple[str, ...] = ()
-    # An edit: what changed ("photo", "title", "text" or "buttons": ``edits.describe``).
+    # An edit: what changed ("photo", "title", "text" or "buttons": ``edits.describe``);
+    # a retraction: "delete" or "mark" (``retract.planned_mode``).
     change: str = ""
 
 
@@ -103,6 +105,10 @@ def is_digest(entry: Entry) -> bool:
 
 def is_edit(entry: Entry) -> bool:
     return isinstance(entry, Action) and entry.kind is ActionKind.EDIT
+
+
+def is_retract(entry: Entry) -> bool:
+    return isinstance(entry, Action) and entry.kind is ActionKind.RETRACT
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,10 @@ class Plan:
         return [action for action in self.actions if action.target.chat_id == chat_id
                 and action.kind is ActionKind.EDIT]
 
+    def retractions_for(self, chat_id: str) -> list[Action]:
+        return [action for action in self.actions if action.target.chat_id == chat_id
+                and action.kind is ActionKind.RETRACT]
+
     def posts_to(self, chat_id: str) -> list[Action]:
         return [action for action in self.actions if action.target.chat_id == chat_id]
 
@@ -155,18 +165,28 @@ class Plan:
         return lines
 
     def __str__(self) -> str:
-        posts = [action for action in self.actions if action.kind is not ActionKind.EDIT]
-        head = f"Plan at {self.at.isoformat(timespec='seconds')}: {len(posts)} to post"
-        if len(posts) < len(self.actions):
-            head += f", {plural(len(self.actions) - len(posts), 'edit')}"
+        edits = sum(1 for action in self.actions if action.kind is ActionKind.EDIT)
+        retracts = sum(1 for action in self.actions if action.kind is ActionKind.RETRACT)
+        posts = len(self.actions) - edits - retracts
+        head = f"Plan at {self.at.isoformat(timespec='seconds')}: {posts} to post"
+        if edits:
+            head += f", {plural(edits, 'edit')}"
+        if retracts:
+            head += f", {plural(retracts, 'retraction')}"
         return "\n".join([head, *(f"  {line}" for line in self.lines())])
 
 
 def _line(action: Action) -> str:
     if action.kind is ActionKind.EDIT:
         return f"edit {action.article_id} in {action.target.label}: {action.change} changed"
+    if action.kind is ActionKind.RETRACT:
+        return retract_line(action)
     return (f"{action.kind.value} {action.article_id} to {action.target.label}"
             f"{' (new)' if action.new else ''}: {action.title}")
+
+
+def retract_line(action: Action) -> str:
+    return f"retract {action.article_id} in {action.target.label}: unpublished ({action.change})"
 
 
 @dataclass
@@ -230,6 +250,8 @@ class PlanInputs:
     # ``publisher push --reedit``: ``sent`` is every post sent since then, edited wherever
     # its rendering now differs, whether its article changed or not.
     reedit_since: datetime | None = None
+    # Sent posts whose article now says ``published: false`` (``retract.retracting_posts``).
+    retracting: Sequence[tuple[SentPost, Article]] = ()
 
 
 def read_plan(store: Store, config: Config, new_articles: Sequence[Article], replan: bool,
@@ -243,10 +265,13 @@ def read_plan(store: Store, config: Config, new_articles: Sequence[Article], rep
             if config.telegram.edits and new_articles else {})
     if reedit_since is not None:
         sent = sent_since(store.db, reedit_since.astimezone(UTC).isoformat(timespec="seconds"))
+    from publisher.retract import KEEP, retracting_posts
+
+    retracting = retracting_posts(store.db) if config.telegram.on_retract != KEEP else []
     inputs = PlanInputs(
         new_articles, replan, store.pair_states(article.id for article in new_articles),
         store.pending_pairs(), lookup, store.send_times,
-        lambda chat_id: digest_since(store.db, chat_id), sent, reedit_since,
+        lambda chat_id: digest_since(store.db, chat_id), sent, reedit_since, retracting,
     )
     return make_plan(inputs, config, destinations, now, pacing)
 
@@ -296,6 +321,7 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
             assert article is not None  # (found by ``plan_edits``)
             actions.append(Action(ActionKind.EDIT, post.article_id, target, article.title,
                                   article.published_at.isoformat(), False, change=change))
+    actions += _plan_retractions(inputs, config, destinations, now, pacing, pacers, held)
     articles = {action.article_id: by_id[action.article_id]
                 for action in actions if action.article_id in by_id}
     edits_due = frozenset((post.article_id, post.chat_id)
@@ -441,6 +467,36 @@ def plan_edits(inputs: PlanInputs, by_id: Mapping[str, Article], config: Config,
         if change:
             found.setdefault(post.chat_id, []).append((post, describe(post, article, change)))
     return found
+
+
+def _plan_retractions(inputs: PlanInputs, config: Config, destinations: Destinations,
+                      now: datetime, pacing: Pacing, pacers: dict[str, Pacer],
+                      held: list[Held]) -> list[Action]:
+    """Per chat, after its new posts and edits, in the slots its pacing leaves: the sent
+    posts whose article is unpublished, deleted or marked per ``telegram.on_retract``."""
+    from publisher.retract import planned_mode
+
+    actions: list[Action] = []
+    stopped: set[str] = set()
+    for post, article in inputs.retracting:
+        mode = planned_mode(post, config.telegram.on_retract, now)
+        if not mode or post.chat_id in stopped:
+            continue
+        target = Target(post.chat_id, destinations.label(post.chat_id))
+        chat = chat_of(post.chat_id)
+        if chat not in pacers:
+            times = inputs.send_times(chat, now.timestamp() - pacing.window,
+                                      pacing.per_chat_per_minute)
+            pacers[chat] = Pacer(times, pacing, now.timestamp())
+        if pacers[chat].take() is None:
+            left = sum(1 for other, _ in inputs.retracting if other.chat_id == post.chat_id
+                       and other.sent_at >= post.sent_at)
+            held.append(Held(target, left, PACING_HELD))
+            stopped.add(post.chat_id)
+            continue
+        actions.append(Action(ActionKind.RETRACT, post.article_id, target, article.title,
+                              article.published_at.isoformat(), False, change=mode))
+    return actions
 
 
 def max_per_run_reason(key: str, destinations: Destinations) -> str:

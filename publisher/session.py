@@ -224,7 +224,7 @@ class Session:
         )
         from publisher.errors import RenderError
         from publisher.messages import render_for
-        from publisher.plan import ActionKind
+        from publisher.plan import ActionKind, retract_line
 
         corpus = self.sync()
         destinations = remembered_destinations(self.config, self.store)
@@ -243,6 +243,9 @@ class Session:
             if action.kind is ActionKind.EDIT:
                 result.edits.append(f"edit {action.article_id} in {action.target.label}: "
                                     f"{action.change} changed")
+                continue
+            if action.kind is ActionKind.RETRACT:
+                result.edits.append(retract_line(action))
                 continue
             if action.kind is ActionKind.DIGEST:
                 result.items.append(DryRunItem(action.target.label, self._digest(plan, action)))

@@ -61,17 +61,18 @@ UNCERTAIN = "uncertain"
 SKIPPED = "skipped"
 ORPHANED = "orphaned"
 GONE = "gone"  # sent, then deleted in the chat ("message to edit not found"): never touched
-STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED, ORPHANED, GONE)
+RETRACTED = "retracted"  # sent, then unpublished and deleted or marked: never touched
+STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED, ORPHANED, GONE, RETRACTED)
 GLOBAL_PACE = "*"  # the send_log rows of the bot-wide rate
 INTERRUPTED = "interrupted while sending: it may or may not have been posted"
 NOT_ROUTED = "its destination is not configured for this article (a chat or route removed)"
 # Two rows of one article under two keys of one chat: the one that says more about what
 # happened wins, so a pair sent (or maybe sent) under either key is never sent again.
-MERGE_RANK = {GONE: 7, SENT: 6, SENDING: 5, UNCERTAIN: 4, FAILED: 3, SKIPPED: 2, ORPHANED: 1,
-              PENDING: 0}
+MERGE_RANK = {RETRACTED: 8, GONE: 7, SENT: 6, SENDING: 5, UNCERTAIN: 4, FAILED: 3, SKIPPED: 2,
+              ORPHANED: 1, PENDING: 0}
 # The states of a post that went out, or may have: kept under a key not yet matched to a
 # chat, such a row is why a chat Telegram has not confirmed must not be posted to.
-POSTED_STATES = (SENT, SENDING, UNCERTAIN, GONE)
+POSTED_STATES = (SENT, SENDING, UNCERTAIN, GONE, RETRACTED)
 # Every distinct chat key, one probe of the (chat_id, ...) index per key: the ledger holds
 # a handful of chats and may hold millions of rows.
 _CHAT_KEYS = (

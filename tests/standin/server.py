@@ -46,7 +46,7 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from email.message import EmailMessage
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -1062,6 +1062,7 @@ class BotApiStandin:
         self._closed: set[tuple[int, int]] = set()  # (forum chat id, thread)
         self._edits: list[Recorded] = []  # every accepted edit: the message as it became
         self._foreign: set[tuple[int, int]] = set()  # (chat id, message id) not the bot's
+        self._deleted: list[Recorded] = []
         self._down = False
         self._status_all: int | None = None
         self.limiter.reset()
@@ -1359,6 +1360,8 @@ class BotApiStandin:
             return _Outcome(self._create_topic(chat, params))
         if chat is not None and method.name in EDIT_METHODS:
             return _Outcome(self._edit_message(method.name, chat, params))
+        if chat is not None and method.name == "deleteMessage":
+            return _Outcome(self._delete_message(chat, params))
         if chat is None or not method.creates_message:
             return _Outcome(True)
         self._check_thread(chat, params.get("message_thread_id"))
@@ -1412,6 +1415,41 @@ class BotApiStandin:
         self._messages[index] = new
         self._edits.append(new)
         return self._message_json(new)
+
+    def _delete_message(self, chat: Json, params: Json) -> bool:
+        """deleteMessage as Telegram answers a bot: not found, not the bot's in a group,
+        or older than 48 hours (by its records' wall clock) cannot be deleted."""
+        message_id = params.get("message_id")
+        if not isinstance(message_id, int):
+            raise bad_request("message identifier is not specified")
+        found = next(((index, record) for index, record in enumerate(self._messages)
+                      if record.chat.get("id") == chat["id"]
+                      and record.message_id == message_id), None)
+        if found is None:
+            raise bad_request("message to delete not found")
+        index, record = found
+        foreign = (chat["id"], message_id) in self._foreign and chat.get("type") != "channel"
+        if foreign or time.time() - record.at >= DELETE_WINDOW_SECONDS:
+            raise bad_request("message can't be deleted")
+        del self._messages[index]
+        self._deleted.append(record)
+        return True
+
+    @property
+    def deleted(self) -> list[Recorded]:
+        """Messages deleted by deleteMessage, oldest first."""
+        with self._lock:
+            return list(self._deleted)
+
+    def set_message_date(self, chat: int | str, message_id: int, at: float) -> None:
+        """Tests: the message was sent at ``at`` (a Unix time), e.g. to make it too old to
+        delete."""
+        chat_id = self._resolve_chat(chat, sending=False)["id"]
+        with self._lock:
+            self._messages = [replace(record, at=at)
+                              if (record.chat.get("id"), record.message_id)
+                              == (chat_id, message_id) else record
+                              for record in self._messages]
 
     def _message_to_edit(self, chat: Json, message_id: Any) -> tuple[int, Recorded]:
         if not isinstance(message_id, int):
@@ -1759,6 +1797,7 @@ def _as_sent(chat: int | str) -> int | str:
     return key if isinstance(key, int) else str(chat).strip()
 
 
+DELETE_WINDOW_SECONDS = 48 * 3600  # a bot deletes only messages younger than this
 EDIT_METHODS = frozenset({"editMessageText", "editMessageCaption", "editMessageMedia",
                           "editMessageReplyMarkup"})
 NOT_MODIFIED = ("message is not modified: specified new message content and reply markup are "
