@@ -33,7 +33,7 @@ from publisher.errors import RenderError
 from publisher.forum import chat_of, split_key, thread_of, with_thread
 from publisher.logs import event
 from publisher.models import Article
-from publisher.plan import NO_LONGER_SELECTED, PACING_HELD, Action
+from publisher.plan import NO_LONGER_SELECTED, Action
 from publisher.state import FAILED, PENDING, SENT, UNCERTAIN, Delivery
 
 if TYPE_CHECKING:
@@ -51,18 +51,12 @@ async def send_digest(dispatcher: Dispatcher, run: ChatRun, action: Action,
     """Execute the plan's digest for the chat of ``run`` (see the module's docstring)."""
     d = dispatcher
     store = d._store
-    # A forum topic's slots are its chat's: the group's topics share its pacing.
-    slot = store.reserve_send(chat_of(run.key), d._clock(), d._pacing)
+    slot = await d._await_slot(run)
     if slot is None:
-        run.report.held = PACING_HELD
         return
-    delay = slot - d._clock()
-    if delay > 0:
-        await d._pause(delay)
     now = d._clock()
-    claimed = [] if d.stop_requested or d._fatal else claim_digest(
-        store.db, run.key, action.article_id, action.items, now, d._owner,
-        now + d._lease_seconds)
+    claimed = claim_digest(store.db, run.key, action.article_id, action.items, now, d._owner,
+                           now + d._lease_seconds)
     articles = _listed(d, run, action, claimed, lookup)
     if not articles:
         store.cancel_reservation(chat_of(run.key), slot)

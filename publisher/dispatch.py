@@ -485,21 +485,29 @@ class Dispatcher:
                 if await self._run_edits(run, lookup) and await self._run_retractions(run):
                     self._held_by_plan(run)
                 return
-            # A forum topic's slots are its chat's: the group's topics share its pacing.
-            slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
+            slot = await self._await_slot(run)
             if slot is None:
-                event(log, logging.INFO, "pacing_deferred", chat=self._label(run.key))
-                run.report.held = ("pacing: the next free slot is more than "
-                                   "telegram.max_wait_seconds away")
-                return
-            delay = slot - self._clock()
-            if delay > 0:
-                await self._pause(delay)
-            if self.stop_requested or self._fatal:
-                self._store.cancel_reservation(chat_of(run.key), slot)
                 return
             if not await self._claim_and_send(run, slot, lookup):
                 return
+
+    async def _await_slot(self, run: ChatRun) -> float | None:
+        """A pacing slot of the chat's, waited for; None when the chat stops for this run:
+        the next free slot is too far away (said in the report), or a stop came meanwhile
+        (the slot given back). A forum topic's slots are its chat's: the group's topics
+        share its pacing."""
+        slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
+        if slot is None:
+            event(log, logging.INFO, "pacing_deferred", chat=self._label(run.key))
+            run.report.held = PACING_HELD
+            return None
+        delay = slot - self._clock()
+        if delay > 0:
+            await self._pause(delay)
+        if self.stop_requested or self._fatal:
+            self._store.cancel_reservation(chat_of(run.key), slot)
+            return None
+        return slot
 
     async def _run_edits(self, run: ChatRun, lookup: Lookup) -> bool:
         """The plan's edits of the chat, after its new posts, each in a pacing slot of the
@@ -510,15 +518,8 @@ class Dispatcher:
         if not isinstance(self._sender, Editor) or run.key != run.planned_key:
             return True  # a test's sender without edits; a chat that moved: the next push
         for action in self.plan.edits_for(run.planned_key):
-            slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
+            slot = await self._await_slot(run)
             if slot is None:
-                run.report.held = PACING_HELD
-                return False
-            delay = slot - self._clock()
-            if delay > 0:
-                await self._pause(delay)
-            if self.stop_requested or self._fatal:
-                self._store.cancel_reservation(chat_of(run.key), slot)
                 return False
             outcome = await send_edit(self._store.db, self._sender, self._config, run.key,
                                       self._label(run.key), action.article_id, lookup,
@@ -540,15 +541,8 @@ class Dispatcher:
         if run.key != run.planned_key:
             return True  # a chat that moved: the next push
         for action in self.plan.retractions_for(run.planned_key):
-            slot = self._store.reserve_send(chat_of(run.key), self._clock(), self._pacing)
+            slot = await self._await_slot(run)
             if slot is None:
-                run.report.held = PACING_HELD
-                return False
-            delay = slot - self._clock()
-            if delay > 0:
-                await self._pause(delay)
-            if self.stop_requested or self._fatal:
-                self._store.cancel_reservation(chat_of(run.key), slot)
                 return False
             outcome = await send_retract(
                 self._store.db, self._sender, self._settings.retract_template, run.key,
