@@ -128,6 +128,29 @@ PHOTO_UPLOADS = ("fallback", "always", "never")
 
 
 @dataclass(frozen=True)
+class FollowersConfig(PostSettings):
+    """The ``[followers]`` section: the bot in private chats (``publisher.followers``). The
+    message-shape and timing keys of ``PostSettings`` shape the posts followers get, as
+    ``[telegram]``'s shape the channel's."""
+
+    enabled: bool = False
+    per_second: float = 25.0  # DMs per second overall; channel posts always go first
+    max_subscribers: int = 0  # 0 = no limit
+    welcome: str = ""  # a Jinja2 template for /start; empty = the built-in welcome
+    webhook_url: str = ""  # empty = long polling (getUpdates)
+    webhook_secret: str = field(default="", repr=False)  # X-Telegram-Bot-Api-Secret-Token
+    bot_username: str = ""  # for t.me deep links on the landing page
+    poll_timeout_seconds: int = 30  # getUpdates long-poll timeout
+    command_interval_seconds: float = 1.0  # a follower's commands at most this often
+    latest_interval_seconds: float = 10.0  # /latest at most this often per follower
+    max_input_chars: int = 256  # longer input is answered with the help line, not parsed
+
+
+WEBHOOK_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+BOT_USERNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
+
+
+@dataclass(frozen=True)
 class StateConfig:
     url: str = "sqlite:///publisher.db"  # or postgresql://user@host/db (several instances)
     lease_seconds: float = 120.0  # a claim not settled by then is taken over (shared state)
@@ -159,6 +182,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    followers: FollowersConfig = field(default_factory=FollowersConfig)
     path: Path | None = None  # the file this came from, if any
 
     @property
@@ -201,6 +225,12 @@ class Config:
             slug = topic_slug(route)
             by_slug[slug] = tuple(dict.fromkeys((*by_slug.get(slug, ()), *chats)))
         return by_slug
+
+    @functools.cached_property
+    def follower_settings(self) -> PostSettings:
+        """How posts to followers look and when they go: ``[followers]``'s shape keys."""
+        followers = self.followers
+        return PostSettings(**{name: getattr(followers, name) for name in SETTING_NAMES})
 
     def settings_for(self, destination: str) -> PostSettings:
         """The settings of one destination: ``[telegram]``'s, then its own overrides."""
@@ -250,6 +280,7 @@ SECTIONS: dict[str, type] = {
     "state": StateConfig,
     "schedule": ScheduleConfig,
     "server": ServerConfig,
+    "followers": FollowersConfig,
 }
 _PATH_KEYS = {("articles", "dir"), ("feeds", "dir"), ("telegram", "token_file")}
 # The lowest value of each bounded number: a negative wait, size or count is always a typo.
@@ -269,8 +300,14 @@ _AT_LEAST: dict[tuple[str, str], int] = {
     ("telegram", "related_buttons"): 0,
     ("telegram", "digest_max_items"): 1,
     ("schedule", "debounce_seconds"): 0,
+    ("followers", "max_subscribers"): 0,
+    ("followers", "poll_timeout_seconds"): 0,
+    ("followers", "command_interval_seconds"): 0,
+    ("followers", "latest_interval_seconds"): 0,
+    ("followers", "max_input_chars"): 16,
 }
-_ABOVE_ZERO = (("telegram", "global_per_second"), ("telegram", "timeout_seconds"))
+_ABOVE_ZERO = (("telegram", "global_per_second"), ("telegram", "timeout_seconds"),
+               ("followers", "per_second"))
 
 
 @dataclass(frozen=True)
@@ -461,11 +498,12 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any], base_dir: Pa
             resolved[key] = (base_dir / value).resolve()
     if name == "state":
         resolved["url"] = _resolve_sqlite_url(section.url, base_dir)
-    if name == "telegram":
+    if name in ("telegram", "followers"):
         for key in PATH_SETTINGS:
             if getattr(section, key) is not None:
                 resolved[key] = (base_dir / getattr(section, key)).resolve()
-        resolved["chats"] = _coerce_chats(section.chats, base_dir)
+        if name == "telegram":
+            resolved["chats"] = _coerce_chats(section.chats, base_dir)
     return dataclasses.replace(section, **resolved)
 
 
@@ -615,6 +653,46 @@ def _validate(config: Config) -> None:
     _validate_destinations(config.telegram)
     _validate_chats(config)
     _validate_shapes(config)
+    _validate_followers(config)
+
+
+def _validate_followers(config: Config) -> None:
+    followers = config.followers
+    _validate_settings(followers, "followers")
+    if not has_default_shape(config.follower_settings):
+        from publisher.templates import check_settings
+
+        check_settings(config.follower_settings, "followers", config.telegram.timezone)
+    check_timing(followers, "followers", config.telegram.timezone)
+    if followers.digest:
+        raise ConfigError("config key followers.digest: followers get one message per "
+                          "article; digests are for [telegram] destinations")
+    if followers.per_second > config.telegram.global_per_second:
+        raise ConfigError(
+            f"config key followers.per_second ({followers.per_second:g}) must not be above "
+            f"telegram.global_per_second ({config.telegram.global_per_second:g})")
+    if followers.poll_timeout_seconds > 50:
+        raise ConfigError("config key followers.poll_timeout_seconds must be at most 50 "
+                          "(Telegram holds a long poll for at most about a minute)")
+    if followers.bot_username and not BOT_USERNAME.match(followers.bot_username.lstrip("@")):
+        raise ConfigError(f"config key followers.bot_username is not a Telegram username: "
+                          f"{followers.bot_username!r}")
+    _validate_webhook(followers)
+
+
+def _validate_webhook(followers: FollowersConfig) -> None:
+    """Telegram posts updates only to HTTPS; plain http is accepted for a loopback host (a
+    local Bot API server, tests). The secret is never echoed."""
+    url = followers.webhook_url
+    if not url:
+        return
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ConfigError(f"config key followers.webhook_url must be an https URL, not {url!r}")
+    if not WEBHOOK_SECRET.match(followers.webhook_secret):
+        raise ConfigError("config key followers.webhook_secret must be set with "
+                          "followers.webhook_url: 1-256 characters of A-Z, a-z, 0-9, _ and -")
 
 
 def _validate_shapes(config: Config) -> None:
