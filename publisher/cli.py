@@ -461,6 +461,8 @@ def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
         + (f" Edited {plural(int(summary['edited']), 'post')}." if "edited" in summary else "")
         + (f" Retracted {plural(int(summary['retracted']), 'post')}."
            if "retracted" in summary else "")
+        + (f" Resolved {plural(int(summary['resolved']), 'uncertain send')} by a look."
+           if "resolved" in summary else "")
     )
     for chat, reason in outcome.report.held.items():
         ctx.echo(f"{chat}: {reason}")
