@@ -854,7 +854,7 @@ class Dispatcher:
             return await self._back_off(article.id, chat_id, reason, tries, run.report,
                                         requeue=lambda at: reconcile.requeue(
                                             self._store.db, probe, reason, at))
-        self._held_uncertain(probe, reason, run.report)
+        self._held_uncertain(probe, reason, run.report, alert=not still_due)
         if still_due:
             run.report.held = RESOLVING_HELD
             return Outcome.STOP
@@ -877,17 +877,26 @@ class Dispatcher:
         return Outcome.STOP if self.stop_requested else Outcome.RETRY
 
     def _not_resolved(self, probe: Probe, resolution: Resolution) -> bool:
-        """A look without a verdict: True while the send is looked for again later."""
+        """A look without a verdict: True while the send is looked for again later (a look
+        a stop request cut short does not count)."""
+        if resolution.verdict is Verdict.UNDECIDED and self.stop_requested:
+            return True
         if resolution.verdict is Verdict.UNDECIDED:
             return reconcile.record_undecided(self._store.db, probe, resolution.reason)
         reconcile.give_up(self._store.db, probe, resolution.reason)
         return False
 
-    def _held_uncertain(self, probe: Probe, reason: str, report: ChatReport) -> None:
-        """The send stays uncertain (as without reconciliation): counted, logged, alerted."""
+    def _held_uncertain(self, probe: Probe, reason: str, report: ChatReport, *,
+                        alert: bool) -> None:
+        """The send stays uncertain (as without reconciliation): counted and logged; the
+        operator is alerted once no look will resolve it."""
         report.uncertain += 1
         event(log, logging.WARNING, "uncertain", chat=self._label(probe.chat_id),
               article=probe.article_id, reason=reason, title=probe.title)
+        if alert:
+            self._alert_uncertain(probe, reason)
+
+    def _alert_uncertain(self, probe: Probe, reason: str) -> None:
         self.alerts.append(alerts.uncertain(probe.chat_id, self._label(probe.chat_id), 1,
                                             reason, probe.title))
 
@@ -915,6 +924,8 @@ class Dispatcher:
             elif self._not_resolved(probe, resolution):
                 run.report.held = RESOLVING_HELD
                 return False
+            else:  # given up: the operator's now
+                self._alert_uncertain(probe, resolution.reason)
         return True
 
     def _queue_resend(self, run: ChatRun, action: Action) -> None:

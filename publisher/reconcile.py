@@ -182,8 +182,9 @@ def link_urls(html_text: str) -> tuple[str, ...]:
 
 
 def expected_of(message: Message, article: Article) -> Expected:
-    """Every form the post of ``message`` may have taken (a refused photo goes as text, HTML
-    Telegram cannot parse as plain text), and its renderings for the ledger."""
+    """Every form the post of ``message`` may have taken (a photo with its caption; a refused
+    photo goes as text; HTML Telegram cannot parse goes as plain text), and its renderings
+    for the ledger."""
     from publisher.codec import digest_of
     from publisher.edits import PHOTO, TEXT, rendering_of
 
@@ -191,7 +192,6 @@ def expected_of(message: Message, article: Article) -> Expected:
     renderings = {TEXT: rendering_of(message, TEXT).to_json()}
     if message.photo_url:
         forms.append(Form(True, visible_text(message.html), link_urls(message.html)))
-        forms.append(Form(True, message.plain.strip(), ()))
         renderings[PHOTO] = rendering_of(message, PHOTO).to_json()
     forms.append(Form(False, visible_text(message.text_html), link_urls(message.text_html)))
     forms.append(Form(False, message.plain.strip(), ()))
