@@ -21,10 +21,11 @@ The verdict (``Verdict``):
 * ``FOUND``: a candidate shows exactly what was rendered: ``sent`` with that id, its date
   and its rendering (so edits and retractions work);
 * ``NOT_POSTED``: conclusive only when every candidate before the first "message to forward
-  not found" exists and is another message, and ``TAIL`` ids in a row after it are not found
-  either (ids beyond the chat's newest message), looked at no sooner than ``SETTLE_SECONDS``
-  after the send left (a request Telegram received has been carried out by then). Back to
-  ``pending``: sent again, once;
+  not found" exists and is another message, and that id and the ones after it, ``TAIL`` in
+  a row, are not found (ids beyond the chat's newest message), those missing ids looked at
+  no sooner than ``SETTLE_SECONDS`` after the send left (a request Telegram received has
+  been carried out by then; a post found needs no such wait). Back to ``pending``: sent
+  again;
 * ``UNDECIDED``: the look could not be made now (network, 429, pacing): the send stays
   ``uncertain`` and the chat posts nothing new in this run; after ``MAX_PASSES`` such looks
   it is given up;
@@ -372,6 +373,7 @@ Pause = Callable[[float], Awaitable[None]]
 class _Scan:
     """What the candidates said so far."""
 
+    settled_at: float  # from then on, a missing id is not a send still being carried out
     misses: int = 0  # "not found" in a row since the last existing message
     gap: bool = False  # a missing id before an existing one: a deleted message, maybe ours
     forwards: int = 0
@@ -380,19 +382,27 @@ class _Scan:
 async def look(sender: Any, audit_chat: str, probe: Probe, *, pace: Pace, pause: Pause,
                clock: Callable[[], float] = time.time, label: str = "") -> Resolution:
     """Forward the candidates of ``probe`` to ``audit_chat`` one by one until a verdict;
-    each forward is deleted again. ``sender``: a ``delivery.Forwarder``."""
-    wait = probe.left_at + SETTLE_SECONDS - clock()
-    if wait > 0:
-        await pause(wait)
+    each forward is deleted again. ``sender``: a ``delivery.Forwarder``. A post found needs
+    no wait; ids found missing before ``SETTLE_SECONDS`` after the send left are looked at
+    again once that time has come, before "not posted" is concluded."""
     chat_id, _thread = split_key(probe.chat_id)
-    scan = _Scan()
-    for candidate in range(probe.after + 1, probe.after + WINDOW + 1):
+    scan = _Scan(probe.left_at + SETTLE_SECONDS)
+    candidate = probe.after + 1
+    while candidate <= probe.after + WINDOW:
         if not await pace():
             return Resolution(Verdict.UNDECIDED, "stopped before the look ended",
                               forwards=scan.forwards)
         verdict = await _look_at(sender, audit_chat, chat_id, candidate, probe, scan, label)
+        if verdict is not None and verdict.verdict is Verdict.NOT_POSTED \
+                and clock() < scan.settled_at:
+            # Missing so soon after the send: looked at again once it has surely been
+            # carried out, if it was received at all.
+            await pause(scan.settled_at - clock())
+            candidate, scan.misses = candidate - TAIL + 1, 0
+            continue
         if verdict is not None:
             return verdict
+        candidate += 1
     return Resolution(Verdict.GIVEN_UP, f"no trace of it within {WINDOW} message ids after "
                       f"{probe.after}", forwards=scan.forwards)
 

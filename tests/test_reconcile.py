@@ -32,8 +32,9 @@ def token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stand-in carries a request out before it answers: no need to wait 5 s for it."""
-    monkeypatch.setattr(reconcile, "SETTLE_SECONDS", 0.05)
+    """The stand-in carries a request out before it answers: no need to wait 5 s for it
+    (``test_missing_ids_are_looked_at_again_after_the_settle_time`` waits)."""
+    monkeypatch.setattr(reconcile, "SETTLE_SECONDS", 0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +129,24 @@ def test_a_send_dropped_before_it_was_posted_is_sent_again_once(
     assert states(config) == {"Article number 1": ("sent", 1), "Article number 2": ("sent", 2)}
     push(config)  # and never again
     assert len(botapi.sent_to(CHAT)) == 2
+
+
+def test_missing_ids_are_looked_at_again_after_the_settle_time(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile, "SETTLE_SECONDS", 1.5)
+    config = make_config()
+    first_post(config, write_article)
+    write_article("2.txt", 2)
+    botapi.inject("drop", method="sendPhoto")
+    assert push(config).report.total("resolved") == 1
+    # Ids 2-4 missing at once; "not posted" only once they are still missing 1.5 s on.
+    assert calls(botapi, "forwardMessage") == [400] * (2 * reconcile.TAIL)
+    forwards = [r.at for r in botapi.requests if r.method == "forwardMessage"]
+    [dropped] = [r.at for r in botapi.requests if r.status == 0]
+    assert forwards[-1] - dropped >= 1.4 > forwards[reconcile.TAIL - 1] - dropped
+    assert titles(botapi) == ["Article number 1", "Article number 2"]
 
 
 @pytest.mark.parametrize("fault", ["drop_after_record", "slow_after_record"])
