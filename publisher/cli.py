@@ -336,8 +336,11 @@ def _check_telegram(ctx: Context, config: Config) -> None:
         ctx.echo(f"{plural(problems, 'problem')}: the bot cannot post everywhere it should.",
                  err=True)
         sys.exit(1)
+    extra = [name for name, key in (("the alert chat", "alert_chat"),
+                                    ("the audit chat", "audit_chat"))
+             if str(getattr(config.telegram, key)).strip()]
     ctx.echo(f"The bot can post to {plural(len(config.destinations), 'destination')}"
-             f"{' and the alert chat' if config.telegram.alert_chat.strip() else ''}.")
+             f"{''.join(f' and {name}' for name in extra)}.")
 
 
 @cli.command()

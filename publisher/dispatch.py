@@ -836,7 +836,10 @@ class Dispatcher:
         self._settled(article.id, chat_id, self._store.mark_uncertain(
             article.id, chat_id, reason, owner=self._owner))
         probe = reconcile.probe_for(self._store.db, article.id, chat_id)
-        if probe is None:  # another instance settled it meanwhile
+        if probe is None:  # another instance took the pair or its probe meanwhile
+            run.report.uncertain += 1
+            event(log, logging.WARNING, "uncertain", chat=self._label(chat_id),
+                  article=article.id, reason=reason, title=article.title)
             return Outcome.DONE
         resolution = await self._look(probe)
         if resolution.verdict is Verdict.FOUND:

@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from publisher.db import Database, upsert
 from publisher.errors import ChatForbidden, ChatMigrated, Rejected, SendError
@@ -201,16 +202,27 @@ def expected_of(message: Message, article: Article) -> Expected:
 
 def likeness(text: str, photo: bool, links: Sequence[str], expected: Expected) -> Likeness:
     """Is a forwarded message the post? ``LIKE`` when it shares the first line or a link
-    with one of its forms without being one: then no verdict is safe."""
+    with one of its forms without being one: then no verdict is safe (Telegram may have
+    shown a detail otherwise than our reading of its HTML predicts)."""
     shown = text.strip()
-    if any(form.photo == photo and form.text == shown and tuple(form.links) == tuple(links)
+    seen = tuple(_same_url(link) for link in links)
+    if any(form.photo == photo and form.text == shown
+           and tuple(_same_url(link) for link in form.links) == seen
            for form in expected.forms):
         return Likeness.SAME
     first = _first_line(shown)
     for form in expected.forms:
-        if (first and first == _first_line(form.text)) or set(form.links) & set(links):
+        if (first and first == _first_line(form.text)) or \
+                {_same_url(link) for link in form.links} & set(seen):
             return Likeness.LIKE
     return Likeness.OTHER
+
+
+def _same_url(url: str) -> str:
+    """A link as Telegram may give it back: scheme and host lower-cased, "/" for no path."""
+    parts = urlsplit(url.strip())
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/",
+                       parts.query, parts.fragment))
 
 
 def _first_line(text: str) -> str:
@@ -308,7 +320,8 @@ def record_found(db: Database, probe: Probe, resolution: Resolution) -> bool:
          probe.expected.renderings[kind], probe.expected.article_digest, probe.expected.title,
          utc_now_iso(), probe.article_id, probe.chat_id),
     ).rowcount
-    forget(db, probe.article_id, probe.chat_id)
+    if changed == 1:  # else the row (and any new probe of it) is another process's now
+        forget(db, probe.article_id, probe.chat_id)
     return changed == 1
 
 
@@ -320,7 +333,8 @@ def requeue(db: Database, probe: Probe, reason: str, not_before: float) -> bool:
         f"AND state = '{UNCERTAIN}'",
         (reason, not_before, utc_now_iso(), probe.article_id, probe.chat_id),
     ).rowcount
-    forget(db, probe.article_id, probe.chat_id)
+    if changed == 1:
+        forget(db, probe.article_id, probe.chat_id)
     return changed == 1
 
 

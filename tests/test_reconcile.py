@@ -427,3 +427,43 @@ def test_the_audit_chat_must_be_a_chat(make_config: ConfigMaker) -> None:
         make_config(audit_chat="-100123/4")
     with pytest.raises(ConfigError, match=r"telegram\.reconcile"):
         make_config(reconcile="maybe")
+
+
+def test_check_telegram_asks_about_the_audit_chat_too(
+    make_config: ConfigMaker, botapi: BotApiStandin
+) -> None:
+    from publisher.delivery import TelegramSender
+    from publisher.destinations import check_telegram
+
+    config = make_config()
+    sender = TelegramSender(DEFAULT_TOKEN, botapi.base_url)
+    checks = asyncio.run(check_telegram(config, sender))
+    assert [check.ok for check in checks] == [True, True, True]
+    assert checks[-1].subject == f"{AUDIT} (telegram.audit_chat)"
+    botapi.forbid_chat(int(AUDIT))
+    checks = asyncio.run(check_telegram(config, TelegramSender(DEFAULT_TOKEN, botapi.base_url)))
+    assert not checks[-1].ok
+
+
+def test_what_counts_as_the_post() -> None:
+    """The comparison by itself: the same text, links and photo; a message that shares the
+    first line or a link is no verdict either way."""
+    from publisher.edits import TEXT
+
+    expected = reconcile.Expected(
+        (reconcile.Form(True, "Title\nExcerpt", ("https://news.example.com",)),),
+        {TEXT: "[]"}, "digest", "Title")
+    same, like, other = reconcile.Likeness.SAME, reconcile.Likeness.LIKE, \
+        reconcile.Likeness.OTHER
+    assert reconcile.likeness("Title\nExcerpt ", True, ["HTTPS://News.example.com/"],
+                              expected) is same
+    assert reconcile.likeness("Title\nExcerpt", False, ["https://news.example.com"],
+                              expected) is like  # no photo
+    assert reconcile.likeness("Title\nOther", True, [], expected) is like
+    assert reconcile.likeness("Else\nExcerpt", True, ["https://news.example.com/"],
+                              expected) is like
+    assert reconcile.likeness("Else\nExcerpt", True, [], expected) is other
+    assert reconcile.visible_text(' <a href="https://e.com/?a=1&amp;b=2">T &amp; U</a>\n') \
+        == "T & U"
+    assert reconcile.link_urls('<a href="https://e.com/?a=1&amp;b=2">T</a>') \
+        == ("https://e.com/?a=1&b=2",)
