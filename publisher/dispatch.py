@@ -98,6 +98,7 @@ from publisher.state import (
     ORPHANED,
     SKIPPED,
     UNCERTAIN,
+    ChatRecord,
     Delivery,
     Pacing,
     Store,
@@ -304,7 +305,7 @@ class Dispatcher:
         # Articles whose posts the plan would edit and this push has not (yet): left
         # unplanned for the next push (``Session.deliver``).
         self.edits_left: set[tuple[str, str]] = set()  # (article, chat)
-        self._chat_types: dict[str, str] | None = None  # chat id -> getChat's type
+        self._chats: dict[str, ChatRecord] | None = None  # what getChat said, by chat id
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
@@ -773,9 +774,14 @@ class Dispatcher:
 
         if not reconciling(self._config) or not isinstance(self._sender, Forwarder):
             return False
-        if self._chat_types is None:
-            self._chat_types = {chat: record.type for chat, record in self._store.chats().items()}
-        return self._chat_types.get(chat_of(key), "") in reconcile.CHANNEL_TYPES
+        if self._chats is None:
+            self._chats = self._store.chats()
+        chat = chat_of(key)
+        record = self._chats.get(chat)
+        audit = self._settings.audit_chat.strip().lower()
+        if record is None or audit in (chat, record.public_name.lower()):
+            return False  # (forwards into the chat itself would be posts in it)
+        return record.type in reconcile.CHANNEL_TYPES
 
     def _prepare_probe(self, item: Delivery, prepared: Prepared) -> bool:
         """Before the send: the probe row a look would need (False: no look possible, the

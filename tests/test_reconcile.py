@@ -425,6 +425,8 @@ def test_postgresql_state(
 def test_the_audit_chat_must_be_a_chat(make_config: ConfigMaker) -> None:
     with pytest.raises(ConfigError, match=r"telegram\.audit_chat must be a chat"):
         make_config(audit_chat="-100123/4")
+    with pytest.raises(ConfigError, match=r"telegram\.audit_chat must be a chat of the "):
+        make_config(audit_chat="@NEWS")
     with pytest.raises(ConfigError, match=r"telegram\.reconcile"):
         make_config(reconcile="maybe")
 
