@@ -309,6 +309,23 @@ def test_a_look_that_cannot_be_made_now_holds_the_chat_then_resolves(
     assert states(config)["Article number 2"] == ("sent", 2)
 
 
+def test_a_send_found_not_posted_at_the_start_of_a_run_goes_out_in_that_run(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    config = make_config()
+    first_post(config, write_article)
+    write_article("2.txt", 2)
+    write_article("3.txt", 3)
+    botapi.inject("drop", method="sendPhoto")
+    botapi.inject("500", method="forwardMessage")
+    push(config)  # not posted, but the look could not be made: held
+    assert titles(botapi) == ["Article number 1"]
+    outcome = push(config)
+    assert outcome.report.total("resolved") == 1 and outcome.report.total("sent") == 2
+    assert titles(botapi) == ["Article number 1", "Article number 2", "Article number 3"]
+    assert {state for state, _ in states(config).values()} == {"sent"}
+
+
 def test_a_look_that_keeps_failing_is_given_up_and_never_silences_the_channel(
     make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
 ) -> None:
