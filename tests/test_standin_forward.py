@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from standin.server import DEFAULT_TOKEN, BotApiStandin
-from telegram import Bot, MessageOriginChannel
+from telegram import Bot, Message, MessageOriginChannel
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError
 from test_standin import with_bot
@@ -26,14 +26,14 @@ def api() -> Iterator[BotApiStandin]:
 def test_a_forward_copies_what_the_original_shows_and_names_its_origin(
     api: BotApiStandin
 ) -> None:
-    async def post_and_forward(bot: Bot) -> tuple[int, object, object]:
+    async def post_and_forward(bot: Bot) -> tuple[int, Message]:
         posted = await bot.send_photo(CHANNEL, PHOTO_URL, caption='<a href="https://e.com/a">'
                                       "Title</a>\nExcerpt", parse_mode=ParseMode.HTML)
         copy = await bot.forward_message(AUDIT, CHANNEL, posted.message_id,
                                          disable_notification=True)
-        return posted.message_id, posted, copy
+        return posted.message_id, copy
 
-    message_id, posted, copy = with_bot(api, post_and_forward)
+    message_id, copy = with_bot(api, post_and_forward)
     assert copy.chat.id == AUDIT and copy.message_id == 1  # the audit chat's own ids
     assert copy.caption == "Title\nExcerpt" and copy.photo
     assert [(e.type, e.url) for e in copy.caption_entities] == [("text_link", "https://e.com/a")]
