@@ -31,7 +31,9 @@ The verdict (``Verdict``):
   it is given up;
 * ``GIVEN_UP``: the look cannot tell (a missing id followed by an existing one: a deleted
   message that may have been ours; a message like ours but not the same; the window of
-  ``WINDOW`` ids exhausted; the audit chat refuses): it stays ``uncertain`` exactly as
+  ``WINDOW`` ids exhausted; the audit chat refuses; a message that cannot be forwarded, a
+  service message or a protected channel's, which could be ours for all a forward says):
+  it stays ``uncertain`` exactly as
   without reconciliation, for the operator (``publisher ack`` / ``resend``), and the chat
   goes on.
 
