@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ from standin.server import (
     TERMINATED_BY_OTHER,
     WEBHOOK_ACTIVE,
     BotApiStandin,
+    StandinProcess,
 )
 from telegram import Bot
 
@@ -505,3 +507,33 @@ def test_one_message_per_second_per_private_chat_but_no_per_minute_cap() -> None
         for _ in range(30):  # a group's 20 per minute is not a private chat's limit
             clock.now += 1
             assert result(api, "sendMessage", chat_id=USER, text="c")
+
+
+# ------------------------------------------------------------------ faults, other process
+
+
+def test_a_fault_for_any_method_spares_the_poller(api: BotApiStandin) -> None:
+    api.inject("500")
+    assert result(api, "getUpdates") == []
+    assert call(api, "sendMessage", chat_id=USER, text="x").status_code == 500
+    api.inject("500", method="getUpdates")
+    assert call(api, "getUpdates").status_code == 500
+
+
+def test_updates_in_a_stand_in_process() -> None:
+    with StandinProcess(DEFAULT_TOKEN, extra_args=["--private-chats-need-start",
+                                                   "--bot-username", "other_bot"]) as process:
+        made = process.control("user_message", {"user_id": USER, "text": "/start"})
+        assert made["result"]["message"]["chat"]["id"] == USER
+        base = f"{process.base_url}{DEFAULT_TOKEN}"
+        [update] = httpx.post(f"{base}/getUpdates", json={}).json()["result"]
+        assert update == made["result"]
+        assert httpx.post(f"{base}/getMe").json()["result"]["username"] == "other_bot"
+        process.control("block_bot", {"user_id": USER})
+        refused = httpx.post(f"{base}/sendMessage", json={"chat_id": USER, "text": "x"})
+        assert refused.json()["description"] == "Forbidden: bot was blocked by the user"
+        assert process.control("poll_count")["result"] == 1
+        assert len(process.control("updates")["result"]) == 2  # with the my_chat_member
+        with pytest.raises(urllib.error.HTTPError) as refused_query:
+            process.control("callback_query", {"user_id": USER, "message_id": 9, "data": "x"})
+        assert "no message 9" in json.loads(refused_query.value.read())["description"]

@@ -2114,6 +2114,25 @@ class BotApiStandin:
             backoff = self.webhook_retry_seconds * 2 ** min(failures - 1, 10)
             self._stopping.wait(min(backoff, WEBHOOK_MAX_BACKOFF))
 
+    def _updates_control(self, action: str, payload: Json) -> Any:
+        """/_control/<action> for a stand-in in another process: the injections (POST a
+        JSON object of their arguments; the answer's "result" is what they return) and
+        GET updates, pending_updates, callback_answers, poll_count."""
+        injections: dict[str, Callable[..., Any]] = {
+            "user_message": self.user_message, "group_message": self.group_message,
+            "callback_query": self.callback_query, "block_bot": self.block_bot,
+            "deactivate_user": self.deactivate_user,
+        }
+        if action in injections:
+            return injections[action](**payload)
+        observations: dict[str, Callable[[], Any]] = {
+            "updates": lambda: self.injected_updates,
+            "pending_updates": lambda: self.pending_updates,
+            "callback_answers": lambda: [asdict(a) for a in self.callback_answers],
+            "poll_count": lambda: self.poll_count,
+        }
+        return observations[action]()
+
     def _webhook_job(self) -> tuple[str, str | None, Json] | None:
         if self._webhook is None or not self._updates or self._stopping.is_set():
             return None
@@ -2125,6 +2144,9 @@ class BotApiStandin:
         action = path.removeprefix("/_control/").strip("/")
         try:
             payload = json.loads(body) if body else {}
+            if action in UPDATE_CONTROLS:
+                return json_reply(200, {"ok": True,
+                                        "result": self._updates_control(action, payload)})
             if http_method == "GET":
                 return json_reply(200, self._control_query(action))
             self._control_command(action, payload)
@@ -2321,6 +2343,9 @@ def gzip_bomb(decoded_bytes: int) -> GzipBomb:
 
 # --------------------------------------------------------------------------- updates
 
+UPDATE_CONTROLS = frozenset({"user_message", "group_message", "callback_query", "block_bot",
+                             "deactivate_user", "updates", "pending_updates",
+                             "callback_answers", "poll_count"})
 UPDATE_METHODS = frozenset({"getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo",
                             "answerCallbackQuery"})
 FIRST_UPDATE_ID = 725_000_001  # Telegram's ids start anywhere: never assume 0 or 1
@@ -2714,6 +2739,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-seconds", type=float, default=3.0)
     parser.add_argument("--huge-bytes", type=int, default=HUGE_BYTES)
     parser.add_argument("--bomb-bytes", type=int, default=BOMB_BYTES)
+    parser.add_argument("--bot-username", default="publisher_test_bot")
+    parser.add_argument("--webhook-http-ok", action="store_true",
+                        help="test-only: also accept http://127.0.0.1:<port> webhooks")
+    parser.add_argument("--private-chats-need-start", action="store_true")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -2730,6 +2759,9 @@ def main(argv: list[str] | None = None) -> int:
         huge_bytes=args.huge_bytes,
         bomb_bytes=args.bomb_bytes,
         record_file=args.record,
+        bot_username=args.bot_username,
+        webhook_http_ok=args.webhook_http_ok,
+        private_chats_need_start=args.private_chats_need_start,
     ) as api:
         print(api.base_url, flush=True)
         while not stop.wait(0.5):
