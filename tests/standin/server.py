@@ -8,6 +8,14 @@ faults (5xx, dropped connections, slow replies after recording, 403, 429 with an
 supergroups (``add_forum``, ``createForumTopic``) have topics: a ``message_thread_id`` must
 name one of them, else 400 "message thread not found".
 
+Updates (what a bot answering people receives): tests inject private-chat messages
+(``user_message``), group messages (``group_message``) and taps on the bot's inline buttons
+(``callback_query``); ``block_bot``/``deactivate_user`` make sends to a user 403.  The bot
+gets them by ``getUpdates`` (offsets confirm, long polling, 409 for a second poller or while a
+webhook is set) or by ``setWebhook`` (POSTed with the secret header, retried until a 2xx),
+and answers queries by ``answerCallbackQuery`` (once, within 15 s by ``clock``).
+``webhook_http_ok=True`` is a test-only relaxation: http://127.0.0.1:<port> webhooks.
+
 Library use::
 
     with BotApiStandin(token="123456:ABC-test_token") as api:
