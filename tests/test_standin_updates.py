@@ -316,16 +316,17 @@ def test_webhook_gets_each_update_with_the_secret_and_retries_on_500(
     assert abs(info["last_error_date"] - time.time()) < 5
 
 
-def test_an_unreachable_webhook_keeps_the_update(api: BotApiStandin,
-                                                 receiver: Receiver) -> None:
-    assert result(api, "setWebhook", url=refusing_url()) is True
-    api.user_message(USER, "waits")
-    wait_for_deliveries(api, 1)
-    info = result(api, "getWebhookInfo")
-    assert info["pending_update_count"] == 1
-    assert info["last_error_message"] == "Connection refused"
-    assert result(api, "setWebhook", url=receiver.url) is True
-    receiver.wait_for(1)
+def test_an_unreachable_webhook_keeps_the_update(receiver: Receiver) -> None:
+    # A 30 s backoff: only a new setWebhook ending it delivers within receiver's 5 s.
+    with BotApiStandin(DEFAULT_TOKEN, webhook_http_ok=True, webhook_retry_seconds=30) as api:
+        assert result(api, "setWebhook", url=refusing_url()) is True
+        api.user_message(USER, "waits")
+        wait_for_deliveries(api, 1)
+        info = result(api, "getWebhookInfo")
+        assert info["pending_update_count"] == 1
+        assert info["last_error_message"] == "Connection refused"
+        assert result(api, "setWebhook", url=receiver.url) is True
+        receiver.wait_for(1)
     assert receiver.posts[0][1]["message"]["text"] == "waits"
     assert "X-Telegram-Bot-Api-Secret-Token" not in receiver.posts[0][0]
 
@@ -537,3 +538,12 @@ def test_updates_in_a_stand_in_process() -> None:
         with pytest.raises(urllib.error.HTTPError) as refused_query:
             process.control("callback_query", {"user_id": USER, "message_id": 9, "data": "x"})
         assert "no message 9" in json.loads(refused_query.value.read())["description"]
+
+
+def test_update_ids_keep_increasing_across_a_reset(api: BotApiStandin) -> None:
+    before = api.user_message(USER, "one")["update_id"]
+    api.reset()
+    assert api.pending_updates == []
+    after = api.user_message(USER, "two")
+    assert after["update_id"] > before
+    assert result(api, "getUpdates", offset=before + 1) == [after]

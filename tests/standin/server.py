@@ -1791,11 +1791,12 @@ class BotApiStandin:
         self._poll_generation = 0  # the newest getUpdates; an older one still waiting: 409
         self._poll_calls = 0
         self._waiting_polls: set[int] = set()  # call numbers of getUpdates now waiting
+        # Not reset by reset(): a bot's stored offset must never skip the updates after it.
+        self._next_update_id = FIRST_UPDATE_ID
 
     def _init_updates_state(self) -> None:
         self._updates: list[Json] = []  # unconfirmed, oldest first
         self._injected: list[Json] = []  # every update ever made, as made
-        self._next_update_id = FIRST_UPDATE_ID
         self._allowed_updates = DEFAULT_ALLOWED_UPDATES
         self._users: dict[int, Json] = {}
         self._started: set[int] = set()
@@ -2105,22 +2106,28 @@ class BotApiStandin:
         failures = 0
         while not self._stopping.is_set():
             with self._lock:
-                job = self._webhook_job()
-                if job is None:
+                webhook = self._webhook
+                if webhook is None or not self._updates:
                     self._updates_changed.wait(0.5)
                     continue
-            error = _post_update(*job)
+                update = self._updates[0]
+            error = _post_update(webhook.url, webhook.secret, update)
             with self._lock:
-                update_id = job[2]["update_id"]
-                self._webhook_deliveries.append(WebhookDelivery(update_id, error, time.time()))
+                self._webhook_deliveries.append(
+                    WebhookDelivery(update["update_id"], error, time.time()))
                 if error is None:
-                    self._updates = [u for u in self._updates if u["update_id"] != update_id]
+                    self._updates = [u for u in self._updates if u is not update]
                     failures = 0
                     continue
                 self._webhook_error = (int(time.time()), error)
                 failures += 1
-            backoff = self.webhook_retry_seconds * 2 ** min(failures - 1, 10)
-            self._stopping.wait(min(backoff, WEBHOOK_MAX_BACKOFF))
+                backoff = self.webhook_retry_seconds * 2 ** min(failures - 1, 10)
+                # A new setWebhook (or deleteWebhook) ends the backoff: try the new URL now.
+                cap = max(self.webhook_retry_seconds, WEBHOOK_MAX_BACKOFF)
+                if self._updates_changed.wait_for(
+                        lambda old=webhook: self._stopping.is_set() or self._webhook is not old,
+                        timeout=min(backoff, cap)):
+                    failures = 0
 
     def _updates_control(self, action: str, payload: Json) -> Any:
         """/_control/<action> for a stand-in in another process: the injections (POST a
@@ -2141,10 +2148,6 @@ class BotApiStandin:
         }
         return observations[action]()
 
-    def _webhook_job(self) -> tuple[str, str | None, Json] | None:
-        if self._webhook is None or not self._updates or self._stopping.is_set():
-            return None
-        return self._webhook.url, self._webhook.secret, self._updates[0]
 
     # ----------------------------------------------------------------- /_control
 
