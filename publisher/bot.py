@@ -42,6 +42,7 @@ LATEST_COUNT = 5
 MAX_KEYBOARD_TOPICS = 50  # Telegram takes 100 buttons a keyboard; a list this long is enough
 MAX_BUTTON_CHARS = 40
 MAX_STRANGERS = 10_000  # rate-limit memory for chats that are no followers (yet)
+COMMANDS = frozenset({"start", "topics", "subscribe", "unsubscribe", "latest", "stop", "help"})
 CALLBACK = re.compile(r"t:([0-9a-f]{16})")
 WELCOME_VARIABLES = frozenset({"bot_username", "topics"})
 DEFAULT_WELCOME = ("Hello! I send you the new articles of the topics you choose, as they "
@@ -255,9 +256,11 @@ class FollowerBot:
                   length=len(text) if isinstance(text, str) else 0)
             return [SendText(chat_id, html.escape(ONE_LINE_HELP))]
         command, argument = self._parse(text)
-        event(log, logging.DEBUG, "follower_command", command=command or "none",
-              length=len(text))
-        return self._command(db, chat_id, command, argument, now)
+        event(log, logging.DEBUG, "follower_command",
+              command=command if command in COMMANDS else "other", length=len(text))
+        effects = self._command(db, chat_id, command, argument, now)
+        followers.touch_command(db, chat_id, now)  # a follower it made counts it, too
+        return effects
 
     def _parse(self, text: str) -> tuple[str, str]:
         """("start", "robotics") from "/start@ThisBot robotics"; ("", "") for no command
@@ -410,7 +413,7 @@ class FollowerBot:
             return [AnswerCallback(callback_id)]
         if not self.limits.allow(db, chat_id, now):
             return [AnswerCallback(callback_id, "One tap a second, please.")]
-        topic = self.topics.by_token(data)
+        topic = self.topics.by_token(match.group(0))
         if topic is None:
             return [AnswerCallback(callback_id, "That topic is no longer listed."),
                     EditKeyboard(chat_id, message_id, self.keyboard(db, chat_id))]
@@ -452,7 +455,7 @@ def _link(article: Article) -> str:
 
 def update_id_of(update: Mapping[str, Any]) -> int | None:
     value = update.get("update_id")
-    return value if _is_id(value) and value >= 0 else None  # type: ignore[return-value]
+    return value if isinstance(value, int) and _is_id(value) and value >= 0 else None
 
 
 def describe_effects(effects: Sequence[Effect]) -> str:

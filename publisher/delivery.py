@@ -787,9 +787,10 @@ class TelegramSender:
         """deleteMessage (``retract.Deleter``)."""
         await self._edited(self._bot.delete_message(chat_id=chat_id, message_id=message_id))
 
-    # -- the followers' bot: updates, callback queries, keyboards -------------------------------
+    # -- the followers' bot: updates, callback queries, keyboards ---------------------------
 
-    async def get_updates(self, offset: int, timeout: int, limit: int = 100) -> list[dict[str, Any]]:
+    async def get_updates(self, offset: int, timeout: int, limit: int = 100
+                          ) -> list[dict[str, Any]]:
         """``getUpdates`` from ``offset``, waiting up to ``timeout`` s for one: the updates as
         the Bot API's JSON objects. ``PollConflict`` on 409 (another poller, a webhook)."""
         try:
@@ -816,7 +817,7 @@ class TelegramSender:
         """A text (HTML, no preview) with callback buttons under it: a private chat's menu."""
         return await self._posted(self._bot.send_message(
             chat_id=chat_id, text=text_html, parse_mode=ParseMode.HTML,
-            reply_markup=_callback_keyboard(buttons),
+            reply_markup=_callback_keyboard(buttons) if buttons else None,
             link_preview_options=LinkPreviewOptions(is_disabled=True)))
 
     async def edit_keyboard(self, chat_id: str, message_id: int,

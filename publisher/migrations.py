@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from publisher.bot import bot_schema
 from publisher.catalog import add_checked_columns as add_catalog_checked_columns
 from publisher.catalog import (
     add_feed_files,
@@ -26,7 +27,6 @@ from publisher.catalog import (
     drop_catalog_before_file_keys,
     drop_scan_snapshot,
 )
-from publisher.bot import bot_schema
 from publisher.db import Database
 from publisher.digest_ledger import timing_schema
 from publisher.edits import add_edit_columns

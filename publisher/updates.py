@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -34,14 +36,19 @@ from urllib.parse import urlsplit
 from publisher import followers
 from publisher.bot import (
     AnswerCallback,
+    BotSettings,
     EditKeyboard,
     Effect,
     FollowerBot,
     SendText,
+    TopicIndex,
     describe_effects,
     update_id_of,
 )
+from publisher.catalog import Catalog
+from publisher.config import FollowersConfig
 from publisher.db import Database, connect, is_postgres_url
+from publisher.delivery import BotInfo
 from publisher.errors import (
     ChatForbidden,
     PollConflict,
@@ -64,6 +71,8 @@ INBOX_CHECK_SECONDS = 5.0  # the inbox is read this often even without a nudge
 HANDLED_KEPT_SECONDS = 86_400.0  # a handled webhook update's id is kept this long
 MAX_WEBHOOK_BODY = 256 * 1024  # an update is a few KB; Telegram's largest are far below
 LEADER_LOCK = "followers.poller"
+REPLY_ATTEMPTS = 3  # a reply refused with 429 is tried again after the wait asked for
+MAX_REPLY_WAIT_SECONDS = 5.0  # longer waits drop the reply: the follower can ask again
 
 
 @runtime_checkable
@@ -84,6 +93,8 @@ class BotSender(Protocol):
     async def set_webhook(self, url: str, secret: str) -> None: ...
 
     async def delete_webhook(self) -> None: ...
+
+    async def get_me(self) -> BotInfo: ...
 
 
 # -- one update -----------------------------------------------------------------------------
@@ -107,15 +118,22 @@ async def send_effects(sender: BotSender, effects: Sequence[Effect]) -> None:
     """The replies, in order; one that fails is logged (never its text) and dropped: the
     follower can ask again. Callback answers first come first: Telegram wants them fast."""
     for effect in effects:
-        try:
-            await _send(sender, effect)
-        except RateLimited as exc:
-            event(log, logging.WARNING, "follower_reply_rate_limited", reason=exc.reason)
-            await asyncio.sleep(min(exc.retry_after or 1.0, MAX_BACKOFF_SECONDS))
-        except SendError as exc:
-            level = logging.INFO if isinstance(exc, ChatForbidden) else logging.WARNING
-            event(log, level, "follower_reply_failed", kind=type(effect).__name__,
-                  reason=exc.reason)
+        for attempt in range(REPLY_ATTEMPTS):
+            try:
+                await _send(sender, effect)
+                break
+            except RateLimited as exc:  # a private chat takes about one message a second
+                wait = min(exc.retry_after or 1.0, MAX_REPLY_WAIT_SECONDS)
+                if attempt + 1 == REPLY_ATTEMPTS:
+                    event(log, logging.WARNING, "follower_reply_failed",
+                          kind=type(effect).__name__, reason=exc.reason)
+                    break
+                await asyncio.sleep(wait)
+            except SendError as exc:
+                level = logging.INFO if isinstance(exc, ChatForbidden) else logging.WARNING
+                event(log, level, "follower_reply_failed", kind=type(effect).__name__,
+                      reason=exc.reason)
+                break
 
 
 async def _send(sender: BotSender, effect: Effect) -> None:
@@ -412,3 +430,89 @@ async def _first_of(one: asyncio.Event, other: asyncio.Event, seconds: float) ->
     finally:
         for wait in waits:
             wait.cancel()
+
+
+# -- in the service -------------------------------------------------------------------------
+
+
+class FollowersSide:
+    """The bot's part of ``publisher run``: the poller or the webhook receiver as a task of
+    the service's loop, with the webhook endpoint for its listener. ``db`` is the service's
+    state connection (used in the loop's thread); the webhook's store has its own."""
+
+    def __init__(self, config: FollowersConfig, state_url: str, db: Database,
+                 sender: BotSender) -> None:
+        self._config = config
+        self._state_url = state_url
+        self._db = db
+        self._sender = sender
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._bot = FollowerBot(TopicIndex(Catalog(db)), BotSettings.from_config(config))
+        self._receiver: WebhookReceiver | None = None
+        self._store_db: Database | None = None
+        self._store_lock = threading.Lock()
+        self.endpoint: WebhookEndpoint | None = None
+        if config.webhook_url:
+            self._receiver = WebhookReceiver(db, sender, self._bot, config.webhook_url,
+                                             config.webhook_secret, self._stop)
+            loop = asyncio.get_running_loop()
+            nudge = self._receiver.nudge
+
+            def stored() -> None:  # in the listener's thread
+                loop.call_soon_threadsafe(nudge.set)
+
+            self.endpoint = WebhookEndpoint(config.webhook_url, config.webhook_secret,
+                                            self._store, stored)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self, seconds: float) -> None:
+        """Stop: the update being handled finishes (its replies may be cut short)."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), seconds)
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+        with self._store_lock:
+            if self._store_db is not None:
+                self._store_db.close()
+                self._store_db = None
+
+    async def _run(self) -> None:
+        await self._learn_username()
+        if self._receiver is not None:
+            await self._receiver.run()
+            return
+        poller = Poller(self._db, self._sender, self._bot, PollLeader(self._state_url),
+                        self._config.poll_timeout_seconds, self._stop)
+        await poller.run()
+
+    async def _learn_username(self) -> None:
+        """The bot's username (``/start@name``, the groups' answer): the config's, else
+        getMe's, asked until Telegram answers."""
+        if self._config.bot_username:
+            return
+        backoff = MIN_BACKOFF_SECONDS
+        while not self._stop.is_set():
+            try:
+                me = await self._sender.get_me()
+            except SendError as exc:
+                event(log, logging.WARNING, "followers_getme_failed", reason=exc.reason)
+                await _first_of(self._stop, self._stop, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            self._bot.settings = dataclasses.replace(self._bot.settings,
+                                                     bot_username=me.username)
+            return
+
+    def _store(self, update: dict[str, Any]) -> bool:
+        with self._store_lock:
+            if self._store_db is None:
+                self._store_db = connect(self._state_url, threaded=True)
+            with self._store_db.transaction():
+                return store_update(self._store_db, update, time.time())
