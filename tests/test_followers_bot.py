@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ArticleWriter
 from standin.server import DEFAULT_TOKEN, BotApiStandin
 
-from helpers import ArticleWriter
 from publisher import followers, updates
 from publisher.bot import BotSettings, FollowerBot, Topic, TopicIndex
 from publisher.catalog import Catalog
@@ -376,3 +376,21 @@ def test_the_inbox_handles_each_update_once(world: World) -> None:
     stored = world.db.execute("SELECT body FROM follower_updates").fetchall()
     assert stored == [(None,)]  # what the follower typed is not kept once handled
     assert json.dumps(update)  # (a JSON object as Telegram sends it)
+
+
+def test_the_welcome_template_is_escaped_and_checked(world: World, tmp_path: Path,
+                                                    config_file: Any) -> None:
+    world.bot = FollowerBot(world.bot.topics, replace(
+        world.bot.settings, welcome="<b>Hi</b> from @{{ bot_username }}: "
+        "{{ topics | join(', ') }}"))
+    with world.db.transaction():
+        effects = world.bot.handle(world.db, {"update_id": 1, "message": {
+            "message_id": 1, "chat": {"id": USER, "type": "private"}, "text": "/start"}})
+    assert effects[0].html.startswith(  # type: ignore[union-attr]
+        "<b>Hi</b> from @publisher_test_bot: Robotics, Space Exploration, Very Long")
+    from publisher.config import load_config
+    from publisher.errors import ConfigError
+
+    bad = config_file('[followers]\nwelcome = "{{ chat_id }}"\n')
+    with pytest.raises(ConfigError, match=r"followers\.welcome: line 1: undefined"):
+        load_config(bad)

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import ArticleWriter, wait_for
 from standin.fixtures import FAST_PER_CHAT_INTERVAL
 from standin.server import DEFAULT_TOKEN, BotApiStandin
 
-from helpers import ArticleWriter, wait_for
 from publisher import followers, updates
 from publisher.bot import BotSettings, FollowerBot, TopicIndex
 from publisher.catalog import Catalog
@@ -120,7 +120,7 @@ def test_publisher_run_answers_start_by_long_polling(
 def test_a_webhook_needs_the_listener(botapi: BotApiStandin, tmp_path: Path) -> None:
     config = write_config(tmp_path, botapi, webhook_url="https://bot.example.org/hook",
                           webhook_secret=SECRET)
-    with pytest.raises(ConfigError, match="needs server.listen"):
+    with pytest.raises(ConfigError, match=r"needs server\.listen"):
         load_config(config)
 
 
