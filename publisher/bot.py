@@ -31,6 +31,7 @@ from publisher import followers
 from publisher.catalog import _NEWEST, _TOPIC_NEWEST, Catalog
 from publisher.config import FollowersConfig
 from publisher.db import Database
+from publisher.errors import RenderError
 from publisher.logs import event
 from publisher.messages import CallbackButton
 from publisher.models import Article
@@ -315,8 +316,12 @@ class FollowerBot:
         template = compile_template(self.settings.welcome, "followers.welcome",
                                     variables=WELCOME_VARIABLES)
         names = [topic.name for topic in self.topics.topics()]
-        return render(template, {"bot_username": self.settings.bot_username, "topics": names},
-                      "followers.welcome")
+        try:
+            return render(template, {"bot_username": self.settings.bot_username,
+                                     "topics": names}, "followers.welcome")
+        except RenderError as exc:  # checked at load; a rendering can still fail
+            event(log, logging.WARNING, "follower_welcome_failed", reason=str(exc))
+            return html.escape(DEFAULT_WELCOME)
 
     def _subscribe(self, db: Database, chat_id: str, argument: str,
                    now: float) -> list[Effect]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -55,6 +56,7 @@ from publisher.errors import (
     PublisherError,
     RateLimited,
     SendError,
+    StateError,
     Unauthorized,
 )
 from publisher.logs import event
@@ -71,6 +73,7 @@ INBOX_CHECK_SECONDS = 5.0  # the inbox is read this often even without a nudge
 HANDLED_KEPT_SECONDS = 86_400.0  # a handled webhook update's id is kept this long
 MAX_WEBHOOK_BODY = 256 * 1024  # an update is a few KB; Telegram's largest are far below
 LEADER_LOCK = "followers.poller"
+OFFSET_LOCK = "followers.offset"
 REPLY_ATTEMPTS = 3  # a reply refused with 429 is tried again after the wait asked for
 MAX_REPLY_WAIT_SECONDS = 5.0  # longer waits drop the reply: the follower can ask again
 
@@ -102,16 +105,39 @@ class BotSender(Protocol):
 
 def handle_polled(db: Database, bot: FollowerBot, update: Mapping[str, Any],
                   now: float | None = None) -> list[Effect]:
-    """A polled update's effect and its offset, in one transaction; its replies."""
+    """A polled update's effect and its offset, in one transaction; its replies. The offset
+    lock makes a second poller (during a takeover) wait, then find the update handled."""
     update_id = update_id_of(update)
     if update_id is None:
         return []
-    with db.transaction():
+
+    def handle() -> list[Effect]:
+        db.lock_in_transaction(OFFSET_LOCK)
         if update_id < followers.read_offset(db):
             return []  # handled already (another poller got it first)
         effects = bot.handle(db, update, now)
         followers.commit_offset(db, update_id)
-    return effects
+        return effects
+
+    return _guarded(db, update_id, handle, lambda: followers.commit_offset(db, update_id))
+
+
+def _guarded(db: Database, update_id: int, handle: Callable[[], list[Effect]],
+             skip: Callable[[], object]) -> list[Effect]:
+    """``handle`` in a transaction. An update it fails on for a reason of its own (not the
+    state database's) is skipped, its effect rolled back: one odd update must not stop
+    every later one, retried for ever."""
+    try:
+        with db.transaction():
+            return handle()
+    except StateError:
+        raise
+    except Exception as exc:
+        event(log, logging.ERROR, "follower_update_failed", update_id=update_id,
+              error=type(exc).__name__)
+        with db.transaction():
+            skip()
+        return []
 
 
 async def send_effects(sender: BotSender, effects: Sequence[Effect]) -> None:
@@ -295,18 +321,27 @@ def handle_inbox(db: Database, bot: FollowerBot, now: float | None = None,
                       "ORDER BY update_id LIMIT ?", (limit,)).fetchall()
     effects: list[Effect] = []
     for (update_id,) in rows:
-        with db.transaction():
-            row = db.execute("SELECT body FROM follower_updates WHERE update_id = ? "
-                             "AND body IS NOT NULL", (update_id,)).fetchone()
-            taken = db.execute("UPDATE follower_updates SET body = NULL WHERE update_id = ? "
-                               "AND body IS NOT NULL", (update_id,)).rowcount
-            if row is None or not taken:
-                continue
-            update = json.loads(row[0])
-            effects += bot.handle(db, update, now) if isinstance(update, dict) else []
+        effects += _guarded(db, update_id, functools.partial(_handle_stored, db, bot,
+                                                             update_id, now),
+                            functools.partial(_clear_stored, db, update_id))
     db.execute("DELETE FROM follower_updates WHERE body IS NULL AND received_at < ?",
                (now - HANDLED_KEPT_SECONDS,))
     return effects
+
+
+def _handle_stored(db: Database, bot: FollowerBot, update_id: int, now: float) -> list[Effect]:
+    row = db.execute("SELECT body FROM follower_updates WHERE update_id = ? "
+                     "AND body IS NOT NULL", (update_id,)).fetchone()
+    if row is None or not _clear_stored(db, update_id):
+        return []  # another instance handled it
+    update = json.loads(row[0])
+    return bot.handle(db, update, now) if isinstance(update, dict) else []
+
+
+def _clear_stored(db: Database, update_id: int) -> bool:
+    """Mark a stored update handled (its text gone); False when it was already."""
+    return db.execute("UPDATE follower_updates SET body = NULL WHERE update_id = ? "
+                      "AND body IS NOT NULL", (update_id,)).rowcount > 0
 
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]

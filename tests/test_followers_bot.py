@@ -290,6 +290,25 @@ def test_a_crash_after_the_commit_repeats_nothing(world: World, tmp_path: Path,
     assert world.said() == ["You no longer follow Robotics."]
 
 
+def test_an_update_the_bot_fails_on_is_skipped_not_retried_for_ever(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.api.user_message(USER, "/subscribe robotics")
+    world.api.user_message(OTHER, "/subscribe robotics")
+    handle = world.bot.handle
+
+    def fail_for_user(db: Any, update: Any, now: Any = None) -> Any:
+        if update["message"]["chat"]["id"] == USER:
+            followers.subscribe(db, str(USER), "robotics", 1.0)  # half done, then a bug
+            raise ValueError("a bug")
+        return handle(db, update, now)
+
+    monkeypatch.setattr(world.bot, "handle", fail_for_user)
+    world.pump()
+    assert not followers.is_follower(world.db, str(USER))  # its effect rolled back
+    assert followers.topics_of(world.db, str(OTHER)) == ("robotics",)
+    assert world.pump() == []  # neither comes again
+
+
 # -- the poll loop ----------------------------------------------------------------------------
 
 
