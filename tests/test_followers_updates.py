@@ -17,7 +17,8 @@ import httpx
 import pytest
 from helpers import ArticleWriter, wait_for
 from standin.fixtures import FAST_PER_CHAT_INTERVAL
-from standin.server import DEFAULT_TOKEN, BotApiStandin
+from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
+from test_service import Publisher, publishers, start  # noqa: F401 - fixtures
 
 from publisher import followers, updates
 from publisher.bot import BotSettings, FollowerBot, TopicIndex
@@ -38,7 +39,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(tmp_path: Path, api: BotApiStandin, listen: str = "",
+def write_config(tmp_path: Path, api: BotApiStandin | StandinProcess, listen: str = "",
                  **followers_keys: object) -> Path:
     (tmp_path / "state").mkdir(exist_ok=True)
     keys = {"enabled": True, "poll_timeout_seconds": 1, "command_interval_seconds": 0,
@@ -165,6 +166,45 @@ def test_the_webhook_refuses_a_wrong_secret_and_handles_the_right_one(
         store.close()
     assert SECRET not in caplog.text
     assert all(SECRET not in str(vars(record)) for record in caplog.records)
+
+
+def test_kill_9_after_the_commit_before_the_reply_repeats_nothing(
+        tmp_path: Path, articles: None,
+        start: Callable[..., Publisher]) -> None:  # noqa: F811 - the fixture
+    with StandinProcess(DEFAULT_TOKEN, record_path=tmp_path / "sent.jsonl",
+                        extra_args=["--per-chat-interval", "0.03", "--slow-seconds", "10"]
+                        ) as standin:
+        write_config(tmp_path, standin)
+
+        def control(action: str, payload: dict[str, Any] | None = None) -> Any:
+            answer = standin.control(action, payload)
+            return answer["result"] if isinstance(answer, dict) and "result" in answer \
+                else answer
+
+        def replies() -> list[str]:
+            return [m["visible_text"] for m in standin.messages() if m["chat_id"] == USER]
+
+        publisher = start()
+        wait_for(lambda: control("poll_count"), "the first getUpdates")
+        # The reply is recorded, then held: the kill lands after the commit, before the
+        # next getUpdates could confirm the update to Telegram.
+        control("inject", {"fault": "slow_after_record", "method": "sendMessage"})
+        control("user_message", {"user_id": USER, "text": "/subscribe robotics"})
+        wait_for(replies, "the reply, held back")
+        publisher.kill()
+        assert len(control("pending_updates")) == 1  # Telegram would send it again
+        publisher = start()
+        wait_for(lambda: not control("pending_updates"), "the update confirmed")
+        control("user_message", {"user_id": USER, "text": "/help"})
+        wait_for(lambda: len(replies()) == 2, "the answer to /help")
+        assert publisher.stop() == 0
+        said = replies()
+    assert said[0].startswith("You follow Robotics now") and said[1].startswith("/topics")
+    store = open_store(f"sqlite:///{tmp_path}/state/publisher.db")
+    try:
+        assert followers.topics_of(store.db, str(USER)) == ("robotics",)
+    finally:
+        store.close()
 
 
 # -- several instances on PostgreSQL ----------------------------------------------------------
