@@ -57,7 +57,7 @@ from publisher.session import Session
 from publisher.state import SQLStore, instance_lock, open_store, utc_now_iso
 from publisher.stopping import STOP_DEADLINE_SECONDS
 from publisher.timing import with_standard_weekdays
-from publisher.updates import BotSender, FollowersSide
+from publisher.updates import BotSender, CurrentSender, FollowersSide
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,13 @@ class Service:
                   reason="the sender cannot receive updates")
             return None
         assert self._store is not None
+
+        def current() -> BotSender:  # a reload may replace the sender
+            assert isinstance(self._sender, BotSender)
+            return self._sender
+
         return FollowersSide(self.config.followers, self.config.state.url, self._store.db,
-                             self._sender)
+                             CurrentSender(current))
 
     async def _shutdown(self) -> None:
         if self._followers is not None:  # first: it uses the sender closed below

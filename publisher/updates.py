@@ -100,6 +100,38 @@ class BotSender(Protocol):
     async def get_me(self) -> BotInfo: ...
 
 
+class CurrentSender:
+    """The service's sender as it is at each call: a SIGHUP that changes ``[telegram]``
+    replaces (and closes) it, and the bot's long-running loops must follow."""
+
+    def __init__(self, current: Callable[[], BotSender]) -> None:
+        self._current = current
+
+    async def get_updates(self, offset: int, timeout: int, limit: int = 100
+                          ) -> list[dict[str, Any]]:
+        return await self._current().get_updates(offset, timeout, limit)
+
+    async def answer_callback_query(self, callback_query_id: str, text: str = "") -> None:
+        await self._current().answer_callback_query(callback_query_id, text)
+
+    async def send_keyboard(self, chat_id: str, text_html: str,
+                            buttons: Sequence[Sequence[CallbackButton]]) -> int:
+        return await self._current().send_keyboard(chat_id, text_html, buttons)
+
+    async def edit_keyboard(self, chat_id: str, message_id: int,
+                            buttons: Sequence[Sequence[CallbackButton]]) -> None:
+        await self._current().edit_keyboard(chat_id, message_id, buttons)
+
+    async def set_webhook(self, url: str, secret: str) -> None:
+        await self._current().set_webhook(url, secret)
+
+    async def delete_webhook(self) -> None:
+        await self._current().delete_webhook()
+
+    async def get_me(self) -> BotInfo:
+        return await self._current().get_me()
+
+
 # -- one update -----------------------------------------------------------------------------
 
 
@@ -274,8 +306,15 @@ class Poller:
         except PublisherError as exc:  # the network, Telegram, the state database
             event(log, logging.WARNING, "followers_poll_failed", reason=str(exc),
                   retry_in=self._backoff)
-            await self._pause(self._backoff)
-            self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
+            await self._back_off()
+        except Exception as exc:  # a sender closed by a reload mid-poll, a bug: never the end
+            event(log, logging.ERROR, "followers_poll_failed", error=type(exc).__name__,
+                  retry_in=self._backoff)
+            await self._back_off()
+
+    async def _back_off(self) -> None:
+        await self._pause(self._backoff)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _until_stopped(self, request: Awaitable[list[dict[str, Any]]]
                              ) -> list[dict[str, Any]] | None:
@@ -441,6 +480,8 @@ class WebhookReceiver:
                 await send_effects(self._sender, effects)
             except PublisherError as exc:
                 event(log, logging.WARNING, "webhook_inbox_failed", reason=str(exc))
+            except Exception as exc:  # a sender closed by a reload mid-reply, a bug
+                event(log, logging.ERROR, "webhook_inbox_failed", error=type(exc).__name__)
             self.nudge.clear()
             await _first_of(self.nudge, self._stop, INBOX_CHECK_SECONDS)
 
