@@ -700,6 +700,14 @@ def _validate_followers(config: Config) -> None:
         raise ConfigError(f"config key followers.bot_username is not a Telegram username: "
                           f"{followers.bot_username!r}")
     _validate_webhook(followers)
+    if followers.enabled and followers.webhook_url and not config.server.listen:
+        raise ConfigError("config key followers.webhook_url needs server.listen: the [server] "
+                          "listener receives the webhook's updates")
+    if followers.welcome:
+        from publisher.bot import WELCOME_VARIABLES
+        from publisher.templates import compile_template
+
+        compile_template(followers.welcome, "followers.welcome", variables=WELCOME_VARIABLES)
 
 
 def _validate_webhook(followers: FollowersConfig) -> None:

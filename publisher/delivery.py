@@ -51,13 +51,14 @@ from publisher.errors import ChatMigrated as ChatMigrated
 from publisher.errors import EntitiesRejected as EntitiesRejected
 from publisher.errors import NotSent as NotSent
 from publisher.errors import PhotoRejected as PhotoRejected
+from publisher.errors import PollConflict as PollConflict
 from publisher.errors import RateLimited as RateLimited
 from publisher.errors import Rejected as Rejected
 from publisher.errors import SendError as SendError
 from publisher.errors import Unauthorized as Unauthorized
 from publisher.errors import Unavailable as Unavailable
 from publisher.logs import redact_text, secret_variants
-from publisher.messages import Button
+from publisher.messages import Button, CallbackButton
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ CHAT_ERRORS = (
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # Bot API answers to what we send are a few KB
 MAX_CONNECT_SECONDS = 10.0
 CONNECTIONS = 8  # chats are sent to concurrently, one request in flight each
+# getUpdates waits up to followers.poll_timeout_seconds (at most 50) for an update: its
+# request has a deadline of its own, that long and a margin.
+POLL_DEADLINE_SECONDS = 50.0 + 15.0
+# An edit that changes nothing is refused with this: for a keyboard already as wanted.
+NOT_MODIFIED = "message is not modified"
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,12 +638,16 @@ class TelegramSender:
     def __init__(self, token: str, base_url: str, timeout: float = 20.0, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._token = token
-        # One client (this bot never calls getUpdates), with a TLS context made as httpx makes
-        # it (certifi, SSL_CERT_FILE): loading the CA bundle is most of a push's start-up CPU.
+        # One client for sends, with a TLS context made as httpx makes it (certifi,
+        # SSL_CERT_FILE): loading the CA bundle is most of a push's start-up CPU. getUpdates
+        # (the followers' long polling) has a client of its own, with a longer deadline.
         verify: Any = httpx.create_ssl_context() if transport is None else True
         self._request = BoundedRequest(timeout, verify=verify, transport=transport)
+        self._poll_request = BoundedRequest(POLL_DEADLINE_SECONDS, verify=verify,
+                                            transport=transport)
         self._bot = Bot(
-            token, base_url=base_url, request=self._request, get_updates_request=self._request,
+            token, base_url=base_url, request=self._request,
+            get_updates_request=self._poll_request,
         )
         self._started = False
 
@@ -664,6 +674,7 @@ class TelegramSender:
             await self._bot.shutdown()
             self._started = False
         await self._request.shutdown()
+        await self._poll_request.shutdown()
 
     async def get_me(self) -> BotInfo:
         await self.start()
@@ -808,6 +819,60 @@ class TelegramSender:
             disable_notification=True))
         return _forwarded(message)
 
+    # -- the followers' bot: updates, callback queries, keyboards ---------------------------
+
+    async def get_updates(self, offset: int, timeout: int, limit: int = 100
+                          ) -> list[dict[str, Any]]:
+        """``getUpdates`` from ``offset``, waiting up to ``timeout`` s for one: the updates as
+        the Bot API's JSON objects. ``PollConflict`` on 409 (another poller, a webhook)."""
+        try:
+            updates = await self._bot.get_updates(
+                offset=offset, limit=limit, timeout=timedelta(seconds=timeout),
+                allowed_updates=["message", "callback_query", "my_chat_member"])
+        except tg_error.Conflict as exc:
+            raise PollConflict(self._redact(_first_line(exc.message))) from None
+        except tg_error.TelegramError as exc:
+            error = self._translate(exc)
+            raise NotSent(error.reason) if isinstance(error, Ambiguous) else error from None
+        except Exception as exc:  # PTB choking on an odd update: nothing was taken
+            raise NotSent(self._redact(f"the answer's result is not a list of updates: "
+                                       f"{_ptb_problem(exc)}")) from exc
+        return [update.to_dict() for update in updates]
+
+    async def answer_callback_query(self, callback_query_id: str, text: str = "") -> None:
+        """Stop the spinner on a tapped button, with a short notice when ``text`` is given."""
+        await self._edited(self._bot.answer_callback_query(
+            callback_query_id=callback_query_id, text=text or None))
+
+    async def send_keyboard(self, chat_id: str, text_html: str,
+                            buttons: Sequence[Sequence[CallbackButton]]) -> int:
+        """A text (HTML, no preview) with callback buttons under it: a private chat's menu."""
+        return await self._posted(self._bot.send_message(
+            chat_id=chat_id, text=text_html, parse_mode=ParseMode.HTML,
+            reply_markup=_callback_keyboard(buttons) if buttons else None,
+            link_preview_options=LinkPreviewOptions(is_disabled=True)))
+
+    async def edit_keyboard(self, chat_id: str, message_id: int,
+                            buttons: Sequence[Sequence[CallbackButton]]) -> None:
+        """``editMessageReplyMarkup`` with callback buttons; a keyboard already so is fine."""
+        try:
+            await self._edited(self._bot.edit_message_reply_markup(
+                chat_id=chat_id, message_id=message_id,
+                reply_markup=_callback_keyboard(buttons)))
+        except Rejected as exc:
+            if NOT_MODIFIED not in exc.reason.lower():
+                raise
+
+    async def set_webhook(self, url: str, secret: str) -> None:
+        """Updates by webhook to ``url``, each with ``secret`` in its secret-token header."""
+        await self._edited(self._bot.set_webhook(
+            url=url, secret_token=secret,
+            allowed_updates=["message", "callback_query", "my_chat_member"]))
+
+    async def delete_webhook(self) -> None:
+        """No webhook: getUpdates works again (Telegram answers it 409 while one is set)."""
+        await self._edited(self._bot.delete_webhook())
+
     async def _edited(self, request: Awaitable[object], *, photo: bool = False) -> None:
         """An edit, or the translated reason it did not (surely) happen."""
         try:
@@ -911,3 +976,11 @@ def _keyboard(buttons: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | Non
         if row
     ]
     return InlineKeyboardMarkup(rows) if rows else None
+
+
+def _callback_keyboard(buttons: Sequence[Sequence[CallbackButton]]) -> InlineKeyboardMarkup:
+    """Callback buttons; an empty keyboard removes the one the message had."""
+    return InlineKeyboardMarkup([
+        [InlineKeyboardButton(text=button.text, callback_data=button.data) for button in row]
+        for row in buttons if row
+    ])

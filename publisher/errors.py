@@ -27,7 +27,8 @@ The CLI turns a ``PublisherError`` into ``Error: <message>`` and exit status 1::
                │    ├── Rejected            a 400 about this message: retrying cannot help
                │    ├── ChatForbidden       the chat cannot be posted to (403, not a member)
                │    ├── Unauthorized        the bot token was refused
-               │    └── Unavailable         getMe failed: Telegram cannot be used this run
+               │    ├── Unavailable         getMe failed: Telegram cannot be used this run
+               │    └── PollConflict        409: another getUpdates poller, or a webhook
                └── Ambiguous         "maybe posted": the request left, no usable answer came
 
 A send ends in a message id, a ``NotSent`` or an ``Ambiguous``: the two families are what
@@ -62,6 +63,7 @@ __all__ = [
     "Interrupted",
     "NotSent",
     "PhotoRejected",
+    "PollConflict",
     "PublisherError",
     "PushIncomplete",
     "RateLimited",
@@ -222,3 +224,7 @@ class Unauthorized(NotSent):
 
 class Unavailable(NotSent):
     """getMe failed: Telegram (or what answers at its URL) cannot be used for this run."""
+
+
+class PollConflict(NotSent):
+    """409 to ``getUpdates``: another process polls with this token, or a webhook is set."""

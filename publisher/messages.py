@@ -79,6 +79,15 @@ class Button:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackButton:
+    """A button that sends ``data`` back to the bot (a callback query) when tapped: the
+    followers' topic keyboard. Channel posts only ever have URL buttons."""
+
+    text: str
+    data: str  # at most 64 bytes (Telegram's limit)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One post, ready for the sender, with the fallbacks it may need.
 

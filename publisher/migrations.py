@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from publisher.bot import bot_schema
 from publisher.catalog import add_checked_columns as add_catalog_checked_columns
 from publisher.catalog import (
     add_feed_files,
@@ -65,6 +66,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               add_probes),
     Migration(13, "followers: who follows which topics in private chats",
               lambda _db, _version: None),  # new tables only: the schema creates them
+    Migration(14, "followers: groups answered once, the webhook's inbox of updates",
+              lambda _db, _version: None),  # new tables only: the schema creates them
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -72,7 +75,8 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
     return (ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
-            + changes_schema(dialect) + reconcile_schema(dialect) + followers_schema(dialect))
+            + changes_schema(dialect) + reconcile_schema(dialect) + followers_schema(dialect)
+            + bot_schema(dialect))
 
 
 def upgrade(db: Database, version: int) -> list[str]:

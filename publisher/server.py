@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from publisher.config import ServerConfig
 from publisher.errors import ConfigError
@@ -299,11 +299,22 @@ def range_applies(entry: CachedFile, request: Request) -> bool:
 Response = tuple[int, Headers, bytes]
 
 
+class Webhook(Protocol):
+    """A POST endpoint (``publisher.updates.WebhookEndpoint``: the followers' updates)."""
+
+    path: str
+
+    async def respond(self, scope: dict[str, Any], receive: Any) -> Response: ...
+
+
 class FeedsApp:
-    """The ASGI app: ``/healthz``, ``/metrics`` and the feeds folder's files."""
+    """The ASGI app: ``/healthz``, ``/metrics``, the feeds folder's files, and POSTs to the
+    followers' webhook when there is one."""
 
     def __init__(self, *, feeds_dir: Path | None, health: HealthCheck | None,
-                 metrics: Callable[[], bytes] | None, cache_seconds: int) -> None:
+                 metrics: Callable[[], bytes] | None, cache_seconds: int,
+                 webhook: Webhook | None = None) -> None:
+        self.webhook = webhook
         self.health = health
         self.metrics = metrics
         cache_control = f"public, max-age={cache_seconds}".encode()
@@ -315,6 +326,8 @@ class FeedsApp:
         method = scope["method"]
         if method in ("GET", "HEAD"):
             status, headers, body = await self._respond(scope)
+        elif method == "POST" and self.webhook is not None and scope["path"] == self.webhook.path:
+            status, headers, body = await self.webhook.respond(scope, receive)
         else:
             status, headers, body = _text(405, b"method not allowed\n",
                                           [(b"allow", b"GET, HEAD")])
@@ -435,13 +448,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def start_server(listen: str, *, feeds_dir: Path | None = None, health: HealthCheck | None = None,
                  metrics: Callable[[], bytes] | None = None,
                  cache_seconds: float | None = None,
-                 limits: ServerLimits | None = None) -> RunningServer:
+                 limits: ServerLimits | None = None,
+                 webhook: Webhook | None = None) -> RunningServer:
     """Listen on ``listen`` and serve in a thread of its own; ``ConfigError`` for a bad
     ``listen``, ``ServerError`` when it cannot listen or start."""
     limits = limits or ServerLimits()
     host, port = parse_listen(listen)
     app = FeedsApp(feeds_dir=feeds_dir, health=health, metrics=metrics,
-                   cache_seconds=int(cache_seconds or DEFAULT_CACHE_SECONDS))
+                   cache_seconds=int(cache_seconds or DEFAULT_CACHE_SECONDS), webhook=webhook)
     sock = listen_socket(host, port, limits.backlog)
     try:
         server = RunningServer(ServerThread(app, sock, limits))

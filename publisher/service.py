@@ -57,6 +57,7 @@ from publisher.session import Session
 from publisher.state import SQLStore, instance_lock, open_store, utc_now_iso
 from publisher.stopping import STOP_DEADLINE_SECONDS
 from publisher.timing import with_standard_weekdays
+from publisher.updates import BotSender, CurrentSender, FollowersSide
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Service:
         self._stopping = asyncio.Event()
         self._push_stop = asyncio.Event()  # every push's dispatcher stops on it
         self._store: SQLStore | None = None
+        self._followers: FollowersSide | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_stop: asyncio.Event | None = None  # the running watcher's own
@@ -167,8 +169,11 @@ class Service:
             self._catalog = Catalog(writer.db)
             server: RunningServer | None = None
             try:
+                self._followers = self._followers_side()
                 server = self._start_http_server()
                 self._start()
+                if self._followers is not None:
+                    self._followers.start()
                 await self._run_until_stopped()
                 return 0
             finally:
@@ -219,7 +224,26 @@ class Service:
             self._watch_stop.set()
         self._stop_sync.set()  # a long sync in a worker thread ends at its next batch
 
+    def _followers_side(self) -> FollowersSide | None:
+        """The bot's side (updates in, replies out) when followers are enabled."""
+        if not self.config.followers.enabled:
+            return None
+        if not isinstance(self._sender, BotSender):
+            event(log, logging.ERROR, "followers_unavailable",
+                  reason="the sender cannot receive updates")
+            return None
+        assert self._store is not None
+
+        def current() -> BotSender:  # a reload may replace the sender
+            assert isinstance(self._sender, BotSender)
+            return self._sender
+
+        return FollowersSide(self.config.followers, self.config.state.url, self._store.db,
+                             CurrentSender(current))
+
     async def _shutdown(self) -> None:
+        if self._followers is not None:  # first: it uses the sender closed below
+            await self._followers.close(STOP_DEADLINE_SECONDS / 2)
         # Paused, not shut down: shutting down APScheduler's asyncio executor cancels the
         # jobs it runs, the send in flight with them.
         if self._scheduler is not None and self._scheduler.running:
@@ -562,6 +586,7 @@ class Service:
             self.config.server.listen, feeds_dir=feeds_dir, health=self.healthy,
             metrics=self.metrics.render, cache_seconds=interval_seconds(self.config.schedule.build),
             limits=limits_from(self.config.server),
+            webhook=self._followers.endpoint if self._followers is not None else None,
         )
 
 
