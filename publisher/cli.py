@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,6 +25,9 @@ from publisher.config import Config, ConfigSource, find_config, load_config
 from publisher.errors import PublisherError
 from publisher.logs import configure_logging, event, redact_text
 from publisher.text import plural, sent_text
+
+if TYPE_CHECKING:
+    from publisher.fanout import DmReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -403,6 +406,14 @@ def preview(ctx: Context, file: Path) -> None:
               help="Also edit posts whose rendering differs now (after a template change).")
 @click.option("--since", default="24h", show_default=True, metavar="INTERVAL",
               help="With --reedit: the posts sent within this interval (30m, 24h, 7d).")
+def dm_line(dms: DmReport, planned: int) -> str:
+    """What the push did for followers, in one line."""
+    line = (f"DMs to followers: {dms.sent} sent, {dms.failed} failed, {dms.uncertain} "
+            f"uncertain, {dms.removed} followers removed (blocked the bot); {planned} planned, "
+            f"{dms.left} pending.")
+    return line + (f" Error: {dms.error}" if dms.error else "")
+
+
 @command
 def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
     """Post new selected articles to Telegram, each exactly once per chat.
@@ -462,6 +473,8 @@ def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
         + (f" Retracted {plural(int(summary['retracted']), 'post')}."
            if "retracted" in summary else "")
     )
+    if outcome.dms is not None:
+        ctx.echo(dm_line(outcome.dms, outcome.fanned_out))
     for chat, reason in outcome.report.held.items():
         ctx.echo(f"{chat}: {reason}")
     for error in outcome.report.errors.values():

@@ -29,6 +29,7 @@ from publisher.catalog import (
 from publisher.db import Database
 from publisher.digest_ledger import timing_schema
 from publisher.edits import add_edit_columns
+from publisher.fanout import fanout_schema
 from publisher.followers import followers_schema
 from publisher.modified import changes_schema
 from publisher.state import (
@@ -62,6 +63,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "ledger: the retracted state", add_edit_columns),
     Migration(13, "followers: who follows which topics in private chats",
               lambda _db, _version: None),  # new tables only: the schema creates them
+    Migration(15, "followers: each article's fan-out, the DM rows' index",
+              lambda _db, _version: None),  # new tables only: the schema creates them
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -69,7 +72,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
     return (ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
-            + changes_schema(dialect) + followers_schema(dialect))
+            + changes_schema(dialect) + followers_schema(dialect) + fanout_schema(dialect))
 
 
 def upgrade(db: Database, version: int) -> list[str]:

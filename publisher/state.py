@@ -65,6 +65,9 @@ RETRACTED = "retracted"  # sent, then unpublished and deleted or marked: never t
 STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED, ORPHANED, GONE, RETRACTED)
 GLOBAL_PACE = "*"  # the send_log rows of the bot-wide rate
 INTERRUPTED = "interrupted while sending: it may or may not have been posted"
+# The channel rows of the ledger: a DM to a follower (``kind`` "dm", ``publisher.fanout``)
+# is the fan-out's, left out of every channel path (plans, recovery, reconcile, status).
+CHANNEL_ROWS = "COALESCE(kind, '') <> 'dm'"
 NOT_ROUTED = "its destination is not configured for this article (a chat or route removed)"
 # Two rows of one article under two keys of one chat: the one that says more about what
 # happened wins, so a pair sent (or maybe sent) under either key is never sent again.
@@ -391,7 +394,8 @@ class SQLStore:
         """
         resend = list(resend_chats)
         marks = ",".join("?" * len(resend)) or "''"
-        stale = "state='sending'" + ("" if not self.shared else " AND lease_until < ?")
+        stale = f"state='sending' AND {CHANNEL_ROWS}" + (
+            "" if not self.shared else " AND lease_until < ?")
         stale_params: tuple[Any, ...] = (now,) if self.shared else ()
         stamp = utc_now_iso()
         recovered: Counter[tuple[str, str]] = Counter()
@@ -427,7 +431,8 @@ class SQLStore:
         changes: list[tuple[str, str, str]] = []
         held = 0
         rows = self.db.execute(
-            "SELECT article_id, chat_id, state FROM deliveries WHERE state IN (?, ?)",
+            "SELECT article_id, chat_id, state FROM deliveries WHERE state IN (?, ?) "
+            f"AND {CHANNEL_ROWS}",
             (PENDING, ORPHANED),
         ).fetchall()
         for article_id, chat_id, state in rows:
@@ -811,7 +816,7 @@ class SQLStore:
         counts: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
             "SELECT chat_id, state, count(*) FROM deliveries WHERE state IN (?, ?, ?, ?) "
-            "GROUP BY chat_id, state ORDER BY chat_id, state",
+            f"AND {CHANNEL_ROWS} GROUP BY chat_id, state ORDER BY chat_id, state",
             (PENDING, UNCERTAIN, FAILED, ORPHANED),
         )
         for chat, state, number in rows:
@@ -821,7 +826,8 @@ class SQLStore:
     def counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
-            "SELECT chat_id, state, count(*) FROM deliveries GROUP BY chat_id, state "
+            f"SELECT chat_id, state, count(*) FROM deliveries WHERE {CHANNEL_ROWS} "
+            "GROUP BY chat_id, state "
             "ORDER BY chat_id, state"
         )
         for chat, state, number in rows:
@@ -831,7 +837,7 @@ class SQLStore:
     def deliveries(self, states: Sequence[str], limit: int = 20) -> list[Delivery]:
         rows = self.db.execute(
             f"SELECT {self._columns} FROM deliveries "
-            f"WHERE state IN ({','.join('?' * len(states))}) "
+            f"WHERE state IN ({','.join('?' * len(states))}) AND {CHANNEL_ROWS} "
             "ORDER BY updated_at DESC, article_id LIMIT ?",
             (*states, limit),
         )
@@ -841,7 +847,7 @@ class SQLStore:
         """The latest pairs in ``state``, newest first (sent: by when they went out)."""
         order = "sent_at DESC, updated_at DESC" if state == SENT else "updated_at DESC"
         rows = self.db.execute(
-            f"SELECT {self._columns} FROM deliveries WHERE state=? "
+            f"SELECT {self._columns} FROM deliveries WHERE state=? AND {CHANNEL_ROWS} "
             f"ORDER BY {order}, article_id LIMIT ?",
             (state, limit),
         )
@@ -851,7 +857,8 @@ class SQLStore:
         """Per chat, its pending pairs: (due now, backing off until later)."""
         rows = self.db.execute(
             "SELECT chat_id, count(*), sum(CASE WHEN next_attempt_at > ? THEN 1 ELSE 0 END) "
-            "FROM deliveries WHERE state='pending' GROUP BY chat_id ORDER BY chat_id",
+            f"FROM deliveries WHERE state='pending' AND {CHANNEL_ROWS} "
+            "GROUP BY chat_id ORDER BY chat_id",
             (now,),
         )
         return {chat: (int(total) - int(later or 0), int(later or 0))
@@ -860,7 +867,7 @@ class SQLStore:
     def backing_off(self, now: float, limit: int) -> list[Delivery]:
         """Pending pairs not due yet (a retry after an error), the soonest first."""
         rows = self.db.execute(
-            f"SELECT {self._columns} FROM deliveries WHERE state='pending' "
+            f"SELECT {self._columns} FROM deliveries WHERE state='pending' AND {CHANNEL_ROWS} "
             "AND next_attempt_at > ? ORDER BY next_attempt_at, article_id LIMIT ?",
             (now, limit),
         )
@@ -895,7 +902,7 @@ class SQLStore:
         archive of sent posts."""
         rows = self.db.execute(
             "SELECT article_id, chat_id, published_at, next_attempt_at FROM deliveries "
-            "WHERE state='pending' ORDER BY chat_id, published_at, article_id"
+            f"WHERE state='pending' AND {CHANNEL_ROWS} ORDER BY chat_id, published_at, article_id"
         )
         return [PendingPair(article, chat, published, float(due))
                 for article, chat, published, due in rows]
