@@ -31,6 +31,7 @@ import email.parser
 import email.policy
 import functools
 import io
+import ipaddress
 import itertools
 import json
 import math
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -878,9 +880,12 @@ class RateLimiter:
         minute, second = self._minute[chat_id], self._second
         _expire(minute, now - 60)
         _expire(second, now - 1)
+        # Telegram's 20 per minute is a group's (and channel's) limit; a private chat
+        # (a positive id) has only its ~1 per second.
+        per_minute = self.per_chat_per_minute if chat_id < 0 else math.inf
         waits = [
             self._last.get(chat_id, -math.inf) + self.per_chat_interval - now,
-            _window_wait(minute, count, self.per_chat_per_minute, 60, now),
+            _window_wait(minute, count, per_minute, 60, now),
             _window_wait(second, count, self.global_per_second, 1, now),
         ]
         wait = max(waits)
@@ -902,12 +907,12 @@ def _expire(window: collections.deque[float], before: float) -> None:
 
 
 def _window_wait(
-    window: collections.deque[float], count: int, limit: int, span: float, now: float
+    window: collections.deque[float], count: int, limit: float, span: float, now: float
 ) -> float:
     excess = len(window) + count - limit
     if excess <= 0:
         return 0.0
-    return window[min(excess, len(window)) - 1] + span - now
+    return window[int(min(excess, len(window))) - 1] + span - now
 
 
 # --------------------------------------------------------------------------- records
@@ -967,7 +972,10 @@ class Fault:
         return method_ok and (self.chat is None or self.chat == chat)
 
 
-_QUESTIONS = frozenset({"getme", "getchat", "getchatmember"})
+# The update methods too: a test's fault is for what the bot sends, not for a poller that
+# happens to run alongside (name the method to fault getUpdates).
+_QUESTIONS = frozenset({"getme", "getchat", "getchatmember", "getupdates", "getwebhookinfo",
+                        "setwebhook", "deletewebhook"})
 
 
 @dataclass(frozen=True)
@@ -1021,6 +1029,9 @@ class BotApiStandin:
         bomb_bytes: int = BOMB_BYTES,
         clock: Callable[[], float] = time.monotonic,
         record_file: str | Path | None = None,
+        webhook_http_ok: bool = False,
+        webhook_retry_seconds: float = 0.1,
+        private_chats_need_start: bool = False,
     ) -> None:
         if not _TOKEN_RE.match(token):
             raise ValueError(f"token {token!r} does not look like a bot token (123456:ABC...)")
@@ -1042,6 +1053,8 @@ class BotApiStandin:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._configured_chats = [chat_key(chat) for chat in known_chats or ()]
+        self._init_updates(clock, webhook_http_ok, webhook_retry_seconds,
+                           private_chats_need_start)
         self._init_state()
 
     def _init_state(self) -> None:
@@ -1066,6 +1079,7 @@ class BotApiStandin:
         self._down = False
         self._status_all: int | None = None
         self.limiter.reset()
+        self._init_updates_state()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -1090,6 +1104,7 @@ class BotApiStandin:
 
     def close(self) -> None:
         self._stopping.set()
+        self._stop_updates()
         if self._server is not None:
             self._server.shutdown()
             self._server.close_connections()
@@ -1347,11 +1362,15 @@ class BotApiStandin:
     def _perform(self, method: MethodSpec, params: dict[str, Any]) -> _Outcome:
         if method.name == "getMe":
             return _Outcome(self._bot_user())
+        if method.name in UPDATE_METHODS:
+            return _Outcome(self._update_method(method.name, params))
         sending = method.name not in CHAT_QUESTIONS
         chat = (
             self._resolve_chat(params["chat_id"], sending=sending) if "chat_id" in params
             else None
         )
+        if chat is not None:
+            chat = self._private_chat(chat, sending=sending)
         if chat is not None and method.name == "getChat":
             return _Outcome(chat_full_info(chat))
         if chat is not None and method.name == "getChatMember":
@@ -1743,6 +1762,363 @@ class BotApiStandin:
             self._record_stream.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
         self._record_stream.flush()
 
+    # ----------------------------------------------------------------- updates (followers)
+    # What a bot that answers people receives: private-chat and group messages and callback
+    # queries that a test injects, fetched by getUpdates (long polling) or POSTed to a
+    # webhook; 403s for users who blocked the bot.  State is under self._lock;
+    # self._updates_changed (a Condition on it) wakes long polls and the webhook thread.
+
+    def _init_updates(self, clock: Callable[[], float], webhook_http_ok: bool,
+                      webhook_retry_seconds: float, private_chats_need_start: bool) -> None:
+        self.clock = clock  # the callback queries' 15 s, like the rate limits
+        # Test-only relaxation: Telegram wants https on 443/80/88/8443; this also takes
+        # http://127.0.0.1:<any port> so a test's plain HTTP receiver can be the webhook.
+        self.webhook_http_ok = webhook_http_ok
+        self.webhook_retry_seconds = webhook_retry_seconds
+        # Telegram refuses a private chat whose user never wrote to the bot; opt-in, since
+        # many tests send to positive ids nobody "started".
+        self.private_chats_need_start = private_chats_need_start
+        self._updates_changed = threading.Condition(self._lock)
+        self._webhook_thread: threading.Thread | None = None
+        self._poll_generation = 0  # the newest getUpdates; an older one still waiting: 409
+        self._poll_calls = 0
+        self._waiting_polls: set[int] = set()  # call numbers of getUpdates now waiting
+
+    def _init_updates_state(self) -> None:
+        self._updates: list[Json] = []  # unconfirmed, oldest first
+        self._injected: list[Json] = []  # every update ever made, as made
+        self._next_update_id = FIRST_UPDATE_ID
+        self._allowed_updates = DEFAULT_ALLOWED_UPDATES
+        self._users: dict[int, Json] = {}
+        self._started: set[int] = set()
+        self._private_refusals: dict[int, str] = {}  # user id -> the 403's description
+        self._queries: dict[str, CallbackAnswer] = {}
+        self._webhook: WebhookConfig | None = None
+        self._webhook_error: tuple[int, str] | None = None
+        self._webhook_deliveries: list[WebhookDelivery] = []
+        with self._lock:
+            self._updates_changed.notify_all()
+
+    def _stop_updates(self) -> None:
+        with self._lock:
+            self._updates_changed.notify_all()
+        if self._webhook_thread is not None:
+            self._webhook_thread.join(timeout=5)
+            self._webhook_thread = None
+
+    # ---- test-side injection
+
+    def user_message(self, user_id: int, text: str, *, first_name: str = "Ada",
+                     username: str | None = None, language_code: str = "en") -> Json:
+        """User ``user_id`` writes ``text`` to the bot in their private chat; returns the
+        Update (``update["message"]["message_id"]``).  A leading /command (or
+        /command@botname) carries a bot_command entity.  Writing again after block_bot
+        restarts the bot for that user."""
+        if user_id <= 0:
+            raise ValueError("a user id is positive")
+        _check_incoming_text(text)
+        with self._lock:
+            if self._private_refusals.get(user_id) == DEACTIVATED:
+                raise ValueError(f"user {user_id} is deactivated: they cannot write")
+            user = _user_json(user_id, first_name, username, language_code)
+            self._users[user_id] = user
+            if self._private_refusals.pop(user_id, None) is not None:
+                self._enqueue("my_chat_member", self._membership_change(user_id, "kicked",
+                                                                        "member"))
+            self._started.add(user_id)
+            if self._known is not None:
+                self._known.add(user_id)
+            return self._enqueue("message",
+                                 self._incoming(_private_chat_json(user), user, text))
+
+    def group_message(self, chat_id: int, user_id: int, text: str,
+                      chat_type: Literal["group", "supergroup"] = "group", *,
+                      first_name: str = "Ada", username: str | None = None) -> Json:
+        """User ``user_id`` writes ``text`` in group ``chat_id`` (a supergroup's id is
+        -100...); returns the Update."""
+        if chat_type == "supergroup" and chat_id > -1_000_000_000_000:
+            raise ValueError("a supergroup's id is -100... (at most -1000000000000)")
+        if chat_type == "group" and not -1_000_000_000_000 < chat_id < 0:
+            raise ValueError("a group's id is negative (and above -1000000000000)")
+        _check_incoming_text(text)
+        with self._lock:
+            user = self._users.get(user_id) or _user_json(user_id, first_name, username, None)
+            if self._known is not None:
+                self._known.add(chat_id)
+            chat = {"id": chat_id, "type": chat_type, "title": f"Group {chat_id}"}
+            return self._enqueue("message", self._incoming(chat, user, text))
+
+    def callback_query(self, user_id: int, message_id: int, data: str) -> Json:
+        """User ``user_id`` taps the inline button with ``data`` under the bot's message
+        ``message_id`` in their private chat; returns the Update
+        (``update["callback_query"]["id"]``).  ValueError if there is no such button:
+        Telegram could not produce that query."""
+        with self._lock:
+            record = next((r for r in self._messages if r.chat.get("id") == user_id
+                           and r.chat.get("type") == "private"
+                           and r.message_id == message_id), None)
+            if record is None:
+                raise ValueError(f"the bot has no message {message_id} in chat {user_id}")
+            if data not in _callback_data(record.reply_markup):
+                raise ValueError(f"message {message_id} has no button with data {data!r}")
+            if self._private_refusals.get(user_id) == DEACTIVATED:
+                raise ValueError(f"user {user_id} is deactivated: they cannot tap")
+            user = self._users.get(user_id) or _user_json(user_id, "Ada", None, "en")
+            query_id = str(10**18 + secrets.randbelow(8 * 10**18))
+            self._queries[query_id] = CallbackAnswer(query_id, user_id, message_id, data,
+                                                     asked_at=self.clock())
+            query = {"id": query_id, "from": user, "message": self._message_json(record),
+                     "chat_instance": str(user_id * 2654435761 % 10**19), "data": data}
+            return self._enqueue("callback_query", query)
+
+    def block_bot(self, user_id: int) -> None:
+        """The user blocks the bot: sends to their chat get 403 "bot was blocked by the
+        user"; the bot gets a my_chat_member update (member -> kicked), as from Telegram."""
+        with self._lock:
+            self._private_refusals[user_id] = BLOCKED
+            self._enqueue("my_chat_member", self._membership_change(user_id, "member",
+                                                                    "kicked"))
+
+    def deactivate_user(self, user_id: int) -> None:
+        """The user deletes their account: sends get 403 "user is deactivated"."""
+        with self._lock:
+            self._private_refusals[user_id] = DEACTIVATED
+
+    # ---- test-side observation
+
+    @property
+    def poll_count(self) -> int:
+        """How many getUpdates calls arrived."""
+        with self._lock:
+            return self._poll_calls
+
+    def wait_for_poll(self, timeout: float = 5.0, *, after: int = 0) -> int:
+        """Wait until a getUpdates long poll (the ``after``-th call or a later one) is
+        waiting for updates; returns poll_count.  TimeoutError if none comes."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not any(call > after for call in self._waiting_polls):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no getUpdates is waiting after call {after}")
+                self._updates_changed.wait(remaining)
+            return self._poll_calls
+
+    @property
+    def pending_updates(self) -> list[Json]:
+        """Updates not yet confirmed (by a getUpdates offset or a webhook's 2xx)."""
+        with self._lock:
+            return list(self._updates)
+
+    @property
+    def injected_updates(self) -> list[Json]:
+        """Every update made, confirmed or not, oldest first."""
+        with self._lock:
+            return list(self._injected)
+
+    @property
+    def callback_answers(self) -> list[CallbackAnswer]:
+        """Every callback query made, with when (stand-in clock) it was answered."""
+        with self._lock:
+            return list(self._queries.values())
+
+    @property
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Each POST to the webhook: the update id and its outcome."""
+        with self._lock:
+            return list(self._webhook_deliveries)
+
+    # ---- private chats as the send methods see them
+
+    def _private_chat(self, chat: Json, *, sending: bool) -> Json:
+        """A private chat of a user who wrote is shown as theirs; sends to a user who
+        blocked the bot, was deactivated or (private_chats_need_start) never wrote: 403."""
+        if chat.get("type") != "private":
+            return chat
+        user_id = chat["id"]
+        if sending and user_id in self._private_refusals:
+            raise ApiError(403, self._private_refusals[user_id])
+        if sending and self.private_chats_need_start and user_id not in self._started:
+            raise ApiError(403, CANT_INITIATE)
+        user = self._users.get(user_id)
+        return chat if user is None else _private_chat_json(user)
+
+    # ---- building updates
+
+    def _incoming(self, chat: Json, user: Json, text: str) -> Json:
+        message_id = self._next_message_id[chat["id"]]
+        self._next_message_id[chat["id"]] = message_id + 1
+        message: Json = {"message_id": message_id, "from": user, "chat": chat,
+                         "date": int(time.time()), "text": text}
+        entities = _command_entities(text)
+        if entities:
+            message["entities"] = entities
+        return message
+
+    def _membership_change(self, user_id: int, old: str, new: str) -> Json:
+        user = self._users.get(user_id) or _user_json(user_id, "Ada", None, "en")
+        bot = self._bot_user()
+        return {"chat": _private_chat_json(user), "from": user, "date": int(time.time()),
+                "old_chat_member": chat_member(old, bot),
+                "new_chat_member": chat_member(new, bot)}
+
+    def _enqueue(self, kind: str, payload: Json) -> Json:
+        update = {"update_id": self._next_update_id, kind: payload}
+        self._next_update_id += 1
+        self._injected.append(update)
+        allowed = self._webhook.allowed if self._webhook is not None else None
+        # Telegram does not keep an update of a type the bot did not ask for.
+        if kind in (allowed if allowed is not None else self._allowed_updates):
+            self._updates.append(update)
+            self._updates_changed.notify_all()
+        return update
+
+    # ---- the update methods
+
+    def _update_method(self, name: str, params: Json) -> Any:
+        handlers: dict[str, Callable[[Json], Any]] = {
+            "getUpdates": self._get_updates,
+            "setWebhook": self._set_webhook,
+            "deleteWebhook": self._delete_webhook,
+            "getWebhookInfo": self._webhook_info,
+            "answerCallbackQuery": self._answer_callback_query,
+        }
+        return handlers[name](params)
+
+    def _get_updates(self, params: Json) -> list[Json]:
+        """getUpdates: confirm what ``offset`` confirms, then the first ``limit`` updates,
+        waiting up to ``timeout`` s for one (the lock is released while waiting)."""
+        self._poll_calls += 1
+        call = self._poll_calls
+        if self._webhook is not None:
+            raise ApiError(409, WEBHOOK_ACTIVE)
+        self._confirm(params.get("offset", 0))
+        if "allowed_updates" in params:
+            self._allowed_updates = _allowed_updates(params["allowed_updates"])
+        limit = min(max(params.get("limit", 100), 1), 100)  # Telegram clamps to 1-100
+        deadline = time.monotonic() + max(params.get("timeout", 0), 0)
+        self._poll_generation += 1
+        generation = self._poll_generation
+        self._updates_changed.notify_all()  # an older poll still waiting must give up
+        self._waiting_polls.add(call)
+        try:
+            while True:
+                if generation != self._poll_generation:
+                    raise ApiError(409, TERMINATED_BY_OTHER)
+                if self._webhook is not None:
+                    raise ApiError(409, WEBHOOK_ACTIVE)
+                remaining = deadline - time.monotonic()
+                if self._updates or remaining <= 0 or self._stopping.is_set():
+                    return self._updates[:limit]
+                self._updates_changed.wait(remaining)
+        finally:
+            self._waiting_polls.discard(call)
+
+    def _confirm(self, offset: int) -> None:
+        """A positive offset confirms every earlier update; a negative one keeps only the
+        last -offset updates (all previous ones are forgotten)."""
+        if offset > 0:
+            self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        elif offset < 0:
+            self._updates = self._updates[offset:]
+
+    def _set_webhook(self, params: Json) -> bool:
+        url = params["url"]
+        problem = _webhook_url_problem(url, self.webhook_http_ok)
+        if problem is not None:
+            raise bad_request(f"bad webhook: {problem}")
+        secret = params.get("secret_token")
+        if secret is not None and len(secret) > SECRET_TOKEN_MAX:
+            raise bad_request("secret token is too long")
+        if secret is not None and not _SECRET_TOKEN_RE.fullmatch(secret):
+            raise bad_request("secret token contains unallowed characters")
+        allowed = params.get("allowed_updates")
+        if allowed is not None:
+            self._allowed_updates = _allowed_updates(allowed)
+        if params.get("drop_pending_updates"):
+            self._updates = []
+        connections = min(max(params.get("max_connections", 40), 1), 100)
+        self._webhook = WebhookConfig(url, secret, connections,
+                                      None if allowed is None else self._allowed_updates)
+        self._updates_changed.notify_all()
+        if self._webhook_thread is None or not self._webhook_thread.is_alive():
+            self._webhook_thread = threading.Thread(target=self._webhook_loop,
+                                                    name="botapi-webhook", daemon=True)
+            self._webhook_thread.start()
+        return True
+
+    def _delete_webhook(self, params: Json) -> bool:
+        if params.get("drop_pending_updates"):
+            self._updates = []
+        self._webhook = None
+        self._webhook_error = None
+        self._updates_changed.notify_all()
+        return True
+
+    def _webhook_info(self, params: Json) -> Json:
+        info: Json = {"url": "", "has_custom_certificate": False,
+                      "pending_update_count": len(self._updates)}
+        if self._webhook is not None:
+            info.update(url=self._webhook.url, max_connections=self._webhook.max_connections,
+                        ip_address="127.0.0.1")
+            if self._webhook.allowed is not None:
+                info["allowed_updates"] = sorted(self._webhook.allowed)
+        if self._webhook is not None and self._webhook_error is not None:
+            info.update(last_error_date=self._webhook_error[0],
+                        last_error_message=self._webhook_error[1])
+        return info
+
+    def _answer_callback_query(self, params: Json) -> bool:
+        """Once per query, within 15 s of the tap (by the stand-in's clock)."""
+        query = self._queries.get(params["callback_query_id"])
+        now = self.clock()
+        if (query is None or query.answered_at is not None
+                or now - query.asked_at > CALLBACK_ANSWER_SECONDS):
+            raise ApiError(400, QUERY_TOO_OLD)
+        text = params.get("text", "")
+        if utf16_len(text) > CALLBACK_TEXT_MAX:
+            raise bad_request("MESSAGE_TOO_LONG")
+        url = params.get("url")
+        if url is not None and not url.startswith(f"https://t.me/{self.bot_username}?start="):
+            raise bad_request("URL_INVALID")  # only a game's or the bot's own start link
+        cache_time = params.get("cache_time", 0)
+        if cache_time < 0:
+            raise bad_request("CACHE_TIME_INVALID")
+        self._queries[query.query_id] = replace(
+            query, answered_at=now, text=text, show_alert=bool(params.get("show_alert")),
+            url=url, cache_time=cache_time)
+        return True
+
+    # ---- webhook delivery (a background thread)
+
+    def _webhook_loop(self) -> None:
+        """POST the oldest pending update to the webhook until it answers 2xx; on an error,
+        keep it, record last_error_* and retry with a doubling backoff."""
+        failures = 0
+        while not self._stopping.is_set():
+            with self._lock:
+                job = self._webhook_job()
+                if job is None:
+                    self._updates_changed.wait(0.5)
+                    continue
+            error = _post_update(*job)
+            with self._lock:
+                update_id = job[2]["update_id"]
+                self._webhook_deliveries.append(WebhookDelivery(update_id, error, time.time()))
+                if error is None:
+                    self._updates = [u for u in self._updates if u["update_id"] != update_id]
+                    failures = 0
+                    continue
+                self._webhook_error = (int(time.time()), error)
+                failures += 1
+            backoff = self.webhook_retry_seconds * 2 ** min(failures - 1, 10)
+            self._stopping.wait(min(backoff, WEBHOOK_MAX_BACKOFF))
+
+    def _webhook_job(self) -> tuple[str, str | None, Json] | None:
+        if self._webhook is None or not self._updates or self._stopping.is_set():
+            return None
+        return self._webhook.url, self._webhook.secret, self._updates[0]
+
     # ----------------------------------------------------------------- /_control
 
     def _control(self, http_method: str, path: str, body: bytes) -> Reply:
@@ -1943,6 +2319,169 @@ def gzip_bomb(decoded_bytes: int) -> GzipBomb:
     return GzipBomb(header + start, block, repeat, crc, len(_BOMB_PREFIX) + repeat * _MIB)
 
 
+# --------------------------------------------------------------------------- updates
+
+UPDATE_METHODS = frozenset({"getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo",
+                            "answerCallbackQuery"})
+FIRST_UPDATE_ID = 725_000_001  # Telegram's ids start anywhere: never assume 0 or 1
+# What Telegram sends when allowed_updates is absent or empty.
+DEFAULT_ALLOWED_UPDATES = frozenset(
+    {"message", "edited_message", "channel_post", "edited_channel_post", "inline_query",
+     "chosen_inline_result", "callback_query", "shipping_query", "pre_checkout_query",
+     "poll", "poll_answer", "my_chat_member", "chat_join_request", "chat_boost",
+     "removed_chat_boost", "business_connection", "business_message",
+     "edited_business_message", "deleted_business_messages", "purchased_paid_media"}
+)
+BLOCKED = "Forbidden: bot was blocked by the user"
+DEACTIVATED = "Forbidden: user is deactivated"
+CANT_INITIATE = "Forbidden: bot can't initiate conversation with a user"
+TERMINATED_BY_OTHER = ("Conflict: terminated by other getUpdates request; make sure that only "
+                       "one bot instance is running")
+WEBHOOK_ACTIVE = ("Conflict: can't use getUpdates method while webhook is active; use "
+                  "deleteWebhook to delete the webhook first")
+QUERY_TOO_OLD = ("Bad Request: query is too old and response timeout expired or query ID is "
+                 "invalid")
+CALLBACK_ANSWER_SECONDS = 15.0
+CALLBACK_TEXT_MAX = 200
+WEBHOOK_PORTS = frozenset({443, 80, 88, 8443})
+SECRET_TOKEN_MAX = 256
+WEBHOOK_MAX_BACKOFF = 2.0  # Telegram backs off to minutes; tests want seconds
+WEBHOOK_TIMEOUT_SECONDS = 2.0
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+_SECRET_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_COMMAND_RE = re.compile(r"/[A-Za-z0-9_]{1,32}(@[A-Za-z0-9_]{3,32})?(?=\s|$)")
+
+
+@dataclass(frozen=True)
+class CallbackAnswer:
+    """A callback query made by callback_query() and how the bot answered it (times are
+    the stand-in's clock)."""
+
+    query_id: str
+    user_id: int
+    message_id: int
+    data: str
+    asked_at: float
+    answered_at: float | None = None
+    text: str = ""
+    show_alert: bool = False
+    url: str | None = None
+    cache_time: int = 0
+
+    @property
+    def latency(self) -> float | None:
+        return None if self.answered_at is None else self.answered_at - self.asked_at
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: str | None
+    max_connections: int
+    allowed: frozenset[str] | None  # as setWebhook named them; None: not named
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One POST of an update to the webhook; error None: it answered 2xx."""
+
+    update_id: int
+    error: str | None
+    at: float  # wall-clock time.time()
+
+
+def _user_json(user_id: int, first_name: str, username: str | None,
+               language_code: str | None) -> Json:
+    user: Json = {"id": user_id, "is_bot": False, "first_name": first_name}
+    if username is not None:
+        user["username"] = username
+    if language_code is not None:
+        user["language_code"] = language_code
+    return user
+
+
+def _private_chat_json(user: Json) -> Json:
+    chat: Json = {"id": user["id"], "type": "private", "first_name": user["first_name"]}
+    if "username" in user:
+        chat["username"] = user["username"]
+    return chat
+
+
+def _check_incoming_text(text: str) -> None:
+    if not text.strip() or utf16_len(text) > TEXT_LIMIT:
+        raise ValueError("a message's text is 1-4096 characters, not blank")
+
+
+def _command_entities(text: str) -> list[Json]:
+    """A leading /command (or /command@bot) is a bot_command entity, as Telegram marks it."""
+    match = _COMMAND_RE.match(text)
+    if match is None:
+        return []
+    return [{"type": "bot_command", "offset": 0, "length": utf16_len(match.group())}]
+
+
+def _callback_data(markup: Json | None) -> set[str]:
+    if not isinstance(markup, dict) or not isinstance(markup.get("inline_keyboard"), list):
+        return set()
+    return {button["callback_data"] for row in markup["inline_keyboard"] for button in row
+            if isinstance(button, dict) and isinstance(button.get("callback_data"), str)}
+
+
+def _allowed_updates(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(kind, str) for kind in value):
+        raise bad_request("can't parse allowed updates JSON object")
+    return frozenset(value) if value else DEFAULT_ALLOWED_UPDATES
+
+
+def _webhook_url_problem(url: str, http_ok: bool) -> str | None:
+    """Telegram's reason to refuse a webhook URL (http_ok: the tests' 127.0.0.1 relaxation)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return "Wrong port number specified in the URL"
+    if parts.scheme == "http" and http_ok and parts.hostname == "127.0.0.1":
+        return None
+    if parts.scheme != "https":
+        return "HTTPS url must be provided for webhook"
+    if not parts.hostname or "." not in parts.hostname.strip("."):
+        return "Failed to resolve host: Name or service not known"
+    if (port or 443) not in WEBHOOK_PORTS:
+        return "Webhook can be set up only on ports 80, 88, 443 or 8443"
+    with contextlib.suppress(ValueError):
+        if not ipaddress.ip_address(parts.hostname).is_global:
+            return f"IP address {parts.hostname} is reserved"
+    return None
+
+
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _post_update(url: str, secret: str | None, update: Json) -> str | None:
+    """POST one update as Telegram does; None if the webhook answered 2xx, else what
+    getWebhookInfo's last_error_message says."""
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[SECRET_HEADER] = secret
+    request = urllib.request.Request(url, data=json.dumps(update).encode(), headers=headers,
+                                     method="POST")
+    try:
+        with _NO_PROXY_OPENER.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
+            response.read()
+            status, reason = response.status, response.reason
+    except urllib.error.HTTPError as error:
+        status, reason = error.code, error.reason
+        error.close()
+    except TimeoutError:
+        return "Read timeout expired"
+    except (urllib.error.URLError, OSError) as error:
+        refused = isinstance(getattr(error, "reason", error), ConnectionRefusedError)
+        return "Connection refused" if refused else "Connection failed"
+    if 200 <= status < 300:
+        return None
+    return f"Wrong response from the webhook: {status} {reason}"
+
+
 # --------------------------------------------------------------------------- HTTP plumbing
 
 
@@ -1974,6 +2513,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # The head and the body go out in two writes: without this, Nagle's algorithm and
+        # the client's delayed ACK hold each keep-alive answer back ~40 ms.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
