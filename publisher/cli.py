@@ -399,13 +399,6 @@ def preview(ctx: Context, file: Path) -> None:
     click.echo(render_preview(ctx.config(), file))
 
 
-@cli.command()
-@click.option("--dry-run", is_flag=True,
-              help="Print what would be posted; send and change nothing.")
-@click.option("--reedit", is_flag=True,
-              help="Also edit posts whose rendering differs now (after a template change).")
-@click.option("--since", default="24h", show_default=True, metavar="INTERVAL",
-              help="With --reedit: the posts sent within this interval (30m, 24h, 7d).")
 def dm_line(dms: DmReport, planned: int) -> str:
     """What the push did for followers, in one line."""
     line = (f"DMs to followers: {dms.sent} sent, {dms.failed} failed, {dms.uncertain} "
@@ -414,6 +407,13 @@ def dm_line(dms: DmReport, planned: int) -> str:
     return line + (f" Error: {dms.error}" if dms.error else "")
 
 
+@cli.command()
+@click.option("--dry-run", is_flag=True,
+              help="Print what would be posted; send and change nothing.")
+@click.option("--reedit", is_flag=True,
+              help="Also edit posts whose rendering differs now (after a template change).")
+@click.option("--since", default="24h", show_default=True, metavar="INTERVAL",
+              help="With --reedit: the posts sent within this interval (30m, 24h, 7d).")
 @command
 def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
     """Post new selected articles to Telegram, each exactly once per chat.
