@@ -261,3 +261,22 @@ def test_kill_9_during_a_fan_out_then_a_new_push_doubles_nothing(
     # Each follower got it, or is uncertain (the DM in flight when killed), never both.
     assert len(got) + counts.get("uncertain", 0) == len(chats)
     assert outcome.dms is not None and counts["sent"] == len(got)
+
+
+@pytest.mark.parametrize("state_url", ["sqlite:///state/publisher.db"])
+def test_the_landing_page_links_each_topic_to_the_bot_when_its_username_is_set(
+    make_config: ConfigMaker, write_article: ArticleWriter, tmp_path: Path
+) -> None:
+    write_article("1.txt", 1, topics=["Robotics", "AI Ethics & Policy"])
+    pages = {}
+    for extra in ("", 'bot_username = "news_follow_bot"\n'):
+        config = make_config(extra)
+        with Session.opened(config) as session:
+            session.build()
+        pages[extra] = (config.feeds.dir / "index.html").read_text(encoding="utf-8")
+    assert "t.me/" not in pages[""] and "Get it in Telegram" not in pages[""]
+    linked = pages['bot_username = "news_follow_bot"\n']
+    assert ('<a class="follow" href="https://t.me/news_follow_bot?start=robotics">'
+            "Get it in Telegram</a>") in linked
+    assert "https://t.me/news_follow_bot?start=ai-ethics-policy" in linked
+    assert "start=all" not in linked  # every article is not a topic to follow
