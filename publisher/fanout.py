@@ -84,7 +84,7 @@ def fanout_schema(dialect: str) -> list[str]:
             selected_at DOUBLE PRECISION NOT NULL,
             followers BIGINT NOT NULL
         )""",
-        "CREATE INDEX IF NOT EXISTS deliveries_dm ON deliveries (kind, state, published_at)",
+        "CREATE INDEX IF NOT EXISTS deliveries_dm ON deliveries (kind, state)",
     ]
 
 
