@@ -280,3 +280,90 @@ def test_the_landing_page_links_each_topic_to_the_bot_when_its_username_is_set(
             "Get it in Telegram</a>") in linked
     assert "https://t.me/news_follow_bot?start=ai-ethics-policy" in linked
     assert "start=all" not in linked  # every article is not a topic to follow
+
+
+def test_a_tick_s_time_for_dms_runs_out_and_the_next_push_goes_on(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    config = make_config(per_second=10)
+    chats = range(801, 821)
+    subscribe(config, {chat: ["ai"] for chat in chats}, at=time.time() - 60)
+    write_article("1.txt", 1)
+
+    async def tick() -> pipeline.PushOutcome:
+        from publisher.delivery import TelegramSender
+
+        sender = TelegramSender(DEFAULT_TOKEN, config.telegram.api_base_url, 2.0)
+        try:
+            with Session.opened(config, sender=sender) as session:
+                return await session.push(dm_seconds=0.5)
+        finally:
+            await sender.close()
+
+    first = asyncio.run(tick())
+    assert first.dms is not None and 0 < first.dms.sent < 20 and first.dms.left > 0
+    assert first.dms.sent + first.dms.left == 20
+    second = asyncio.run(tick())
+    assert second.dms is not None and second.fanned_out == 0
+    while second.dms.left:
+        second = asyncio.run(tick())
+    assert dms(botapi) == {chat: 1 for chat in chats}
+
+
+@pytest.mark.parametrize("state_url", ["sqlite:///state/publisher.db"])
+def test_sigterm_stops_the_fan_out_after_the_dm_in_flight(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin,
+    tmp_path: Path
+) -> None:
+    config = make_config(per_second=10)
+    subscribe(config, {chat: ["ai"] for chat in range(901, 931)}, at=time.time() - 60)
+    write_article("1.txt", 1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "publisher", "push", "-c", str(config.path)], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while sum(dms(botapi).values()) < 5:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 128 + signal.SIGTERM
+    counts = queue(config)
+    assert counts.get("uncertain", 0) == 0 and counts.get("sending", 0) == 0
+    assert counts["sent"] == sum(dms(botapi).values()) < 30
+    assert counts["sent"] + counts["pending"] == 30
+
+
+def test_a_follower_who_stops_mid_fan_out_gets_nothing_recorded(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    config = make_config()
+    subscribe(config, {951: ["ai"], 952: ["ai"], 953: ["ai"]}, at=time.time() - 60)
+    write_article("1.txt", 1)
+    botapi.inject("slow_after_record", chat_id=952)  # its answer held for a second
+
+    def stop_952_while_its_dm_is_in_flight() -> None:
+        deadline = time.monotonic() + 20
+        while not any(r.fault == "slow_after_record" for r in botapi.requests):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        store = open_store(config.state.url)
+        try:
+            with store.db.transaction():
+                followers.forget(store.db, "952")  # what /stop does
+        finally:
+            store.close()
+
+    import threading
+
+    stopper = threading.Thread(target=stop_952_while_its_dm_is_in_flight)
+    stopper.start()
+    outcome = push(config)
+    stopper.join()
+    assert outcome.dms is not None and outcome.dms.sent == 3  # what went out went out...
+    store = open_store(config.state.url)
+    try:
+        rows = store.db.execute("SELECT chat_id FROM deliveries WHERE kind = 'dm' "
+                                "ORDER BY chat_id").fetchall()
+    finally:
+        store.close()
+    assert [row[0] for row in rows] == ["951", "953"]  # ...but nothing is kept about 952
