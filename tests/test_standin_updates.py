@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ from standin.server import (
     TERMINATED_BY_OTHER,
     WEBHOOK_ACTIVE,
     BotApiStandin,
+    StandinProcess,
 )
 from telegram import Bot
 
@@ -314,16 +316,17 @@ def test_webhook_gets_each_update_with_the_secret_and_retries_on_500(
     assert abs(info["last_error_date"] - time.time()) < 5
 
 
-def test_an_unreachable_webhook_keeps_the_update(api: BotApiStandin,
-                                                 receiver: Receiver) -> None:
-    assert result(api, "setWebhook", url=refusing_url()) is True
-    api.user_message(USER, "waits")
-    wait_for_deliveries(api, 1)
-    info = result(api, "getWebhookInfo")
-    assert info["pending_update_count"] == 1
-    assert info["last_error_message"] == "Connection refused"
-    assert result(api, "setWebhook", url=receiver.url) is True
-    receiver.wait_for(1)
+def test_an_unreachable_webhook_keeps_the_update(receiver: Receiver) -> None:
+    # A 30 s backoff: only a new setWebhook ending it delivers within receiver's 5 s.
+    with BotApiStandin(DEFAULT_TOKEN, webhook_http_ok=True, webhook_retry_seconds=30) as api:
+        assert result(api, "setWebhook", url=refusing_url()) is True
+        api.user_message(USER, "waits")
+        wait_for_deliveries(api, 1)
+        info = result(api, "getWebhookInfo")
+        assert info["pending_update_count"] == 1
+        assert info["last_error_message"] == "Connection refused"
+        assert result(api, "setWebhook", url=receiver.url) is True
+        receiver.wait_for(1)
     assert receiver.posts[0][1]["message"]["text"] == "waits"
     assert "X-Telegram-Bot-Api-Secret-Token" not in receiver.posts[0][0]
 
@@ -505,3 +508,42 @@ def test_one_message_per_second_per_private_chat_but_no_per_minute_cap() -> None
         for _ in range(30):  # a group's 20 per minute is not a private chat's limit
             clock.now += 1
             assert result(api, "sendMessage", chat_id=USER, text="c")
+
+
+# ------------------------------------------------------------------ faults, other process
+
+
+def test_a_fault_for_any_method_spares_the_poller(api: BotApiStandin) -> None:
+    api.inject("500")
+    assert result(api, "getUpdates") == []
+    assert call(api, "sendMessage", chat_id=USER, text="x").status_code == 500
+    api.inject("500", method="getUpdates")
+    assert call(api, "getUpdates").status_code == 500
+
+
+def test_updates_in_a_stand_in_process() -> None:
+    with StandinProcess(DEFAULT_TOKEN, extra_args=["--private-chats-need-start",
+                                                   "--bot-username", "other_bot"]) as process:
+        made = process.control("user_message", {"user_id": USER, "text": "/start"})
+        assert made["result"]["message"]["chat"]["id"] == USER
+        base = f"{process.base_url}{DEFAULT_TOKEN}"
+        [update] = httpx.post(f"{base}/getUpdates", json={}).json()["result"]
+        assert update == made["result"]
+        assert httpx.post(f"{base}/getMe").json()["result"]["username"] == "other_bot"
+        process.control("block_bot", {"user_id": USER})
+        refused = httpx.post(f"{base}/sendMessage", json={"chat_id": USER, "text": "x"})
+        assert refused.json()["description"] == "Forbidden: bot was blocked by the user"
+        assert process.control("poll_count")["result"] == 1
+        assert len(process.control("updates")["result"]) == 2  # with the my_chat_member
+        with pytest.raises(urllib.error.HTTPError) as refused_query:
+            process.control("callback_query", {"user_id": USER, "message_id": 9, "data": "x"})
+        assert "no message 9" in json.loads(refused_query.value.read())["description"]
+
+
+def test_update_ids_keep_increasing_across_a_reset(api: BotApiStandin) -> None:
+    before = api.user_message(USER, "one")["update_id"]
+    api.reset()
+    assert api.pending_updates == []
+    after = api.user_message(USER, "two")
+    assert after["update_id"] > before
+    assert result(api, "getUpdates", offset=before + 1) == [after]

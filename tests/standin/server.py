@@ -8,6 +8,14 @@ faults (5xx, dropped connections, slow replies after recording, 403, 429 with an
 supergroups (``add_forum``, ``createForumTopic``) have topics: a ``message_thread_id`` must
 name one of them, else 400 "message thread not found".
 
+Updates (what a bot answering people receives): tests inject private-chat messages
+(``user_message``), group messages (``group_message``) and taps on the bot's inline buttons
+(``callback_query``); ``block_bot``/``deactivate_user`` make sends to a user 403.  The bot
+gets them by ``getUpdates`` (offsets confirm, long polling, 409 for a second poller or while a
+webhook is set) or by ``setWebhook`` (POSTed with the secret header, retried until a 2xx),
+and answers queries by ``answerCallbackQuery`` (once, within 15 s by ``clock``).
+``webhook_http_ok=True`` is a test-only relaxation: http://127.0.0.1:<port> webhooks.
+
 Library use::
 
     with BotApiStandin(token="123456:ABC-test_token") as api:
@@ -1783,11 +1791,12 @@ class BotApiStandin:
         self._poll_generation = 0  # the newest getUpdates; an older one still waiting: 409
         self._poll_calls = 0
         self._waiting_polls: set[int] = set()  # call numbers of getUpdates now waiting
+        # Not reset by reset(): a bot's stored offset must never skip the updates after it.
+        self._next_update_id = FIRST_UPDATE_ID
 
     def _init_updates_state(self) -> None:
         self._updates: list[Json] = []  # unconfirmed, oldest first
         self._injected: list[Json] = []  # every update ever made, as made
-        self._next_update_id = FIRST_UPDATE_ID
         self._allowed_updates = DEFAULT_ALLOWED_UPDATES
         self._users: dict[int, Json] = {}
         self._started: set[int] = set()
@@ -2097,27 +2106,48 @@ class BotApiStandin:
         failures = 0
         while not self._stopping.is_set():
             with self._lock:
-                job = self._webhook_job()
-                if job is None:
+                webhook = self._webhook
+                if webhook is None or not self._updates:
                     self._updates_changed.wait(0.5)
                     continue
-            error = _post_update(*job)
+                update = self._updates[0]
+            error = _post_update(webhook.url, webhook.secret, update)
             with self._lock:
-                update_id = job[2]["update_id"]
-                self._webhook_deliveries.append(WebhookDelivery(update_id, error, time.time()))
+                self._webhook_deliveries.append(
+                    WebhookDelivery(update["update_id"], error, time.time()))
                 if error is None:
-                    self._updates = [u for u in self._updates if u["update_id"] != update_id]
+                    self._updates = [u for u in self._updates if u is not update]
                     failures = 0
                     continue
                 self._webhook_error = (int(time.time()), error)
                 failures += 1
-            backoff = self.webhook_retry_seconds * 2 ** min(failures - 1, 10)
-            self._stopping.wait(min(backoff, WEBHOOK_MAX_BACKOFF))
+                backoff = self.webhook_retry_seconds * 2 ** min(failures - 1, 10)
+                # A new setWebhook (or deleteWebhook) ends the backoff: try the new URL now.
+                cap = max(self.webhook_retry_seconds, WEBHOOK_MAX_BACKOFF)
+                if self._updates_changed.wait_for(
+                        lambda old=webhook: self._stopping.is_set() or self._webhook is not old,
+                        timeout=min(backoff, cap)):
+                    failures = 0
 
-    def _webhook_job(self) -> tuple[str, str | None, Json] | None:
-        if self._webhook is None or not self._updates or self._stopping.is_set():
-            return None
-        return self._webhook.url, self._webhook.secret, self._updates[0]
+    def _updates_control(self, action: str, payload: Json) -> Any:
+        """/_control/<action> for a stand-in in another process: the injections (POST a
+        JSON object of their arguments; the answer's "result" is what they return) and
+        GET updates, pending_updates, callback_answers, poll_count."""
+        injections: dict[str, Callable[..., Any]] = {
+            "user_message": self.user_message, "group_message": self.group_message,
+            "callback_query": self.callback_query, "block_bot": self.block_bot,
+            "deactivate_user": self.deactivate_user,
+        }
+        if action in injections:
+            return injections[action](**payload)
+        observations: dict[str, Callable[[], Any]] = {
+            "updates": lambda: self.injected_updates,
+            "pending_updates": lambda: self.pending_updates,
+            "callback_answers": lambda: [asdict(a) for a in self.callback_answers],
+            "poll_count": lambda: self.poll_count,
+        }
+        return observations[action]()
+
 
     # ----------------------------------------------------------------- /_control
 
@@ -2125,6 +2155,9 @@ class BotApiStandin:
         action = path.removeprefix("/_control/").strip("/")
         try:
             payload = json.loads(body) if body else {}
+            if action in UPDATE_CONTROLS:
+                return json_reply(200, {"ok": True,
+                                        "result": self._updates_control(action, payload)})
             if http_method == "GET":
                 return json_reply(200, self._control_query(action))
             self._control_command(action, payload)
@@ -2321,6 +2354,9 @@ def gzip_bomb(decoded_bytes: int) -> GzipBomb:
 
 # --------------------------------------------------------------------------- updates
 
+UPDATE_CONTROLS = frozenset({"user_message", "group_message", "callback_query", "block_bot",
+                             "deactivate_user", "updates", "pending_updates",
+                             "callback_answers", "poll_count"})
 UPDATE_METHODS = frozenset({"getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo",
                             "answerCallbackQuery"})
 FIRST_UPDATE_ID = 725_000_001  # Telegram's ids start anywhere: never assume 0 or 1
@@ -2714,6 +2750,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-seconds", type=float, default=3.0)
     parser.add_argument("--huge-bytes", type=int, default=HUGE_BYTES)
     parser.add_argument("--bomb-bytes", type=int, default=BOMB_BYTES)
+    parser.add_argument("--bot-username", default="publisher_test_bot")
+    parser.add_argument("--webhook-http-ok", action="store_true",
+                        help="test-only: also accept http://127.0.0.1:<port> webhooks")
+    parser.add_argument("--private-chats-need-start", action="store_true")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -2730,6 +2770,9 @@ def main(argv: list[str] | None = None) -> int:
         huge_bytes=args.huge_bytes,
         bomb_bytes=args.bomb_bytes,
         record_file=args.record,
+        bot_username=args.bot_username,
+        webhook_http_ok=args.webhook_http_ok,
+        private_chats_need_start=args.private_chats_need_start,
     ) as api:
         print(api.base_url, flush=True)
         while not stop.wait(0.5):
