@@ -402,8 +402,8 @@ def preview(ctx: Context, file: Path) -> None:
 def dm_line(dms: DmReport, planned: int) -> str:
     """What the push did for followers, in one line."""
     line = (f"DMs to followers: {dms.sent} sent, {dms.failed} failed, {dms.uncertain} "
-            f"uncertain, {dms.removed} followers removed (blocked the bot); {planned} planned, "
-            f"{dms.left} pending.")
+            f"uncertain, {dms.removed} followers removed (blocked the bot), {dms.rate_limited} "
+            f"rate limited; {planned} planned, {dms.left} pending.")
     return line + (f" Error: {dms.error}" if dms.error else "")
 
 

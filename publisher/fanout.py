@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -73,7 +73,6 @@ TICK_SECONDS = 50.0
 PER_CHAT_INTERVAL = 1.05  # Telegram: about one message per second in a private chat
 
 Lookup = Callable[[str], Article | None]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 def fanout_schema(dialect: str) -> list[str]:
@@ -203,14 +202,20 @@ class DmReport:
         return fields
 
 
+async def wait_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, cut short by a stop request (a 429's pause may be long)."""
+    if seconds > 0 and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
 class TokenBucket:
     """Slots ``interval`` apart over all followers, handed out in order; a pause (a 429)
     moves every slot not yet used past its end."""
 
-    def __init__(self, per_second: float, clock: Callable[[], float], sleep: Sleep) -> None:
+    def __init__(self, per_second: float, clock: Callable[[], float]) -> None:
         self._interval = 1.0 / per_second
         self._clock = clock
-        self._sleep = sleep
         self._next = 0.0
         self.paused_until = 0.0
 
@@ -224,8 +229,7 @@ class TokenBucket:
             now = self._clock()
             slot = max(now, self._next, self.paused_until)
             self._next = slot + self._interval
-            if slot > now:
-                await self._sleep(slot - now)
+            await wait_unless_stopped(stop, slot - now)
             if self.paused_until <= self._clock():
                 return not stop.is_set()
         return False
@@ -244,8 +248,7 @@ class _Queue:
 class FanOutSender:
     def __init__(self, store: Store, sender: Sender, config: Config, *,
                  owner: str, stop: asyncio.Event | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Sleep = asyncio.sleep,
-                 ) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._db = store.db
         self._sender = sender
@@ -254,9 +257,8 @@ class FanOutSender:
         self._owner = owner
         self._stop = stop if stop is not None else asyncio.Event()
         self._clock = clock
-        self._sleep = sleep
         self._lease = config.state.lease_seconds
-        self._bucket = TokenBucket(config.followers.per_second, clock, sleep)
+        self._bucket = TokenBucket(config.followers.per_second, clock)
         self._last_sent: dict[str, float] = {}
         self._messages: dict[str, Message | str] = {}  # per article: its DM, or why none
         self._queue = _Queue()
@@ -287,9 +289,11 @@ class FanOutSender:
         while not self._stopped(deadline):
             row = self._next_row()
             if row is None:
-                if self._queue.exhausted and not self._queue.in_flight:
+                paused = self._bucket.paused_until - self._clock()
+                if self._queue.exhausted and not self._queue.in_flight and paused <= 0:
                     return
-                await self._sleep(0.05)  # others' DMs in flight may come back (a 429)
+                # Others' DMs in flight may come back, a 429's retry is due after its pause.
+                await wait_unless_stopped(self._stop, max(0.05, min(paused + 0.01, 1.0)))
                 continue
             article_id, chat_id = row
             try:
@@ -328,8 +332,7 @@ class FanOutSender:
     async def _one(self, article_id: str, chat_id: str, lookup: Lookup) -> None:
         """One DM: paced, claimed, sent, recorded."""
         wait = self._last_sent.get(chat_id, 0.0) + PER_CHAT_INTERVAL - self._clock()
-        if wait > 0:
-            await self._sleep(wait)
+        await wait_unless_stopped(self._stop, wait)
         if not await self._bucket.take(self._stop):
             return
         now = self._clock()
@@ -392,6 +395,7 @@ class FanOutSender:
         except Rejected as exc:
             self._store.mark_failed(article_id, chat_id, exc.reason, owner)
             self.report.failed += 1
+            event(log, logging.ERROR, "dm_failed", article=article_id, reason=exc.reason)
         except NotSent as exc:  # provably not sent: later, with a backoff
             attempts = self._attempts(article_id, chat_id)
             delay = min(2.0 ** attempts, MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
@@ -423,6 +427,7 @@ class FanOutSender:
             return
         self._store.mark_failed(article_id, chat_id, reason, self._owner)
         self.report.failed += 1
+        event(log, logging.ERROR, "dm_failed", article=article_id, reason=reason)
 
     def _mark_sent(self, article_id: str, chat_id: str, message_id: int) -> None:
         """Sent: recorded, unless the follower was forgotten meanwhile (their rows gone)."""

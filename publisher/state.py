@@ -51,6 +51,7 @@ from publisher.models import Article
 # is the newest, read from there). 2: the article catalog (parse cache); PostgreSQL starts
 # at 4.
 CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
+KIND_VERSION = 10  # deliveries.kind (a DM row's is "dm": ``CHANNEL_ROWS``)
 CHAT_IDS_VERSION = 6  # chats, chat_names; 'orphaned' allowed in deliveries.state
 
 PENDING = "pending"
@@ -290,12 +291,15 @@ class SQLStore:
         self.description = db.description
         self.empty = False  # read-only: nothing was ever written here (no schema yet)
         self._columns = DELIVERY_COLUMNS
+        self._channel_rows = CHANNEL_ROWS
         self.version = _schema_version_known()
         if readonly:
             self.version = version = self._schema_version()
             self.empty = version == 0
             if version < CLAIMS_VERSION:  # read as it is, without migrating it
                 self._columns = DELIVERY_COLUMNS.replace("claimed_by", "NULL AS claimed_by")
+            if version < KIND_VERSION:  # no ``kind`` column yet, so no DM rows either
+                self._channel_rows = "1 = 1"
         else:
             try:
                 self._migrate()
@@ -394,7 +398,7 @@ class SQLStore:
         """
         resend = list(resend_chats)
         marks = ",".join("?" * len(resend)) or "''"
-        stale = f"state='sending' AND {CHANNEL_ROWS}" + (
+        stale = f"state='sending' AND {self._channel_rows}" + (
             "" if not self.shared else " AND lease_until < ?")
         stale_params: tuple[Any, ...] = (now,) if self.shared else ()
         stamp = utc_now_iso()
@@ -432,7 +436,7 @@ class SQLStore:
         held = 0
         rows = self.db.execute(
             "SELECT article_id, chat_id, state FROM deliveries WHERE state IN (?, ?) "
-            f"AND {CHANNEL_ROWS}",
+            f"AND {self._channel_rows}",
             (PENDING, ORPHANED),
         ).fetchall()
         for article_id, chat_id, state in rows:
@@ -816,7 +820,7 @@ class SQLStore:
         counts: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
             "SELECT chat_id, state, count(*) FROM deliveries WHERE state IN (?, ?, ?, ?) "
-            f"AND {CHANNEL_ROWS} GROUP BY chat_id, state ORDER BY chat_id, state",
+            f"AND {self._channel_rows} GROUP BY chat_id, state ORDER BY chat_id, state",
             (PENDING, UNCERTAIN, FAILED, ORPHANED),
         )
         for chat, state, number in rows:
@@ -826,7 +830,7 @@ class SQLStore:
     def counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
-            f"SELECT chat_id, state, count(*) FROM deliveries WHERE {CHANNEL_ROWS} "
+            f"SELECT chat_id, state, count(*) FROM deliveries WHERE {self._channel_rows} "
             "GROUP BY chat_id, state "
             "ORDER BY chat_id, state"
         )
@@ -837,7 +841,7 @@ class SQLStore:
     def deliveries(self, states: Sequence[str], limit: int = 20) -> list[Delivery]:
         rows = self.db.execute(
             f"SELECT {self._columns} FROM deliveries "
-            f"WHERE state IN ({','.join('?' * len(states))}) AND {CHANNEL_ROWS} "
+            f"WHERE state IN ({','.join('?' * len(states))}) AND {self._channel_rows} "
             "ORDER BY updated_at DESC, article_id LIMIT ?",
             (*states, limit),
         )
@@ -847,7 +851,7 @@ class SQLStore:
         """The latest pairs in ``state``, newest first (sent: by when they went out)."""
         order = "sent_at DESC, updated_at DESC" if state == SENT else "updated_at DESC"
         rows = self.db.execute(
-            f"SELECT {self._columns} FROM deliveries WHERE state=? AND {CHANNEL_ROWS} "
+            f"SELECT {self._columns} FROM deliveries WHERE state=? AND {self._channel_rows} "
             f"ORDER BY {order}, article_id LIMIT ?",
             (state, limit),
         )
@@ -857,7 +861,7 @@ class SQLStore:
         """Per chat, its pending pairs: (due now, backing off until later)."""
         rows = self.db.execute(
             "SELECT chat_id, count(*), sum(CASE WHEN next_attempt_at > ? THEN 1 ELSE 0 END) "
-            f"FROM deliveries WHERE state='pending' AND {CHANNEL_ROWS} "
+            f"FROM deliveries WHERE state='pending' AND {self._channel_rows} "
             "GROUP BY chat_id ORDER BY chat_id",
             (now,),
         )
@@ -867,8 +871,9 @@ class SQLStore:
     def backing_off(self, now: float, limit: int) -> list[Delivery]:
         """Pending pairs not due yet (a retry after an error), the soonest first."""
         rows = self.db.execute(
-            f"SELECT {self._columns} FROM deliveries WHERE state='pending' AND {CHANNEL_ROWS} "
-            "AND next_attempt_at > ? ORDER BY next_attempt_at, article_id LIMIT ?",
+            f"SELECT {self._columns} FROM deliveries WHERE state='pending' "
+            f"AND {self._channel_rows} AND next_attempt_at > ? "
+            "ORDER BY next_attempt_at, article_id LIMIT ?",
             (now, limit),
         )
         return [Delivery(*row) for row in rows]
@@ -902,7 +907,8 @@ class SQLStore:
         archive of sent posts."""
         rows = self.db.execute(
             "SELECT article_id, chat_id, published_at, next_attempt_at FROM deliveries "
-            f"WHERE state='pending' AND {CHANNEL_ROWS} ORDER BY chat_id, published_at, article_id"
+            f"WHERE state='pending' AND {self._channel_rows} "
+            "ORDER BY chat_id, published_at, article_id"
         )
         return [PendingPair(article, chat, published, float(due))
                 for article, chat, published, due in rows]
