@@ -339,8 +339,11 @@ def _check_telegram(ctx: Context, config: Config) -> None:
         ctx.echo(f"{plural(problems, 'problem')}: the bot cannot post everywhere it should.",
                  err=True)
         sys.exit(1)
+    extra = [name for name, key in (("the alert chat", "alert_chat"),
+                                    ("the audit chat", "audit_chat"))
+             if str(getattr(config.telegram, key)).strip()]
     ctx.echo(f"The bot can post to {plural(len(config.destinations), 'destination')}"
-             f"{' and the alert chat' if config.telegram.alert_chat.strip() else ''}.")
+             f"{''.join(f' and {name}' for name in extra)}.")
 
 
 @cli.command()
@@ -472,6 +475,8 @@ def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
         + (f" Edited {plural(int(summary['edited']), 'post')}." if "edited" in summary else "")
         + (f" Retracted {plural(int(summary['retracted']), 'post')}."
            if "retracted" in summary else "")
+        + (f" Resolved {plural(int(summary['resolved']), 'uncertain send')} by a look."
+           if "resolved" in summary else "")
     )
     if outcome.dms is not None:
         ctx.echo(dm_line(outcome.dms, outcome.fanned_out))

@@ -122,6 +122,9 @@ class TelegramConfig(PostSettings):
     edit_max_age_hours: float = 48.0  # older posts are left as they are; 0 = no limit
     on_retract: str = "delete"  # an unpublished post: "delete", "mark" or "keep" (retract.py)
     retract_template: str = ""  # what a marked post says; empty: "This article was withdrawn."
+    # Uncertain sends resolved by forwarding candidate ids to ``audit_chat`` (reconcile.py).
+    reconcile: bool = True
+    audit_chat: str = ""  # the operator's private chat or group for those forwards; "" = none
 
 
 PHOTO_UPLOADS = ("fallback", "always", "never")
@@ -619,6 +622,24 @@ def _validate_retract(telegram: TelegramConfig) -> None:
     compile_retract_template(telegram.retract_template)
 
 
+def _validate_audit_chat(config: Config) -> None:
+    """``telegram.audit_chat`` is a whole chat ("@name" or a numeric id), never a forum topic
+    and never a destination's chat: the forwards that resolve uncertain sends go there (a
+    forward into the channel itself would be a new post in it)."""
+    audit = config.telegram.audit_chat.strip()
+    if audit and not _AUDIT_CHAT.match(audit):
+        raise ConfigError(f"config key telegram.audit_chat must be a chat (\"@name\" or a "
+                          f"numeric id), not {audit!r}")
+    chats = {destination.strip().rpartition("/")[0].lower() if "/" in destination
+             else destination.strip().lower() for destination in config.destinations}
+    if audit and audit.lower() in chats:
+        raise ConfigError(f"config key telegram.audit_chat must be a chat of the operator's, "
+                          f"not a destination: {audit!r}")
+
+
+_AUDIT_CHAT = re.compile(r"^(@[A-Za-z][A-Za-z0-9_]{3,31}|-?[0-9]{1,19})$")
+
+
 def _validate(config: Config) -> None:
     _validate_numbers(config)
     feeds, telegram = config.feeds, config.telegram
@@ -639,6 +660,7 @@ def _validate(config: Config) -> None:
             f"not {telegram.photo_upload!r}"
         )
     _validate_retract(telegram)
+    _validate_audit_chat(config)
     try:
         ZoneInfo(telegram.timezone)
     except (ZoneInfoNotFoundError, ValueError):

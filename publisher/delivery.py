@@ -596,6 +596,29 @@ class Editor(Protocol):
                           buttons: Sequence[Sequence[Button]]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What ``forwardMessage`` made of a message: the copy's id (in the chat it went to) and
+    what the original shows, as Telegram describes it after entity parsing."""
+
+    message_id: int  # of the copy
+    text: str  # the text, or the caption of a media message ("" for none)
+    has_photo: bool
+    link_urls: tuple[str, ...]  # the text_link entities' URLs, in order
+    origin_message_id: int | None  # the original's id, when Telegram says (a channel's post)
+    origin_date: int | None  # when the original was sent (Unix time), when Telegram says
+
+
+@runtime_checkable
+class Forwarder(Protocol):
+    """A ``Sender`` that can also forward a message and delete one (``publisher.reconcile``)."""
+
+    async def forward_message(self, chat_id: str, from_chat_id: str, message_id: int
+                              ) -> Forwarded: ...
+
+    async def delete_message(self, chat_id: str, message_id: int) -> None: ...
+
+
 class TelegramSender:
     """``Sender`` (and ``PhotoUploader``) over the Bot API through python-telegram-bot, at
     any Bot API base URL.
@@ -776,6 +799,15 @@ class TelegramSender:
         """deleteMessage (``retract.Deleter``)."""
         await self._edited(self._bot.delete_message(chat_id=chat_id, message_id=message_id))
 
+    async def forward_message(self, chat_id: str, from_chat_id: str, message_id: int
+                              ) -> Forwarded:
+        """forwardMessage, silently (``Forwarder``): a look at a message that changes
+        nothing in its chat."""
+        message = await self._message(self._bot.forward_message(
+            chat_id=chat_id, from_chat_id=from_chat_id, message_id=message_id,
+            disable_notification=True))
+        return _forwarded(message)
+
     async def _edited(self, request: Awaitable[object], *, photo: bool = False) -> None:
         """An edit, or the translated reason it did not (surely) happen."""
         try:
@@ -855,6 +887,21 @@ def _bad_request(reason: str, *, photo: bool) -> SendError:
 def _retry_after_seconds(exc: tg_error.RetryAfter) -> float:
     value = exc.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _forwarded(message: Message) -> Forwarded:
+    entities = message.entities or message.caption_entities or ()
+    origin = message.forward_origin
+    origin_id = getattr(origin, "message_id", None)
+    origin_date = getattr(origin, "date", None)
+    return Forwarded(
+        message_id=message.message_id,
+        text=message.text or message.caption or "",
+        has_photo=bool(message.photo),
+        link_urls=tuple(entity.url for entity in entities if entity.url),
+        origin_message_id=origin_id if isinstance(origin_id, int) else None,
+        origin_date=int(origin_date.timestamp()) if origin_date is not None else None,
+    )
 
 
 def _keyboard(buttons: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:

@@ -410,10 +410,11 @@ async def check_telegram(config: Config, sender: Sender) -> list[Check]:
         checks = [Check(True, "bot", f"@{me.username} (id {me.id}): the token works")]
         for text in config.destinations:
             checks.append(await _check_destination(text, me.id, sender))
-        alert_chat = config.telegram.alert_chat.strip()
-        if alert_chat:
-            check = await _check_destination(alert_chat, me.id, sender)
-            checks.append(replace(check, subject=f"{alert_chat} (telegram.alert_chat)"))
+        for key in ("alert_chat", "audit_chat"):  # the operator's chats: the bot posts there
+            chat = str(getattr(config.telegram, key)).strip()
+            if chat:
+                check = await _check_destination(chat, me.id, sender)
+                checks.append(replace(check, subject=f"{chat} (telegram.{key})"))
         return checks
     finally:
         await sender.close()

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from publisher import alerts
+from publisher import alerts, reconcile
 from publisher.config import Config
 from publisher.delivery import (
     Ambiguous,
@@ -79,21 +79,26 @@ from publisher.plan import (  # plan_deliveries: re-exported, where it used to l
     NO_LONGER_SELECTED,
     PACING_HELD,
     Action,
+    ActionKind,
     Entry,
     Plan,
     is_digest,
     is_edit,
+    is_resolve,
     is_retract,
     max_per_run_reason,
     plan_deliveries,  # noqa: F401
     read_plan,
+    reconciling,
     too_old_reason,
 )
+from publisher.reconcile import Probe, Resolution, Verdict
 from publisher.retract import has_retracting
 from publisher.state import (
     ORPHANED,
     SKIPPED,
     UNCERTAIN,
+    ChatRecord,
     Delivery,
     Pacing,
     Store,
@@ -104,6 +109,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 300.0
 MAX_RATE_LIMITS = 5  # 429s for one article in one run; then the chat waits for the next run
 UNSURE_WAIT_SECONDS = 300.0  # a pair that may belong to a destination not resolved yet
+RESOLVING_HELD = "an uncertain send is looked for first (telegram.audit_chat)"
 # Sends stay this fraction slower than each of Telegram's limits (per chat, per minute, bot
 # wide): enough for tens of milliseconds of network jitter per second of interval.
 PACING_MARGIN = 0.05
@@ -126,6 +132,9 @@ class ChatReport:
     edited: int = 0  # posts edited to follow their article (``edit_send``)
     gone: int = 0  # posts found deleted in the chat when edited
     retracted: int = 0  # posts of unpublished articles deleted or marked (``retract``)
+    # Uncertain sends a look settled (``reconcile``): found posted (then in ``sent`` too
+    # when the send was this push's), or found not posted and sent again.
+    resolved: int = 0
     error: str = ""
     held: str = ""  # why posts due now were left for a later push (pacing, max_per_run...)
 
@@ -297,6 +306,7 @@ class Dispatcher:
         # unplanned for the next push (``Session.deliver``).
         self.edits_left: set[tuple[str, str]] = set()  # (article, chat)
         self.fanned_out = 0  # DM rows to followers this push planned (``fanout``)
+        self._chats: dict[str, ChatRecord] | None = None  # what getChat said, by chat id
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
@@ -340,9 +350,12 @@ class Dispatcher:
         # Telegram is asked only when there is something to plan or to post (pairs kept
         # under a name not resolved yet may be a destination's).
         names = [key for key in self._store.chat_keys() if not is_chat_id(key)]
+        if reconciling(self._config):
+            reconcile.drop_settled(self._store.db)
         work = (bool(new_articles) or self._reedit_since is not None
                 or self._store.has_pending([*destinations.keys(), *names])
-                or has_retracting(self._store.db, self._settings.on_retract))
+                or has_retracting(self._store.db, self._settings.on_retract)
+                or (reconciling(self._config) and bool(reconcile.due_probes(self._store.db))))
         unavailable = await self._start_sender() if work else None
         if work and unavailable is None:
             destinations, unavailable = await self._resolve(destinations)
@@ -363,7 +376,7 @@ class Dispatcher:
                 self.alerts.append(alerts.stopped(item.key, item.configured, item.error))
         pending = set(self._store.pending_chats())
         edits = {action.target.chat_id for action in self.plan.actions
-                 if is_edit(action) or is_retract(action)}
+                 if is_edit(action) or is_retract(action) or is_resolve(action)}
         chats = [key for key in destinations.postable_keys() if key in pending or key in edits]
         # Every chat runs to its end even when another fails, so no send is left in flight
         # behind the report; the first unexpected error is raised after all have finished.
@@ -480,11 +493,14 @@ class Dispatcher:
         entries = self.plan.entries_for(chat_id)
         run = ChatRun(chat_id, report.chat(self.destinations.label(chat_id)),
                       self.destinations.settings_for(chat_id).max_per_run or None,
-                      [entry for entry in entries
-                       if not (is_digest(entry) or is_edit(entry) or is_retract(entry))],
+                      [entry for entry in entries if not (is_digest(entry) or is_edit(entry)
+                                                          or is_retract(entry)
+                                                          or is_resolve(entry))],
                       chat_id,
                       digest=self.plan.digest_for(chat_id),
                       digest_chat=bool(self.destinations.settings_for(chat_id).digest))
+        if not await self._run_resolutions(run):
+            return
         while not (self.stop_requested or self._fatal):
             if run.budget is not None and run.budget <= 0:
                 if self._store.has_pending([run.key]):
@@ -697,8 +713,9 @@ class Dispatcher:
         """Post one claimed article to its chat and record what happened."""
         article, message, target = prepared.article, prepared.message, prepared.target
         chat_id, chat_report = item.chat_id, run.report
+        probing = self._prepare_probe(item, prepared)
         try:
-            message_id = await self._post_within_lease(target, message)
+            message_id = await self._post_probed(item, target, message, probing)
         except RateLimited as exc:
             chat_report.rate_limited += 1
             outcome = await self._wait_rate_limit(article.id, chat_id, exc, tries)
@@ -715,6 +732,8 @@ class Dispatcher:
             self._follow_migration(item, exc, run)
             return Outcome.MOVED
         except Ambiguous as exc:
+            if probing:
+                return await self._look_after_ambiguous(item, prepared, exc.reason, tries, run)
             if self._settings.on_uncertain == "resend":
                 return await self._back_off(article.id, chat_id, exc.reason, tries, chat_report)
             self._settled(article.id, chat_id, self._store.mark_uncertain(
@@ -760,6 +779,187 @@ class Dispatcher:
         event(log, logging.INFO, "sent", chat=self._label(chat_id), article=article.id,
               message_id=message_id, title=article.title)
         return Outcome.DONE
+
+    # -- uncertain sends looked for (``publisher.reconcile``) ----------------------------------
+
+    def _can_reconcile(self, key: str) -> bool:
+        """Whether an uncertain send to the destination ``key`` can be looked for: reconciling
+        is on, the sender forwards, and the chat's ids grow by one per message."""
+        from publisher.delivery import Forwarder
+
+        if not reconciling(self._config) or not isinstance(self._sender, Forwarder):
+            return False
+        if self._chats is None:
+            self._chats = self._store.chats()
+        chat = chat_of(key)
+        record = self._chats.get(chat)
+        audit = self._settings.audit_chat.strip().lower()
+        if record is None or audit in (chat, record.public_name.lower()):
+            return False  # (forwards into the chat itself would be posts in it)
+        return record.type in reconcile.CHANNEL_TYPES
+
+    def _prepare_probe(self, item: Delivery, prepared: Prepared) -> bool:
+        """Before the send: the probe row a look would need (False: no look possible, the
+        chat's newest message id unknown, or no look for this chat at all)."""
+        if not self._can_reconcile(item.chat_id):
+            return False
+        after = reconcile.last_message_id(self._store.db, chat_of(item.chat_id))
+        if after is None:
+            return False
+        reconcile.prepare(self._store.db, item.article_id, item.chat_id, after,
+                          prepared.message, prepared.article, self._clock())
+        return True
+
+    async def _post_probed(self, item: Delivery, target: str, message: Message,
+                           probing: bool) -> int:
+        """The post; its probe row is dropped once the send settled either way (kept when
+        it may have been posted: an ``Ambiguous``, or a surprise)."""
+        try:
+            message_id = await self._post_within_lease(target, message)
+        except SendError as exc:
+            if probing and not isinstance(exc, Ambiguous):
+                reconcile.forget(self._store.db, item.article_id, item.chat_id)
+            raise
+        if probing:
+            reconcile.forget(self._store.db, item.article_id, item.chat_id)
+        return message_id
+
+    async def _audit_slot(self) -> bool:
+        """A pacing slot of the audit chat's for one forward, waited for; False when the
+        look must stop (no slot within ``max_wait_seconds``, a stop request)."""
+        audit = self._settings.audit_chat.strip()
+        slot = self._store.reserve_send(audit, self._clock(), self._pacing)
+        if slot is None:
+            return False
+        delay = slot - self._clock()
+        if delay > 0:
+            await self._pause(delay)
+        if self.stop_requested or self._fatal:
+            self._store.cancel_reservation(audit, slot)
+            return False
+        return True
+
+    async def _look(self, probe: Probe) -> Resolution:
+        label = self._label(probe.chat_id)
+        resolution = await reconcile.look(
+            self._sender, self._settings.audit_chat.strip(), probe, pace=self._audit_slot,
+            pause=self._pause, clock=self._clock, label=label)
+        event(log, logging.INFO, "uncertain_looked_for", chat=label, article=probe.article_id,
+              verdict=resolution.verdict.value, reason=resolution.reason,
+              forwards=resolution.forwards)
+        return resolution
+
+    async def _look_after_ambiguous(self, item: Delivery, prepared: Prepared, reason: str,
+                                    tries: Tries, run: ChatRun) -> Outcome:
+        """An ambiguous send to a chat where a look can tell: recorded uncertain, then
+        looked for at once, before anything else is sent to the chat."""
+        article, chat_id = prepared.article, item.chat_id
+        self._settled(article.id, chat_id, self._store.mark_uncertain(
+            article.id, chat_id, reason, owner=self._owner))
+        probe = reconcile.probe_for(self._store.db, article.id, chat_id)
+        if probe is None:  # another instance took the pair or its probe meanwhile
+            run.report.uncertain += 1
+            event(log, logging.WARNING, "uncertain", chat=self._label(chat_id),
+                  article=article.id, reason=reason, title=article.title)
+            return Outcome.DONE
+        resolution = await self._look(probe)
+        if resolution.verdict is Verdict.FOUND:
+            if reconcile.record_found(self._store.db, probe, resolution):
+                run.report.sent += 1
+                run.report.resolved += 1
+                event(log, logging.INFO, "sent", chat=self._label(chat_id), article=article.id,
+                      message_id=resolution.message_id, title=article.title, found=True)
+            return Outcome.DONE
+        if resolution.verdict is Verdict.NOT_POSTED:
+            run.report.resolved += 1
+            return self._resend_not_posted(probe, tries, run)
+        still_due = self._not_resolved(probe, resolution)
+        if self._settings.on_uncertain == "resend":  # at-least-once: as without a look
+            return await self._back_off(article.id, chat_id, reason, tries, run.report,
+                                        requeue=lambda at: reconcile.requeue(
+                                            self._store.db, probe, reason, at))
+        self._held_uncertain(probe, reason, run.report, alert=not still_due)
+        if still_due:
+            run.report.held = RESOLVING_HELD
+            return Outcome.STOP
+        return Outcome.DONE
+
+    def _resend_not_posted(self, probe: Probe, tries: Tries, run: ChatRun) -> Outcome:
+        """Found not posted: pending again, sent at once in this run (a bounded number of
+        times, as any send found not to have gone out)."""
+        tries.not_sent += 1
+        event(log, logging.WARNING, "retry_later", chat=self._label(probe.chat_id),
+              article=probe.article_id, reason=reconcile.NOT_POSTED_REASON,
+              tries=tries.not_sent)
+        if tries.not_sent >= self._settings.max_tries:
+            reconcile.requeue(self._store.db, probe, reconcile.NOT_POSTED_REASON,
+                              self._clock() + MAX_BACKOFF_SECONDS)
+            run.report.error = (f"Telegram unavailable for {self._label(probe.chat_id)}: "
+                                "sends keep getting lost")
+            return Outcome.STOP
+        reconcile.requeue(self._store.db, probe, reconcile.NOT_POSTED_REASON, self._clock())
+        return Outcome.STOP if self.stop_requested else Outcome.RETRY
+
+    def _not_resolved(self, probe: Probe, resolution: Resolution) -> bool:
+        """A look without a verdict: True while the send is looked for again later (a look
+        a stop request cut short does not count)."""
+        if resolution.verdict is Verdict.UNDECIDED and self.stop_requested:
+            return True
+        if resolution.verdict is Verdict.UNDECIDED:
+            return reconcile.record_undecided(self._store.db, probe, resolution.reason)
+        reconcile.give_up(self._store.db, probe, resolution.reason)
+        return False
+
+    def _held_uncertain(self, probe: Probe, reason: str, report: ChatReport, *,
+                        alert: bool) -> None:
+        """The send stays uncertain (as without reconciliation): counted and logged; the
+        operator is alerted once no look will resolve it."""
+        report.uncertain += 1
+        event(log, logging.WARNING, "uncertain", chat=self._label(probe.chat_id),
+              article=probe.article_id, reason=reason, title=probe.title)
+        if alert:
+            self._alert_uncertain(probe, reason)
+
+    def _alert_uncertain(self, probe: Probe, reason: str) -> None:
+        self.alerts.append(alerts.uncertain(probe.chat_id, self._label(probe.chat_id), 1,
+                                            reason, probe.title))
+
+    async def _run_resolutions(self, run: ChatRun) -> bool:
+        """The plan's uncertain sends of the chat, looked for before it gets anything else;
+        False when one is still to be looked for (the chat waits for the next run: at most
+        one unresolved send per chat is in flight)."""
+        if run.key != run.planned_key:
+            return True
+        for action in self.plan.resolutions_for(run.planned_key):
+            if self.stop_requested or self._fatal:
+                return False
+            probe = reconcile.probe_for(self._store.db, action.article_id, run.key)
+            if probe is None:  # settled since it was planned (another instance, an ack)
+                continue
+            resolution = await self._look(probe)
+            if resolution.verdict is Verdict.FOUND:
+                if reconcile.record_found(self._store.db, probe, resolution):
+                    run.report.resolved += 1
+            elif resolution.verdict is Verdict.NOT_POSTED:
+                if reconcile.requeue(self._store.db, probe, reconcile.NOT_POSTED_REASON,
+                                     self._clock()):
+                    run.report.resolved += 1
+                    self._queue_resend(run, action)
+            elif self._not_resolved(probe, resolution):
+                run.report.held = RESOLVING_HELD
+                return False
+            else:  # given up: the operator's now
+                self._alert_uncertain(probe, resolution.reason)
+        return True
+
+    def _queue_resend(self, run: ChatRun, action: Action) -> None:
+        """A send found not posted goes out in this run with the chat's other posts, unless
+        the plan holds the chat (quiet hours, a digest destination): then the next push."""
+        if run.digest_chat or self.plan.held_for(run.planned_key) is not None:
+            return
+        post = replace(action, kind=ActionKind.POST, change="")
+        run.queue.append(post)
+        run.queue.sort(key=lambda entry: (entry.published_at, entry.article_id))
 
     def _remember_rendering(self, key: str, target: str, article: Article,
                             message: Message) -> None:
@@ -852,12 +1052,17 @@ class Dispatcher:
         return Outcome.RETRY
 
     async def _back_off(self, article_id: str, chat_id: str, reason: str, tries: Tries,
-                        chat_report: ChatReport) -> Outcome:
-        """Back to pending; retry in this run while tries remain, else leave it for the next."""
+                        chat_report: ChatReport,
+                        requeue: Callable[[float], bool] | None = None) -> Outcome:
+        """Back to pending; retry in this run while tries remain, else leave it for the next.
+        ``requeue``: how it goes back at a time (default: from our claim)."""
         tries.not_sent += 1
         delay = min(2.0 ** (tries.not_sent - 1), MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
-        self._settled(article_id, chat_id, self._store.mark_retry(
-            article_id, chat_id, reason, self._clock() + delay, owner=self._owner))
+        if requeue is not None:
+            requeue(self._clock() + delay)
+        else:
+            self._settled(article_id, chat_id, self._store.mark_retry(
+                article_id, chat_id, reason, self._clock() + delay, owner=self._owner))
         event(log, logging.WARNING, "retry_later", chat=self._label(chat_id), article=article_id,
               reason=reason, tries=tries.not_sent)
         if self.stop_requested:

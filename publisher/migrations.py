@@ -32,6 +32,7 @@ from publisher.edits import add_edit_columns
 from publisher.fanout import fanout_schema
 from publisher.followers import followers_schema
 from publisher.modified import changes_schema
+from publisher.reconcile import add_probes, reconcile_schema
 from publisher.state import (
     add_claim_columns,
     allow_every_state,
@@ -61,6 +62,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "ledger: what each sent post was (kind, rendering), the gone state",
               add_edit_columns),
     Migration(11, "ledger: the retracted state", add_edit_columns),
+    Migration(12, "ledger: probes of sends that may need a look (uncertain_probes)",
+              add_probes),
     Migration(13, "followers: who follows which topics in private chats",
               lambda _db, _version: None),  # new tables only: the schema creates them
     Migration(15, "followers: each article's fan-out, the DM rows' index",
@@ -72,7 +75,8 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
     return (ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
-            + changes_schema(dialect) + followers_schema(dialect) + fanout_schema(dialect))
+            + changes_schema(dialect) + reconcile_schema(dialect) + followers_schema(dialect)
+            + fanout_schema(dialect))
 
 
 def upgrade(db: Database, version: int) -> list[str]:

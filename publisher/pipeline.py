@@ -116,6 +116,7 @@ class PushOutcome:
             **({"edited": report.total("edited")} if report.total("edited") else {}),
             **({"gone": report.total("gone")} if report.total("gone") else {}),
             **({"retracted": report.total("retracted")} if report.total("retracted") else {}),
+            **({"resolved": report.total("resolved")} if report.total("resolved") else {}),
             "errors": report.errors,
             "held": {chat: r.held for chat, r in report.chats.items() if r.held},
             "seconds": round(self.seconds, 3),

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from publisher.db import Database
     from publisher.edits import SentPost
     from publisher.fanout import FanOut
+    from publisher.reconcile import Probe
 
 Lookup = Callable[[str], Article | None]
 # A chat's sends and reserved slots (send_log) at or after a moment, newest first.
@@ -52,6 +53,8 @@ class ActionKind(enum.Enum):
     DIGEST = "digest"  # one message listing ``items`` (``digest_send.py``)
     EDIT = "edit"  # a sent post its changed article renders otherwise (``edit_send.py``)
     RETRACT = "retract"  # a sent post whose article is unpublished (``retract.py``)
+    # An uncertain send looked for in its chat before the chat's next post (``reconcile.py``).
+    RESOLVE = "resolve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,10 @@ def is_retract(entry: Entry) -> bool:
     return isinstance(entry, Action) and entry.kind is ActionKind.RETRACT
 
 
+def is_resolve(entry: Entry) -> bool:
+    return isinstance(entry, Action) and entry.kind is ActionKind.RESOLVE
+
+
 @dataclass(frozen=True)
 class Plan:
     at: datetime
@@ -157,6 +164,10 @@ class Plan:
         return [action for action in self.actions if action.target.chat_id == chat_id
                 and action.kind is ActionKind.RETRACT]
 
+    def resolutions_for(self, chat_id: str) -> list[Action]:
+        return [action for action in self.actions if action.target.chat_id == chat_id
+                and action.kind is ActionKind.RESOLVE]
+
     def posts_to(self, chat_id: str) -> list[Action]:
         return [action for action in self.actions if action.target.chat_id == chat_id]
 
@@ -173,8 +184,11 @@ class Plan:
     def __str__(self) -> str:
         edits = sum(1 for action in self.actions if action.kind is ActionKind.EDIT)
         retracts = sum(1 for action in self.actions if action.kind is ActionKind.RETRACT)
-        posts = len(self.actions) - edits - retracts
+        resolves = sum(1 for action in self.actions if action.kind is ActionKind.RESOLVE)
+        posts = len(self.actions) - edits - retracts - resolves
         head = f"Plan at {self.at.isoformat(timespec='seconds')}: {posts} to post"
+        if resolves:
+            head += f", {resolves} uncertain to resolve"
         if edits:
             head += f", {plural(edits, 'edit')}"
         if retracts:
@@ -187,12 +201,19 @@ def _line(action: Action) -> str:
         return f"edit {action.article_id} in {action.target.label}: {action.change} changed"
     if action.kind is ActionKind.RETRACT:
         return retract_line(action)
+    if action.kind is ActionKind.RESOLVE:
+        return resolve_line(action)
     return (f"{action.kind.value} {action.article_id} to {action.target.label}"
             f"{' (new)' if action.new else ''}: {action.title}")
 
 
 def retract_line(action: Action) -> str:
     return f"retract {action.article_id} in {action.target.label}: unpublished ({action.change})"
+
+
+def resolve_line(action: Action) -> str:
+    return (f"resolve uncertain {action.article_id} in {action.target.label} "
+            f"(via the audit chat {action.change}): {action.title}")
 
 
 @dataclass
@@ -258,6 +279,8 @@ class PlanInputs:
     reedit_since: datetime | None = None
     # Sent posts whose article now says ``published: false`` (``retract.retracting_posts``).
     retracting: Sequence[tuple[SentPost, Article]] = ()
+    # Uncertain sends a look in their chat may resolve (``reconcile.due_probes``).
+    uncertain: Sequence[Probe] = ()
 
 
 def read_plan(store: Store, config: Config, new_articles: Sequence[Article], replan: bool,
@@ -274,10 +297,14 @@ def read_plan(store: Store, config: Config, new_articles: Sequence[Article], rep
     from publisher.retract import KEEP, retracting_posts
 
     retracting = retracting_posts(store.db) if config.telegram.on_retract != KEEP else []
+    from publisher.reconcile import due_probes
+
+    uncertain = due_probes(store.db) if reconciling(config) else []
     inputs = PlanInputs(
         new_articles, replan, store.pair_states(article.id for article in new_articles),
         store.pending_pairs(), lookup, store.send_times,
         lambda chat_id: digest_since(store.db, chat_id), sent, reedit_since, retracting,
+        uncertain,
     )
     plan = make_plan(inputs, config, destinations, now, pacing)
     if not config.followers.enabled or not new_articles:
@@ -320,7 +347,8 @@ def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, no
     pairs = plan_deliveries(inputs.new_articles, config, now, destinations)
     by_id = {article.id: article for article in inputs.new_articles}
     candidates = _candidates(inputs, pairs, by_id, now)
-    actions: list[Action] = []
+    # First of all: the chats' uncertain sends, looked for before anything else goes there.
+    actions: list[Action] = _plan_resolutions(inputs, config, destinations)
     closing: list[Closing] = []
     held: list[Held] = []
     pacers: dict[str, Pacer] = {}  # per chat: the topics of a group share its pacing
@@ -533,6 +561,23 @@ def _plan_retractions(inputs: PlanInputs, config: Config, destinations: Destinat
         actions.append(Action(ActionKind.RETRACT, post.article_id, target, article.title,
                               article.published_at.isoformat(), False, change=mode))
     return actions
+
+
+def reconciling(config: Config) -> bool:
+    """Whether uncertain sends are looked for (``telegram.reconcile`` with an audit chat)."""
+    return config.telegram.reconcile and bool(config.telegram.audit_chat.strip())
+
+
+def _plan_resolutions(inputs: PlanInputs, config: Config,
+                      destinations: Destinations) -> list[Action]:
+    """Per configured chat, its uncertain sends that a look may resolve, oldest first. The
+    look goes to the audit chat, not the chat: no pacing slot of the chat's is taken."""
+    keys = set(destinations.keys())
+    audit = config.telegram.audit_chat.strip()
+    return [Action(ActionKind.RESOLVE, probe.article_id,
+                   Target(probe.chat_id, destinations.label(probe.chat_id)), probe.title,
+                   probe.published_at, False, change=audit)
+            for probe in inputs.uncertain if probe.chat_id in keys]
 
 
 def max_per_run_reason(key: str, destinations: Destinations) -> str:

@@ -241,7 +241,7 @@ class Session:
         )
         from publisher.errors import RenderError
         from publisher.messages import render_for
-        from publisher.plan import ActionKind, retract_line
+        from publisher.plan import ActionKind, resolve_line, retract_line
 
         corpus = self.sync()
         destinations = remembered_destinations(self.config, self.store)
@@ -263,6 +263,9 @@ class Session:
                 continue
             if action.kind is ActionKind.RETRACT:
                 result.edits.append(retract_line(action))
+                continue
+            if action.kind is ActionKind.RESOLVE:
+                result.edits.append(resolve_line(action))
                 continue
             if action.kind is ActionKind.DIGEST:
                 result.items.append(DryRunItem(action.target.label, self._digest(plan, action)))

@@ -38,7 +38,7 @@ def make_config(tmp_path: Path, articles_dir: Path, botapi: BotApiStandin,
     def make(extra: str = "", **telegram: object) -> Config:
         settings: dict[str, object] = {
             "chat_id": CHAT, "max_age_hours": 0, "max_per_run": 0,
-            "per_chat_interval_seconds": 0.01, "timeout_seconds": 2, "max_wait_seconds": 5,
+            "per_chat_interval_seconds": 0.06, "timeout_seconds": 2, "max_wait_seconds": 5,
             "api_base_url": botapi.base_url, **telegram,
         }
         (tmp_path / "state").mkdir(exist_ok=True)

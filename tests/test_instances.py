@@ -120,10 +120,11 @@ def test_three_push_processes_post_every_article_once_per_chat(
     # Pacing held across the instances: the stand-in refused (almost) nothing as too fast;
     # three instances pacing only themselves would send three times too fast (one request in
     # 15 ms against the 20 ms enforced), and most would be refused. A few may still arrive
-    # closer than their slots were reserved, delayed by a busy machine.
+    # closer than their slots were reserved, delayed by a busy machine (seen: 25 of 400 with
+    # two test suites on the same two cores).
     refused = [r for r in standin.control("requests") if r["status"] == 429]
     total = ARTICLES * len(CHATS)
-    assert len(refused) <= total // 20, f"{len(refused)} of {total} requests refused as too fast"
+    assert len(refused) <= total // 10, f"{len(refused)} of {total} requests refused as too fast"
 
 
 @pytest.fixture

@@ -246,3 +246,42 @@ def test_telegram_down_at_start_is_unavailable() -> None:
         run(down, send_text)
     assert raised.value.reason.startswith("getMe failed: ")
     assert TOKEN not in raised.value.reason
+
+
+def forward(sender: TelegramSender) -> Awaitable[Any]:
+    return sender.forward_message("-4001", CHAT, 7)
+
+
+def test_a_forward_says_what_the_original_shows_and_where_it_came_from() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        copy = {**message(3), "caption": "Title\nExcerpt", "photo": [
+            {"file_id": "AgACAgIAAxkBAAIabcdefghij", "file_unique_id": "AQADabc",
+             "width": 90, "height": 60}],
+            "caption_entities": [{"type": "text_link", "offset": 0, "length": 5,
+                                  "url": "https://news.example.com/a"},
+                                 {"type": "bold", "offset": 6, "length": 7}],
+            "forward_origin": {"type": "channel", "chat": message()["chat"],
+                               "message_id": 7, "date": 1_699_999_000}}
+        return ok(copy)
+
+    copy = run(BotApi(answer), forward)
+    assert (copy.message_id, copy.text, copy.has_photo) == (3, "Title\nExcerpt", True)
+    assert copy.link_urls == ("https://news.example.com/a",)
+    assert (copy.origin_message_id, copy.origin_date) == (7, 1_699_999_000)
+    [request] = seen
+    assert request.url.path.endswith("/forwardMessage")
+    sent = dict(parse_qsl(request.content.decode()))
+    assert sent["from_chat_id"] == CHAT and str(sent["message_id"]) == "7"
+    assert str(sent["disable_notification"]).lower() == "true"
+
+
+def test_a_forward_of_a_missing_message_is_refused_and_never_names_the_token() -> None:
+    missing = failure(error(400, f"Bad Request: message to forward not found ({TOKEN})"),
+                      forward)
+    assert isinstance(missing, Rejected)
+    assert "message to forward not found" in missing.reason.lower()
+    assert isinstance(failure(error(403, "Forbidden: bot is not a member of the group chat"),
+                              forward), ChatForbidden)

@@ -947,6 +947,7 @@ class Recorded:
     media_group_id: str | None = None
     message_thread_id: int | None = None  # the forum topic it was posted in
     disable_notification: bool = False  # sent silently
+    forward_origin: Json | None = None  # a forward's MessageOrigin (forwardMessage)
 
     def to_json(self) -> Json:
         return asdict(self)
@@ -1084,6 +1085,7 @@ class BotApiStandin:
         self._edits: list[Recorded] = []  # every accepted edit: the message as it became
         self._foreign: set[tuple[int, int]] = set()  # (chat id, message id) not the bot's
         self._deleted: list[Recorded] = []
+        self._fault_script: dict[str, collections.deque[str]] = {}  # method -> faults, "" none
         self._down = False
         self._status_all: int | None = None
         self.limiter.reset()
@@ -1339,6 +1341,9 @@ class BotApiStandin:
         return reply
 
     def _take_fault(self, method: str, raw_chat: Any) -> Fault | None:
+        scripted, fault = self._scripted_fault(method)
+        if scripted:
+            return fault
         chat = chat_key(raw_chat) if isinstance(raw_chat, int | str) else None
         with self._lock:
             # A fault for "@name" also meets what is sent to that channel by its id.
@@ -1389,6 +1394,8 @@ class BotApiStandin:
             return _Outcome(self._edit_message(method.name, chat, params))
         if chat is not None and method.name == "deleteMessage":
             return _Outcome(self._delete_message(chat, params))
+        if chat is not None and method.name == "forwardMessage":
+            return self._forward_message(method, chat, params)
         if chat is None or not method.creates_message:
             return _Outcome(True)
         self._check_thread(chat, params.get("message_thread_id"))
@@ -1760,6 +1767,8 @@ class BotApiStandin:
             message["reply_markup"] = markup
         if record.link_preview_options is not None:
             message["link_preview_options"] = record.link_preview_options
+        if record.forward_origin is not None:
+            message["forward_origin"] = record.forward_origin
         return message
 
     def _record(self, records: list[Recorded]) -> None:
@@ -1769,6 +1778,85 @@ class BotApiStandin:
         for record in records:
             self._record_stream.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
         self._record_stream.flush()
+
+    # ----------------------------------------------------------------- forwards and probes
+
+    def _forward_message(self, method: MethodSpec, chat: Json, params: Json) -> _Outcome:
+        """forwardMessage as Telegram does it: a new message in ``chat`` (the bot must be able
+        to post there) showing the original's text and entities, or caption, caption entities
+        and photo, with its ``forward_origin``; 400 "message to forward not found" for an id
+        that is missing (deleted, or beyond the source chat's newest message)."""
+        source = self._resolve_chat(params["from_chat_id"])
+        message_id = params.get("message_id")
+        original = next((record for record in self._messages
+                         if record.chat.get("id") == source["id"]
+                         and record.message_id == message_id), None)
+        if original is None:
+            raise bad_request("message to forward not found")
+        self._check_thread(chat, params.get("message_thread_id"))
+        if source["type"] == "channel":
+            origin: Json = {"type": "channel", "chat": source, "message_id": original.message_id,
+                            "date": int(original.at)}
+        else:
+            origin = {"type": "user", "sender_user": self._bot_user(), "date": int(original.at)}
+        record = replace(
+            original, method=method.name, chat_id=_as_sent(params["chat_id"]), message_id=0,
+            params=json_safe(params), at=time.time(), chat=chat, reply_markup=None,
+            media_group_id=None, message_thread_id=params.get("message_thread_id"),
+            disable_notification=bool(params.get("disable_notification", False)),
+            forward_origin=origin,
+        )
+        if self.rate_limits:
+            self.limiter.acquire(chat["id"])
+        return self._assign_ids(method, chat, [record])
+
+    @property
+    def forwards(self) -> list[Recorded]:
+        """Every accepted forwardMessage, as the copy was made (deleted ones included)."""
+        with self._lock:
+            return [record for record in [*self._messages, *self._deleted]
+                    if record.forward_origin is not None]
+
+    @property
+    def changed_messages(self) -> list[tuple[int, int]]:
+        """(chat id, message id) of every message an accepted edit changed, in order: what
+        a probe must never cause."""
+        with self._lock:
+            return [(record.chat["id"], record.message_id) for record in self._edits]
+
+    def post_as_admin(self, chat: int | str, text: str, photo: str | None = None) -> int:
+        """Another admin posts ``text`` (a caption, with ``photo``): a message id the bot did
+        not make, between its own."""
+        if photo is None:
+            return self.post_as_other(chat, text)
+        found = self._resolve_chat(chat, sending=False)
+        with self._lock:
+            record = self._new_record("sendPhoto", found, {"chat_id": found["id"]},
+                                      caption=text, visible=text, entities=[], photo=photo)
+            message_id = self._next_message_id[found["id"]]
+            self._next_message_id[found["id"]] = message_id + 1
+            self._messages.append(_replace_id(record, message_id))
+            self._foreign.add((found["id"], message_id))
+        return message_id
+
+    def script_faults(self, method: str, faults: Iterable[str]) -> None:
+        """The faults of the next calls of ``method``, one per call in order ("" for none):
+        e.g. ``["", "drop", "", "slow_after_record"]`` for the 2nd and 4th sendPhoto. Scripted
+        calls take no queued fault."""
+        for fault in faults:
+            if fault and fault not in FAULTS:
+                raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
+        with self._lock:
+            self._fault_script[method.lower()] = collections.deque(faults)
+
+    def _scripted_fault(self, method: str) -> tuple[bool, Fault | None]:
+        """(whether the call is scripted, its fault)."""
+        with self._lock:
+            script = self._fault_script.get(method.lower())
+            if not script:
+                return False, None
+            kind = script.popleft()
+        return True, (Fault(kind, 0, method.lower(), None, 1) if kind else None)
 
     # ----------------------------------------------------------------- updates (followers)
     # What a bot that answers people receives: private-chat and group messages and callback
