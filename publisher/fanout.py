@@ -20,7 +20,9 @@ message refused), or pending again (not sent: later; a 429 pauses the whole fan-
 removes the follower (``followers.forget``), logged without the chat id. A follower who
 /stops mid fan-out has no rows left: nothing is recorded for them. A stop request ends the
 fan-out after the DMs in flight; a ``deadline`` (``publisher run``'s tick) leaves the rest
-pending for the next tick, after that tick's channel posts.
+pending for the next tick, after that tick's channel posts. The bucket is this process's:
+instances sharing a PostgreSQL state share the DMs (each claimed by one) but each paces its
+own, so their rates add up (the README says to divide ``per_second`` among them).
 """
 
 from __future__ import annotations

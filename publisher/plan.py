@@ -8,11 +8,12 @@ is what ``publisher push`` executes and what ``publisher push --dry-run`` prints
 An action is (kind, article, destination): a ``POST``, or a ``DIGEST`` that lists many
 articles in one message (its ``items``; ``digest_send``). The destination's timing decides
 too (``timing.timing_at``): quiet hours hold its posts ("hold") or send them silently, and
-a digest destination gets one digest per window of its schedule. Editing a post, deleting
-one or a direct message to a follower will be further kinds, without another plan. A
-destination may be a forum topic (its ``Target.chat_id`` is then "-100123/42") and has
-settings of its own (``destinations.settings_for``); pacing is the chat's, shared by its
-topics.
+a digest destination gets one digest per window of its schedule; editing a post and
+deleting one are kinds too. The direct messages to followers a new article owes are one
+``FanOut`` per article (``plan_fanouts``, ``Plan.fanouts``), not an action per follower: the
+push writes their ledger rows in one statement (``fanout``). A destination may be a forum
+topic (its ``Target.chat_id`` is then "-100123/42") and has settings of its own
+(``destinations.settings_for``); pacing is the chat's, shared by its topics.
 """
 
 from __future__ import annotations

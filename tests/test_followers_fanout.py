@@ -381,3 +381,32 @@ def test_a_follower_who_stops_mid_fan_out_gets_nothing_recorded(
     finally:
         store.close()
     assert [row[0] for row in rows] == ["951", "953"]  # ...but nothing is kept about 952
+
+
+@pytest.mark.parametrize("state_url", ["postgresql"], indirect=True)
+def test_two_instances_on_postgresql_fan_an_article_out_once(
+    make_config: ConfigMaker, write_article: ArticleWriter, botapi: BotApiStandin
+) -> None:
+    config = make_config()
+    chats = range(1101, 1141)
+    subscribe(config, {chat: ["ai"] for chat in chats}, at=time.time() - 60)
+    write_article("1.txt", 1)
+
+    async def instance() -> pipeline.PushOutcome:
+        from publisher.delivery import TelegramSender
+
+        sender = TelegramSender(DEFAULT_TOKEN, config.telegram.api_base_url, 2.0)
+        try:
+            with Session.opened(config, sender=sender) as session:
+                return await session.push()
+        finally:
+            await sender.close()
+
+    async def both() -> list[pipeline.PushOutcome]:
+        return list(await asyncio.gather(instance(), instance()))
+
+    outcomes = asyncio.run(both())
+    assert sum(outcome.fanned_out for outcome in outcomes) == 40
+    assert sum(o.dms.sent for o in outcomes if o.dms is not None) == 40
+    assert dms(botapi) == {chat: 1 for chat in chats}
+    assert queue(config) == {"sent": 40}
