@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,6 +25,9 @@ from publisher.config import Config, ConfigSource, find_config, load_config
 from publisher.errors import PublisherError
 from publisher.logs import configure_logging, event, redact_text
 from publisher.text import plural, sent_text
+
+if TYPE_CHECKING:
+    from publisher.fanout import DmReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -399,6 +402,14 @@ def preview(ctx: Context, file: Path) -> None:
     click.echo(render_preview(ctx.config(), file))
 
 
+def dm_line(dms: DmReport, planned: int) -> str:
+    """What the push did for followers, in one line."""
+    line = (f"DMs to followers: {dms.sent} sent, {dms.failed} failed, {dms.uncertain} "
+            f"uncertain, {dms.removed} followers removed (blocked the bot), {dms.rate_limited} "
+            f"rate limited; {planned} planned, {dms.left} pending.")
+    return line + (f" Error: {dms.error}" if dms.error else "")
+
+
 @cli.command()
 @click.option("--dry-run", is_flag=True,
               help="Print what would be posted; send and change nothing.")
@@ -467,6 +478,8 @@ def push(ctx: Context, dry_run: bool, reedit: bool, since: str) -> None:
         + (f" Resolved {plural(int(summary['resolved']), 'uncertain send')} by a look."
            if "resolved" in summary else "")
     )
+    if outcome.dms is not None:
+        ctx.echo(dm_line(outcome.dms, outcome.fanned_out))
     for chat, reason in outcome.report.held.items():
         ctx.echo(f"{chat}: {reason}")
     for error in outcome.report.errors.values():

@@ -305,12 +305,18 @@ class Dispatcher:
         # Articles whose posts the plan would edit and this push has not (yet): left
         # unplanned for the next push (``Session.deliver``).
         self.edits_left: set[tuple[str, str]] = set()  # (article, chat)
+        self.fanned_out = 0  # DM rows to followers this push planned (``fanout``)
         self._chats: dict[str, ChatRecord] | None = None  # what getChat said, by chat id
 
     def request_stop(self) -> None:
         """Finish the send in flight, record it, and post nothing more in this run; a wait
         (pacing, a 429, a retry's backoff) ends at once."""
         self._stopping.set()
+
+    @property
+    def owner(self) -> str:
+        """This process's name in the ledger's claims."""
+        return self._owner
 
     @property
     def stop_requested(self) -> bool:
@@ -428,6 +434,7 @@ class Dispatcher:
         self.plan = read_plan(self._store, self._config, articles, replan, lookup,
                               self.destinations, now, self._pacing, self._reedit_since)
         self.edits_left = set(self.plan.edits_due)
+        self._record_fanouts()
         planned = list(self.plan.pairs)
         added = self._store.add_deliveries_by_chat(planned)
         report.new = sum(added.values())
@@ -445,6 +452,14 @@ class Dispatcher:
                 report.chat(self.destinations.label(chat)).skipped += count
             elif state == ORPHANED:
                 report.chat(self.destinations.label(chat)).orphaned += count
+
+    def _record_fanouts(self) -> None:
+        """The plan's DMs to followers into the ledger, before its channel pairs: an article
+        with pairs in the ledger counts as planned before (``plan.plan_fanouts``)."""
+        from publisher.fanout import record_fanout
+
+        for fanout in self.plan.fanouts:
+            self.fanned_out += record_fanout(self._store.db, fanout)
 
     def _orphanable(self) -> Callable[[str], bool]:
         """Which chats' pairs may be orphaned in this push: none while a destination's chat

@@ -12,9 +12,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from publisher.loader import yaml_loader
 
 OPEN_STATES = ("pending", "uncertain", "failed", "orphaned")
+DM_STATES = ("pending", "sending", "sent", "uncertain", "failed", "skipped")
 
 if TYPE_CHECKING:
     from publisher.dispatch import PushReport
+    from publisher.fanout import DmReport
     from publisher.pipeline import CorpusReport
 
 
@@ -63,6 +65,14 @@ class Metrics:
             "publisher_config_reload_ok", "0 after a refused config reload, else 1."
         )
         self.config_reload_ok.set(1)
+        self.followers = Gauge("publisher_followers", "Followers by topic (slug).", ["topic"],
+                               registry=self.registry)
+        self.dm_queue = Gauge("publisher_dm_queue", "DMs to followers in the ledger by state.",
+                              ["state"], registry=self.registry)
+        self.dms = Counter("publisher_dm", "DMs to followers by outcome (sent, failed, "
+                           "uncertain, skipped, removed: the follower blocked the bot, "
+                           "rate_limited: 429 answers).", ["outcome"], registry=self.registry)
+        self._topics: set[str] = set()
 
     def _gauge(self, name: str, documentation: str) -> Gauge:
         return Gauge(name, documentation, registry=self.registry)
@@ -92,6 +102,20 @@ class Metrics:
         for chat, state in series | self._post_series:
             self.posts.labels(chat, state).set(open_posts.get(chat, {}).get(state, 0))
         self._post_series |= series
+
+    def observe_followers(self, by_topic: Mapping[str, int], queue: Mapping[str, int],
+                          dms: DmReport | None) -> None:
+        """Followers per topic and the DM queue from the state, and a push's DM outcomes;
+        a topic nobody follows any more reads 0."""
+        for topic in self._topics | set(by_topic):
+            self.followers.labels(topic).set(by_topic.get(topic, 0))
+        self._topics |= set(by_topic)
+        for state in DM_STATES:
+            self.dm_queue.labels(state).set(queue.get(state, 0))
+        if dms is None:
+            return
+        for outcome in ("sent", "failed", "uncertain", "skipped", "removed", "rate_limited"):
+            self.dms.labels(outcome).inc(getattr(dms, outcome))
 
     def job_succeeded(self, job: str) -> None:
         self._last_success[job] = time.time()

@@ -30,6 +30,7 @@ from publisher.catalog import (
 from publisher.db import Database
 from publisher.digest_ledger import timing_schema
 from publisher.edits import add_edit_columns
+from publisher.fanout import fanout_schema
 from publisher.followers import followers_schema
 from publisher.modified import changes_schema
 from publisher.reconcile import add_probes, reconcile_schema
@@ -68,6 +69,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda _db, _version: None),  # new tables only: the schema creates them
     Migration(14, "followers: groups answered once, the webhook's inbox of updates",
               lambda _db, _version: None),  # new tables only: the schema creates them
+    Migration(15, "followers: each article's fan-out, the DM rows' index",
+              lambda _db, _version: None),  # new tables only: the schema creates them
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -76,7 +79,7 @@ def current_schema(dialect: str) -> list[str]:
     """Every table and index of the current version, each created only where missing."""
     return (ledger_schema(dialect) + catalog_schema(dialect) + timing_schema(dialect)
             + changes_schema(dialect) + reconcile_schema(dialect) + followers_schema(dialect)
-            + bot_schema(dialect))
+            + bot_schema(dialect) + fanout_schema(dialect))
 
 
 def upgrade(db: Database, version: int) -> list[str]:

@@ -39,6 +39,7 @@ from publisher.state import (  # noqa: F401
 if TYPE_CHECKING:  # rendering and the Telegram side are imported only when used
     from publisher.delivery import Sender
     from publisher.dispatch import Dispatcher, PushReport
+    from publisher.fanout import DmReport
     from publisher.feeds import BuildResult
     from publisher.messages import Message
     from publisher.plan import Plan
@@ -91,10 +92,15 @@ class PushOutcome:
     # failed, orphaned): the metrics' gauges.
     open_posts: dict[str, dict[str, int]] = field(default_factory=dict)
     route_warnings: list[str] = field(default_factory=list)
+    dms: DmReport | None = None  # the DMs to followers after the channel posts (``fanout``)
+    fanned_out: int = 0  # DM rows this push planned
 
     def summary(self) -> Fields:
         report = self.report
+        dms = {} if self.dms is None else {"dms": {**self.dms.summary(),
+                                                   "planned": self.fanned_out}}
         return {
+            **dms,
             "files": self.corpus.files,
             "bad": len(self.corpus.problems),
             "selected": self.corpus.selected,

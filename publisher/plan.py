@@ -8,15 +8,17 @@ is what ``publisher push`` executes and what ``publisher push --dry-run`` prints
 An action is (kind, article, destination): a ``POST``, or a ``DIGEST`` that lists many
 articles in one message (its ``items``; ``digest_send``). The destination's timing decides
 too (``timing.timing_at``): quiet hours hold its posts ("hold") or send them silently, and
-a digest destination gets one digest per window of its schedule. Editing a post, deleting
-one or a direct message to a follower will be further kinds, without another plan. A
-destination may be a forum topic (its ``Target.chat_id`` is then "-100123/42") and has
-settings of its own (``destinations.settings_for``); pacing is the chat's, shared by its
-topics.
+a digest destination gets one digest per window of its schedule; editing a post and
+deleting one are kinds too. The direct messages to followers a new article owes are one
+``FanOut`` per article (``plan_fanouts``, ``Plan.fanouts``), not an action per follower: the
+push writes their ledger rows in one statement (``fanout``). A destination may be a forum
+topic (its ``Target.chat_id`` is then "-100123/42") and has settings of its own
+(``destinations.settings_for``); pacing is the chat's, shared by its topics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,7 +35,9 @@ from publisher.text import as_utc, plural
 from publisher.timing import ChatTiming, timing_at
 
 if TYPE_CHECKING:
+    from publisher.db import Database
     from publisher.edits import SentPost
+    from publisher.fanout import FanOut
     from publisher.reconcile import Probe
 
 Lookup = Callable[[str], Article | None]
@@ -131,6 +135,8 @@ class Plan:
     # The articles whose posts need an edit, planned now or held: an article whose edit
     # does not happen in this push stays unplanned, so that the next one edits it.
     edits_due: frozenset[tuple[str, str]] = frozenset()  # (article, chat)
+    # The new articles' DMs to followers (``fanout``): one entry per article, not per DM.
+    fanouts: tuple[FanOut, ...] = ()
 
     def chats(self) -> list[str]:
         return list(dict.fromkeys(entry.target.chat_id for entry in self.entries()))
@@ -173,6 +179,7 @@ class Plan:
                   for item in self.closing]
         lines += [f"hold {held.count} in {held.target.label}: {held.reason}"
                   for held in self.held]
+        lines += [fanout.line() for fanout in self.fanouts if fanout.followers]
         return lines
 
     def __str__(self) -> str:
@@ -300,7 +307,37 @@ def read_plan(store: Store, config: Config, new_articles: Sequence[Article], rep
         lambda chat_id: digest_since(store.db, chat_id), sent, reedit_since, retracting,
         uncertain,
     )
-    return make_plan(inputs, config, destinations, now, pacing)
+    plan = make_plan(inputs, config, destinations, now, pacing)
+    if not config.followers.enabled or not new_articles:
+        return plan
+    fanouts = plan_fanouts(store.db, config, new_articles, inputs.known, now)
+    return dataclasses.replace(plan, fanouts=fanouts)
+
+
+def plan_fanouts(db: Database, config: Config, articles: Sequence[Article],
+                 known: Mapping[tuple[str, str], str], now: datetime) -> tuple[FanOut, ...]:
+    """The DMs the new articles owe followers: an article new to the selection (no fan-out
+    yet, no row in the ledger: an article planned before, such as every selected one after
+    a routing change, is the backlog) and not older than ``followers.max_age_hours`` goes to
+    every follower of one of its topics since ``now`` or before: later followers never get
+    it. An article with no follower yet is recorded too, so that it never fans out later."""
+    from publisher.fanout import FanOut, count_followers, fanned_out
+    from publisher.selection import topic_slug
+
+    done = fanned_out(db, (article.id for article in articles))
+    planned = {article_id for article_id, _chat in known}
+    hours = config.follower_settings.max_age_hours
+    fanouts: list[FanOut] = []
+    for article in articles:
+        if article.id in done or article.id in planned:
+            continue
+        if hours and article.published_at < now - timedelta(hours=hours):
+            continue
+        slugs = tuple(sorted({topic_slug(topic) for topic in article.topics}))
+        fanouts.append(FanOut(article.id, article.title, article.url,
+                              article.published_at.isoformat(), slugs, tuple(article.topics),
+                              count_followers(db, slugs, now.timestamp()), now.timestamp()))
+    return tuple(fanouts)
 
 
 def make_plan(inputs: PlanInputs, config: Config, destinations: Destinations, now: datetime,

@@ -558,9 +558,10 @@ class Service:
     async def _push(self) -> None:
         assert self._store is not None and self._sender is not None
         corpus = await self._load()
-        outcome = await self._session().push(corpus)
+        outcome = await self._session().push(corpus, dm_seconds=self._dm_seconds())
         self.metrics.observe_push(outcome.report)
         self.metrics.observe_ledger(outcome.open_posts)
+        self._observe_followers(outcome)
         summary = outcome.summary()
         if summary["sent"] or summary["failed"] or summary["uncertain"] or summary["errors"]:
             event(log, logging.INFO, "push_done", **{k: v for k, v in summary.items() if v})
@@ -571,6 +572,22 @@ class Service:
                 outcome.report.chats
             )
             raise PushIncomplete(errors, back_off=not partial)
+
+    def _dm_seconds(self) -> float | None:
+        """A tick's time for DMs to followers: a long fan-out goes on in the next ticks,
+        each after its channel posts (the push lock keeps ticks from overlapping)."""
+        from publisher.fanout import TICK_SECONDS
+
+        return TICK_SECONDS if self.config.followers.enabled else None
+
+    def _observe_followers(self, outcome: pipeline.PushOutcome) -> None:
+        if not self.config.followers.enabled or self._store is None:
+            return
+        from publisher.fanout import dm_counts
+        from publisher.followers import counts_by_topic
+
+        self.metrics.observe_followers(counts_by_topic(self._store.db),
+                                       dm_counts(self._store.db), outcome.dms)
 
     # -- health and metrics ------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # a build needs none of these (nor the Telegram libraries und
     from publisher.delivery import Sender
     from publisher.destinations import Destinations
     from publisher.dispatch import Dispatcher
+    from publisher.fanout import DmReport
     from publisher.feeds import BuildResult
     from publisher.messages import Message
     from publisher.plan import Action, Plan
@@ -179,10 +180,12 @@ class Session:
     # -- push and dry run --------------------------------------------------------------------
 
     async def push(self, corpus: CorpusReport | None = None, *,
-                   reedit_since: datetime | None = None) -> PushOutcome:
+                   reedit_since: datetime | None = None,
+                   dm_seconds: float | None = None) -> PushOutcome:
         """Sync (unless ``corpus`` says it was), plan and execute the plan; records the run.
         The caller holds the instance lock and closes the sender. ``reedit_since``:
-        ``publisher push --reedit``."""
+        ``publisher push --reedit``; ``dm_seconds``: the longest the DMs to followers may
+        take after the channel posts (None: until none is due)."""
         from publisher.dispatch import Dispatcher
 
         if self.sender is None:  # a caller's mistake, not the operator's
@@ -190,9 +193,10 @@ class Session:
         corpus = corpus or self.sync()
         dispatcher = Dispatcher(self.store, self.sender, self.config, stop=self._stop,
                                 reedit_since=reedit_since)
-        return await self.deliver(dispatcher, corpus)
+        return await self.deliver(dispatcher, corpus, dm_seconds=dm_seconds)
 
-    async def deliver(self, dispatcher: Dispatcher, corpus: CorpusReport) -> PushOutcome:
+    async def deliver(self, dispatcher: Dispatcher, corpus: CorpusReport, *,
+                      dm_seconds: float | None = None) -> PushOutcome:
         """Execute the plan of a synced catalog with ``dispatcher``; records the run."""
         started = time.perf_counter()
         started_at = utc_now_iso()
@@ -205,13 +209,26 @@ class Session:
             [article for article in new if article.id not in unedited])
         # Half applied (a destination's chat unknown, rows re-keyed): planned again next time.
         self.catalog.set_meta(ROUTING_KEY, routing if dispatcher.routing_settled else "")
+        dms = await self._send_dms(dispatcher, dm_seconds)
         labels = dispatcher.destinations
         open_posts = {labels.label(chat): states
                       for chat, states in self.store.open_counts().items()}
         outcome = PushOutcome(corpus, report, corpus.seconds + time.perf_counter() - started,
-                              open_posts, route_warnings(self.config, corpus.topic_slugs))
+                              open_posts, route_warnings(self.config, corpus.topic_slugs),
+                              dms, dispatcher.fanned_out)
         self.record("push", started_at, report.ok, outcome.summary())
         return outcome
+
+    async def _send_dms(self, dispatcher: Dispatcher, seconds: float | None) -> DmReport | None:
+        """After the channel posts: the due DMs to followers (``fanout``), when enabled."""
+        from publisher.fanout import FanOutSender
+
+        if not self.config.followers.enabled or dispatcher.stop_requested or self.sender is None:
+            return None
+        fanout = FanOutSender(self.store, self.sender, self.config, owner=dispatcher.owner,
+                              stop=self._stop)
+        deadline = None if seconds is None else time.time() + seconds
+        return await fanout.run(self.catalog.selected_article, deadline)
 
     def dry_run(self, now: datetime | None = None) -> DryRun:
         """What a push would post now, rendered: the plan of the synced catalog (the parse
@@ -268,6 +285,7 @@ class Session:
             result.items.append(DryRunItem(action.target.label, message))
         result.notes += [f"{held.target.label}: {held.reason} ({plural(held.count, 'post')} "
                          "left)" for held in plan.held]
+        result.edits += [fanout.line() for fanout in plan.fanouts if fanout.followers]
         return result
 
 

@@ -51,6 +51,7 @@ from publisher.models import Article
 # is the newest, read from there). 2: the article catalog (parse cache); PostgreSQL starts
 # at 4.
 CLAIMS_VERSION = 4  # deliveries.claimed_by and lease_until
+KIND_VERSION = 10  # deliveries.kind (a DM row's is "dm": ``CHANNEL_ROWS``)
 CHAT_IDS_VERSION = 6  # chats, chat_names; 'orphaned' allowed in deliveries.state
 
 PENDING = "pending"
@@ -65,6 +66,9 @@ RETRACTED = "retracted"  # sent, then unpublished and deleted or marked: never t
 STATES = (PENDING, SENDING, SENT, FAILED, UNCERTAIN, SKIPPED, ORPHANED, GONE, RETRACTED)
 GLOBAL_PACE = "*"  # the send_log rows of the bot-wide rate
 INTERRUPTED = "interrupted while sending: it may or may not have been posted"
+# The channel rows of the ledger: a DM to a follower (``kind`` "dm", ``publisher.fanout``)
+# is the fan-out's, left out of every channel path (plans, recovery, reconcile, status).
+CHANNEL_ROWS = "COALESCE(kind, '') <> 'dm'"
 NOT_ROUTED = "its destination is not configured for this article (a chat or route removed)"
 # Two rows of one article under two keys of one chat: the one that says more about what
 # happened wins, so a pair sent (or maybe sent) under either key is never sent again.
@@ -287,12 +291,15 @@ class SQLStore:
         self.description = db.description
         self.empty = False  # read-only: nothing was ever written here (no schema yet)
         self._columns = DELIVERY_COLUMNS
+        self._channel_rows = CHANNEL_ROWS
         self.version = _schema_version_known()
         if readonly:
             self.version = version = self._schema_version()
             self.empty = version == 0
             if version < CLAIMS_VERSION:  # read as it is, without migrating it
                 self._columns = DELIVERY_COLUMNS.replace("claimed_by", "NULL AS claimed_by")
+            if version < KIND_VERSION:  # no ``kind`` column yet, so no DM rows either
+                self._channel_rows = "1 = 1"
         else:
             try:
                 self._migrate()
@@ -391,7 +398,8 @@ class SQLStore:
         """
         resend = list(resend_chats)
         marks = ",".join("?" * len(resend)) or "''"
-        stale = "state='sending'" + ("" if not self.shared else " AND lease_until < ?")
+        stale = f"state='sending' AND {self._channel_rows}" + (
+            "" if not self.shared else " AND lease_until < ?")
         stale_params: tuple[Any, ...] = (now,) if self.shared else ()
         stamp = utc_now_iso()
         recovered: Counter[tuple[str, str]] = Counter()
@@ -427,7 +435,8 @@ class SQLStore:
         changes: list[tuple[str, str, str]] = []
         held = 0
         rows = self.db.execute(
-            "SELECT article_id, chat_id, state FROM deliveries WHERE state IN (?, ?)",
+            "SELECT article_id, chat_id, state FROM deliveries WHERE state IN (?, ?) "
+            f"AND {self._channel_rows}",
             (PENDING, ORPHANED),
         ).fetchall()
         for article_id, chat_id, state in rows:
@@ -811,7 +820,7 @@ class SQLStore:
         counts: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
             "SELECT chat_id, state, count(*) FROM deliveries WHERE state IN (?, ?, ?, ?) "
-            "GROUP BY chat_id, state ORDER BY chat_id, state",
+            f"AND {self._channel_rows} GROUP BY chat_id, state ORDER BY chat_id, state",
             (PENDING, UNCERTAIN, FAILED, ORPHANED),
         )
         for chat, state, number in rows:
@@ -821,7 +830,8 @@ class SQLStore:
     def counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
-            "SELECT chat_id, state, count(*) FROM deliveries GROUP BY chat_id, state "
+            f"SELECT chat_id, state, count(*) FROM deliveries WHERE {self._channel_rows} "
+            "GROUP BY chat_id, state "
             "ORDER BY chat_id, state"
         )
         for chat, state, number in rows:
@@ -831,7 +841,7 @@ class SQLStore:
     def deliveries(self, states: Sequence[str], limit: int = 20) -> list[Delivery]:
         rows = self.db.execute(
             f"SELECT {self._columns} FROM deliveries "
-            f"WHERE state IN ({','.join('?' * len(states))}) "
+            f"WHERE state IN ({','.join('?' * len(states))}) AND {self._channel_rows} "
             "ORDER BY updated_at DESC, article_id LIMIT ?",
             (*states, limit),
         )
@@ -841,7 +851,7 @@ class SQLStore:
         """The latest pairs in ``state``, newest first (sent: by when they went out)."""
         order = "sent_at DESC, updated_at DESC" if state == SENT else "updated_at DESC"
         rows = self.db.execute(
-            f"SELECT {self._columns} FROM deliveries WHERE state=? "
+            f"SELECT {self._columns} FROM deliveries WHERE state=? AND {self._channel_rows} "
             f"ORDER BY {order}, article_id LIMIT ?",
             (state, limit),
         )
@@ -851,7 +861,8 @@ class SQLStore:
         """Per chat, its pending pairs: (due now, backing off until later)."""
         rows = self.db.execute(
             "SELECT chat_id, count(*), sum(CASE WHEN next_attempt_at > ? THEN 1 ELSE 0 END) "
-            "FROM deliveries WHERE state='pending' GROUP BY chat_id ORDER BY chat_id",
+            f"FROM deliveries WHERE state='pending' AND {self._channel_rows} "
+            "GROUP BY chat_id ORDER BY chat_id",
             (now,),
         )
         return {chat: (int(total) - int(later or 0), int(later or 0))
@@ -861,7 +872,8 @@ class SQLStore:
         """Pending pairs not due yet (a retry after an error), the soonest first."""
         rows = self.db.execute(
             f"SELECT {self._columns} FROM deliveries WHERE state='pending' "
-            "AND next_attempt_at > ? ORDER BY next_attempt_at, article_id LIMIT ?",
+            f"AND {self._channel_rows} AND next_attempt_at > ? "
+            "ORDER BY next_attempt_at, article_id LIMIT ?",
             (now, limit),
         )
         return [Delivery(*row) for row in rows]
@@ -895,7 +907,8 @@ class SQLStore:
         archive of sent posts."""
         rows = self.db.execute(
             "SELECT article_id, chat_id, published_at, next_attempt_at FROM deliveries "
-            "WHERE state='pending' ORDER BY chat_id, published_at, article_id"
+            f"WHERE state='pending' AND {self._channel_rows} "
+            "ORDER BY chat_id, published_at, article_id"
         )
         return [PendingPair(article, chat, published, float(due))
                 for article, chat, published, due in rows]

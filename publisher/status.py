@@ -100,7 +100,20 @@ def collect_status(store: SQLStore, config: Config, config_path: Path | None,
             "ack": f"publisher ack{config_flag} --all",
             "resend": f"publisher resend{config_flag} --all",
         } if uncertain else {},
+        **_followers(store, config),
     }
+
+
+def _followers(store: SQLStore, config: Config) -> dict[str, Any]:
+    """Followers per topic and the DM queue by state, when followers are enabled (counts
+    only: who follows is not the operator's screen's business)."""
+    from publisher.fanout import dm_counts
+    from publisher.followers import counts_by_topic, follower_count
+
+    if not config.followers.enabled:
+        return {}
+    return {"followers": {"total": follower_count(store.db),
+                          "by_topic": counts_by_topic(store.db), "dms": dm_counts(store.db)}}
 
 
 def _destinations(destinations: Destinations, counts: dict[str, dict[str, int]]
@@ -263,7 +276,19 @@ def render_text(document: dict[str, Any]) -> str:
         lines += ["", "Recent failures:"]
         lines += [f"  {p['at']} {p['destination']} {p['title']!r}: {p['reason']}"
                   for p in document["failed"]]
+    if document.get("followers"):
+        lines += ["", *_followers_text(document["followers"])]
     return "\n".join(lines)
+
+
+def _followers_text(followers: dict[str, Any]) -> list[str]:
+    lines = [f"Followers: {followers['total']:,}"]
+    lines += [f"  {slug}: {count:,}" for slug, count in followers["by_topic"].items()]
+    queue = followers["dms"]
+    counts = ", ".join(f"{queue.get(state, 0):,} {state}"
+                       for state in ("pending", "sent", "failed", "uncertain"))
+    lines.append(f"DM queue: {counts}")
+    return lines
 
 
 def _runs_text(runs: dict[str, Any]) -> list[str]:

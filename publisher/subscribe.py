@@ -18,9 +18,12 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Any, Protocol
 
+from publisher.names import ALL_SLUG
+
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 OPML_DOCS = "http://opml.org/spec2.opml"
 HEADLINES = 5
+MAX_START_LENGTH = 64  # Telegram's limit of a deep link's start parameter
 
 # kind -> (label, media type); the order in which the landing page offers them.
 FORMATS: dict[str, tuple[str, str]] = {
@@ -69,6 +72,7 @@ class Site:
     opml_url: str
     hub: str | None = None
     telegram: str = ""  # the Telegram channel's URL, or "" for none
+    follow_bot: str = ""  # the followers' bot (its username): a deep link per topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +205,7 @@ def render_landing_page(feeds: Sequence[FeedLinks], site: Site) -> bytes:
         f'<a href="{_attr(site.opml_url)}">all feeds at once (OPML)</a>.</p>\n',
         _telegram_line(site),
         "</header>\n<main>\n",
-        *(_section(feed) for feed in feeds),
+        *(_section(feed, site) for feed in feeds),
         f'</main>\n<footer><a href="{_attr(site.home)}">{_esc(site.home)}</a></footer>\n'
         "</body>\n</html>\n",
     ]
@@ -223,12 +227,12 @@ def _autodiscovery(feed: FeedLinks) -> str:
     )
 
 
-def _section(feed: FeedLinks) -> str:
+def _section(feed: FeedLinks, site: Site) -> str:
     count = feed.size
     links = "".join(
         f'<a href="{_attr(feed.urls[kind])}" type="{media_type}">{label}</a>'
         for kind, (label, media_type) in FORMATS.items()
-    )
+    ) + _follow_link(feed, site)
     headlines = "".join(_headline(entry) for entry in feed.entries[:HEADLINES])
     latest = f"<ul>\n{headlines}</ul>\n" if headlines else "<p>No articles yet.</p>\n"
     return (
@@ -237,6 +241,16 @@ def _section(feed: FeedLinks) -> str:
         f"article{'' if count == 1 else 's'}</span></h2>\n"
         f'<p class="subscribe">{links}</p>\n{latest}</section>\n'
     )
+
+
+def _follow_link(feed: FeedLinks, site: Site) -> str:
+    """A topic's "Get it in Telegram": the bot's deep link that subscribes to it (the bot
+    username and slug are checked safe: letters, digits, ``_`` and ``-``). Telegram takes a
+    ``start`` parameter of at most 64 characters: a longer slug has no link."""
+    if not site.follow_bot or feed.slug == ALL_SLUG or len(feed.slug) > MAX_START_LENGTH:
+        return ""
+    url = f"https://t.me/{site.follow_bot}?start={feed.slug}"
+    return f' <a class="follow" href="{_attr(url)}">Get it in Telegram</a>'
 
 
 def _headline(entry: EntryLike) -> str:

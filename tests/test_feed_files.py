@@ -167,7 +167,7 @@ def test_a_schema_7_state_upgrades_in_place(
     store = open_store(config.state.url)  # the upgrade, as every command starts
     try:
         version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "14"
+        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "15"
         left = store.db.execute("SELECT count(*) FROM meta WHERE key LIKE 'feeds_digest:%'")
         assert left.fetchone()[0] == 0
         assert Catalog(store.db).feed_files(feeds_key(config)) == {}

@@ -8,6 +8,7 @@ as every file is still there at the size it was written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import stat
@@ -37,6 +38,12 @@ def feeds_key(config: Config) -> str:
     return f"{FEEDS_KEY}:{socket.gethostname()}:{config.feeds.dir.resolve()}"
 
 
+def _follow_bot(config: Config) -> str:
+    """The bot whose deep links the landing page shows per topic ("": none)."""
+    followers = config.followers
+    return followers.bot_username if followers.enabled else ""
+
+
 def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     """Render and write the feeds whose entries changed; None when every file is current.
 
@@ -50,7 +57,9 @@ def write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
 def _write_current_feeds(config: Config, catalog: Catalog) -> BuildResult | None:
     selection = catalog.feed_selection(config.feeds.max_items)
     # A new publisher version may render differently: its first build renders every feed.
-    settings = _digest(__version__, repr(config.feeds))
+    # The landing page's "Get it in Telegram" links too, when there are any.
+    bot = _follow_bot(config)
+    settings = _digest(__version__, repr(config.feeds), *([bot] if bot else []))
     place = feeds_key(config)
     remembered = catalog.feed_files(place)
     on_disk = _current_files(remembered, settings, config.feeds.dir)
@@ -77,7 +86,7 @@ def _render_and_write(config: Config, catalog: Catalog, selection: FeedSelection
     from publisher.modified import modified_times
     from publisher.subscribe import HEADLINES
 
-    channel = channel_settings(config.feeds)
+    channel = dataclasses.replace(channel_settings(config.feeds), follow_bot=_follow_bot(config))
     digests = member_digests(selection)
     unchanged = _unchanged_feeds(on_disk, digests)
     shown, moved = catalog.articles_as_selected(

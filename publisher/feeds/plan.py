@@ -46,6 +46,7 @@ class Channel:
     hub: str | None
     telegram: str  # the channel's URL, or ""
     config: FeedsConfig
+    follow_bot: str = ""  # followers.bot_username: per topic a t.me deep link, or "" for none
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,7 @@ def _site(channel: Channel) -> Site:
         opml_url=_url_for(channel, OPML_NAME),
         hub=channel.hub,
         telegram=channel.telegram,
+        follow_bot=channel.follow_bot,
     )
 
 
