@@ -259,3 +259,38 @@ async def _until(condition: Callable[[], Any], seconds: float = 15.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("timed out")
+
+
+def test_publisher_run_subscribes_a_follower_and_sends_the_next_article(
+        botapi: BotApiStandin, tmp_path: Path, articles: None,
+        write_article: ArticleWriter) -> None:
+    """The whole loop as a follower lives it, inside one ``publisher run``: /subscribe by
+    long polling, then a new file in the watched folder reaches the channel and, once, the
+    follower's chat; the article that was there before never does."""
+    config = write_config(tmp_path, botapi, max_age_hours=0)  # the sample dates are old
+    text = config.read_text(encoding="utf-8").replace(
+        "watch = false", "watch = true\ndebounce_seconds = 0.2")
+    config.write_text(text, encoding="utf-8")
+
+    def dms() -> list[str]:
+        return [m.visible_text for m in botapi.sent_to(USER) if m.method == "sendPhoto"]
+
+    def drive() -> None:
+        botapi.wait_for_poll(20.0)
+        wait_for(lambda: botapi.sent_to("@news"), "the first article in the channel")
+        botapi.user_message(USER, "/subscribe robotics")
+        wait_for(lambda: botapi.sent_to(USER), "the answer to /subscribe")
+        write_article("b.md", 2, title="Robots learn to fold laundry", topics=["Robotics"])
+        wait_for(dms, "the new article in the follower's chat", timeout=30)
+
+    assert run_service(config, drive) == 0
+    assert len(dms()) == 1 and "Robots learn to fold laundry" in dms()[0]
+    channel = [m.visible_text for m in botapi.sent_to("@news")]
+    assert len(channel) == 2 and "Robots learn to fold laundry" in channel[1]
+    store = open_store(f"sqlite:///{tmp_path}/state/publisher.db")
+    try:
+        rows = store.db.execute("SELECT state FROM deliveries WHERE chat_id = ?",
+                                (str(USER),)).fetchall()
+        assert [row[0] for row in rows] == ["sent"]
+    finally:
+        store.close()
