@@ -149,7 +149,9 @@ def record_fanout(db: Database, fanout: FanOut) -> int:
             "INSERT INTO deliveries (article_id, chat_id, state, title, url, published_at, "
             "reason, created_at, updated_at, kind) "
             "SELECT ?, chat_id, 'pending', ?, ?, ?, '', ?, ?, ? FROM follower_topics "
-            f"WHERE slug IN ({marks}) AND since <= ? GROUP BY chat_id "
+            f"WHERE slug IN ({marks}) AND since <= ? "
+            # A follower of two of its topics is selected twice: the conflict clause keeps
+            # one row, at a fraction of what a GROUP BY's sort costs on 100,000 rows.
             "ON CONFLICT (article_id, chat_id) DO NOTHING",
             (fanout.article_id, fanout.title, fanout.url, fanout.published_at, stamp, stamp,
              DM_KIND, *fanout.slugs, fanout.selected_at)).rowcount
