@@ -226,7 +226,7 @@ def test_the_topics_of_a_group_share_its_pacing(
     for index in range(1, 5):
         write_article(f"{index}.txt", index)
     # Paced per topic, three loops would post to the group three times as fast as it
-    # allows: the stand-in answers 429 to anything closer than its 30 ms per chat.
+    # allows: the stand-in answers 429 to anything closer than its 20 ms per chat.
     config = make_config(chat_id=f"{FORUM}/10",
                          extra=routes(AI=[f"{FORUM}/20", f"{FORUM}/30"]))
     outcome = push(config)

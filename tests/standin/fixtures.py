@@ -1,7 +1,8 @@
 """Pytest fixtures for the Bot API stand-in (import them from conftest.py).
 
-``botapi``: an in-process BotApiStandin with fast-but-real rate limits (30 ms per chat; the
-tests' publishers pace at 60 ms, a margin that covers a busy machine's scheduling jitter).
+``botapi``: an in-process BotApiStandin with fast-but-real rate limits (20 ms per chat; the
+tests' publishers pace at 60 ms, a margin that covers a busy machine's scheduling jitter:
+the stand-in answers without Nagle's delay, so requests arrive as closely as they leave).
 ``botapi_process``: the stand-in as a separate process, recording to ``tmp_path/sent.jsonl``.
 """
 
@@ -14,7 +15,7 @@ import pytest
 
 from standin.server import DEFAULT_TOKEN, BotApiStandin, StandinProcess
 
-FAST_PER_CHAT_INTERVAL = 0.03
+FAST_PER_CHAT_INTERVAL = 0.02
 FAST_SLOW_SECONDS = 1.0
 
 
