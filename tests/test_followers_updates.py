@@ -100,6 +100,8 @@ def test_publisher_run_answers_start_by_long_polling(
         botapi: BotApiStandin, tmp_path: Path, articles: None) -> None:
     def drive() -> None:
         botapi.wait_for_poll(20.0)
+        # The topics are the catalog's: asked before the first sync, /start has none yet.
+        wait_for(lambda: botapi.sent_to("@news"), "the first sync and push")
         botapi.user_message(USER, "/start")
         wait_for(lambda: botapi.sent_to(USER), "the answer to /start")
         menu = botapi.sent_to(USER)[0]
